@@ -1,0 +1,68 @@
+-- jitocsp database roles: least privilege for the responders, read/write for the admin CLI.
+--
+-- Run it after `jitocsp migrate`, connected to the jitocsp database as the role that owns
+-- the tables (the one that ran the migrations), and again after every new migration; it is
+-- idempotent:
+--   psql -v ON_ERROR_STOP=1 -d jitocsp -f deploy/postgres/roles.sql
+--
+-- Both roles can log in but get no password here (this file is not a place for secrets).
+-- Set them interactively, so they appear in neither the shell history nor the server log:
+--   psql -d jitocsp -c '\password jitocsp_responder'
+--   psql -d jitocsp -c '\password jitocsp_admin'
+-- Then: responders use DATABASE_URL=postgres://jitocsp_responder:PASSWORD@host/jitocsp
+-- (or database.password_file), the admin CLI postgres://jitocsp_admin:...@host/jitocsp.
+
+\set ON_ERROR_STOP on
+
+BEGIN;
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'jitocsp_responder') THEN
+        CREATE ROLE jitocsp_responder LOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'jitocsp_admin') THEN
+        CREATE ROLE jitocsp_admin LOGIN;
+    END IF;
+END
+$$;
+
+-- Neither role may create objects, replicate, or bypass row security.
+ALTER ROLE jitocsp_responder LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT;
+ALTER ROLE jitocsp_admin     LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT;
+
+-- A responder's queries are point reads and small updates; one that runs long is stuck
+-- (and holds a pool connection a request is waiting for). The admin CLI may run long
+-- imports, so it keeps the server default.
+ALTER ROLE jitocsp_responder SET statement_timeout = '5s';
+ALTER ROLE jitocsp_responder SET idle_in_transaction_session_timeout = '10s';
+
+DO $$
+BEGIN
+    EXECUTE format('GRANT CONNECT ON DATABASE %I TO jitocsp_responder, jitocsp_admin', current_database());
+END
+$$;
+GRANT USAGE ON SCHEMA public TO jitocsp_responder, jitocsp_admin;
+
+-- Start from nothing, so re-running this file also takes back anything granted by hand.
+REVOKE ALL ON ALL TABLES IN SCHEMA public FROM jitocsp_responder, jitocsp_admin;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM jitocsp_responder, jitocsp_admin;
+
+-- Responder: reads status and issuers; works off the purge queue (retries, then deletes
+-- what Redis no longer holds). It never changes a status and never writes the audit log.
+GRANT SELECT ON issuers, certificates, audit_log TO jitocsp_responder;
+GRANT SELECT, UPDATE, DELETE ON pending_purges TO jitocsp_responder;
+
+-- Admin CLI (issuer add, import, revoke, unrevoke, purge, status): read/write everything.
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO jitocsp_admin;
+GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO jitocsp_admin;
+-- ...except that the audit log is append-only: what was done cannot be undone or hidden
+-- with the same credentials. (Pruning old audit rows is for the table owner.)
+REVOKE UPDATE, DELETE ON audit_log FROM jitocsp_admin;
+
+-- Tables that later migrations create (as the role running this file) are readable and
+-- writable by the admin at once; the responder gets grants only from this file.
+ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO jitocsp_admin;
+ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO jitocsp_admin;
+
+COMMIT;

@@ -1,0 +1,359 @@
+#!/usr/bin/env bash
+# Project-local Postgres and Redis for jitocsp development, demos and tests.
+#
+#   scripts/services.sh up           start both (idempotent), write .local/env
+#   scripts/services.sh down         stop both
+#   scripts/services.sh status       show what is running
+#   scripts/services.sh redis-stop   stop only Redis   (tests simulate Redis outages)
+#   scripts/services.sh redis-start  start only Redis
+#   scripts/services.sh pg-stop      stop only Postgres (tests simulate DB outages)
+#   scripts/services.sh pg-start     start only Postgres
+#   scripts/services.sh ensure-cmd CMD PACKAGE [CMD PACKAGE...]
+#                                    apt-get install PACKAGE when CMD is missing
+#
+# Postgres: cluster in .local/pg, 127.0.0.1:54329 only, role/db jitocsp (password
+# jitocsp, scram-sha-256). Tuned for tests (fsync off): the data is disposable.
+# Redis: 127.0.0.1:63799, no persistence, maxmemory 256mb allkeys-lru, files in
+# .local/redis. Ports can be overridden with JITOCSP_PG_PORT / JITOCSP_REDIS_PORT.
+# Needs root (or an existing Postgres/Redis installation and a non-root user).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
+LOCAL="$ROOT/.local"
+PG_PORT="${JITOCSP_PG_PORT:-54329}"
+REDIS_PORT="${JITOCSP_REDIS_PORT:-63799}"
+REDIS_DIR="$LOCAL/redis"
+REDIS_CONF="$REDIS_DIR/redis.conf"
+DB_NAME=jitocsp
+DB_USER=jitocsp
+DB_PASS=jitocsp
+
+log() { printf 'services: %s\n' "$*" >&2; }
+die() { printf 'services: error: %s\n' "$*" >&2; exit 1; }
+
+is_root() { [ "$(id -u)" -eq 0 ]; }
+
+APT_UPDATED=0
+# apt_install PKG... : install Debian packages (runs `apt-get update` once per run).
+apt_install() {
+    is_root || die "need packages [$*] but not root; install them: sudo apt-get install -y $*"
+    command -v apt-get >/dev/null || die "need packages [$*] and apt-get is not available"
+    if [ "$APT_UPDATED" -eq 0 ]; then
+        log "apt-get update"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null || die "apt-get update failed"
+        APT_UPDATED=1
+    fi
+    log "apt-get install -y $*"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null \
+        || die "apt-get install $* failed"
+}
+
+# ensure_cmd CMD PKG [CMD PKG...]: install PKG for each missing CMD.
+ensure_cmd() {
+    local missing=()
+    while [ $# -ge 2 ]; do
+        command -v "$1" >/dev/null 2>&1 || missing+=("$2")
+        shift 2
+    done
+    [ $# -eq 0 ] || die "ensure-cmd takes CMD PACKAGE pairs"
+    if [ ${#missing[@]} -gt 0 ]; then
+        apt_install "${missing[@]}"
+    fi
+}
+
+# ---------------------------------------------------------------- Postgres
+
+pg_bindir() {
+    local d
+    d="$(find /usr/lib/postgresql -maxdepth 3 -path '*/bin/initdb' 2>/dev/null | sort -V | tail -n1)"
+    [ -n "$d" ] && dirname "$d"
+}
+
+ensure_pg_installed() {
+    PGBIN="$(pg_bindir || true)"
+    if [ -z "$PGBIN" ]; then
+        apt_install postgresql
+        PGBIN="$(pg_bindir || true)"
+        [ -n "$PGBIN" ] || die "postgres installed but no initdb under /usr/lib/postgresql/*/bin"
+    fi
+    if is_root; then
+        id postgres >/dev/null 2>&1 || die "OS user 'postgres' does not exist (is the postgresql package installed?)"
+        PG_OS_USER=postgres
+    else
+        PG_OS_USER="$(id -un)"
+    fi
+}
+
+# Run a command as the OS user owning the cluster (initdb refuses to run as root).
+pg_as() {
+    if is_root; then
+        runuser -u "$PG_OS_USER" -- "$@"
+    else
+        "$@"
+    fi
+}
+
+# Decide where the cluster lives. Normally .local/pg; when the postgres user cannot
+# traverse the checkout (e.g. a clone under /root, mode 700) the cluster goes to
+# /var/tmp/jitocsp-pg-<hash> and .local/pg is a symlink to it.
+pg_paths() {
+    mkdir -p "$LOCAL"
+    chmod 0755 "$LOCAL" 2>/dev/null || true
+    local base
+    if [ -L "$LOCAL/pg" ]; then
+        PGDATA="$(readlink -f "$LOCAL/pg")"
+        base="$(dirname "$PGDATA")"
+    elif pg_as test -x "$LOCAL" 2>/dev/null; then
+        base="$LOCAL"
+        PGDATA="$LOCAL/pg"
+    else
+        base="/var/tmp/jitocsp-pg-$(printf '%s' "$ROOT" | cksum | cut -d' ' -f1)"
+        PGDATA="$base/pg"
+        mkdir -p "$base"
+        chmod 0755 "$base"
+        ln -sfn "$PGDATA" "$LOCAL/pg"
+        log "postgres user cannot reach $LOCAL; cluster lives in $PGDATA (symlinked from .local/pg)"
+    fi
+    PGSOCK="$base/pgsock"
+    # A Unix socket path is limited to ~107 bytes.
+    if [ $((${#PGSOCK} + 16)) -gt 100 ]; then
+        PGSOCK="/tmp/jitocsp-pgsock-$(printf '%s' "$ROOT" | cksum | cut -d' ' -f1)"
+    fi
+    PGLOG="$base/pg.log"
+}
+
+pg_ctl_() { pg_as "$PGBIN/pg_ctl" -D "$PGDATA" "$@"; }
+
+# True if postmaster.pid names a live postgres process (pids are reused across
+# sessions, so a leftover pid file may point at an unrelated process).
+pg_pid_alive() {
+    local pid
+    [ -f "$PGDATA/postmaster.pid" ] || return 1
+    pid="$(head -n1 "$PGDATA/postmaster.pid" 2>/dev/null || true)"
+    [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null || true)" = "postgres" ]
+}
+
+pg_running() {
+    pg_pid_alive || return 1
+    "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -t 3 >/dev/null 2>&1
+}
+
+port_in_use() {
+    # bash /dev/tcp probe: succeeds if something accepts on the port
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+psql_admin() {
+    pg_as "$PGBIN/psql" -X -q -h "$PGSOCK" -p "$PG_PORT" -U "$PG_OS_USER" -d postgres \
+        -v ON_ERROR_STOP=1 "$@"
+}
+
+pg_init() {
+    if [ -f "$PGDATA/PG_VERSION" ]; then
+        return 0
+    fi
+    log "initdb $PGDATA"
+    mkdir -p "$PGDATA"
+    if is_root; then chown "$PG_OS_USER": "$PGDATA"; fi
+    chmod 0700 "$PGDATA"
+    local pwfile
+    pwfile="$(mktemp)"
+    # The superuser gets a random password; it is only used through the socket (peer auth).
+    head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$pwfile"
+    if is_root; then chown "$PG_OS_USER": "$pwfile"; fi
+    pg_as "$PGBIN/initdb" -D "$PGDATA" -U "$PG_OS_USER" --pwfile="$pwfile" \
+        --auth-local=peer --auth-host=scram-sha-256 -E UTF8 --no-locale >"$LOCAL/initdb.log" 2>&1 \
+        || { rm -f "$pwfile"; cat "$LOCAL/initdb.log" >&2; die "initdb failed (log above)"; }
+    rm -f "$pwfile"
+    pg_as tee -a "$PGDATA/postgresql.conf" >/dev/null <<EOF
+
+# --- jitocsp local development/test settings (scripts/services.sh) ---
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$PGSOCK'
+password_encryption = 'scram-sha-256'
+max_connections = 200
+shared_buffers = 128MB
+# disposable data: trade durability for speed
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+log_min_messages = warning
+log_min_error_statement = error
+EOF
+}
+
+pg_start() {
+    ensure_pg_installed
+    pg_paths
+    pg_init
+    if pg_running; then
+        return 0
+    fi
+    if [ -f "$PGDATA/postmaster.pid" ] && ! pg_pid_alive; then
+        log "removing stale $PGDATA/postmaster.pid"
+        rm -f "$PGDATA/postmaster.pid"
+    fi
+    if ! pg_pid_alive && port_in_use "$PG_PORT"; then
+        die "port $PG_PORT is already in use by another process (another checkout's cluster? stop it or set JITOCSP_PG_PORT)"
+    fi
+    mkdir -p "$PGSOCK"
+    if is_root; then chown "$PG_OS_USER": "$PGSOCK"; fi
+    touch "$PGLOG"
+    if is_root; then chown "$PG_OS_USER": "$PGLOG"; fi
+    log "starting postgres on 127.0.0.1:$PG_PORT (log: $PGLOG)"
+    pg_ctl_ -l "$PGLOG" -w -t 60 start >/dev/null \
+        || { tail -n 30 "$PGLOG" >&2; die "postgres failed to start (log tail above)"; }
+    local i
+    for i in $(seq 1 60); do
+        "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" && break
+        sleep 0.5
+        [ "$i" -lt 60 ] || die "postgres did not become ready on 127.0.0.1:$PG_PORT"
+    done
+}
+
+pg_provision() {
+    psql_admin -f - <<EOF
+SELECT 'CREATE ROLE $DB_USER LOGIN CREATEDB' WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$DB_USER')
+\gexec
+ALTER ROLE $DB_USER WITH LOGIN CREATEDB PASSWORD '$DB_PASS';
+SELECT 'CREATE DATABASE $DB_NAME OWNER $DB_USER' WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = '$DB_NAME')
+\gexec
+EOF
+    # Prove the URL the application will use actually works (TCP + scram).
+    PGPASSWORD="$DB_PASS" "$PGBIN/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U "$DB_USER" -d "$DB_NAME" \
+        -tAc 'SELECT 1' >/dev/null \
+        || die "cannot log in as $DB_USER@127.0.0.1:$PG_PORT/$DB_NAME with password auth"
+}
+
+pg_stop() {
+    ensure_pg_installed
+    pg_paths
+    [ -f "$PGDATA/PG_VERSION" ] || return 0
+    if pg_pid_alive; then
+        log "stopping postgres"
+        pg_ctl_ -m fast -w -t 60 stop >/dev/null || die "pg_ctl stop failed"
+    fi
+}
+
+# ---------------------------------------------------------------- Redis
+
+redis_ping() {
+    [ "$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null)" = "PONG" ]
+}
+
+redis_start() {
+    ensure_cmd redis-server redis-server redis-cli redis-tools
+    if redis_ping; then
+        return 0
+    fi
+    port_in_use "$REDIS_PORT" \
+        && die "port $REDIS_PORT is in use but does not answer PING (set JITOCSP_REDIS_PORT?)"
+    mkdir -p "$REDIS_DIR"
+    cat >"$REDIS_CONF" <<EOF
+# generated by scripts/services.sh; regenerated on every start
+bind 127.0.0.1
+port $REDIS_PORT
+protected-mode yes
+daemonize yes
+pidfile "$REDIS_DIR/redis.pid"
+logfile "$REDIS_DIR/redis.log"
+dir "$REDIS_DIR"
+save ""
+appendonly no
+maxmemory 256mb
+maxmemory-policy allkeys-lru
+EOF
+    rm -f "$REDIS_DIR/redis.pid"
+    log "starting redis on 127.0.0.1:$REDIS_PORT (log: $REDIS_DIR/redis.log)"
+    redis-server "$REDIS_CONF" >/dev/null || die "redis-server failed to start; see $REDIS_DIR/redis.log"
+    local i
+    for i in $(seq 1 50); do
+        redis_ping && return 0
+        sleep 0.2
+    done
+    tail -n 20 "$REDIS_DIR/redis.log" >&2 || true
+    die "redis did not answer PING on 127.0.0.1:$REDIS_PORT"
+}
+
+redis_stop() {
+    command -v redis-cli >/dev/null 2>&1 || return 0
+    if redis_ping; then
+        log "stopping redis"
+        redis-cli -h 127.0.0.1 -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+    fi
+    local i pid=""
+    [ -f "$REDIS_DIR/redis.pid" ] && pid="$(cat "$REDIS_DIR/redis.pid" 2>/dev/null || true)"
+    for i in $(seq 1 50); do
+        if ! redis_ping && { [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; }; then
+            rm -f "$REDIS_DIR/redis.pid"
+            return 0
+        fi
+        sleep 0.1
+    done
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+        log "redis did not exit; sending SIGKILL to $pid"
+        kill -9 "$pid" 2>/dev/null || true
+    fi
+    rm -f "$REDIS_DIR/redis.pid"
+}
+
+# ---------------------------------------------------------------- main
+
+write_env() {
+    cat >"$LOCAL/env.tmp" <<EOF
+# generated by scripts/services.sh
+export DATABASE_URL=postgres://$DB_USER:$DB_PASS@127.0.0.1:$PG_PORT/$DB_NAME
+export REDIS_URL=redis://127.0.0.1:$REDIS_PORT
+EOF
+    mv "$LOCAL/env.tmp" "$LOCAL/env"
+}
+
+with_lock() {
+    mkdir -p "$LOCAL"
+    exec 9>"$LOCAL/services.lock"
+    flock -w 120 9 || die "timed out waiting for another scripts/services.sh run"
+    "$@"
+}
+
+cmd_up() {
+    redis_start
+    pg_start
+    pg_provision
+    write_env
+    log "ready: postgres 127.0.0.1:$PG_PORT, redis 127.0.0.1:$REDIS_PORT; env in $LOCAL/env"
+}
+
+cmd_down() {
+    redis_stop
+    pg_stop
+}
+
+cmd_status() {
+    local rc=0
+    if redis_ping; then echo "redis:    running on 127.0.0.1:$REDIS_PORT"; else echo "redis:    stopped"; rc=1; fi
+    ensure_pg_installed
+    pg_paths
+    if pg_running; then echo "postgres: running on 127.0.0.1:$PG_PORT ($PGDATA)"; else echo "postgres: stopped"; rc=1; fi
+    return $rc
+}
+
+usage() {
+    sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    exit 2
+}
+
+[ $# -ge 1 ] || usage
+cmd="$1"; shift
+case "$cmd" in
+    up)          with_lock cmd_up ;;
+    down)        with_lock cmd_down ;;
+    status)      cmd_status ;;
+    redis-stop)  with_lock redis_stop ;;
+    redis-start) with_lock redis_start ;;
+    pg-stop)     with_lock pg_stop ;;
+    pg-start)    with_lock pg_start ;;
+    ensure-cmd)  with_lock ensure_cmd "$@" ;;
+    -h|--help|help) usage ;;
+    *) printf 'services: unknown command %q\n' "$cmd" >&2; usage ;;
+esac

@@ -1,0 +1,219 @@
+//! `admin issuer add` and `admin issuer list`.
+//!
+//! `issuer add` refuses (exit 2), before writing anything:
+//! - a `--cert` that is not exactly one certificate, or is not a CA certificate
+//!   (basicConstraints cA=TRUE is required: OCSP answers for the certificates a CA issued,
+//!   and a leaf passed by mistake would yield CertID hashes no client ever sends);
+//! - a certificate already registered under another name, or a name already taken;
+//! - a signer that cannot be opened, or whose public key is not the key of the certificate
+//!   that will sign: the CA's, or with `--responder-cert` the responder's;
+//! - a responder certificate not issued by the CA (issuer Name must equal the CA's subject;
+//!   the signature is verified too for ECDSA P-256/SHA-256 CAs, other algorithms are checked
+//!   by name only and say so), or without the id-kp-OCSPSigning extended key usage.
+//!
+//! An expired CA or responder certificate is only warned about: an operator may be loading
+//! an issuer before it goes live or after it retired.
+
+use chrono::Utc;
+use tokio_postgres::error::SqlState;
+
+use super::{actor, connect, db, AdminError, IssuerAddArgs};
+use crate::config::Config;
+use crate::issuer::{certid_hashes_of, load_pem_or_der, parse_cert, verify_issued_by};
+use crate::signer::{self, SignerError};
+
+fn one_cert(path: &std::path::Path, role: &str) -> Result<Vec<u8>, AdminError> {
+    let mut certs = load_pem_or_der(path)?;
+    if certs.len() != 1 {
+        return Err(AdminError::input(format!(
+            "{role} {}: contains {} certificates; expected exactly one",
+            path.display(),
+            certs.len()
+        )));
+    }
+    Ok(certs.remove(0))
+}
+
+fn warn_if_expired(cert: &x509_parser::prelude::X509Certificate<'_>, what: &str) {
+    let not_after = cert.validity().not_after.timestamp();
+    if not_after < Utc::now().timestamp() {
+        eprintln!("warning: {what} expired at {}", cert.validity().not_after);
+    }
+}
+
+pub async fn add(args: IssuerAddArgs, config: &Config) -> Result<(), AdminError> {
+    let name = args.name.trim().to_owned();
+    if name.is_empty() {
+        return Err(AdminError::input("--name must not be empty"));
+    }
+    let cert_path = args.cert.display().to_string();
+    let ca_der = one_cert(&args.cert, "--cert")?;
+    let ca = parse_cert(&ca_der, &cert_path)?;
+    if !ca.is_ca() {
+        return Err(AdminError::input(format!(
+            "--cert {cert_path}: \"{}\" is not a CA certificate (basicConstraints cA is not TRUE)",
+            ca.subject()
+        )));
+    }
+    warn_if_expired(&ca, &format!("the CA certificate {cert_path}"));
+    let hashes = certid_hashes_of(&ca);
+
+    let responder_der = match &args.responder_cert {
+        None => None,
+        Some(path) => {
+            let shown = path.display().to_string();
+            let der = one_cert(path, "--responder-cert")?;
+            let responder = parse_cert(&der, &shown)?;
+            if responder.issuer().as_raw() != ca.subject().as_raw() {
+                return Err(AdminError::input(format!(
+                    "--responder-cert {shown}: not issued by the CA: its issuer is \"{}\", \
+                     the CA's subject is \"{}\"",
+                    responder.issuer(),
+                    ca.subject()
+                )));
+            }
+            match verify_issued_by(&responder, &ca) {
+                Ok(true) => {}
+                Ok(false) => eprintln!(
+                    "note: --responder-cert {shown}: signature algorithm not verifiable here; \
+                     checked the issuer name only"
+                ),
+                Err(reason) => {
+                    return Err(AdminError::input(format!(
+                        "--responder-cert {shown}: not signed by the CA {cert_path}: {reason}"
+                    )))
+                }
+            }
+            let ocsp_signing = responder.extended_key_usage().ok().flatten().is_some_and(|eku| eku.value.ocsp_signing);
+            if !ocsp_signing {
+                return Err(AdminError::input(format!(
+                    "--responder-cert {shown}: lacks the id-kp-OCSPSigning extended key usage \
+                     (RFC 6960 4.2.2.2)"
+                )));
+            }
+            warn_if_expired(&responder, &format!("the responder certificate {shown}"));
+            Some(der)
+        }
+    };
+
+    let signer = signer::open(&args.signer).map_err(|e| match e {
+        SignerError::Open { .. } if args.signer.starts_with("pkcs11:") => {
+            AdminError::Operational(format!("--signer: {e}"))
+        }
+        other => AdminError::input(format!("--signer: {other}")),
+    })?;
+    let (signing_cert_der, signing_what) = match &responder_der {
+        Some(der) => (der.as_slice(), "--responder-cert"),
+        None => (ca_der.as_slice(), "--cert"),
+    };
+    let signing_cert = parse_cert(signing_cert_der, signing_what)?;
+    if signer.public_key_spki_der() != signing_cert.public_key().raw {
+        return Err(AdminError::input(format!(
+            "--signer {}: its public key is not the key of {signing_what} ({}); \
+             responses signed with it would not verify",
+            args.signer,
+            signing_cert.subject()
+        )));
+    }
+
+    let mut client = connect(config).await?;
+    let tx = client.transaction().await.map_err(db("starting a transaction"))?;
+    if let Some(row) = tx
+        .query_opt("SELECT name FROM issuers WHERE cert_der = $1", &[&ca_der])
+        .await
+        .map_err(db("checking for the certificate"))?
+    {
+        let existing: String = row.get(0);
+        return Err(AdminError::input(format!(
+            "--cert {cert_path}: this certificate is already registered as issuer {existing:?}"
+        )));
+    }
+    let inserted = tx
+        .query_one(
+            "INSERT INTO issuers (name, cert_der, name_hash_sha1, key_hash_sha1, \
+                                  name_hash_sha256, key_hash_sha256, signer, responder_cert_der) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+            &[
+                &name,
+                &ca_der,
+                &&hashes.name_sha1[..],
+                &&hashes.key_sha1[..],
+                &&hashes.name_sha256[..],
+                &&hashes.key_sha256[..],
+                &args.signer,
+                &responder_der,
+            ],
+        )
+        .await;
+    let id: i32 = match inserted {
+        Ok(row) => row.get(0),
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            return Err(AdminError::input(format!("an issuer named {name:?} already exists")))
+        }
+        Err(e) => return Err(db("inserting the issuer")(e)),
+    };
+    let who = actor();
+    let after = serde_json::json!({
+        "name": name,
+        "subject": ca.subject().to_string(),
+        "signer": args.signer,
+        "responder_cert": responder_der.is_some(),
+        "name_hash_sha1": hex::encode(hashes.name_sha1),
+        "key_hash_sha1": hex::encode(hashes.key_sha1),
+    });
+    tx.execute(
+        "INSERT INTO audit_log (actor, action, issuer_id, after) VALUES ($1, 'issuer add', $2, $3::text::jsonb)",
+        &[&who, &id, &after.to_string()],
+    )
+    .await
+    .map_err(db("writing the audit log"))?;
+    tx.commit().await.map_err(db("committing"))?;
+    tracing::info!(target: "jitocsp::audit", actor = %who, action = "issuer add", issuer = %name, issuer_id = id, signer = %args.signer, "issuer added");
+
+    println!("added issuer {name:?} (id {id})");
+    println!("  subject:          {}", ca.subject());
+    println!("  signer:           {}", args.signer);
+    if let Some(path) = &args.responder_cert {
+        println!("  responder cert:   {}", path.display());
+    }
+    println!("  name hash sha1:   {}", hex::encode(hashes.name_sha1));
+    println!("  key hash sha1:    {}", hex::encode(hashes.key_sha1));
+    println!("  name hash sha256: {}", hex::encode(hashes.name_sha256));
+    println!("  key hash sha256:  {}", hex::encode(hashes.key_sha256));
+    println!("running responders pick up new issuers when restarted");
+    Ok(())
+}
+
+pub async fn list(config: &Config) -> Result<(), AdminError> {
+    let client = connect(config).await?;
+    let rows = client
+        .query(
+            "SELECT id, name, signer, cert_der, responder_cert_der IS NOT NULL, created_at \
+             FROM issuers ORDER BY id",
+            &[],
+        )
+        .await
+        .map_err(db("listing issuers"))?;
+    if rows.is_empty() {
+        println!("no issuers (add one with `jitocsp admin issuer add`)");
+        return Ok(());
+    }
+    for row in rows {
+        let id: i32 = row.get(0);
+        let name: String = row.get(1);
+        let signer: String = row.get(2);
+        let der: Vec<u8> = row.get(3);
+        let delegated: bool = row.get(4);
+        let created: chrono::DateTime<Utc> = row.get(5);
+        let (subject, not_after) = match parse_cert(&der, "stored certificate") {
+            Ok(c) => (c.subject().to_string(), c.validity().not_after.to_string()),
+            Err(e) => (format!("<{e}>"), String::new()),
+        };
+        println!(
+            "{id}\t{name}\tsubject=\"{subject}\"\tnot_after={not_after}\tsigner={signer}\tresponder_cert={}\tadded={}",
+            if delegated { "yes" } else { "no" },
+            created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+    }
+    Ok(())
+}

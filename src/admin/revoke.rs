@@ -1,0 +1,310 @@
+//! `admin revoke` and `admin unrevoke`.
+//!
+//! Both follow one pattern. Input is parsed and validated completely first. Then, in ONE
+//! transaction: the rows are locked (`FOR UPDATE`) and checked (an unknown serial fails the
+//! whole command, exit 2, and nothing is written); the status is changed with
+//! `changed_at = clock_timestamp()`; per changed certificate one `audit_log` row, one
+//! `pending_purges` row and one `pg_notify('jitocsp_status', StatusChange payload)`. COMMIT.
+//! Only then are the Redis keys deleted (see `purge`). A revoke of many serials uses
+//! set-based statements (`serial = ANY($n)`, `unnest`) rather than one round trip per
+//! serial; the effect per row is the same as the per-serial `UPDATE ... WHERE reason IS NULL`.
+//!
+//! A certificate already revoked is skipped and reported, not an error, and keeps its
+//! original reason and time (change a reason by unrevoking a hold, or not at all).
+
+use std::collections::HashMap;
+use std::collections::HashSet;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use tokio_postgres::{GenericClient, Transaction};
+
+use super::inputs::{parse_at, parse_serial, read_cert_file, read_serials_file, Origin};
+use super::purge::{self, PurgeTarget};
+use super::reason::{describe_code, Reason};
+use super::{actor, connect, db, find_issuer, AdminError, CertArgs, RevokeArgs};
+use crate::config::Config;
+use crate::notify::{StatusChange, CHANNEL};
+use crate::serial::Serial;
+
+/// How many unknown serials an error message lists by name.
+const MAX_NAMED: usize = 10;
+
+/// A certificate's status row.
+#[derive(Clone, Debug)]
+struct Current {
+    reason: Option<i16>,
+    revoked_at: Option<DateTime<Utc>>,
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// Reads the status of `serials`; with `lock`, locks the rows for this transaction.
+async fn current_states(
+    client: &impl GenericClient,
+    issuer_id: i32,
+    serials: &[&[u8]],
+    lock: bool,
+) -> Result<HashMap<Vec<u8>, Current>, AdminError> {
+    let sql = format!(
+        "SELECT serial, reason, revoked_at FROM certificates \
+         WHERE issuer_id = $1 AND serial = ANY($2){}",
+        if lock { " FOR UPDATE" } else { "" }
+    );
+    let rows = client.query(&sql, &[&issuer_id, &serials]).await.map_err(db("reading the current status"))?;
+    Ok(rows.iter().map(|r| (r.get::<_, Vec<u8>>(0), Current { reason: r.get(1), revoked_at: r.get(2) })).collect())
+}
+
+/// Fails, naming them, if any serial has no row.
+fn check_known(
+    serials: &[(Serial, Origin)],
+    states: &HashMap<Vec<u8>, Current>,
+    issuer_name: &str,
+) -> Result<(), AdminError> {
+    let missing: Vec<String> =
+        serials.iter().filter(|(s, _)| !states.contains_key(s.as_bytes())).map(|(s, o)| format!("{s} ({o})")).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut named = missing.iter().take(MAX_NAMED).cloned().collect::<Vec<_>>().join(", ");
+    if missing.len() > MAX_NAMED {
+        named.push_str(&format!(" and {} more", missing.len() - MAX_NAMED));
+    }
+    Err(AdminError::input(format!(
+        "{} serial(s) have no certificate of issuer {issuer_name:?}: {named}; nothing was changed \
+         (import the certificates first, or fix the input)",
+        missing.len()
+    )))
+}
+
+/// One committed-to-be change, for the audit log and the notification.
+struct Change {
+    serial: Serial,
+    changed_at: DateTime<Utc>,
+    before: serde_json::Value,
+    after: serde_json::Value,
+}
+
+/// Writes the audit rows, the pending purges and the notifications of `changes`, inside `tx`.
+async fn record_changes(
+    tx: &Transaction<'_>,
+    issuer_id: i32,
+    action: &str,
+    who: &str,
+    revoked: bool,
+    txn_now: DateTime<Utc>,
+    changes: &[Change],
+) -> Result<(), AdminError> {
+    let serials: Vec<&[u8]> = changes.iter().map(|c| c.serial.as_bytes()).collect();
+    let before: Vec<String> = changes.iter().map(|c| c.before.to_string()).collect();
+    let after: Vec<String> = changes.iter().map(|c| c.after.to_string()).collect();
+    tx.execute(
+        "INSERT INTO audit_log (actor, action, issuer_id, serial, before, after) \
+         SELECT $1, $2, $3, u.serial, u.before::jsonb, u.after::jsonb \
+         FROM unnest($4::bytea[], $5::text[], $6::text[]) WITH ORDINALITY AS u(serial, before, after, n) \
+         ORDER BY u.n",
+        &[&who, &action, &issuer_id, &serials, &before, &after],
+    )
+    .await
+    .map_err(db("writing the audit log"))?;
+    tx.execute(
+        "INSERT INTO pending_purges (issuer_id, serial, since) \
+         SELECT $1, s, $3 FROM unnest($2::bytea[]) AS s \
+         ON CONFLICT (issuer_id, serial) DO UPDATE \
+         SET since = EXCLUDED.since, attempts = 0, last_error = NULL",
+        &[&issuer_id, &serials, &txn_now],
+    )
+    .await
+    .map_err(db("recording the pending cache purges"))?;
+    let payloads: Vec<String> = changes
+        .iter()
+        .map(|c| StatusChange { issuer_id, serial: c.serial.clone(), revoked, changed_at: c.changed_at }.to_payload())
+        .collect();
+    tx.execute("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", &[&CHANNEL, &payloads])
+        .await
+        .map_err(db("queueing the status notifications"))?;
+    Ok(())
+}
+
+/// The transaction's start time: what `pending_purges.since` gets.
+async fn transaction_now(tx: &Transaction<'_>) -> Result<DateTime<Utc>, AdminError> {
+    Ok(tx.query_one("SELECT now()", &[]).await.map_err(db("reading the database clock"))?.get(0))
+}
+
+pub async fn revoke(args: RevokeArgs, config: &Config) -> Result<(), AdminError> {
+    // 1. Validate everything that needs no database.
+    let reason = Reason::parse(&args.reason).map_err(AdminError::Input)?;
+    let at = parse_at(args.at.as_deref(), Utc::now())?;
+    let mut serials: Vec<(Serial, Origin)> = match (&args.serial, &args.serials_file, &args.cert_file) {
+        (Some(s), None, None) => vec![(parse_serial(s, &Origin::Argument)?, Origin::Argument)],
+        (None, Some(f), None) => read_serials_file(f)?,
+        (None, None, Some(_)) => Vec::new(),
+        _ => return Err(AdminError::input("give exactly one of --serial, --serials-file, --cert-file")),
+    };
+
+    let mut client = connect(config).await?;
+    let issuer = find_issuer(&client, &args.issuer).await?;
+    if let Some(path) = &args.cert_file {
+        let mut seen = HashSet::new();
+        for cert in read_cert_file(path, &issuer.name, &issuer.cert_der)? {
+            if seen.insert(cert.serial.clone()) {
+                serials.push((cert.serial, cert.origin));
+            }
+        }
+    }
+    let by_bytes: HashMap<&[u8], &Serial> = serials.iter().map(|(s, _)| (s.as_bytes(), s)).collect();
+    let serial_bytes: Vec<&[u8]> = serials.iter().map(|(s, _)| s.as_bytes()).collect();
+
+    // 2. Dry run: read, report, write nothing.
+    if args.dry_run {
+        let states = current_states(&client, issuer.id, &serial_bytes, false).await?;
+        check_known(&serials, &states, &issuer.name)?;
+        let mut would = 0;
+        for (serial, _) in &serials {
+            let state = &states[serial.as_bytes()];
+            match state.reason {
+                None => {
+                    would += 1;
+                    println!("would revoke {serial}: good -> revoked ({reason}, at {})", rfc3339(at));
+                }
+                Some(code) => println!(
+                    "already revoked {serial}: {} at {} (would be left unchanged)",
+                    describe_code(code),
+                    state.revoked_at.map(rfc3339).unwrap_or_default()
+                ),
+            }
+        }
+        println!(
+            "dry run: would revoke {would}, {} already revoked (issuer {:?}); nothing was changed",
+            serials.len() - would,
+            issuer.name
+        );
+        return Ok(());
+    }
+
+    // 3. One transaction.
+    let who = actor();
+    let tx = client.transaction().await.map_err(db("starting a transaction"))?;
+    let txn_now = transaction_now(&tx).await?;
+    let states = current_states(&tx, issuer.id, &serial_bytes, true).await?;
+    check_known(&serials, &states, &issuer.name)?;
+    let to_change: Vec<&[u8]> =
+        serials.iter().filter(|(s, _)| states[s.as_bytes()].reason.is_none()).map(|(s, _)| s.as_bytes()).collect();
+    let mut changes = Vec::with_capacity(to_change.len());
+    if !to_change.is_empty() {
+        let rows = tx
+            .query(
+                "UPDATE certificates SET reason = $3, revoked_at = $4, changed_at = clock_timestamp() \
+                 WHERE issuer_id = $1 AND serial = ANY($2) AND reason IS NULL \
+                 RETURNING serial, changed_at",
+                &[&issuer.id, &to_change, &reason.code(), &at],
+            )
+            .await
+            .map_err(db("revoking"))?;
+        for row in rows {
+            let bytes: Vec<u8> = row.get(0);
+            let changed_at: DateTime<Utc> = row.get(1);
+            let serial = (*by_bytes[bytes.as_slice()]).clone();
+            changes.push(Change {
+                serial,
+                changed_at,
+                before: serde_json::json!({ "status": "good" }),
+                after: serde_json::json!({
+                    "status": "revoked",
+                    "reason": reason.name(),
+                    "reason_code": reason.code(),
+                    "revoked_at": rfc3339(at),
+                    "changed_at": rfc3339(changed_at),
+                }),
+            });
+        }
+        // Keep the operator's order in the audit log and the output.
+        let order: HashMap<&[u8], usize> = to_change.iter().enumerate().map(|(i, b)| (*b, i)).collect();
+        changes.sort_by_key(|c| order[c.serial.as_bytes()]);
+        record_changes(&tx, issuer.id, "revoke", &who, true, txn_now, &changes).await?;
+    }
+    tx.commit().await.map_err(db("committing the revocation"))?;
+
+    // 4. Report, then purge the cache.
+    let changed: HashSet<&[u8]> = changes.iter().map(|c| c.serial.as_bytes()).collect();
+    for change in &changes {
+        tracing::info!(target: "jitocsp::audit", actor = %who, action = "revoke", issuer = %issuer.name,
+            issuer_id = issuer.id, serial = %change.serial, reason = reason.name(),
+            revoked_at = %rfc3339(at), changed_at = %rfc3339(change.changed_at), "certificate revoked");
+        println!("revoked {} ({reason}, at {})", change.serial, rfc3339(at));
+    }
+    let mut skipped = 0;
+    for (serial, _) in &serials {
+        if changed.contains(serial.as_bytes()) {
+            continue;
+        }
+        skipped += 1;
+        let state = &states[serial.as_bytes()];
+        println!(
+            "already revoked {serial}: {} at {}; left unchanged",
+            state.reason.map(describe_code).unwrap_or_default(),
+            state.revoked_at.map(rfc3339).unwrap_or_default()
+        );
+    }
+    let targets: Vec<PurgeTarget> = changes
+        .iter()
+        .map(|c| PurgeTarget { issuer_id: issuer.id, serial: c.serial.clone(), since: Some(txn_now) })
+        .collect();
+    let outcome = purge::purge(config, &client, &targets).await;
+    purge::report(&outcome);
+    println!("{} revoked, {skipped} already revoked (issuer {:?}, reason {reason})", changes.len(), issuer.name);
+    Ok(())
+}
+
+pub async fn unrevoke(args: CertArgs, config: &Config) -> Result<(), AdminError> {
+    let serial = parse_serial(&args.serial, &Origin::Argument)?;
+    let mut client = connect(config).await?;
+    let issuer = find_issuer(&client, &args.issuer).await?;
+    let who = actor();
+    let tx = client.transaction().await.map_err(db("starting a transaction"))?;
+    let txn_now = transaction_now(&tx).await?;
+    let states = current_states(&tx, issuer.id, &[serial.as_bytes()], true).await?;
+    let Some(state) = states.get(serial.as_bytes()) else {
+        return Err(AdminError::input(format!("serial {serial} has no certificate of issuer {:?}", issuer.name)));
+    };
+    match state.reason {
+        None => return Err(AdminError::input(format!("serial {serial} is not revoked; nothing to undo"))),
+        Some(code) if code != Reason::CertificateHold.code() => {
+            return Err(AdminError::input(format!(
+                "serial {serial} was revoked with reason {}; only a certificateHold can be undone",
+                describe_code(code)
+            )))
+        }
+        Some(_) => {}
+    }
+    let row = tx
+        .query_one(
+            "UPDATE certificates SET reason = NULL, revoked_at = NULL, changed_at = clock_timestamp() \
+             WHERE issuer_id = $1 AND serial = $2 AND reason = $3 RETURNING changed_at",
+            &[&issuer.id, &serial.as_bytes(), &Reason::CertificateHold.code()],
+        )
+        .await
+        .map_err(db("unrevoking"))?;
+    let changed_at: DateTime<Utc> = row.get(0);
+    let change = Change {
+        serial: serial.clone(),
+        changed_at,
+        before: serde_json::json!({
+            "status": "revoked",
+            "reason": Reason::CertificateHold.name(),
+            "reason_code": Reason::CertificateHold.code(),
+            "revoked_at": state.revoked_at.map(rfc3339),
+        }),
+        after: serde_json::json!({ "status": "good", "changed_at": rfc3339(changed_at) }),
+    };
+    record_changes(&tx, issuer.id, "unrevoke", &who, false, txn_now, std::slice::from_ref(&change)).await?;
+    tx.commit().await.map_err(db("committing the unrevoke"))?;
+    tracing::info!(target: "jitocsp::audit", actor = %who, action = "unrevoke", issuer = %issuer.name,
+        issuer_id = issuer.id, serial = %serial, changed_at = %rfc3339(changed_at), "certificate hold released");
+    println!("unrevoked {serial} (issuer {:?}): certificateHold released, status good", issuer.name);
+    let outcome =
+        purge::purge(config, &client, &[PurgeTarget { issuer_id: issuer.id, serial, since: Some(txn_now) }]).await;
+    purge::report(&outcome);
+    Ok(())
+}

@@ -1,0 +1,59 @@
+//! Redis key layout, shared by the responder (which writes) and the admin CLI (which purges).
+//!
+//! A response echoes the request's CertID byte for byte, so one certificate has up to four
+//! distinct cached responses: SHA-1 or SHA-256 CertID, each with the hash AlgorithmIdentifier's
+//! parameters either NULL (what OpenSSL sends) or absent. Each variant is its own key.
+//! All four share a Redis Cluster hash tag, `{issuer:serial}`, so one DEL removes them all
+//! even in cluster mode.
+
+use crate::serial::Serial;
+
+/// How the request's CertID was hashed, and how its AlgorithmIdentifier was spelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CertIdVariant {
+    Sha1Null,
+    Sha1Absent,
+    Sha256Null,
+    Sha256Absent,
+}
+
+impl CertIdVariant {
+    pub const ALL: [CertIdVariant; 4] =
+        [CertIdVariant::Sha1Null, CertIdVariant::Sha1Absent, CertIdVariant::Sha256Null, CertIdVariant::Sha256Absent];
+
+    fn suffix(self) -> &'static str {
+        match self {
+            CertIdVariant::Sha1Null => "1n",
+            CertIdVariant::Sha1Absent => "1a",
+            CertIdVariant::Sha256Null => "2n",
+            CertIdVariant::Sha256Absent => "2a",
+        }
+    }
+}
+
+/// The Redis key of one cached response: `{prefix}:{<issuer_id>:<serialhex>}:<variant>`.
+pub fn response_key(prefix: &str, issuer_id: i32, serial: &Serial, variant: CertIdVariant) -> String {
+    format!("{prefix}:{{{issuer_id}:{serial}}}:{}", variant.suffix())
+}
+
+/// Every key that may hold a response for this certificate: what a purge deletes.
+pub fn all_response_keys(prefix: &str, issuer_id: i32, serial: &Serial) -> Vec<String> {
+    CertIdVariant::ALL.iter().map(|v| response_key(prefix, issuer_id, serial, *v)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variants_share_one_cluster_hash_tag() {
+        let serial = Serial::from_hex("0a:bc").unwrap();
+        let keys = all_response_keys("ocsp", 7, &serial);
+        assert_eq!(keys.len(), 4);
+        for key in &keys {
+            assert!(key.starts_with("ocsp:{7:0abc}:"), "{key}");
+        }
+        let unique: std::collections::HashSet<_> = keys.iter().collect();
+        assert_eq!(unique.len(), 4);
+    }
+}

@@ -1,0 +1,35 @@
+//! The response cache tiers: Redis (shared by every instance) and the optional in-process
+//! local tier. Neither holds anything that cannot be regenerated from Postgres and a signer.
+
+pub mod keys;
+pub mod local;
+pub mod redis;
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+/// A cache backend failed. Never fatal to a request: the pipeline falls through to Postgres
+/// and the signer.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("cache configuration: {0}")]
+    Config(String),
+}
+
+/// A shared store of encoded responses, keyed by `keys::response_key`.
+///
+/// Generic (not `dyn`) so the hot path pays no boxing; tests substitute an in-memory map.
+pub trait ResponseCache: Send + Sync + 'static {
+    /// The stored value, if any.
+    fn get(&self, key: &str) -> impl Future<Output = Result<Option<Bytes>, CacheError>> + Send;
+    /// Stores `value` for `ttl`, after which the cache must forget it.
+    fn set(&self, key: &str, value: Bytes, ttl: Duration) -> impl Future<Output = Result<(), CacheError>> + Send;
+    /// Deletes every key given; keys that do not exist are not an error.
+    fn delete(&self, keys: &[String]) -> impl Future<Output = Result<(), CacheError>> + Send;
+}

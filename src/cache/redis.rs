@@ -1,0 +1,114 @@
+//! The Redis tier: one shared cache of encoded responses for every instance.
+//!
+//! Single-node Redis goes through a `ConnectionManager` (one multiplexed connection that
+//! reconnects by itself); Redis Cluster through the cluster client, which routes by slot.
+//! Connections are made lazily, so a responder starts and serves (from Postgres and the
+//! signer) while Redis is down, and uses Redis again as soon as it is back.
+
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::cluster::ClusterClientBuilder;
+use ::redis::cluster_async::ClusterConnection;
+use bytes::Bytes;
+
+use super::{CacheError, ResponseCache};
+
+/// Which Redis topology to talk to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    Single,
+    Cluster,
+    Sharded,
+}
+
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// The Redis response cache.
+#[derive(Clone)]
+pub struct RedisCache {
+    connection: Connection,
+    timeout: Duration,
+}
+
+impl RedisCache {
+    /// Prepares a connection to `url` (single) or to the cluster seeded by `nodes` (cluster).
+    /// Single mode does not touch the network here; cluster mode reads the slot map once.
+    pub async fn connect(mode: RedisMode, url: &str, nodes: &[String], timeout: Duration) -> Result<Self, CacheError> {
+        let connection = match mode {
+            RedisMode::Single => {
+                let client = ::redis::Client::open(url)?;
+                let config = ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(timeout))
+                    .set_connection_timeout(Some(timeout))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_millis(500));
+                Connection::Single(ConnectionManager::new_lazy_with_config(client, config)?)
+            }
+            RedisMode::Cluster => {
+                let seeds: Vec<&str> =
+                    if nodes.is_empty() { vec![url] } else { nodes.iter().map(String::as_str).collect() };
+                let client = ClusterClientBuilder::new(seeds)
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .retries(1)
+                    .build()?;
+                Connection::Cluster(client.get_async_connection().await?)
+            }
+            RedisMode::Sharded => {
+                return Err(CacheError::Config(
+                    "redis.mode = \"sharded\" is not available in this version; use \"single\" or \"cluster\"".into(),
+                ))
+            }
+        };
+        Ok(RedisCache { connection, timeout })
+    }
+
+    async fn run<T: ::redis::FromRedisValue + Send>(&self, cmd: ::redis::Cmd) -> Result<T, CacheError> {
+        // The client's own timeouts bound each attempt; this bounds reconnect back-off too.
+        let call = async {
+            match &self.connection {
+                Connection::Single(c) => cmd.query_async(&mut c.clone()).await,
+                Connection::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+            }
+        };
+        match tokio::time::timeout(self.timeout * 2, call).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(CacheError::Timeout(self.timeout * 2)),
+        }
+    }
+
+    /// Round-trips a PING: what `/readyz` asks.
+    pub async fn ping(&self) -> Result<(), CacheError> {
+        self.run::<String>(::redis::cmd("PING")).await.map(drop)
+    }
+}
+
+impl ResponseCache for RedisCache {
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
+        let mut cmd = ::redis::cmd("GET");
+        cmd.arg(key);
+        let value: Option<Vec<u8>> = self.run(cmd).await?;
+        Ok(value.map(Bytes::from))
+    }
+
+    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), CacheError> {
+        let mut cmd = ::redis::cmd("SET");
+        cmd.arg(key).arg(value.as_ref()).arg("PX").arg(ttl.as_millis().max(1) as u64);
+        self.run::<()>(cmd).await
+    }
+
+    async fn delete(&self, keys: &[String]) -> Result<(), CacheError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = ::redis::cmd("DEL");
+        cmd.arg(keys);
+        self.run::<()>(cmd).await
+    }
+}

@@ -1,0 +1,178 @@
+//! Turning an [`Answer`] into HTTP: status, caching headers (RFC 9919 section 6), validators
+//! and conditional requests.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder};
+
+use crate::entry::CachedResponse;
+use crate::ocsp::response::error_response;
+use crate::ocsp::ResponseStatus;
+use crate::pipeline::{Answer, Caching};
+
+pub const OCSP_RESPONSE: &str = "application/ocsp-response";
+/// Names the certificate a response is about, so a CDN can purge it by tag on revocation.
+pub const PURGE_TAG_HEADER: &str = "Cache-Tag";
+/// Error responses and answers that must not be reused.
+const NO_CACHE: &str = "max-age=0, no-cache";
+
+/// Builds the HTTP response for `answer`, honouring `If-None-Match` / `If-Modified-Since`.
+pub fn respond(answer: &Answer, request: &HttpRequest, now: i64, max_age_cap: Option<Duration>) -> HttpResponse {
+    match answer {
+        Answer::Error(status) => error(StatusCode::OK, *status),
+        Answer::Response { response, caching, purge_tag } => {
+            let mut builder = match caching {
+                Caching::Public => cacheable(response, now, max_age_cap),
+                Caching::NoCache => uncacheable(NO_CACHE),
+                Caching::NoStore => uncacheable("no-store"),
+            };
+            builder.insert_header((header::ETAG, etag_header(response)));
+            if let Ok(tag) = HeaderValue::from_str(purge_tag) {
+                builder.insert_header((PURGE_TAG_HEADER, tag));
+            }
+            if *caching == Caching::Public && not_modified(request, response) {
+                return builder.status(StatusCode::NOT_MODIFIED).finish();
+            }
+            builder.body(response.der.clone())
+        }
+    }
+}
+
+/// An OCSP error response (never HTML), uncacheable.
+pub fn error(http_status: StatusCode, status: ResponseStatus) -> HttpResponse {
+    HttpResponse::build(http_status)
+        .insert_header((header::CONTENT_TYPE, OCSP_RESPONSE))
+        .insert_header((header::CACHE_CONTROL, NO_CACHE))
+        .body(error_response(status))
+}
+
+fn cacheable(response: &CachedResponse, now: i64, max_age_cap: Option<Duration>) -> HttpResponseBuilder {
+    let mut max_age = response.next_update.saturating_sub(now).max(0) as u64;
+    if let Some(cap) = max_age_cap {
+        max_age = max_age.min(cap.as_secs());
+    }
+    let mut builder = HttpResponse::Ok();
+    builder
+        .insert_header((header::CONTENT_TYPE, OCSP_RESPONSE))
+        .insert_header((header::LAST_MODIFIED, http_date(response.this_update)))
+        .insert_header((header::EXPIRES, http_date(response.next_update)))
+        .insert_header((header::CACHE_CONTROL, format!("max-age={max_age}, public, no-transform, must-revalidate")));
+    builder
+}
+
+fn uncacheable(cache_control: &'static str) -> HttpResponseBuilder {
+    let mut builder = HttpResponse::Ok();
+    builder.insert_header((header::CONTENT_TYPE, OCSP_RESPONSE)).insert_header((header::CACHE_CONTROL, cache_control));
+    builder
+}
+
+fn etag_header(response: &CachedResponse) -> String {
+    format!("\"{}\"", response.etag_str())
+}
+
+/// IMF-fixdate, always "GMT" (Boulder once sent "UTC", which is not an HTTP date).
+fn http_date(unix_seconds: i64) -> String {
+    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(unix_seconds.max(0) as u64))
+}
+
+/// RFC 9110 section 13.2.2: If-None-Match wins over If-Modified-Since.
+fn not_modified(request: &HttpRequest, response: &CachedResponse) -> bool {
+    let headers = request.headers();
+    if let Some(value) = headers.get(header::IF_NONE_MATCH) {
+        let Ok(value) = value.to_str() else { return false };
+        return value
+            .split(',')
+            .map(str::trim)
+            .any(|tag| tag == "*" || tag.trim_start_matches("W/").trim_matches('"').as_bytes() == response.etag);
+    }
+    headers
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+        .and_then(|since| since.duration_since(UNIX_EPOCH).ok())
+        .is_some_and(|since| since.as_secs() as i64 >= response.this_update)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::body::MessageBody;
+    use actix_web::test::TestRequest;
+    use bytes::Bytes;
+    use std::sync::Arc;
+
+    fn answer(caching: Caching) -> (Answer, Arc<CachedResponse>) {
+        let response = Arc::new(CachedResponse::new(
+            Bytes::from_static(b"0\x03\n\x01\x00"),
+            false,
+            0,
+            1_700_000_000,
+            1_700_345_600,
+            i64::MAX,
+        ));
+        (Answer::Response { response: response.clone(), caching, purge_tag: "demo:0abc".into() }, response)
+    }
+
+    fn header<'a>(r: &'a HttpResponse, name: &str) -> &'a str {
+        r.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default()
+    }
+
+    #[test]
+    fn success_carries_rfc9919_caching_headers() {
+        let (answer, response) = answer(Caching::Public);
+        let now = 1_700_000_000 + 600;
+        let r = respond(&answer, &TestRequest::default().to_http_request(), now, None);
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(header(&r, "content-type"), OCSP_RESPONSE);
+        assert_eq!(header(&r, "cache-control"), "max-age=345000, public, no-transform, must-revalidate");
+        assert_eq!(header(&r, "last-modified"), "Tue, 14 Nov 2023 22:13:20 GMT");
+        assert_eq!(header(&r, "expires"), "Sat, 18 Nov 2023 22:13:20 GMT");
+        assert_eq!(header(&r, "etag"), format!("\"{}\"", response.etag_str()));
+        assert_eq!(header(&r, "cache-tag"), "demo:0abc");
+        let capped = respond(&answer, &TestRequest::default().to_http_request(), now, Some(Duration::from_secs(3600)));
+        assert_eq!(header(&capped, "cache-control"), "max-age=3600, public, no-transform, must-revalidate");
+    }
+
+    #[test]
+    fn conditional_requests_get_304_without_body() {
+        let (answer, response) = answer(Caching::Public);
+        let tag = format!("\"{}\"", response.etag_str());
+        for request in [
+            TestRequest::default().insert_header(("if-none-match", tag.as_str())).to_http_request(),
+            TestRequest::default().insert_header(("if-none-match", format!("\"other\", W/{tag}"))).to_http_request(),
+            TestRequest::default()
+                .insert_header(("if-modified-since", "Tue, 14 Nov 2023 22:13:20 GMT"))
+                .to_http_request(),
+        ] {
+            let r = respond(&answer, &request, 1_700_000_001, None);
+            assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+            assert_eq!(r.into_body().size(), actix_web::body::BodySize::None);
+        }
+        for request in [
+            TestRequest::default().insert_header(("if-none-match", "\"other\"")).to_http_request(),
+            TestRequest::default()
+                .insert_header(("if-modified-since", "Tue, 14 Nov 2023 22:13:19 GMT"))
+                .to_http_request(),
+            // If-None-Match decides when both are present.
+            TestRequest::default()
+                .insert_header(("if-none-match", "\"other\""))
+                .insert_header(("if-modified-since", "Tue, 14 Nov 2023 22:13:20 GMT"))
+                .to_http_request(),
+        ] {
+            assert_eq!(respond(&answer, &request, 1_700_000_001, None).status(), StatusCode::OK);
+        }
+    }
+
+    #[test]
+    fn errors_and_nonce_answers_are_not_cacheable() {
+        let r = respond(&Answer::Error(ResponseStatus::TryLater), &TestRequest::default().to_http_request(), 0, None);
+        assert_eq!(header(&r, "cache-control"), "max-age=0, no-cache");
+        assert_eq!(header(&r, "content-type"), OCSP_RESPONSE);
+        let (nonce, _) = answer(Caching::NoStore);
+        let r = respond(&nonce, &TestRequest::default().to_http_request(), 0, None);
+        assert_eq!(header(&r, "cache-control"), "no-store");
+        assert!(r.headers().get("expires").is_none());
+    }
+}

@@ -1,0 +1,126 @@
+//! The issuers a running responder answers for, loaded from Postgres with their signers.
+//!
+//! Matching a request to an issuer compares the CertID's precomputed name and key hashes, so
+//! nothing is hashed per request. A CertID that matches no issuer is answered unauthorized
+//! and never reaches a signer (spec invariant 2).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::issuer::{certid_hashes_of, parse_cert, CertIdHashes};
+use crate::ocsp::request::RequestedCert;
+use crate::ocsp::HashAlgorithm;
+use crate::signer::{self, Signer};
+
+/// One issuing CA, ready to answer for.
+pub struct Issuer {
+    pub id: i32,
+    pub name: String,
+    pub hashes: CertIdHashes,
+    /// ResponderID byKey: SHA-1 of the signing certificate's public key (the issuer's, or the
+    /// delegated responder's).
+    pub responder_key_hash: [u8; 20],
+    pub signer: Arc<dyn Signer>,
+    /// Certificates included in every response: the delegated responder certificate, if any.
+    pub included_certs: Vec<Bytes>,
+}
+
+/// Why the issuers could not be loaded. Fatal at start-up: serving without a configured
+/// issuer's key would answer its certificates with errors.
+#[derive(Debug, thiserror::Error)]
+pub enum IssuerLoadError {
+    #[error("reading issuers: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("issuer {name:?}: {reason}")]
+    Invalid { name: String, reason: String },
+}
+
+impl Issuer {
+    /// Builds an issuer from its stored certificate(s) and opens its signer, checking that
+    /// the signer's key is the one in the signing certificate.
+    pub fn new(
+        id: i32,
+        name: String,
+        cert_der: &[u8],
+        responder_cert_der: Option<&[u8]>,
+        signer: Arc<dyn Signer>,
+    ) -> Result<Self, IssuerLoadError> {
+        let invalid = |reason: String| IssuerLoadError::Invalid { name: name.clone(), reason };
+        let cert = parse_cert(cert_der, "issuer certificate").map_err(|e| invalid(e.to_string()))?;
+        let hashes = certid_hashes_of(&cert);
+        let signing_cert = match responder_cert_der {
+            Some(der) => parse_cert(der, "responder certificate").map_err(|e| invalid(e.to_string()))?,
+            None => cert,
+        };
+        if signing_cert.tbs_certificate.subject_pki.raw != signer.public_key_spki_der() {
+            return Err(invalid(format!(
+                "the key of signer {} is not the key of the {} certificate",
+                signer.describe(),
+                if responder_cert_der.is_some() { "responder" } else { "issuer" }
+            )));
+        }
+        let responder_key_hash = certid_hashes_of(&signing_cert).key_sha1;
+        Ok(Issuer {
+            id,
+            name: name.clone(),
+            hashes,
+            responder_key_hash,
+            signer,
+            included_certs: responder_cert_der.map(Bytes::copy_from_slice).into_iter().collect(),
+        })
+    }
+
+    fn matches(&self, cert: &RequestedCert) -> bool {
+        let (name, key): (&[u8], &[u8]) = match cert.hash {
+            HashAlgorithm::Sha1 => (&self.hashes.name_sha1, &self.hashes.key_sha1),
+            HashAlgorithm::Sha256 => (&self.hashes.name_sha256, &self.hashes.key_sha256),
+        };
+        cert.issuer_key_hash() == key && cert.issuer_name_hash() == name
+    }
+}
+
+/// Every issuer served, searched linearly: a responder serves a handful.
+#[derive(Default)]
+pub struct IssuerSet {
+    issuers: Vec<Arc<Issuer>>,
+}
+
+impl IssuerSet {
+    pub fn new(issuers: Vec<Issuer>) -> Self {
+        IssuerSet { issuers: issuers.into_iter().map(Arc::new).collect() }
+    }
+
+    /// Loads every issuer row and opens its signer.
+    pub async fn load(client: &tokio_postgres::Client) -> Result<Self, IssuerLoadError> {
+        let rows =
+            client.query("SELECT id, name, cert_der, responder_cert_der, signer FROM issuers ORDER BY id", &[]).await?;
+        let mut issuers = Vec::with_capacity(rows.len());
+        for row in rows {
+            let name: String = row.get(1);
+            let spec: String = row.get(4);
+            let signer = signer::open(&spec)
+                .map_err(|e| IssuerLoadError::Invalid { name: name.clone(), reason: e.to_string() })?;
+            let cert_der: Vec<u8> = row.get(2);
+            let responder_der: Option<Vec<u8>> = row.get(3);
+            issuers.push(Issuer::new(row.get(0), name, &cert_der, responder_der.as_deref(), signer)?);
+        }
+        Ok(IssuerSet::new(issuers))
+    }
+
+    pub fn find(&self, cert: &RequestedCert) -> Option<&Arc<Issuer>> {
+        self.issuers.iter().find(|issuer| issuer.matches(cert))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Issuer>> {
+        self.issuers.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.issuers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.issuers.is_empty()
+    }
+}

@@ -1,0 +1,110 @@
+//! The `jitocsp` binary: argument parsing, logging set-up and exit codes. Everything else is
+//! in the library (see `src/lib.rs` for the map).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use jitocsp::admin::AdminCommand;
+use jitocsp::config::{Config, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+/// A just-in-time OCSP responder: Postgres holds the status of every certificate, responses
+/// are signed on demand and cached in Redis.
+#[derive(Parser)]
+#[command(name = "jitocsp", version, about)]
+struct Cli {
+    /// Configuration file (TOML). Default: ./jitocsp.toml if present. Every key can also be
+    /// set with JITOCSP_<SECTION>_<KEY>; DATABASE_URL and REDIS_URL are honoured.
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply the schema migrations in sql/ (idempotent).
+    Migrate,
+    /// Serve OCSP over HTTP.
+    Serve {
+        /// OCSP listener address (overrides server.listen).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+        /// Metrics, health and readiness listener address (overrides server.metrics_listen).
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<String>,
+    },
+    /// Manage issuers and certificate status.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = runtime.block_on(async move {
+        match cli.command {
+            Command::Migrate => match jitocsp::migrate::run(&config.database.url).await {
+                Ok(applied) if applied.is_empty() => {
+                    println!("schema is up to date");
+                    0
+                }
+                Ok(applied) => {
+                    println!("applied migrations {applied:?}");
+                    0
+                }
+                Err(error) => report(&error, error.exit_code()),
+            },
+            Command::Serve { listen, metrics_listen } => {
+                if let Some(listen) = listen {
+                    config.server.listen = listen;
+                }
+                if let Some(metrics_listen) = metrics_listen {
+                    config.server.metrics_listen = metrics_listen;
+                }
+                match jitocsp::server::serve(config).await {
+                    Ok(()) => 0,
+                    Err(error) => report(&error, 1),
+                }
+            }
+            Command::Admin(command) => match jitocsp::admin::run(command, &config).await {
+                Ok(()) => 0,
+                Err(error) => report(&error, error.exit_code()),
+            },
+        }
+    });
+    ExitCode::from(code as u8)
+}
+
+/// Prints an error (whose message already names its cause); returns the exit code.
+fn report(error: &dyn std::error::Error, code: i32) -> i32 {
+    eprintln!("error: {error}");
+    code
+}
+
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

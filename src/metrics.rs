@@ -1,0 +1,48 @@
+//! Metric names, in one place so dashboards and code agree. Recorded with the `metrics`
+//! crate; exported in Prometheus text format on the metrics listener (see `server`).
+
+/// Requests, by `method` (GET, POST, HEAD) and `outcome` (the OCSP response status).
+pub const REQUESTS: &str = "jitocsp_requests_total";
+/// Request latency in seconds, by `method`.
+pub const REQUEST_SECONDS: &str = "jitocsp_request_duration_seconds";
+/// Where single-certificate answers came from: `tier` = local, redis, signed, and `result`.
+pub const CACHE_LOOKUPS: &str = "jitocsp_cache_lookups_total";
+/// Misses that joined a signing already in flight for the same certificate.
+pub const SINGLE_FLIGHT_JOINS: &str = "jitocsp_single_flight_joins_total";
+/// Signatures made, by `issuer`.
+pub const SIGNATURES: &str = "jitocsp_signatures_total";
+/// Signature latency in seconds, by `issuer`.
+pub const SIGNATURE_SECONDS: &str = "jitocsp_signature_duration_seconds";
+/// Signing failures, by `issuer`.
+pub const SIGNATURE_ERRORS: &str = "jitocsp_signature_errors_total";
+/// Requests refused because signing capacity was exhausted.
+pub const SIGNER_OVERLOADED: &str = "jitocsp_signer_overloaded_total";
+/// Signing requests waiting for capacity.
+pub const SIGNER_WAITING: &str = "jitocsp_signer_waiting";
+/// Certificates read from Postgres (one per certificate, however batched).
+pub const DB_READS: &str = "jitocsp_db_reads_total";
+/// Postgres status-read latency in seconds.
+pub const DB_READ_SECONDS: &str = "jitocsp_db_read_duration_seconds";
+/// Postgres errors, by `op`.
+pub const DB_ERRORS: &str = "jitocsp_db_errors_total";
+/// Redis errors, by `op` (get, set, del).
+pub const REDIS_ERRORS: &str = "jitocsp_redis_errors_total";
+/// Redis latency in seconds, by `op`.
+pub const REDIS_SECONDS: &str = "jitocsp_redis_duration_seconds";
+/// Age of served responses (now - thisUpdate) in seconds.
+pub const RESPONSE_AGE_SECONDS: &str = "jitocsp_response_age_seconds";
+/// Status-change notifications received.
+pub const NOTIFICATIONS: &str = "jitocsp_status_notifications_total";
+/// Pending Redis purges retried, by `result`.
+pub const PURGE_RETRIES: &str = "jitocsp_purge_retries_total";
+/// 1 while the notification listener is connected.
+pub const LISTENER_CONNECTED: &str = "jitocsp_listener_connected";
+/// Build information (value 1), by `version`.
+pub const BUILD_INFO: &str = "jitocsp_build_info";
+
+/// Histogram buckets for latencies, in seconds: 100 us to 10 s (the BR 4.10.2 limit).
+pub const LATENCY_BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+/// Histogram buckets for response ages, in seconds: 1 minute to 10 days.
+pub const AGE_BUCKETS: &[f64] =
+    &[60.0, 600.0, 3600.0, 6.0 * 3600.0, 24.0 * 3600.0, 48.0 * 3600.0, 72.0 * 3600.0, 96.0 * 3600.0, 240.0 * 3600.0];

@@ -1,0 +1,102 @@
+//! The OCSP protocol, with no I/O: decoding requests and encoding responses (RFC 6960,
+//! profiled by RFC 9919; nonces per RFC 9654).
+//!
+//! - [`request`] turns request bytes into a [`request::OcspRequest`]: the CertIDs asked
+//!   about and the nonce, or a [`request::Malformed`] error.
+//! - [`response`] builds the `ResponseData` to be signed and wraps the signature into the
+//!   final `OCSPResponse` DER without re-encoding the signed bytes. It also holds the
+//!   pre-encoded error responses.
+//! - [`der`] is the handful of DER primitives both need.
+
+pub mod der;
+pub mod oids;
+pub mod request;
+pub mod response;
+
+/// The top-level status of an OCSP response (RFC 6960 section 4.2.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ResponseStatus {
+    Successful,
+    MalformedRequest,
+    InternalError,
+    TryLater,
+    Unauthorized,
+}
+
+impl ResponseStatus {
+    /// Short name for logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResponseStatus::Successful => "successful",
+            ResponseStatus::MalformedRequest => "malformedRequest",
+            ResponseStatus::InternalError => "internalError",
+            ResponseStatus::TryLater => "tryLater",
+            ResponseStatus::Unauthorized => "unauthorized",
+        }
+    }
+}
+
+/// The hash algorithm of a CertID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HashAlgorithm {
+    Sha1,
+    Sha256,
+}
+
+/// RFC 5280 CRLReason codes that jitocsp records (removeFromCRL, 8, is a CRL-only value).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum RevocationReason {
+    Unspecified = 0,
+    KeyCompromise = 1,
+    CaCompromise = 2,
+    AffiliationChanged = 3,
+    Superseded = 4,
+    CessationOfOperation = 5,
+    CertificateHold = 6,
+    PrivilegeWithdrawn = 9,
+    AaCompromise = 10,
+}
+
+impl RevocationReason {
+    /// Every reason, with its RFC 5280 name, as operators type it.
+    pub const NAMES: [(&'static str, RevocationReason); 9] = [
+        ("unspecified", RevocationReason::Unspecified),
+        ("keyCompromise", RevocationReason::KeyCompromise),
+        ("cACompromise", RevocationReason::CaCompromise),
+        ("affiliationChanged", RevocationReason::AffiliationChanged),
+        ("superseded", RevocationReason::Superseded),
+        ("cessationOfOperation", RevocationReason::CessationOfOperation),
+        ("certificateHold", RevocationReason::CertificateHold),
+        ("privilegeWithdrawn", RevocationReason::PrivilegeWithdrawn),
+        ("aACompromise", RevocationReason::AaCompromise),
+    ];
+
+    pub fn from_code(code: i16) -> Option<Self> {
+        Self::NAMES.iter().map(|(_, r)| *r).find(|r| *r as i16 == code)
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::NAMES.iter().find(|(n, _)| *n == name).map(|(_, r)| *r)
+    }
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES.iter().find(|(_, r)| *r == self).map(|(n, _)| *n).unwrap_or("unspecified")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_names_and_codes_agree() {
+        for (name, reason) in RevocationReason::NAMES {
+            assert_eq!(RevocationReason::from_name(name), Some(reason));
+            assert_eq!(RevocationReason::from_code(reason as i16), Some(reason));
+            assert_eq!(reason.name(), name);
+        }
+        assert_eq!(RevocationReason::from_code(8), None);
+        assert_eq!(RevocationReason::from_name("removeFromCRL"), None);
+    }
+}

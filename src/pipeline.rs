@@ -1,0 +1,535 @@
+//! The request pipeline: how one OCSP request becomes one OCSP response.
+//!
+//! ```text
+//! request ─► issuer match ─► local tier ─► Redis ─► single flight ─► Postgres ─► sign ─► Redis SET
+//!               │ none          │ hit         │ hit     │ join            │ no row / expired
+//!               ▼               ▼             ▼         ▼                 ▼
+//!          unauthorized      serve         serve     share result     unissued policy / unauthorized
+//! ```
+//!
+//! Every cached response passes [`Responder::freshness`] before it is served: never past its
+//! nextUpdate, never for a certificate expired beyond the grace, never if a status change was
+//! committed after its status was read, and re-signed once older than `refresh_after` (the old
+//! one is still served if re-signing fails, as it is still valid).
+//!
+//! Misses for the same certificate are coalesced: the first starts a flight (one Postgres
+//! read, one signature, one Redis write); the others wait for it, and for a moment after it
+//! lands its result still answers latecomers whose Redis GET raced the SET.
+//!
+//! Requests that cannot share a cached response (several CertIDs, or a nonce to echo) are
+//! answered by [`Responder::answer_fresh`]: read, sign, never cached.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+
+use crate::cache::keys::response_key;
+use crate::cache::local::{LocalTier, ResponseId};
+use crate::cache::ResponseCache;
+use crate::changes::ChangeLog;
+use crate::config::{NoncePolicy, ResponsesConfig, UnissuedPolicy};
+use crate::entry::CachedResponse;
+use crate::issuers::{Issuer, IssuerSet};
+use crate::metrics as m;
+use crate::ocsp::request::{OcspRequest, RequestedCert};
+use crate::ocsp::response::{assemble, encode_response_data, CertStatusAnswer, SingleAnswer};
+use crate::ocsp::ResponseStatus;
+use crate::serial::Serial;
+use crate::signing::SigningLimiter;
+use crate::store::{CertRecord, StatusStore};
+
+/// How long a finished flight keeps answering misses that raced its Redis write.
+const FLIGHT_LINGER: Duration = Duration::from_secs(2);
+
+/// What the HTTP layer sends back.
+#[derive(Clone, Debug)]
+pub enum Answer {
+    Response { response: Arc<CachedResponse>, caching: Caching, purge_tag: String },
+    Error(ResponseStatus),
+}
+
+/// How shared caches (the CDN) may keep a successful response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caching {
+    /// Cacheable until nextUpdate (capped by `responses.max_age_cap`).
+    Public,
+    /// Signed for this request only and not kept anywhere: an answer for an unissued serial,
+    /// which must not outlive the certificate's issuance.
+    NoCache,
+    /// Echoes the request's nonce: useless to anyone else.
+    NoStore,
+}
+
+/// Why a miss could not be answered. Cloneable, as every request joined to a flight gets it.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{status:?}: {reason}")]
+pub struct Failure {
+    pub status: ResponseStatus,
+    pub reason: Arc<str>,
+}
+
+impl Failure {
+    fn try_later(reason: impl std::fmt::Display) -> Self {
+        Failure { status: ResponseStatus::TryLater, reason: reason.to_string().into() }
+    }
+}
+
+/// The result of a flight: a response, or a definite refusal (no signature made).
+#[derive(Clone, Debug)]
+enum Produced {
+    Response { response: Arc<CachedResponse>, cacheable: bool },
+    Refused(ResponseStatus),
+}
+
+type FlightResult = Result<Produced, Failure>;
+
+enum Flight {
+    Running(Shared<BoxFuture<'static, FlightResult>>),
+    Landed { response: Arc<CachedResponse>, at: Instant },
+}
+
+/// Verdict on a cached response.
+#[derive(Debug, PartialEq, Eq)]
+enum Freshness {
+    Serve,
+    /// Valid, but old enough to be re-signed; served if re-signing fails.
+    Refresh,
+    /// Must not be served.
+    Unusable,
+    /// Notifications are not flowing; serve only after Postgres confirms the status.
+    Verify,
+}
+
+/// Answers OCSP requests. Generic over the cache and the store so tests can swap them.
+pub struct Responder<C, S> {
+    issuers: IssuerSet,
+    local: LocalTier,
+    cache: C,
+    store: S,
+    changes: Arc<ChangeLog>,
+    limiter: SigningLimiter,
+    flights: Mutex<HashMap<ResponseId, Flight>>,
+    policy: ResponsesConfig,
+    key_prefix: String,
+}
+
+impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        issuers: IssuerSet,
+        local: LocalTier,
+        cache: C,
+        store: S,
+        changes: Arc<ChangeLog>,
+        limiter: SigningLimiter,
+        policy: ResponsesConfig,
+        key_prefix: String,
+    ) -> Self {
+        Responder {
+            issuers,
+            local,
+            cache,
+            store,
+            changes,
+            limiter,
+            flights: Mutex::new(HashMap::new()),
+            policy,
+            key_prefix,
+        }
+    }
+
+    pub fn issuers(&self) -> &IssuerSet {
+        &self.issuers
+    }
+
+    pub fn cache(&self) -> &C {
+        &self.cache
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn changes(&self) -> &ChangeLog {
+        &self.changes
+    }
+
+    /// Answers a decoded request.
+    pub async fn answer(self: &Arc<Self>, mut request: OcspRequest) -> Answer {
+        let echo_nonce = self.policy.nonce == NoncePolicy::Echo && request.nonce.is_some();
+        if request.certs.len() == 1 && !echo_nonce {
+            if let Some(cert) = request.certs.pop() {
+                return self.answer_one(cert).await;
+            }
+        }
+        self.answer_fresh(request).await
+    }
+
+    /// One CertID, no nonce: the cacheable case, which is nearly all traffic.
+    async fn answer_one(self: &Arc<Self>, cert: RequestedCert) -> Answer {
+        let Some(issuer) = self.issuers.find(&cert) else {
+            return Answer::Error(ResponseStatus::Unauthorized);
+        };
+        let id = ResponseId { issuer_id: issuer.id, serial: cert.serial.clone(), variant: cert.variant };
+        let now = Utc::now().timestamp();
+
+        if let Some(response) = self.local.get(&id) {
+            if self.freshness(&id, &response, now) == Freshness::Serve {
+                metrics::counter!(m::CACHE_LOOKUPS, "tier" => "local", "result" => "hit").increment(1);
+                return served(issuer, &cert.serial, response, Caching::Public);
+            }
+            self.local.remove(&id);
+        }
+
+        let key = response_key(&self.key_prefix, issuer.id, &cert.serial, cert.variant);
+        let mut still_valid = None;
+        match self.cache.get(&key).await {
+            Ok(Some(value)) => match CachedResponse::from_bytes(value).map(Arc::new) {
+                Some(response) => match self.freshness(&id, &response, now) {
+                    Freshness::Serve => {
+                        metrics::counter!(m::CACHE_LOOKUPS, "tier" => "redis", "result" => "hit").increment(1);
+                        self.local.insert(id, response.clone());
+                        return served(issuer, &cert.serial, response, Caching::Public);
+                    }
+                    Freshness::Verify if self.confirmed_by_store(&id, &response).await => {
+                        metrics::counter!(m::CACHE_LOOKUPS, "tier" => "redis", "result" => "verified").increment(1);
+                        return served(issuer, &cert.serial, response, Caching::Public);
+                    }
+                    Freshness::Refresh => {
+                        metrics::counter!(m::CACHE_LOOKUPS, "tier" => "redis", "result" => "stale").increment(1);
+                        still_valid = Some(response);
+                    }
+                    Freshness::Verify | Freshness::Unusable => {
+                        metrics::counter!(m::CACHE_LOOKUPS, "tier" => "redis", "result" => "unusable").increment(1);
+                    }
+                },
+                None => metrics::counter!(m::CACHE_LOOKUPS, "tier" => "redis", "result" => "corrupt").increment(1),
+            },
+            Ok(None) => metrics::counter!(m::CACHE_LOOKUPS, "tier" => "redis", "result" => "miss").increment(1),
+            Err(error) => {
+                metrics::counter!(m::REDIS_ERRORS, "op" => "get").increment(1);
+                tracing::warn!(%error, key, "redis GET failed; answering from postgres");
+            }
+        }
+
+        match self.single_flight(id, issuer.clone(), cert.clone()).await {
+            Ok(Produced::Response { response, cacheable }) => {
+                let caching = if cacheable { Caching::Public } else { Caching::NoCache };
+                served(issuer, &cert.serial, response, caching)
+            }
+            Ok(Produced::Refused(status)) => Answer::Error(status),
+            Err(failure) => match still_valid {
+                Some(response) => served(issuer, &cert.serial, response, Caching::Public),
+                None => Answer::Error(failure.status),
+            },
+        }
+    }
+
+    /// Whether a cached response may be served at `now` (seconds since the epoch).
+    fn freshness(&self, id: &ResponseId, response: &CachedResponse, now: i64) -> Freshness {
+        if now >= response.next_update
+            || now > response.not_after.saturating_add(self.policy.expired_grace.as_secs() as i64)
+            || !self.changes.allows(id.issuer_id, &id.serial, response.revoked, response.read_at_micros)
+        {
+            return Freshness::Unusable;
+        }
+        if !self.changes.is_listening() {
+            return Freshness::Verify;
+        }
+        if now >= response.this_update.saturating_add(self.policy.refresh_after.as_secs() as i64) {
+            return Freshness::Refresh;
+        }
+        Freshness::Serve
+    }
+
+    /// While notifications are not flowing: does Postgres still agree with this response?
+    /// If Postgres cannot say, the response is served: it is valid, and invariant 3 prefers a
+    /// valid cached response to an error when the database is down.
+    async fn confirmed_by_store(&self, id: &ResponseId, response: &CachedResponse) -> bool {
+        match self.store.lookup(&[(id.issuer_id, id.serial.clone())]).await {
+            Ok((records, _)) => matches!(records.first(), Some(Some(r)) if r.revocation.is_some() == response.revoked),
+            Err(_) => true,
+        }
+    }
+
+    /// Joins the flight for `id`, or starts it.
+    async fn single_flight(self: &Arc<Self>, id: ResponseId, issuer: Arc<Issuer>, cert: RequestedCert) -> FlightResult {
+        let flight = {
+            let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+            match flights.get(&id) {
+                Some(Flight::Running(flight)) => {
+                    metrics::counter!(m::SINGLE_FLIGHT_JOINS).increment(1);
+                    flight.clone()
+                }
+                Some(Flight::Landed { response, at })
+                    if at.elapsed() < FLIGHT_LINGER
+                        && self.changes.allows(id.issuer_id, &id.serial, response.revoked, response.read_at_micros) =>
+                {
+                    metrics::counter!(m::SINGLE_FLIGHT_JOINS).increment(1);
+                    return Ok(Produced::Response { response: response.clone(), cacheable: true });
+                }
+                _ => {
+                    let this = self.clone();
+                    let key = id.clone();
+                    // Spawned, so the flight completes (and lands in Redis) even if the request
+                    // that started it goes away.
+                    let task = tokio::spawn(async move {
+                        let result = this.produce(&issuer, &cert, &key).await;
+                        this.land(key, &result);
+                        result
+                    });
+                    let flight = async move {
+                        task.await.unwrap_or_else(|e| {
+                            Err(Failure {
+                                status: ResponseStatus::InternalError,
+                                reason: format!("signing task failed: {e}").into(),
+                            })
+                        })
+                    }
+                    .boxed()
+                    .shared();
+                    flights.insert(id, Flight::Running(flight.clone()));
+                    flight
+                }
+            }
+        };
+        flight.await
+    }
+
+    fn land(&self, id: ResponseId, result: &FlightResult) {
+        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(Produced::Response { response, cacheable: true }) => {
+                flights.insert(id, Flight::Landed { response: response.clone(), at: Instant::now() });
+            }
+            _ => {
+                flights.remove(&id);
+            }
+        }
+    }
+
+    /// Reads the status and signs a response for one certificate: the body of a flight.
+    async fn produce(&self, issuer: &Issuer, cert: &RequestedCert, id: &ResponseId) -> FlightResult {
+        // A status change heard while signing means the read may predate it: read again.
+        for _ in 0..3 {
+            let (record, read_at) = self.read_status(issuer.id, &cert.serial).await?;
+            let now = Utc::now();
+            let status = match self.status_answer(record.as_ref(), now) {
+                Ok(status) => status,
+                Err(refusal) => return Ok(Produced::Refused(refusal)),
+            };
+            let (this_update, next_update) = self.validity_window(now);
+            let answer = SingleAnswer { cert_id: &cert.cert_id, status, this_update, next_update };
+            let der = self.sign(issuer, &[answer], None, now).await?;
+            let revoked = matches!(status, CertStatusAnswer::Revoked { .. });
+            let read_at_micros = read_at.timestamp_micros();
+            if !self.changes.allows(issuer.id, &cert.serial, revoked, read_at_micros) {
+                continue;
+            }
+            let not_after = record.as_ref().map_or(i64::MAX, |r| r.not_after.timestamp());
+            let response = Arc::new(CachedResponse::new(
+                der,
+                revoked,
+                read_at_micros,
+                this_update.timestamp(),
+                next_update.timestamp(),
+                not_after,
+            ));
+            let cacheable = record.is_some();
+            if cacheable {
+                self.store_response(id, &response, now).await;
+            }
+            return Ok(Produced::Response { response, cacheable });
+        }
+        Err(Failure::try_later("status kept changing while signing"))
+    }
+
+    async fn read_status(
+        &self,
+        issuer_id: i32,
+        serial: &Serial,
+    ) -> Result<(Option<CertRecord>, DateTime<Utc>), Failure> {
+        let started = Instant::now();
+        let result = self.store.lookup(&[(issuer_id, serial.clone())]).await;
+        metrics::histogram!(m::DB_READ_SECONDS).record(started.elapsed().as_secs_f64());
+        match result {
+            Ok((mut records, read_at)) => {
+                metrics::counter!(m::DB_READS).increment(1);
+                Ok((records.pop().flatten(), read_at))
+            }
+            Err(error) => {
+                metrics::counter!(m::DB_ERRORS, "op" => "lookup").increment(1);
+                tracing::warn!(%error, issuer_id, %serial, "status read failed");
+                Err(Failure::try_later(error))
+            }
+        }
+    }
+
+    /// The certStatus to sign, or the refusal to send instead (no signature is made).
+    fn status_answer(
+        &self,
+        record: Option<&CertRecord>,
+        now: DateTime<Utc>,
+    ) -> Result<CertStatusAnswer, ResponseStatus> {
+        let Some(record) = record else {
+            return match self.policy.unissued {
+                UnissuedPolicy::Unauthorized => Err(ResponseStatus::Unauthorized),
+                UnissuedPolicy::Unknown => Ok(CertStatusAnswer::Unknown),
+                UnissuedPolicy::Revoked => Ok(CertStatusAnswer::Unissued),
+            };
+        };
+        let grace = TimeDelta::from_std(self.policy.expired_grace).unwrap_or(TimeDelta::zero());
+        if now > record.not_after + grace {
+            return Err(ResponseStatus::Unauthorized);
+        }
+        Ok(match record.revocation {
+            Some(revocation) => CertStatusAnswer::Revoked { at: revocation.at, reason: revocation.reason },
+            None => CertStatusAnswer::Good,
+        })
+    }
+
+    /// thisUpdate (truncated to the minute) and nextUpdate.
+    fn validity_window(&self, now: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+        let this_update = now.duration_trunc(TimeDelta::minutes(1)).unwrap_or(now);
+        let validity = TimeDelta::from_std(self.policy.validity).unwrap_or(TimeDelta::hours(96));
+        (this_update, this_update + validity)
+    }
+
+    /// Encodes, signs (within the signing limits) and assembles one response.
+    async fn sign(
+        &self,
+        issuer: &Issuer,
+        answers: &[SingleAnswer<'_>],
+        nonce: Option<&[u8]>,
+        now: DateTime<Utc>,
+    ) -> Result<Bytes, Failure> {
+        let _permit = self.limiter.acquire().await.map_err(|overloaded| {
+            metrics::counter!(m::SIGNER_OVERLOADED).increment(1);
+            Failure::try_later(overloaded)
+        })?;
+        let tbs = encode_response_data(&issuer.responder_key_hash, now, answers, nonce);
+        let started = Instant::now();
+        let signature = issuer.signer.sign(&tbs).await.map_err(|error| {
+            metrics::counter!(m::SIGNATURE_ERRORS, "issuer" => issuer.name.clone()).increment(1);
+            tracing::error!(%error, issuer = %issuer.name, signer = issuer.signer.describe(), "signing failed");
+            Failure::try_later(error)
+        })?;
+        metrics::histogram!(m::SIGNATURE_SECONDS, "issuer" => issuer.name.clone())
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!(m::SIGNATURES, "issuer" => issuer.name.clone()).increment(1);
+        let certs: Vec<&[u8]> = issuer.included_certs.iter().map(Bytes::as_ref).collect();
+        Ok(Bytes::from(assemble(&tbs, issuer.signer.algorithm_der(), &signature, &certs)))
+    }
+
+    /// Writes a fresh response to Redis (until its nextUpdate) and the local tier. A Redis
+    /// failure costs a future signature, never an answer.
+    async fn store_response(&self, id: &ResponseId, response: &Arc<CachedResponse>, now: DateTime<Utc>) {
+        let ttl = Duration::from_secs(response.next_update.saturating_sub(now.timestamp()).max(1) as u64);
+        let key = response_key(&self.key_prefix, id.issuer_id, &id.serial, id.variant);
+        let started = Instant::now();
+        if let Err(error) = self.cache.set(&key, response.to_bytes(), ttl).await {
+            metrics::counter!(m::REDIS_ERRORS, "op" => "set").increment(1);
+            tracing::warn!(%error, key, "redis SET failed");
+        }
+        metrics::histogram!(m::REDIS_SECONDS, "op" => "set").record(started.elapsed().as_secs_f64());
+        self.local.insert(id.clone(), response.clone());
+    }
+
+    /// Several CertIDs, or a nonce to echo: read all statuses in one query, sign one
+    /// response, cache nothing.
+    pub async fn answer_fresh(&self, request: OcspRequest) -> Answer {
+        let nonce = match (&request.nonce, self.policy.nonce) {
+            (Some(nonce), NoncePolicy::Echo) if !nonce.is_acceptable() => {
+                return Answer::Error(ResponseStatus::MalformedRequest);
+            }
+            (Some(nonce), NoncePolicy::Echo) => Some(nonce.extn_value.as_ref()),
+            _ => None,
+        };
+        // One response has one signer: every CertID must name the same issuer.
+        let mut issuers = request.certs.iter().map(|cert| self.issuers.find(cert));
+        let Some(Some(issuer)) = issuers.next() else {
+            return Answer::Error(ResponseStatus::Unauthorized);
+        };
+        if !issuers.all(|other| other.is_some_and(|o| o.id == issuer.id)) {
+            return Answer::Error(ResponseStatus::Unauthorized);
+        }
+        let keys: Vec<(i32, Serial)> = request.certs.iter().map(|c| (issuer.id, c.serial.clone())).collect();
+        let records = match self.store.lookup(&keys).await {
+            Ok((records, _)) => {
+                metrics::counter!(m::DB_READS).increment(records.len() as u64);
+                records
+            }
+            Err(error) => {
+                metrics::counter!(m::DB_ERRORS, "op" => "lookup").increment(1);
+                tracing::warn!(%error, "status read failed");
+                return Answer::Error(ResponseStatus::TryLater);
+            }
+        };
+        let now = Utc::now();
+        let (this_update, next_update) = self.validity_window(now);
+        let mut answers = Vec::with_capacity(records.len());
+        for (cert, record) in request.certs.iter().zip(&records) {
+            match self.status_answer(record.as_ref(), now) {
+                Ok(status) => answers.push(SingleAnswer { cert_id: &cert.cert_id, status, this_update, next_update }),
+                Err(refusal) => return Answer::Error(refusal),
+            }
+        }
+        let der = match self.sign(issuer, &answers, nonce, now).await {
+            Ok(der) => der,
+            Err(failure) => return Answer::Error(failure.status),
+        };
+        let all_issued = records.iter().all(Option::is_some);
+        let caching = match (nonce, all_issued) {
+            (Some(_), _) => Caching::NoStore,
+            (None, false) => Caching::NoCache,
+            (None, true) => Caching::Public,
+        };
+        let revoked = answers.iter().any(|a| matches!(a.status, CertStatusAnswer::Revoked { .. }));
+        let response =
+            Arc::new(CachedResponse::new(der, revoked, 0, this_update.timestamp(), next_update.timestamp(), i64::MAX));
+        let purge_tag = request.certs.iter().map(|c| purge_tag(issuer, &c.serial)).collect::<Vec<_>>().join(", ");
+        Answer::Response { response, caching, purge_tag }
+    }
+
+    /// Forgets this instance's copies of a certificate's responses after a status change.
+    pub fn forget(&self, issuer_id: i32, serial: &Serial) {
+        self.local.remove_certificate(issuer_id, serial);
+        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+        flights.retain(|id, flight| {
+            !(matches!(flight, Flight::Landed { .. }) && id.issuer_id == issuer_id && &id.serial == serial)
+        });
+    }
+
+    /// Periodic upkeep: drops landed flights past their linger time and changes older than
+    /// any response that could predate them.
+    pub fn sweep(&self) {
+        {
+            let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+            flights.retain(|_, flight| match flight {
+                Flight::Landed { at, .. } => at.elapsed() < FLIGHT_LINGER,
+                Flight::Running(_) => true,
+            });
+        }
+        let horizon = self.policy.validity + Duration::from_secs(60);
+        let before = Utc::now() - TimeDelta::from_std(horizon).unwrap_or(TimeDelta::days(11));
+        self.changes.prune(before.timestamp_micros());
+    }
+
+    /// Signing capacity in use, for metrics and readiness.
+    pub fn signing_in_flight(&self) -> usize {
+        self.limiter.in_flight()
+    }
+}
+
+/// The CDN purge tag of one certificate: `<issuer name>:<serial hex>`.
+pub fn purge_tag(issuer: &Issuer, serial: &Serial) -> String {
+    format!("{}:{}", issuer.name, serial)
+}
+
+fn served(issuer: &Issuer, serial: &Serial, response: Arc<CachedResponse>, caching: Caching) -> Answer {
+    Answer::Response { response, caching, purge_tag: purge_tag(issuer, serial) }
+}

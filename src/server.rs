@@ -1,0 +1,190 @@
+//! `jitocsp serve`: builds the pipeline from the configuration and runs the two listeners.
+//!
+//! - the OCSP listener ([`crate::http`]), which carries nothing but OCSP;
+//! - the metrics listener: `/metrics` (Prometheus text), `/healthz` (the process is up) and
+//!   `/readyz` (Postgres, Redis and every issuer's signer are usable);
+//! - background tasks: the status-change listener, the pending-purge retrier and upkeep.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::cache::local::LocalTier;
+use crate::cache::redis::RedisCache;
+use crate::cache::CacheError;
+use crate::changes::ChangeLog;
+use crate::config::Config;
+use crate::http::{self, OcspService};
+use crate::issuers::{IssuerLoadError, IssuerSet};
+use crate::pipeline::Responder;
+use crate::signing::SigningLimiter;
+use crate::store::postgres::PgStore;
+use crate::store::{StatusStore, StoreError};
+use crate::{listener, metrics as m, purges};
+
+/// The responder as `serve` runs it: Redis and Postgres.
+pub type LiveResponder = Responder<RedisCache, PgStore>;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("postgres: {0}")]
+    Store(#[from] StoreError),
+    #[error("redis: {0}")]
+    Cache(#[from] CacheError),
+    #[error("loading issuers from postgres: {0}")]
+    Issuers(#[from] IssuerLoadError),
+    #[error("connecting to postgres at start-up: {0}")]
+    Connect(#[from] tokio_postgres::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("metrics: {0}")]
+    Metrics(String),
+    #[error("server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Installs the Prometheus recorder, with histogram buckets rather than summaries.
+pub fn install_metrics() -> Result<PrometheusHandle, ServeError> {
+    let err = |e: metrics_exporter_prometheus::BuildError| ServeError::Metrics(e.to_string());
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), m::LATENCY_BUCKETS)
+        .map_err(err)?
+        .set_buckets_for_metric(Matcher::Full(m::RESPONSE_AGE_SECONDS.into()), m::AGE_BUCKETS)
+        .map_err(err)?
+        .build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).map_err(|e| ServeError::Metrics(e.to_string()))?;
+    metrics::gauge!(m::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    Ok(handle)
+}
+
+/// Builds the pipeline from `config`: connects the pools and loads the issuers.
+pub async fn build_responder(config: &Config) -> Result<Arc<LiveResponder>, ServeError> {
+    let timeout = Duration::from_millis(config.database.connect_timeout_ms);
+    let store = PgStore::new(config.database.read_url(), config.database.pool_size, timeout)?;
+    let (client, connection) = tokio_postgres::connect(&config.database.url, tokio_postgres::NoTls).await?;
+    let connection = tokio::spawn(connection);
+    let issuers = IssuerSet::load(&client).await?;
+    drop(client);
+    connection.abort();
+    if issuers.is_empty() {
+        tracing::warn!(
+            "no issuers configured: every request will be answered unauthorized (see `jitocsp admin issuer add`)"
+        );
+    }
+    for issuer in issuers.iter() {
+        tracing::info!(issuer = %issuer.name, id = issuer.id, signer = issuer.signer.describe(), "serving issuer");
+    }
+    let cache = RedisCache::connect(
+        config.redis.mode,
+        &config.redis.url,
+        &config.redis.nodes,
+        Duration::from_millis(config.redis.timeout_ms),
+    )
+    .await?;
+    Ok(Arc::new(Responder::new(
+        issuers,
+        LocalTier::new(config.cache.local_entries),
+        cache,
+        store,
+        Arc::new(ChangeLog::default()),
+        SigningLimiter::new(config.signing.max_in_flight, config.signing.max_waiting),
+        config.responses.clone(),
+        config.cache.key_prefix.clone(),
+    )))
+}
+
+/// Runs the responder until SIGINT or SIGTERM.
+pub async fn serve(config: Config) -> Result<(), ServeError> {
+    let metrics_handle = install_metrics()?;
+    let responder = build_responder(&config).await?;
+
+    // The listener needs the primary: replicas do not deliver notifications.
+    tokio::spawn(listener::run(config.database.url.clone(), responder.clone(), config.responses.validity));
+    tokio::spawn(purges::run(
+        responder.store().pool().clone(),
+        responder.cache().clone(),
+        config.cache.key_prefix.clone(),
+    ));
+    let upkeep = {
+        let responder = responder.clone();
+        let handle = metrics_handle.clone();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                interval.tick().await;
+                responder.sweep();
+                handle.run_upkeep();
+            }
+        })
+    };
+
+    let service = Arc::new(OcspService {
+        responder: responder.clone(),
+        path_prefix: config.server.path_prefix.clone(),
+        max_age_cap: config.responses.max_age_cap,
+    });
+    let mut ocsp_server = HttpServer::new(move || App::new().configure(http::configure(service.clone())));
+    if config.server.workers > 0 {
+        ocsp_server = ocsp_server.workers(config.server.workers);
+    }
+    let ocsp_server = ocsp_server
+        .bind(&config.server.listen)
+        .map_err(|source| ServeError::Bind { addr: config.server.listen.clone(), source })?
+        .run();
+
+    let probe_state = web::Data::new(Probes { responder: responder.clone(), metrics: metrics_handle });
+    let metrics_server = HttpServer::new(move || {
+        App::new()
+            .app_data(probe_state.clone())
+            .route("/metrics", web::get().to(render_metrics))
+            .route("/healthz", web::get().to(|| async { HttpResponse::Ok().body("ok\n") }))
+            .route("/readyz", web::get().to(readiness))
+    })
+    .workers(1)
+    .bind(&config.server.metrics_listen)
+    .map_err(|source| ServeError::Bind { addr: config.server.metrics_listen.clone(), source })?
+    .run();
+    let metrics_stop = metrics_server.handle();
+    let metrics_task = tokio::spawn(metrics_server);
+
+    tracing::info!(listen = %config.server.listen, metrics = %config.server.metrics_listen, "jitocsp serving");
+    let result = ocsp_server.await;
+    metrics_stop.stop(true).await;
+    let _ = metrics_task.await;
+    upkeep.abort();
+    tracing::info!("jitocsp stopped");
+    Ok(result?)
+}
+
+struct Probes {
+    responder: Arc<LiveResponder>,
+    metrics: PrometheusHandle,
+}
+
+async fn render_metrics(probes: web::Data<Probes>) -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(probes.metrics.render())
+}
+
+/// 200 when every dependency answers, 503 naming those that do not.
+async fn readiness(probes: web::Data<Probes>) -> HttpResponse {
+    let responder = &probes.responder;
+    let mut problems = Vec::new();
+    if let Err(e) = responder.store().ping().await {
+        problems.push(format!("postgres: {e}"));
+    }
+    if let Err(e) = responder.cache().ping().await {
+        problems.push(format!("redis: {e}"));
+    }
+    if !responder.changes().is_listening() {
+        problems.push("status-change listener: not connected".to_owned());
+    }
+    if problems.is_empty() {
+        HttpResponse::Ok().body(format!("ready: {} issuer(s)\n", responder.issuers().len()))
+    } else {
+        HttpResponse::ServiceUnavailable().body(problems.join("\n") + "\n")
+    }
+}
