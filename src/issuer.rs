@@ -39,7 +39,7 @@ pub enum IssuerError {
 /// Parses one DER certificate, requiring that nothing follows it.
 pub fn parse_cert<'a>(der: &'a [u8], what: &str) -> Result<X509Certificate<'a>, IssuerError> {
     match X509Certificate::from_der(der) {
-        Ok((rest, cert)) if rest.is_empty() => Ok(cert),
+        Ok(([], cert)) => Ok(cert),
         Ok((rest, _)) => Err(IssuerError::NotACertificate {
             what: what.to_owned(),
             reason: format!("{} trailing bytes after the certificate", rest.len()),

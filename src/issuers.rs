@@ -11,7 +11,7 @@ use bytes::Bytes;
 use crate::issuer::{certid_hashes_of, parse_cert, CertIdHashes};
 use crate::ocsp::request::RequestedCert;
 use crate::ocsp::HashAlgorithm;
-use crate::signer::{self, Signer};
+use crate::signer::{self, Signer, UnavailableSigner};
 
 /// One issuing CA, ready to answer for.
 pub struct Issuer {
@@ -53,7 +53,7 @@ impl Issuer {
             Some(der) => parse_cert(der, "responder certificate").map_err(|e| invalid(e.to_string()))?,
             None => cert,
         };
-        if signing_cert.tbs_certificate.subject_pki.raw != signer.public_key_spki_der() {
+        if signer.check().is_ok() && signing_cert.tbs_certificate.subject_pki.raw != signer.public_key_spki_der() {
             return Err(invalid(format!(
                 "the key of signer {} is not the key of the {} certificate",
                 signer.describe(),
@@ -99,8 +99,10 @@ impl IssuerSet {
         for row in rows {
             let name: String = row.get(1);
             let spec: String = row.get(4);
-            let signer = signer::open(&spec)
-                .map_err(|e| IssuerLoadError::Invalid { name: name.clone(), reason: e.to_string() })?;
+            let signer = signer::open(&spec).unwrap_or_else(|error| {
+                tracing::error!(issuer = %name, %error, "signer unavailable: this issuer's misses will get tryLater");
+                Arc::new(UnavailableSigner::new(&spec, &error)) as Arc<dyn Signer>
+            });
             let cert_der: Vec<u8> = row.get(2);
             let responder_der: Option<Vec<u8>> = row.get(3);
             issuers.push(Issuer::new(row.get(0), name, &cert_der, responder_der.as_deref(), signer)?);

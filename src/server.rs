@@ -179,6 +179,11 @@ async fn readiness(probes: web::Data<Probes>) -> HttpResponse {
     if let Err(e) = responder.cache().ping().await {
         problems.push(format!("redis: {e}"));
     }
+    for issuer in responder.issuers().iter() {
+        if let Err(e) = issuer.signer.check() {
+            problems.push(format!("issuer {}: {e}", issuer.name));
+        }
+    }
     if !responder.changes().is_listening() {
         problems.push("status-change listener: not connected".to_owned());
     }

@@ -2,12 +2,17 @@
 //!
 //! Both follow one pattern. Input is parsed and validated completely first. Then, in ONE
 //! transaction: the rows are locked (`FOR UPDATE`) and checked (an unknown serial fails the
-//! whole command, exit 2, and nothing is written); the status is changed with
-//! `changed_at = clock_timestamp()`; per changed certificate one `audit_log` row, one
-//! `pending_purges` row and one `pg_notify('jitocsp_status', StatusChange payload)`. COMMIT.
-//! Only then are the Redis keys deleted (see `purge`). A revoke of many serials uses
-//! set-based statements (`serial = ANY($n)`, `unnest`) rather than one round trip per
-//! serial; the effect per row is the same as the per-serial `UPDATE ... WHERE reason IS NULL`.
+//! whole command, exit 2, and nothing is written); per certificate to change, one `audit_log`
+//! row and one `pending_purges` row; then the status UPDATE with
+//! `changed_at = clock_timestamp()`, and one `pg_notify('jitocsp_status', StatusChange payload)`
+//! per change carrying that `changed_at`; COMMIT. The UPDATE comes last so that the window
+//! between a row's `changed_at` and the commit (during which other sessions still read the old
+//! status) is as short as it can be: milliseconds for one serial, about a second per 100k
+//! serials in a bulk revoke. Only after the commit are the Redis keys deleted (see `purge`).
+//!
+//! A revoke of many serials uses set-based statements (`serial = ANY($n)`, `unnest`) rather
+//! than one round trip per serial; per row the effect is that of the per-serial
+//! `UPDATE ... WHERE reason IS NULL RETURNING changed_at`.
 //!
 //! A certificate already revoked is skipped and reported, not an error, and keeps its
 //! original reason and time (change a reason by unrevoking a hold, or not at all).
@@ -78,27 +83,29 @@ fn check_known(
     )))
 }
 
-/// One committed-to-be change, for the audit log and the notification.
-struct Change {
-    serial: Serial,
-    changed_at: DateTime<Utc>,
+/// One certificate about to change, for the audit log and the pending purge.
+struct Planned<'a> {
+    serial: &'a Serial,
     before: serde_json::Value,
     after: serde_json::Value,
 }
 
-/// Writes the audit rows, the pending purges and the notifications of `changes`, inside `tx`.
-async fn record_changes(
+/// Writes the audit rows and the pending purges of `planned`, inside `tx`.
+///
+/// Runs before the status UPDATE, so that the UPDATE (which sets `changed_at`) is as close to
+/// COMMIT as possible: between a row's `changed_at` and the commit, readers still see the old
+/// status, and responders must cover that window with their margin.
+async fn record_planned(
     tx: &Transaction<'_>,
     issuer_id: i32,
     action: &str,
     who: &str,
-    revoked: bool,
     txn_now: DateTime<Utc>,
-    changes: &[Change],
+    planned: &[Planned<'_>],
 ) -> Result<(), AdminError> {
-    let serials: Vec<&[u8]> = changes.iter().map(|c| c.serial.as_bytes()).collect();
-    let before: Vec<String> = changes.iter().map(|c| c.before.to_string()).collect();
-    let after: Vec<String> = changes.iter().map(|c| c.after.to_string()).collect();
+    let serials: Vec<&[u8]> = planned.iter().map(|c| c.serial.as_bytes()).collect();
+    let before: Vec<String> = planned.iter().map(|c| c.before.to_string()).collect();
+    let after: Vec<String> = planned.iter().map(|c| c.after.to_string()).collect();
     tx.execute(
         "INSERT INTO audit_log (actor, action, issuer_id, serial, before, after) \
          SELECT $1, $2, $3, u.serial, u.before::jsonb, u.after::jsonb \
@@ -117,10 +124,12 @@ async fn record_changes(
     )
     .await
     .map_err(db("recording the pending cache purges"))?;
-    let payloads: Vec<String> = changes
-        .iter()
-        .map(|c| StatusChange { issuer_id, serial: c.serial.clone(), revoked, changed_at: c.changed_at }.to_payload())
-        .collect();
+    Ok(())
+}
+
+/// Queues one `jitocsp_status` notification per change; delivered only if `tx` commits.
+async fn notify(tx: &Transaction<'_>, changes: &[StatusChange]) -> Result<(), AdminError> {
+    let payloads: Vec<String> = changes.iter().map(StatusChange::to_payload).collect();
     tx.execute("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", &[&CHANNEL, &payloads])
         .await
         .map_err(db("queueing the status notifications"))?;
@@ -191,8 +200,22 @@ pub async fn revoke(args: RevokeArgs, config: &Config) -> Result<(), AdminError>
     check_known(&serials, &states, &issuer.name)?;
     let to_change: Vec<&[u8]> =
         serials.iter().filter(|(s, _)| states[s.as_bytes()].reason.is_none()).map(|(s, _)| s.as_bytes()).collect();
-    let mut changes = Vec::with_capacity(to_change.len());
+    let mut changes: Vec<StatusChange> = Vec::with_capacity(to_change.len());
     if !to_change.is_empty() {
+        let planned: Vec<Planned> = to_change
+            .iter()
+            .map(|b| Planned {
+                serial: by_bytes[b],
+                before: serde_json::json!({ "status": "good" }),
+                after: serde_json::json!({
+                    "status": "revoked",
+                    "reason": reason.name(),
+                    "reason_code": reason.code(),
+                    "revoked_at": rfc3339(at),
+                }),
+            })
+            .collect();
+        record_planned(&tx, issuer.id, "revoke", &who, txn_now, &planned).await?;
         let rows = tx
             .query(
                 "UPDATE certificates SET reason = $3, revoked_at = $4, changed_at = clock_timestamp() \
@@ -202,27 +225,27 @@ pub async fn revoke(args: RevokeArgs, config: &Config) -> Result<(), AdminError>
             )
             .await
             .map_err(db("revoking"))?;
+        if rows.len() != to_change.len() {
+            // Cannot happen: the rows are locked. Dropping `tx` rolls everything back.
+            return Err(AdminError::Operational(format!(
+                "expected to revoke {} certificates but changed {}; nothing was changed",
+                to_change.len(),
+                rows.len()
+            )));
+        }
         for row in rows {
             let bytes: Vec<u8> = row.get(0);
-            let changed_at: DateTime<Utc> = row.get(1);
-            let serial = (*by_bytes[bytes.as_slice()]).clone();
-            changes.push(Change {
-                serial,
-                changed_at,
-                before: serde_json::json!({ "status": "good" }),
-                after: serde_json::json!({
-                    "status": "revoked",
-                    "reason": reason.name(),
-                    "reason_code": reason.code(),
-                    "revoked_at": rfc3339(at),
-                    "changed_at": rfc3339(changed_at),
-                }),
+            changes.push(StatusChange {
+                issuer_id: issuer.id,
+                serial: (*by_bytes[bytes.as_slice()]).clone(),
+                revoked: true,
+                changed_at: row.get(1),
             });
         }
-        // Keep the operator's order in the audit log and the output.
+        notify(&tx, &changes).await?;
+        // Keep the operator's order in the output.
         let order: HashMap<&[u8], usize> = to_change.iter().enumerate().map(|(i, b)| (*b, i)).collect();
         changes.sort_by_key(|c| order[c.serial.as_bytes()]);
-        record_changes(&tx, issuer.id, "revoke", &who, true, txn_now, &changes).await?;
     }
     tx.commit().await.map_err(db("committing the revocation"))?;
 
@@ -278,6 +301,17 @@ pub async fn unrevoke(args: CertArgs, config: &Config) -> Result<(), AdminError>
         }
         Some(_) => {}
     }
+    let planned = Planned {
+        serial: &serial,
+        before: serde_json::json!({
+            "status": "revoked",
+            "reason": Reason::CertificateHold.name(),
+            "reason_code": Reason::CertificateHold.code(),
+            "revoked_at": state.revoked_at.map(rfc3339),
+        }),
+        after: serde_json::json!({ "status": "good" }),
+    };
+    record_planned(&tx, issuer.id, "unrevoke", &who, txn_now, std::slice::from_ref(&planned)).await?;
     let row = tx
         .query_one(
             "UPDATE certificates SET reason = NULL, revoked_at = NULL, changed_at = clock_timestamp() \
@@ -287,18 +321,7 @@ pub async fn unrevoke(args: CertArgs, config: &Config) -> Result<(), AdminError>
         .await
         .map_err(db("unrevoking"))?;
     let changed_at: DateTime<Utc> = row.get(0);
-    let change = Change {
-        serial: serial.clone(),
-        changed_at,
-        before: serde_json::json!({
-            "status": "revoked",
-            "reason": Reason::CertificateHold.name(),
-            "reason_code": Reason::CertificateHold.code(),
-            "revoked_at": state.revoked_at.map(rfc3339),
-        }),
-        after: serde_json::json!({ "status": "good", "changed_at": rfc3339(changed_at) }),
-    };
-    record_changes(&tx, issuer.id, "unrevoke", &who, false, txn_now, std::slice::from_ref(&change)).await?;
+    notify(&tx, &[StatusChange { issuer_id: issuer.id, serial: serial.clone(), revoked: false, changed_at }]).await?;
     tx.commit().await.map_err(db("committing the unrevoke"))?;
     tracing::info!(target: "jitocsp::audit", actor = %who, action = "unrevoke", issuer = %issuer.name,
         issuer_id = issuer.id, serial = %serial, changed_at = %rfc3339(changed_at), "certificate hold released");

@@ -34,6 +34,46 @@ pub trait Signer: Send + Sync {
     fn sign<'a>(&'a self, message: &'a [u8]) -> BoxFuture<'a, Result<Vec<u8>, SignerError>>;
     /// A short human description for logs and metrics (never key material).
     fn describe(&self) -> &str;
+    /// Whether the signer can sign now, for `/readyz`.
+    fn check(&self) -> Result<(), SignerError> {
+        Ok(())
+    }
+}
+
+/// Stands in for a signer that could not be opened, so that the other issuers are still
+/// served and this one's cached responses too: its misses get tryLater, and `/readyz` names
+/// it, until the responder is restarted with the key in place.
+pub struct UnavailableSigner {
+    spec: String,
+    reason: String,
+}
+
+impl UnavailableSigner {
+    pub fn new(spec: &str, error: &SignerError) -> Self {
+        UnavailableSigner { spec: spec.to_owned(), reason: error.to_string() }
+    }
+}
+
+impl Signer for UnavailableSigner {
+    fn algorithm_der(&self) -> &[u8] {
+        &[]
+    }
+
+    fn public_key_spki_der(&self) -> &[u8] {
+        &[]
+    }
+
+    fn sign<'a>(&'a self, _message: &'a [u8]) -> BoxFuture<'a, Result<Vec<u8>, SignerError>> {
+        Box::pin(std::future::ready(Err(self.check().err().unwrap_or(SignerError::Sign(self.reason.clone())))))
+    }
+
+    fn describe(&self) -> &str {
+        &self.spec
+    }
+
+    fn check(&self) -> Result<(), SignerError> {
+        Err(SignerError::Sign(format!("signer unavailable: {}", self.reason)))
+    }
 }
 
 /// Opens the signer named by `spec`.

@@ -1,0 +1,724 @@
+//! `jitocsp migrate` and `jitocsp admin ...`, run as the real binary against real Postgres and
+//! Redis (`DATABASE_URL`, `REDIS_URL`; when unset, read from `.local/env`, which
+//! `scripts/services.sh` writes).
+//!
+//! Every test creates its own issuer with a unique name, from certificates that openssl makes
+//! in a temporary directory, so the tests run in parallel on one database.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use jitocsp::cache::keys::all_response_keys;
+use jitocsp::notify::{StatusChange, CHANNEL};
+use jitocsp::serial::Serial;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+// ---------------------------------------------------------------------------------------------
+// Environment and process helpers
+
+struct Env {
+    database_url: String,
+    redis_url: String,
+}
+
+fn env() -> &'static Env {
+    static ENV: OnceLock<Env> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let mut database_url = std::env::var("DATABASE_URL").ok().filter(|v| !v.is_empty());
+        let mut redis_url = std::env::var("REDIS_URL").ok().filter(|v| !v.is_empty());
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join(".local/env");
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            for line in text.lines() {
+                let line = line.trim().trim_start_matches("export ").trim();
+                if let Some((k, v)) = line.split_once('=') {
+                    let v = v.trim_matches(|c| c == '"' || c == '\'').to_owned();
+                    match k {
+                        "DATABASE_URL" if database_url.is_none() => database_url = Some(v),
+                        "REDIS_URL" if redis_url.is_none() => redis_url = Some(v),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let env = Env {
+            database_url: database_url
+                .expect("DATABASE_URL is not set (run scripts/services.sh, or source .local/env)"),
+            redis_url: redis_url.expect("REDIS_URL is not set (run scripts/services.sh, or source .local/env)"),
+        };
+        let out = run_with(&["migrate"], None, &[("DATABASE_URL", env.database_url.as_str())], None);
+        assert!(out.status.success(), "migrate failed: {}", text(&out.stderr));
+        env
+    })
+}
+
+/// Runs the binary with the test services; `vars` override the environment.
+fn run_with(args: &[&str], stdin: Option<&str>, vars: &[(&str, &str)], dir: Option<&Path>) -> Output {
+    let scratch = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_jitocsp"));
+    cmd.args(args)
+        // No ./jitocsp.toml is picked up from a temporary directory.
+        .current_dir(dir.unwrap_or(scratch.path()))
+        .env("JITOCSP_ACTOR", "admin-cli-test")
+        .env("RUST_LOG", "warn")
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("run jitocsp");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        let input = input.to_owned();
+        // A writer thread, so a large input cannot deadlock against the child's output.
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(input.as_bytes());
+        });
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// What a command did: exit code, stdout, stderr.
+struct Ran {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Ran {
+    fn ok(self) -> Self {
+        assert_eq!(self.code, 0, "expected success\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+    fn fails(self, code: i32, needles: &[&str]) -> Self {
+        assert_eq!(self.code, code, "expected exit {code}\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        for needle in needles {
+            assert!(self.stderr.contains(needle), "stderr lacks {needle:?}:\n{}", self.stderr);
+        }
+        self
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("run openssl");
+    assert!(out.status.success(), "openssl {args:?}: {}", text(&out.stderr));
+}
+
+/// A CA (EC P-256, PKCS#8 key) in a temporary directory, registered under a unique name.
+struct Fixture {
+    dir: tempfile::TempDir,
+    name: String,
+    id: i32,
+}
+
+fn unique_name(test: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("t-{test}-{}-{nanos}", std::process::id())
+}
+
+fn make_ca(dir: &Path, stem: &str, cn: &str) {
+    openssl(
+        dir,
+        &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", &format!("{stem}.key")],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            &format!("{stem}.key"),
+            "-subj",
+            &format!("/O=jitocsp tests/CN={cn}"),
+            "-days",
+            "30",
+            "-out",
+            &format!("{stem}.pem"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+}
+
+impl Fixture {
+    /// Makes the CA files but does not register the issuer.
+    fn files(test: &str) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let name = unique_name(test);
+        make_ca(dir.path(), "ca", &name);
+        openssl(
+            dir.path(),
+            &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "leaf.key"],
+        );
+        openssl(dir.path(), &["req", "-new", "-key", "leaf.key", "-subj", "/CN=leaf", "-out", "leaf.csr"]);
+        Fixture { dir, name, id: 0 }
+    }
+
+    /// Makes the CA and registers it.
+    async fn new(test: &str) -> Fixture {
+        let mut f = Fixture::files(test);
+        f.admin(&["issuer", "add", "--name", &f.name.clone(), "--cert", "ca.pem", "--signer", "file:ca.key"], None)
+            .ok();
+        let db = db().await;
+        f.id = db.query_one("SELECT id FROM issuers WHERE name = $1", &[&f.name]).await.unwrap().get(0);
+        f
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    /// Issues a leaf certificate with this serial (hex); returns its file name.
+    fn leaf(&self, serial_hex: &str) -> String {
+        let file = format!("leaf-{serial_hex}.pem");
+        openssl(
+            self.dir.path(),
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "leaf.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-set_serial",
+                &format!("0x{serial_hex}"),
+                "-days",
+                "10",
+                "-out",
+                &file,
+            ],
+        );
+        file
+    }
+
+    /// Runs `jitocsp admin ARGS` in the fixture directory with the test services.
+    fn admin(&self, args: &[&str], stdin: Option<&str>) -> Ran {
+        self.admin_env(args, stdin, &[])
+    }
+
+    fn admin_env(&self, args: &[&str], stdin: Option<&str>, vars: &[(&str, &str)]) -> Ran {
+        let e = env();
+        let mut all_vars = vec![("DATABASE_URL", e.database_url.as_str()), ("REDIS_URL", e.redis_url.as_str())];
+        all_vars.extend_from_slice(vars);
+        let mut all_args = vec!["admin"];
+        all_args.extend_from_slice(args);
+        let out = run_with(&all_args, stdin, &all_vars, Some(self.dir.path()));
+        Ran { code: out.status.code().unwrap_or(-1), stdout: text(&out.stdout), stderr: text(&out.stderr) }
+    }
+
+    fn revoke(&self, serial: &str, reason: &str) -> Ran {
+        self.admin(&["revoke", "--issuer", &self.name, "--serial", serial, "--reason", reason], None)
+    }
+
+    /// (reason, revoked_at is set, changed_at is set) of a serial, or None without a row.
+    async fn state(&self, serial: &str) -> Option<(Option<i16>, bool, bool)> {
+        let serial = Serial::from_hex(serial).unwrap();
+        db().await
+            .query_opt(
+                "SELECT reason, revoked_at IS NOT NULL, changed_at IS NOT NULL FROM certificates \
+                 WHERE issuer_id = $1 AND serial = $2",
+                &[&self.id, &serial.as_bytes()],
+            )
+            .await
+            .unwrap()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+    }
+
+    async fn count(&self, sql_table_and_filter: &str) -> i64 {
+        db().await.query_one(&format!("SELECT count(*) FROM {sql_table_and_filter}"), &[&self.id]).await.unwrap().get(0)
+    }
+
+    fn keys(&self, serial: &str) -> Vec<String> {
+        all_response_keys("ocsp", self.id, &Serial::from_hex(serial).unwrap())
+    }
+}
+
+async fn db() -> tokio_postgres::Client {
+    jitocsp::migrate::connect(&env().database_url).await.expect("connect to Postgres")
+}
+
+async fn redis_conn() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(env().redis_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to Redis")
+}
+
+async fn redis_set(keys: &[String]) {
+    let mut conn = redis_conn().await;
+    for key in keys {
+        let _: () =
+            redis::cmd("SET").arg(key).arg("response").arg("EX").arg(3600).query_async(&mut conn).await.unwrap();
+    }
+}
+
+async fn redis_exists(keys: &[String]) -> Vec<bool> {
+    let mut conn = redis_conn().await;
+    let mut out = Vec::new();
+    for key in keys {
+        let n: i64 = redis::cmd("EXISTS").arg(key).query_async(&mut conn).await.unwrap();
+        out.push(n == 1);
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+#[test]
+fn migrate_twice_is_fine() {
+    let e = env();
+    for _ in 0..2 {
+        let out = run_with(&["migrate"], None, &[("DATABASE_URL", e.database_url.as_str())], None);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let out = run_with(&["migrate"], None, &[("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")], None);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn issuer_add_list_and_refusals() {
+    let f = Fixture::new("issuer").await;
+    let list = f.admin(&["issuer", "list"], None).ok();
+    assert!(list.stdout.contains(&f.name), "{}", list.stdout);
+
+    // Same name again.
+    f.admin(&["issuer", "add", "--name", &f.name, "--cert", "ca.pem", "--signer", "file:ca.key"], None)
+        .fails(2, &["already"]);
+
+    // Key mismatch: nothing written.
+    let other = unique_name("mismatch");
+    f.admin(&["issuer", "add", "--name", &other, "--cert", "ca.pem", "--signer", "file:leaf.key"], None)
+        .fails(2, &["--signer", "file:leaf.key"]);
+    let rows: i64 =
+        db().await.query_one("SELECT count(*) FROM issuers WHERE name = $1", &[&other]).await.unwrap().get(0);
+    assert_eq!(rows, 0);
+
+    // Not a CA certificate; not a certificate; missing file; bad signer spec.
+    let leaf = f.leaf("0a");
+    f.admin(&["issuer", "add", "--name", &other, "--cert", &leaf, "--signer", "file:leaf.key"], None)
+        .fails(2, &["not a CA certificate"]);
+    f.admin(&["issuer", "add", "--name", &other, "--cert", "leaf.key", "--signer", "file:ca.key"], None)
+        .fails(2, &["leaf.key"]);
+    f.admin(&["issuer", "add", "--name", &other, "--cert", "absent.pem", "--signer", "file:ca.key"], None)
+        .fails(2, &["absent.pem"]);
+    f.admin(&["issuer", "add", "--name", &other, "--cert", "ca.pem", "--signer", "file:absent.key"], None)
+        .fails(2, &["absent.key"]);
+
+    // A delegated responder: needs id-kp-OCSPSigning, issued by the CA, and its own key.
+    let d = f.dir.path();
+    make_ca(d, "ca2", &unique_name("ca2"));
+    openssl(d, &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "resp.key"]);
+    openssl(d, &["req", "-new", "-key", "resp.key", "-subj", "/CN=responder", "-out", "resp.csr"]);
+    std::fs::write(d.join("ocsp.ext"), "extendedKeyUsage=OCSPSigning\n").unwrap();
+    for (ca, out, ext) in
+        [("ca2", "resp.pem", true), ("ca2", "resp-noeku.pem", false), ("ca", "resp-wrongca.pem", true)]
+    {
+        let mut args = vec![
+            "x509",
+            "-req",
+            "-in",
+            "resp.csr",
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-set_serial",
+            "0x99",
+            "-days",
+            "10",
+            "-out",
+            out,
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        if ext {
+            args.extend(["-extfile".into(), "ocsp.ext".into()]);
+        }
+        openssl(d, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    let delegated = unique_name("delegated");
+    let add = |resp: &str, signer: &str| {
+        f.admin(
+            &["issuer", "add", "--name", &delegated, "--cert", "ca2.pem", "--signer", signer, "--responder-cert", resp],
+            None,
+        )
+    };
+    add("resp-noeku.pem", "file:resp.key").fails(2, &["OCSPSigning"]);
+    add("resp-wrongca.pem", "file:resp.key").fails(2, &["not issued by the CA"]);
+    add("resp.pem", "file:ca2.key").fails(2, &["--responder-cert"]);
+    add("resp.pem", "file:resp.key").ok();
+    let has_responder: bool = db()
+        .await
+        .query_one("SELECT responder_cert_der IS NOT NULL FROM issuers WHERE name = $1", &[&delegated])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(has_responder);
+    // The same CA certificate cannot be registered twice.
+    f.admin(&["issuer", "add", "--name", &other, "--cert", "ca2.pem", "--signer", "file:ca2.key"], None)
+        .fails(2, &["already registered"]);
+
+    f.admin(&["import", "--issuer", "no-such-issuer", "-"], Some("01,2030-01-01T00:00:00Z\n"))
+        .fails(2, &["no-such-issuer"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn import_files_and_stdin_idempotently() {
+    let f = Fixture::new("import").await;
+    let a = f.leaf("0100");
+    let b = f.leaf("00ff02"); // top bit set: stored with a sign byte
+    let c = f.leaf("0103");
+    let mut bundle = std::fs::read(f.path(&b)).unwrap();
+    bundle.extend(std::fs::read(f.path(&c)).unwrap());
+    std::fs::write(f.path("bundle.pem"), bundle).unwrap();
+    openssl(f.dir.path(), &["x509", "-in", &a, "-outform", "DER", "-out", "a.der"]);
+
+    let out = f.admin(&["import", "--issuer", &f.name, "a.der", "bundle.pem"], None).ok();
+    assert!(out.stdout.contains("3 inserted"), "{}", out.stdout);
+    let out = f.admin(&["import", "--issuer", &f.name, &a, "bundle.pem"], None).ok();
+    assert!(out.stdout.contains("0 inserted, 3 already present"), "{}", out.stdout);
+    assert_eq!(f.state("ff02").await, Some((None, false, false)));
+
+    let stdin =
+        "# serial,notAfter\n0A:0B,2030-01-01T00:00:00Z\n\n0c0d,2030-06-01T12:00:00+02:00\n0100,2030-01-01T00:00:00Z\n";
+    let out = f.admin(&["import", "--issuer", &f.name, "-"], Some(stdin)).ok();
+    assert!(out.stdout.contains("2 inserted, 1 already present"), "{}", out.stdout);
+    assert!(out.stderr.contains("different notAfter"), "{}", out.stderr);
+    assert_eq!(f.count("certificates WHERE issuer_id = $1").await, 5);
+
+    // Any bad input: exit 2, named, nothing written.
+    f.admin(
+        &["import", "--issuer", &f.name, "-"],
+        Some("0e,2030-01-01T00:00:00Z\n0f,2030-01-01T00:00:00Z\nzz,2030-01-01T00:00:00Z\n"),
+    )
+    .fails(2, &["stdin line 3", "zz"]);
+    f.admin(&["import", "--issuer", &f.name, "-"], Some("0e,2030-01-01T00:00:00Z\n0f,next year\n"))
+        .fails(2, &["stdin line 2", "next year"]);
+    let stranger = Fixture::files("stranger");
+    let foreign = stranger.leaf("0e");
+    std::fs::copy(stranger.path(&foreign), f.path("foreign.pem")).unwrap();
+    let d = f.leaf("0d");
+    f.admin(&["import", "--issuer", &f.name, &d, "foreign.pem"], None)
+        .fails(2, &["foreign.pem", "not issued by issuer"]);
+    f.admin(&["import", "--issuer", &f.name, &d, "leaf.key"], None).fails(2, &["leaf.key"]);
+    f.admin(&["import", "--issuer", &f.name, &d, "missing.pem"], None).fails(2, &["missing.pem"]);
+    assert_eq!(f.count("certificates WHERE issuer_id = $1").await, 5);
+    assert_eq!(f.state("0d").await, None);
+    assert_eq!(f.count("audit_log WHERE issuer_id = $1 AND action = 'import'").await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn import_100k_rows_from_stdin() {
+    let f = Fixture::new("bulk").await;
+    let mut input = String::with_capacity(100_000 * 40);
+    for i in 0..100_000u64 {
+        input.push_str(&format!("{:016x},2031-01-01T00:00:00Z\n", 0x5000_0000_0000_0000u64 + i));
+    }
+    let started = Instant::now();
+    let out = f.admin(&["import", "--issuer", &f.name, "-"], Some(&input)).ok();
+    println!("100k-row stdin import took {:?}: {}", started.elapsed(), out.stdout.trim());
+    assert!(out.stdout.contains("100000 inserted"), "{}", out.stdout);
+    assert_eq!(f.count("certificates WHERE issuer_id = $1").await, 100_000);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revoke_by_serial_serials_file_and_cert_file() {
+    let f = Fixture::new("revoke").await;
+    let files: Vec<String> = ["1a01", "1a02", "1a03", "1a04", "1a05"].iter().map(|s| f.leaf(s)).collect();
+    let mut args = vec!["import", "--issuer", f.name.as_str()];
+    args.extend(files.iter().map(String::as_str));
+    f.admin(&args, None).ok();
+
+    // --serial, colons and upper case.
+    let out = f.revoke("1A:01", "keyCompromise").ok();
+    assert!(out.stdout.contains("1 revoked, 0 already revoked"), "{}", out.stdout);
+    assert_eq!(f.state("1a01").await, Some((Some(1), true, true)));
+
+    // --serials-file: comments, blank lines, one already revoked (skipped, not an error).
+    std::fs::write(f.path("serials.txt"), "# to revoke\n1a01\n\n1a:02\n1A03\n").unwrap();
+    let out =
+        f.admin(&["revoke", "--issuer", &f.name, "--serials-file", "serials.txt", "--reason", "superseded"], None).ok();
+    assert!(out.stdout.contains("2 revoked, 1 already revoked"), "{}", out.stdout);
+    assert_eq!(f.state("1a01").await, Some((Some(1), true, true)), "kept its first reason");
+    assert_eq!(f.state("1a02").await, Some((Some(4), true, true)));
+    assert_eq!(f.state("1a03").await, Some((Some(4), true, true)));
+
+    // --cert-file, with --at in the past.
+    f.admin(
+        &[
+            "revoke",
+            "--issuer",
+            &f.name,
+            "--cert-file",
+            &files[3],
+            "--reason",
+            "cessationOfOperation",
+            "--at",
+            "2024-05-01T10:00:00Z",
+        ],
+        None,
+    )
+    .ok();
+    let at: chrono::DateTime<chrono::Utc> = db()
+        .await
+        .query_one(
+            "SELECT revoked_at FROM certificates WHERE issuer_id = $1 AND serial = $2",
+            &[&f.id, &Serial::from_hex("1a04").unwrap().as_bytes()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(at.to_rfc3339(), "2024-05-01T10:00:00+00:00");
+
+    // A certificate of another CA in --cert-file: exit 2, named.
+    let stranger = Fixture::files("stranger2");
+    let foreign = stranger.leaf("1a05");
+    std::fs::copy(stranger.path(&foreign), f.path("foreign.pem")).unwrap();
+    f.admin(&["revoke", "--issuer", &f.name, "--cert-file", "foreign.pem", "--reason", "keyCompromise"], None)
+        .fails(2, &["foreign.pem"]);
+    assert_eq!(f.state("1a05").await, Some((None, false, false)));
+
+    // One audit row per change: 1 + 2 + 1.
+    assert_eq!(f.count("audit_log WHERE issuer_id = $1 AND action = 'revoke'").await, 4);
+    let actor: String = db()
+        .await
+        .query_one("SELECT actor FROM audit_log WHERE issuer_id = $1 AND action = 'revoke' LIMIT 1", &[&f.id])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(actor, "admin-cli-test");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_run_and_bad_input_change_nothing() {
+    let f = Fixture::new("dryrun").await;
+    f.admin(&["import", "--issuer", &f.name, "-"], Some("2b01,2030-01-01T00:00:00Z\n2b02,2030-01-01T00:00:00Z\n")).ok();
+    let out = f
+        .admin(&["revoke", "--issuer", &f.name, "--serial", "2b01", "--reason", "keyCompromise", "--dry-run"], None)
+        .ok();
+    assert!(out.stdout.contains("would revoke 2b01"), "{}", out.stdout);
+    assert_eq!(f.state("2b01").await, Some((None, false, false)));
+
+    f.revoke("2b01", "bogusReason").fails(2, &["bogusReason"]);
+    f.revoke("2b01", "removeFromCRL").fails(2, &["removeFromCRL"]);
+    f.revoke("2b0x", "keyCompromise").fails(2, &["2b0x"]);
+    f.admin(
+        &[
+            "revoke",
+            "--issuer",
+            &f.name,
+            "--serial",
+            "2b01",
+            "--reason",
+            "keyCompromise",
+            "--at",
+            "2999-01-01T00:00:00Z",
+        ],
+        None,
+    )
+    .fails(2, &["future"]);
+    f.admin(
+        &["revoke", "--issuer", &f.name, "--serial", "2b01", "--reason", "keyCompromise", "--at", "last tuesday"],
+        None,
+    )
+    .fails(2, &["last tuesday"]);
+    f.admin(&["revoke", "--issuer", "no-such-issuer", "--serial", "2b01", "--reason", "keyCompromise"], None)
+        .fails(2, &["no-such-issuer"]);
+    // Exactly one input.
+    f.admin(&["revoke", "--issuer", &f.name, "--reason", "keyCompromise"], None).fails(2, &[]);
+    f.admin(
+        &["revoke", "--issuer", &f.name, "--serial", "2b01", "--serials-file", "x", "--reason", "keyCompromise"],
+        None,
+    )
+    .fails(2, &[]);
+
+    // An unknown serial anywhere in the file: exit 2, named, and no serial of the file revoked.
+    std::fs::write(f.path("serials.txt"), "2b01\n2b02\n2bff\n").unwrap();
+    f.admin(&["revoke", "--issuer", &f.name, "--serials-file", "serials.txt", "--reason", "keyCompromise"], None)
+        .fails(2, &["2bff", "serials.txt line 3"]);
+    // A syntax error in the file: named by line.
+    std::fs::write(f.path("bad.txt"), "2b01\nnot-a-serial\n").unwrap();
+    f.admin(&["revoke", "--issuer", &f.name, "--serials-file", "bad.txt", "--reason", "keyCompromise"], None)
+        .fails(2, &["bad.txt line 2"]);
+    assert_eq!(f.state("2b01").await, Some((None, false, false)));
+    assert_eq!(f.state("2b02").await, Some((None, false, false)));
+    assert_eq!(f.count("audit_log WHERE issuer_id = $1 AND action = 'revoke'").await, 0);
+    assert_eq!(f.count("pending_purges WHERE issuer_id = $1").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revoke_purges_redis_and_notifies() {
+    let f = Fixture::new("purge").await;
+    f.admin(&["import", "--issuer", &f.name, "-"], Some("3c01,2030-01-01T00:00:00Z\n3c02,2030-01-01T00:00:00Z\n")).ok();
+    let keys = f.keys("3c01");
+    let bystander = f.keys("3c02");
+    redis_set(&keys).await;
+    redis_set(&bystander).await;
+
+    // Listen before revoking.
+    let (listener, mut connection) = tokio_postgres::connect(&env().database_url, NoTls).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let AsyncMessage::Notification(n) = message {
+                let _ = tx.send((n.channel().to_owned(), n.payload().to_owned()));
+            }
+        }
+    });
+    listener.batch_execute(&format!("LISTEN {CHANNEL}")).await.unwrap();
+
+    let status = f.admin(&["status", "--issuer", &f.name, "--serial", "3c01"], None).ok();
+    assert!(status.stdout.contains("status:      good"), "{}", status.stdout);
+    assert!(status.stdout.contains("present, ttl"), "{}", status.stdout);
+
+    let out = f.revoke("3c01", "keyCompromise").ok();
+    assert!(out.stdout.contains("purged"), "{}", out.stdout);
+    assert_eq!(redis_exists(&keys).await, vec![false; 4], "revoked keys are gone");
+    assert_eq!(redis_exists(&bystander).await, vec![true; 4], "other certificates keep theirs");
+    assert_eq!(f.count("pending_purges WHERE issuer_id = $1").await, 0);
+
+    // The notification names this certificate, as revoked, at the row's changed_at.
+    let mine = loop {
+        let (channel, payload) =
+            tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("a notification within 5 s").unwrap();
+        assert_eq!(channel, CHANNEL);
+        let change = StatusChange::parse(&payload).unwrap();
+        if change.issuer_id == f.id {
+            break change;
+        }
+    };
+    assert_eq!(mine.serial, Serial::from_hex("3c01").unwrap());
+    assert!(mine.revoked);
+    let changed_at: chrono::DateTime<chrono::Utc> = db()
+        .await
+        .query_one(
+            "SELECT changed_at FROM certificates WHERE issuer_id = $1 AND serial = $2",
+            &[&f.id, &mine.serial.as_bytes()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(mine.changed_at, changed_at);
+
+    let status = f.admin(&["status", "--issuer", &f.name, "--serial", "3c01"], None).ok();
+    for needle in ["status:      revoked", "keyCompromise (1)", "revoked_at:", "changed_at:", "not_after:", "absent"] {
+        assert!(status.stdout.contains(needle), "status lacks {needle:?}:\n{}", status.stdout);
+    }
+    // Status of an unknown serial is not an error; it says so.
+    let unknown = f.admin(&["status", "--issuer", &f.name, "--serial", "3cff"], None).ok();
+    assert!(unknown.stdout.contains("no row"), "{}", unknown.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revoke_with_redis_down_leaves_a_pending_purge() {
+    let f = Fixture::new("redisdown").await;
+    f.admin(&["import", "--issuer", &f.name, "-"], Some("4d01,2030-01-01T00:00:00Z\n")).ok();
+    let keys = f.keys("4d01");
+    redis_set(&keys).await;
+
+    let started = Instant::now();
+    let out = f
+        .admin_env(
+            &["revoke", "--issuer", &f.name, "--serial", "4d01", "--reason", "keyCompromise"],
+            None,
+            &[("REDIS_URL", "redis://127.0.0.1:1")],
+        )
+        .ok();
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    assert!(out.stderr.contains("pending"), "{}", out.stderr);
+    assert_eq!(f.state("4d01").await, Some((Some(1), true, true)));
+    let row = db()
+        .await
+        .query_one("SELECT attempts, last_error FROM pending_purges WHERE issuer_id = $1", &[&f.id])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 1);
+    assert!(row.get::<_, Option<String>>(1).is_some());
+    assert_eq!(redis_exists(&keys).await, vec![true; 4]);
+
+    // Status shows the pending purge; purge with Redis down is an operational failure.
+    let status = f.admin(&["status", "--issuer", &f.name, "--serial", "4d01"], None).ok();
+    assert!(status.stdout.contains("pending purge: since"), "{}", status.stdout);
+    f.admin_env(&["purge", "--issuer", &f.name, "--serial", "4d01"], None, &[("REDIS_URL", "redis://127.0.0.1:1")])
+        .fails(1, &["4d01"]);
+
+    // `admin purge` with Redis back settles it.
+    f.admin(&["purge", "--issuer", &f.name, "--serial", "4d01"], None).ok();
+    assert_eq!(redis_exists(&keys).await, vec![false; 4]);
+    assert_eq!(f.count("pending_purges WHERE issuer_id = $1").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unrevoke_only_from_certificate_hold() {
+    let f = Fixture::new("unrevoke").await;
+    f.admin(
+        &["import", "--issuer", &f.name, "-"],
+        Some("5e01,2030-01-01T00:00:00Z\n5e02,2030-01-01T00:00:00Z\n5e03,2030-01-01T00:00:00Z\n"),
+    )
+    .ok();
+    f.revoke("5e01", "certificateHold").ok();
+    f.revoke("5e02", "keyCompromise").ok();
+    let keys = f.keys("5e01");
+    redis_set(&keys).await;
+
+    f.admin(&["unrevoke", "--issuer", &f.name, "--serial", "5e01"], None).ok();
+    assert_eq!(f.state("5e01").await, Some((None, false, true)));
+    assert_eq!(redis_exists(&keys).await, vec![false; 4]);
+
+    f.admin(&["unrevoke", "--issuer", &f.name, "--serial", "5e02"], None).fails(2, &["5e02", "keyCompromise"]);
+    assert_eq!(f.state("5e02").await, Some((Some(1), true, true)));
+    f.admin(&["unrevoke", "--issuer", &f.name, "--serial", "5e03"], None).fails(2, &["5e03", "not revoked"]);
+    f.admin(&["unrevoke", "--issuer", &f.name, "--serial", "5eff"], None).fails(2, &["5eff"]);
+
+    let row = db()
+        .await
+        .query_one(
+            "SELECT before->>'reason', after->>'status' FROM audit_log WHERE issuer_id = $1 AND action = 'unrevoke'",
+            &[&f.id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Option<String>>(0).as_deref(), Some("certificateHold"));
+    assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some("good"));
+    // Revocable again after the hold was released.
+    f.revoke("5e01", "superseded").ok();
+    assert_eq!(f.state("5e01").await, Some((Some(4), true, true)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_lists_the_changes() {
+    let f = Fixture::new("audit").await;
+    f.admin(&["import", "--issuer", &f.name, "-"], Some("6f01,2030-01-01T00:00:00Z\n")).ok();
+    f.revoke("6f01", "privilegeWithdrawn").ok();
+    let out = f.admin(&["audit", "--limit", "1000"], None).ok();
+    let mine: Vec<&str> = out.stdout.lines().filter(|l| l.contains(&f.name)).collect();
+    assert_eq!(mine.len(), 3, "{}", out.stdout);
+    assert!(mine[0].contains("issuer add") && mine[0].contains("admin-cli-test"), "{}", mine[0]);
+    assert!(mine[1].contains("import"), "{}", mine[1]);
+    assert!(
+        mine[2].contains("revoke") && mine[2].contains("serial=6f01") && mine[2].contains("privilegeWithdrawn"),
+        "{}",
+        mine[2]
+    );
+    f.admin(&["audit", "--limit", "0"], None).fails(2, &["--limit"]);
+}

@@ -1,0 +1,349 @@
+//! Shared harness for the integration tests: real Postgres and Redis (from `DATABASE_URL` and
+//! `REDIS_URL`, which `scripts/services.sh up` provides), real keys made with openssl, and the
+//! real `jitocsp` binary run as a child process.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_jitocsp");
+
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL").expect("DATABASE_URL must point at a test Postgres: run scripts/services.sh up")
+}
+
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").expect("REDIS_URL must point at a test Redis: run scripts/services.sh up")
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{prefix}-{}-{}-{nanos}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A free loopback port (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn run(program: &str, args: &[&str], dir: &Path) -> Output {
+    let output = Command::new(program).args(args).current_dir(dir).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+    output
+}
+
+fn must(program: &str, args: &[&str], dir: &Path) -> Output {
+    let output = run(program, args, dir);
+    assert!(output.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    output
+}
+
+/// A test CA (EC P-256) with leaf certificates, made by openssl in a temporary directory.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let pki = Pki { dir: tempfile::tempdir().unwrap() };
+        let d = pki.path();
+        must("openssl", &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.sec1"], d);
+        must("openssl", &["pkcs8", "-topk8", "-nocrypt", "-in", "ca.sec1", "-out", "ca.key"], d);
+        must(
+            "openssl",
+            &[
+                "req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=jitocsp test CA", "-days", "30", "-out",
+                "ca.pem", "-addext", "basicConstraints=critical,CA:TRUE", "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+            ],
+            d,
+        );
+        must("openssl", &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "leaf.key"], d);
+        must("openssl", &["req", "-new", "-key", "leaf.key", "-subj", "/CN=leaf", "-out", "leaf.csr"], d);
+        pki
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path().join(name)
+    }
+
+    /// Issues `NAME.pem` with serial `serial_hex`, valid for 30 days. (Expired certificates
+    /// are imported in the stdin form with a past notAfter: OpenSSL 3.0 cannot back-date.)
+    pub fn leaf(&self, name: &str, serial_hex: &str) -> PathBuf {
+        let out = format!("{name}.pem");
+        must(
+            "openssl",
+            &[
+                "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-set_serial",
+                &format!("0x{serial_hex}"), "-days", "30", "-out", &out,
+            ],
+            self.path(),
+        );
+        self.file(&out)
+    }
+
+    /// A DER OCSP request for a serial of this CA, by serial alone.
+    pub fn request_serial(&self, serial_hex: &str, digest: &str) -> Vec<u8> {
+        let out = self.file(&format!("{}.req", unique("q")));
+        let serial = format!("0x{serial_hex}");
+        must(
+            "openssl",
+            &["ocsp", "-issuer", "ca.pem", digest, "-serial", &serial, "-no_nonce", "-reqout", out.to_str().unwrap()],
+            self.path(),
+        );
+        std::fs::read(out).unwrap()
+    }
+
+    /// A DER OCSP request for `cert`, made by openssl (`-sha256` etc. via `digest`).
+    pub fn request(&self, cert: &Path, digest: &str) -> Vec<u8> {
+        let out = self.file(&format!("{}.req", unique("q")));
+        must(
+            "openssl",
+            &[
+                "ocsp", "-issuer", "ca.pem", digest, "-cert", cert.to_str().unwrap(), "-no_nonce", "-reqout",
+                out.to_str().unwrap(),
+            ],
+            self.path(),
+        );
+        std::fs::read(out).unwrap()
+    }
+}
+
+/// Runs `jitocsp` with the test services' URLs and `env`.
+pub fn jitocsp(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(BIN);
+    command.args(args).env("DATABASE_URL", database_url()).env("REDIS_URL", redis_url());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.stdin(Stdio::null()).output().expect("running jitocsp")
+}
+
+pub fn jitocsp_ok(args: &[&str], env: &[(&str, &str)]) -> String {
+    let output = jitocsp(args, env);
+    assert!(
+        output.status.success(),
+        "jitocsp {args:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Migrates, adds the PKI's CA as a new issuer, returns its name.
+pub fn add_issuer(pki: &Pki) -> String {
+    jitocsp_ok(&["migrate"], &[]);
+    let name = unique("issuer");
+    let signer = format!("file:{}", pki.file("ca.key").display());
+    jitocsp_ok(&["admin", "issuer", "add", "--name", &name, "--cert", pki.file("ca.pem").to_str().unwrap(), "--signer", &signer], &[]);
+    name
+}
+
+/// A running `jitocsp serve`, killed on drop.
+pub struct Server {
+    child: Child,
+    pub port: u16,
+    pub metrics_port: u16,
+    pub log: PathBuf,
+}
+
+impl Server {
+    /// Starts a server with its own Redis key prefix plus `env`, and waits until it is ready.
+    pub fn start(env: &[(&str, &str)]) -> Server {
+        let port = free_port();
+        let metrics_port = free_port();
+        let log = std::env::temp_dir().join(format!("{}.log", unique("jitocsp-serve")));
+        let mut command = Command::new(BIN);
+        command
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+            .env("DATABASE_URL", database_url())
+            .env("REDIS_URL", redis_url())
+            .env("JITOCSP_CACHE_KEY_PREFIX", unique("t"))
+            .env("JITOCSP_SERVER_WORKERS", "2")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let child = command.spawn().expect("starting jitocsp serve");
+        let server = Server { child, port, metrics_port, log };
+        server.wait_until(Duration::from_secs(20), |s| {
+            s.metrics_get("/healthz").is_some_and(|(status, _)| status == 200)
+                && s.metrics_text().contains("jitocsp_listener_connected 1")
+        });
+        server
+    }
+
+    pub fn wait_until(&self, limit: Duration, mut ready: impl FnMut(&Server) -> bool) {
+        let started = Instant::now();
+        while !ready(self) {
+            assert!(started.elapsed() < limit, "server not ready within {limit:?}; log:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn metrics_get(&self, path: &str) -> Option<(u16, String)> {
+        let response = block_on(http(self.metrics_port, "GET", path, &[], &[])).ok()?;
+        Some((response.status, String::from_utf8_lossy(&response.body).into_owned()))
+    }
+
+    pub fn metrics_text(&self) -> String {
+        self.metrics_get("/metrics").map(|(_, body)| body).unwrap_or_default()
+    }
+
+    /// Sum of every series of metric `name` whose labels contain all of `labels`.
+    pub fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        self.metrics_text()
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
+            .filter(|line| labels.iter().all(|l| line.contains(l)))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub fn post(&self, body: &[u8]) -> HttpResponse {
+        block_on(http(self.port, "POST", "/", &[("Content-Type", "application/ocsp-request")], body)).unwrap()
+    }
+
+    pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+        block_on(http(self.port, "GET", path, headers, &[])).unwrap()
+    }
+
+    pub fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+}
+
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str).unwrap_or("")
+    }
+}
+
+/// A minimal HTTP/1.1 client (one request per connection), so tests can send exactly the
+/// bytes they mean (raw `+`, `//`, spaces) and open thousands of connections at once.
+pub async fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<HttpResponse> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if method == "POST" {
+        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    request.push_str("\r\n");
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(body);
+    stream.write_all(&bytes).await?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await?;
+    parse_response(&raw, method == "HEAD")
+}
+
+fn parse_response(raw: &[u8], head: bool) -> std::io::Result<HttpResponse> {
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "bad HTTP response");
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(bad)?;
+    let head_text = std::str::from_utf8(&raw[..split]).map_err(|_| bad())?;
+    let mut lines = head_text.split("\r\n");
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+    let headers: HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    if headers.get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) && !head {
+        body = dechunk(&body).ok_or_else(bad)?;
+    }
+    Ok(HttpResponse { status, headers, body })
+}
+
+fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data.windows(2).position(|w| w == b"\r\n")?;
+        let size = usize::from_str_radix(std::str::from_utf8(&data[..line_end]).ok()?.trim(), 16).ok()?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(data.get(..size)?);
+        data = data.get(size + 2..)?;
+    }
+}
+
+/// Runs `openssl ocsp` on a saved response about `cert` (CertID hashed with `digest`) and
+/// returns its combined output.
+pub fn openssl_check_response(pki: &Pki, response: &[u8], cert: &Path, digest: &str) -> String {
+    let file = pki.file(&format!("{}.der", unique("resp")));
+    std::fs::write(&file, response).unwrap();
+    let output = run(
+        "openssl",
+        &[
+            "ocsp", "-respin", file.to_str().unwrap(), "-issuer", "ca.pem", digest, "-cert", cert.to_str().unwrap(),
+            "-CAfile", "ca.pem",
+        ],
+        pki.path(),
+    );
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+/// The external judge (tests/judges/judge.py): Python `cryptography` parses the response,
+/// verifies the signature, and pkilint lints it. Returns the judge's output; panics if it failed.
+pub fn judge(pki: &Pki, response: &[u8], args: &[&str]) -> String {
+    let file = pki.file(&format!("{}.der", unique("judged")));
+    std::fs::write(&file, response).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/judges/judge.py");
+    let mut all = vec![script.to_str().unwrap(), file.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let output = run("python3", &all, pki.path());
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "judge {args:?} refused the response:\n{text}");
+    text
+}
+
+/// Standard base64 of `der`.
+pub fn b64(der: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(der)
+}
