@@ -138,6 +138,20 @@ pg_running() {
     "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -t 3 >/dev/null 2>&1
 }
 
+# Run a daemon-starting command with every inherited fd above 2 closed and stdin from
+# /dev/null: a daemon must not keep our lock file or a caller's pipe (CI log capture,
+# `| tee`) open, or the lock is never released and the caller never sees EOF.
+run_detached() {
+    (
+        local fd
+        for fd in /proc/"$BASHPID"/fd/*; do
+            fd="${fd##*/}"
+            if [ "$fd" -gt 2 ] 2>/dev/null; then eval "exec $fd>&-" 2>/dev/null || true; fi
+        done
+        "$@" </dev/null
+    )
+}
+
 port_in_use() {
     # bash /dev/tcp probe: succeeds if something accepts on the port
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
@@ -202,7 +216,7 @@ pg_start() {
     touch "$PGLOG"
     if is_root; then chown "$PG_OS_USER": "$PGLOG"; fi
     log "starting postgres on 127.0.0.1:$PG_PORT (log: $PGLOG)"
-    pg_ctl_ -l "$PGLOG" -w -t 60 start >/dev/null \
+    run_detached pg_ctl_ -l "$PGLOG" -w -t 60 start >/dev/null \
         || { tail -n 30 "$PGLOG" >&2; die "postgres failed to start (log tail above)"; }
     local i
     for i in $(seq 1 60); do
@@ -266,7 +280,7 @@ maxmemory-policy allkeys-lru
 EOF
     rm -f "$REDIS_DIR/redis.pid"
     log "starting redis on 127.0.0.1:$REDIS_PORT (log: $REDIS_DIR/redis.log)"
-    redis-server "$REDIS_CONF" >/dev/null || die "redis-server failed to start; see $REDIS_DIR/redis.log"
+    run_detached redis-server "$REDIS_CONF" >/dev/null || die "redis-server failed to start; see $REDIS_DIR/redis.log"
     local i
     for i in $(seq 1 50); do
         redis_ping && return 0

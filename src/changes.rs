@@ -8,7 +8,7 @@
 //! `changed_at + CHANGE_MARGIN`.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::RwLock;
 
@@ -52,9 +52,7 @@ impl Default for ChangeLog {
 
 impl ChangeLog {
     fn shard(&self, serial: &Serial) -> &RwLock<HashMap<Serial, Vec<Change>>> {
-        let mut h = self.hasher.build_hasher();
-        serial.hash(&mut h);
-        &self.shards[h.finish() as usize % SHARDS]
+        &self.shards[self.hasher.hash_one(serial) as usize % SHARDS]
     }
 
     /// Remembers a change (idempotent; the latest change per certificate wins).

@@ -533,3 +533,6 @@ pub fn purge_tag(issuer: &Issuer, serial: &Serial) -> String {
 fn served(issuer: &Issuer, serial: &Serial, response: Arc<CachedResponse>, caching: Caching) -> Answer {
     Answer::Response { response, caching, purge_tag: purge_tag(issuer, serial) }
 }
+
+#[cfg(test)]
+mod tests;

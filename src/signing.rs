@@ -78,7 +78,7 @@ mod tests {
         assert_eq!(limiter.in_flight(), 2);
         let waiter = limiter.acquire();
         tokio::pin!(waiter);
-        assert!(futures_util::poll!(&mut waiter).is_pending());
+        assert!(futures_util::FutureExt::now_or_never(&mut waiter).is_none());
         assert_eq!(limiter.waiting(), 1);
         assert_eq!(limiter.acquire().await.unwrap_err(), Overloaded { in_flight: 2, waiting: 1 });
         drop(a);

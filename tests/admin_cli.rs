@@ -178,6 +178,12 @@ impl Fixture {
         f
     }
 
+    /// Removes this issuer and everything of it, so repeated runs do not grow the database.
+    /// (Skipped when a test fails: what is left helps to see why.)
+    async fn cleanup(self) {
+        remove_issuers(&[&self.name]).await;
+    }
+
     fn path(&self, file: &str) -> PathBuf {
         self.dir.path().join(file)
     }
@@ -249,6 +255,20 @@ impl Fixture {
     }
 }
 
+async fn remove_issuers(names: &[&str]) {
+    let client = db().await;
+    for table in ["pending_purges", "certificates", "audit_log"] {
+        client
+            .execute(
+                &format!("DELETE FROM {table} WHERE issuer_id IN (SELECT id FROM issuers WHERE name = ANY($1))"),
+                &[&names],
+            )
+            .await
+            .unwrap();
+    }
+    client.execute("DELETE FROM issuers WHERE name = ANY($1)", &[&names]).await.unwrap();
+}
+
 async fn db() -> tokio_postgres::Client {
     jitocsp::migrate::connect(&env().database_url).await.expect("connect to Postgres")
 }
@@ -291,6 +311,50 @@ fn migrate_twice_is_fine() {
     }
     let out = run_with(&["migrate"], None, &[("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")], None);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+}
+
+/// Replaces the database name in a postgres:// URL.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let (prefix, _) = base.rsplit_once('/').expect("database URL with a path");
+    format!("{prefix}/{name}{query}")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_migrates_on_a_fresh_database() {
+    let name = format!("jitocsp_migtest_{}", std::process::id());
+    let admin = db().await;
+    if let Err(e) = admin.batch_execute(&format!("CREATE DATABASE {name}")).await {
+        println!("skipped: cannot create a scratch database ({e:?})");
+        return;
+    }
+    let url = with_database(&env().database_url, &name);
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || run_with(&["migrate"], None, &[("DATABASE_URL", url.as_str())], None))
+        })
+        .collect();
+    let outputs: Vec<Output> = runs.into_iter().map(|r| r.join().unwrap()).collect();
+    let fresh = jitocsp::migrate::connect(&url).await.unwrap();
+    let versions: Vec<i32> = fresh
+        .query("SELECT version FROM schema_migrations ORDER BY version", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    drop(fresh);
+    let _ = admin.batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
+    for out in &outputs {
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let applied = outputs.iter().filter(|o| text(&o.stdout).contains("applied migrations")).count();
+    assert_eq!(applied, 1, "exactly one run applies the schema");
+    assert_eq!(versions, vec![1]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -379,6 +443,8 @@ async fn issuer_add_list_and_refusals() {
 
     f.admin(&["import", "--issuer", "no-such-issuer", "-"], Some("01,2030-01-01T00:00:00Z\n"))
         .fails(2, &["no-such-issuer"]);
+    remove_issuers(&[&delegated]).await;
+    f.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -424,6 +490,7 @@ async fn import_files_and_stdin_idempotently() {
     assert_eq!(f.count("certificates WHERE issuer_id = $1").await, 5);
     assert_eq!(f.state("0d").await, None);
     assert_eq!(f.count("audit_log WHERE issuer_id = $1 AND action = 'import'").await, 3);
+    f.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -438,6 +505,7 @@ async fn import_100k_rows_from_stdin() {
     println!("100k-row stdin import took {:?}: {}", started.elapsed(), out.stdout.trim());
     assert!(out.stdout.contains("100000 inserted"), "{}", out.stdout);
     assert_eq!(f.count("certificates WHERE issuer_id = $1").await, 100_000);
+    f.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -506,6 +574,7 @@ async fn revoke_by_serial_serials_file_and_cert_file() {
         .unwrap()
         .get(0);
     assert_eq!(actor, "admin-cli-test");
+    f.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -563,6 +632,7 @@ async fn dry_run_and_bad_input_change_nothing() {
     assert_eq!(f.state("2b02").await, Some((None, false, false)));
     assert_eq!(f.count("audit_log WHERE issuer_id = $1 AND action = 'revoke'").await, 0);
     assert_eq!(f.count("pending_purges WHERE issuer_id = $1").await, 0);
+    f.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -627,6 +697,7 @@ async fn revoke_purges_redis_and_notifies() {
     // Status of an unknown serial is not an error; it says so.
     let unknown = f.admin(&["status", "--issuer", &f.name, "--serial", "3cff"], None).ok();
     assert!(unknown.stdout.contains("no row"), "{}", unknown.stdout);
+    f.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -666,6 +737,7 @@ async fn revoke_with_redis_down_leaves_a_pending_purge() {
     f.admin(&["purge", "--issuer", &f.name, "--serial", "4d01"], None).ok();
     assert_eq!(redis_exists(&keys).await, vec![false; 4]);
     assert_eq!(f.count("pending_purges WHERE issuer_id = $1").await, 0);
+    f.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -703,6 +775,7 @@ async fn unrevoke_only_from_certificate_hold() {
     // Revocable again after the hold was released.
     f.revoke("5e01", "superseded").ok();
     assert_eq!(f.state("5e01").await, Some((Some(4), true, true)));
+    f.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -721,4 +794,5 @@ async fn audit_lists_the_changes() {
         mine[2]
     );
     f.admin(&["audit", "--limit", "0"], None).fails(2, &["--limit"]);
+    f.cleanup().await;
 }
