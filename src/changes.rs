@@ -15,9 +15,9 @@ use std::sync::RwLock;
 use crate::notify::StatusChange;
 use crate::serial::Serial;
 
-/// Slack between the `changed_at` stamped on a row and the moment its transaction commits
-/// (and between the clocks of a primary and a read replica). A status read up to this long
-/// after `changed_at` is still treated as possibly older than the change.
+/// Slack for the clocks involved: a change is recorded with the time this responder heard of
+/// it (see `listener`), compared with read times stamped by Postgres (possibly a replica).
+/// A status read up to this long after that time is still treated as possibly older.
 pub const CHANGE_MARGIN_MICROS: i64 = 5_000_000;
 
 const SHARDS: usize = 16;

@@ -96,7 +96,14 @@ async fn listen_once<C: ResponseCache, S: StatusStore>(
     Ok(())
 }
 
+/// Records a change as effective from the moment it is heard of, if that is later than the
+/// row's `changed_at`: `changed_at` is stamped before the transaction commits, and a bulk
+/// revocation can take seconds between the two. A status read before the commit is
+/// necessarily read before the notification (or the catch-up read) that reports it, so
+/// refusing responses read before that moment (plus the margin, for clock skew) is safe
+/// however long the transaction was.
 fn apply<C: ResponseCache, S: StatusStore>(responder: &Responder<C, S>, change: &StatusChange) {
-    responder.changes().record(change);
+    let heard = StatusChange { changed_at: change.changed_at.max(Utc::now()), ..change.clone() };
+    responder.changes().record(&heard);
     responder.forget(change.issuer_id, &change.serial);
 }

@@ -7,7 +7,7 @@
 //!          unauthorized      serve         serve     share result     unissued policy / unauthorized
 //! ```
 //!
-//! Every cached response passes [`Responder::freshness`] before it is served: never past its
+//! Every cached response passes `Responder::freshness` before it is served: never past its
 //! nextUpdate, never for a certificate expired beyond the grace, never if a status change was
 //! committed after its status was read, and re-signed once older than `refresh_after` (the old
 //! one is still served if re-signing fails, as it is still valid).

@@ -6,6 +6,7 @@
 use std::collections::HashSet;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
@@ -17,8 +18,15 @@ use crate::serial::Serial;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Origin {
     Argument,
-    Line { source: String, line: usize },
-    Cert { file: String, index: usize },
+    /// `source` is shared by every line of one input, so a million lines cost one name.
+    Line {
+        source: Arc<str>,
+        line: usize,
+    },
+    Cert {
+        file: String,
+        index: usize,
+    },
 }
 
 impl std::fmt::Display for Origin {
@@ -80,13 +88,14 @@ fn is_blank(line: &str) -> bool {
 /// comments ignored, duplicates dropped (first occurrence kept). `-` reads stdin.
 pub fn read_serials_file(path: &Path) -> Result<Vec<(Serial, Origin)>, AdminError> {
     let (name, lines) = read_lines(path)?;
+    let source: Arc<str> = Arc::from(name.as_str());
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for (i, line) in lines.iter().enumerate() {
         if is_blank(line) {
             continue;
         }
-        let origin = Origin::Line { source: name.clone(), line: i + 1 };
+        let origin = Origin::Line { source: source.clone(), line: i + 1 };
         let serial = parse_serial(line, &origin)?;
         if seen.insert(serial.clone()) {
             out.push((serial, origin));
@@ -109,12 +118,13 @@ pub struct ImportRow {
 /// Parses the stdin import form: `SERIALHEX,NOTAFTER_RFC3339` per line; blank lines and `#`
 /// comments are ignored.
 pub fn parse_import_lines(source: &str, lines: &[String]) -> Result<Vec<ImportRow>, AdminError> {
+    let source: Arc<str> = Arc::from(source);
     let mut rows = Vec::with_capacity(lines.len());
     for (i, line) in lines.iter().enumerate() {
         if is_blank(line) {
             continue;
         }
-        let origin = Origin::Line { source: source.to_owned(), line: i + 1 };
+        let origin = Origin::Line { source: source.clone(), line: i + 1 };
         let Some((serial, not_after)) = line.split_once(',') else {
             return Err(AdminError::input(format!("{origin}: expected SERIALHEX,NOTAFTER_RFC3339, got {line:?}")));
         };

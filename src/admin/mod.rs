@@ -25,8 +25,7 @@ mod import;
 mod inputs;
 mod issuers;
 mod purge;
-pub mod reason;
-mod revoke;
+pub mod revoke;
 mod show;
 
 use std::path::PathBuf;
@@ -38,7 +37,6 @@ use tokio_postgres::Client;
 use crate::config::Config;
 use crate::issuer::IssuerError;
 
-pub use reason::Reason;
 
 /// `jitocsp admin <command>`.
 #[derive(Debug, Clone, Subcommand)]

@@ -25,7 +25,7 @@ use tokio_postgres::{GenericClient, Transaction};
 
 use super::inputs::{parse_at, parse_serial, read_cert_file, read_serials_file, Origin};
 use super::purge::{self, PurgeTarget};
-use super::reason::{describe_code, Reason};
+use crate::ocsp::RevocationReason;
 use super::{actor, connect, db, find_issuer, AdminError, CertArgs, RevokeArgs};
 use crate::config::Config;
 use crate::notify::{StatusChange, CHANNEL};
@@ -143,7 +143,7 @@ async fn transaction_now(tx: &Transaction<'_>) -> Result<DateTime<Utc>, AdminErr
 
 pub async fn revoke(args: RevokeArgs, config: &Config) -> Result<(), AdminError> {
     // 1. Validate everything that needs no database.
-    let reason = Reason::parse(&args.reason).map_err(AdminError::Input)?;
+    let reason = RevocationReason::parse(&args.reason).map_err(AdminError::Input)?;
     let at = parse_at(args.at.as_deref(), Utc::now())?;
     let mut serials: Vec<(Serial, Origin)> = match (&args.serial, &args.serials_file, &args.cert_file) {
         (Some(s), None, None) => vec![(parse_serial(s, &Origin::Argument)?, Origin::Argument)],
@@ -179,7 +179,7 @@ pub async fn revoke(args: RevokeArgs, config: &Config) -> Result<(), AdminError>
                 }
                 Some(code) => println!(
                     "already revoked {serial}: {} at {} (would be left unchanged)",
-                    describe_code(code),
+                    RevocationReason::describe_code(code),
                     state.revoked_at.map(rfc3339).unwrap_or_default()
                 ),
             }
@@ -266,7 +266,7 @@ pub async fn revoke(args: RevokeArgs, config: &Config) -> Result<(), AdminError>
         let state = &states[serial.as_bytes()];
         println!(
             "already revoked {serial}: {} at {}; left unchanged",
-            state.reason.map(describe_code).unwrap_or_default(),
+            state.reason.map(RevocationReason::describe_code).unwrap_or_default(),
             state.revoked_at.map(rfc3339).unwrap_or_default()
         );
     }
@@ -293,10 +293,10 @@ pub async fn unrevoke(args: CertArgs, config: &Config) -> Result<(), AdminError>
     };
     match state.reason {
         None => return Err(AdminError::input(format!("serial {serial} is not revoked; nothing to undo"))),
-        Some(code) if code != Reason::CertificateHold.code() => {
+        Some(code) if code != RevocationReason::CertificateHold.code() => {
             return Err(AdminError::input(format!(
                 "serial {serial} was revoked with reason {}; only a certificateHold can be undone",
-                describe_code(code)
+                RevocationReason::describe_code(code)
             )))
         }
         Some(_) => {}
@@ -305,8 +305,8 @@ pub async fn unrevoke(args: CertArgs, config: &Config) -> Result<(), AdminError>
         serial: &serial,
         before: serde_json::json!({
             "status": "revoked",
-            "reason": Reason::CertificateHold.name(),
-            "reason_code": Reason::CertificateHold.code(),
+            "reason": RevocationReason::CertificateHold.name(),
+            "reason_code": RevocationReason::CertificateHold.code(),
             "revoked_at": state.revoked_at.map(rfc3339),
         }),
         after: serde_json::json!({ "status": "good" }),
@@ -316,7 +316,7 @@ pub async fn unrevoke(args: CertArgs, config: &Config) -> Result<(), AdminError>
         .query_one(
             "UPDATE certificates SET reason = NULL, revoked_at = NULL, changed_at = clock_timestamp() \
              WHERE issuer_id = $1 AND serial = $2 AND reason = $3 RETURNING changed_at",
-            &[&issuer.id, &serial.as_bytes(), &Reason::CertificateHold.code()],
+            &[&issuer.id, &serial.as_bytes(), &RevocationReason::CertificateHold.code()],
         )
         .await
         .map_err(db("unrevoking"))?;

@@ -9,7 +9,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::inputs::{parse_serial, Origin};
 use super::purge::admin_redis_timeout;
-use super::reason::describe_code;
+use crate::ocsp::RevocationReason;
 use super::{connect, db, find_issuer, AdminError, AuditArgs, CertArgs};
 use crate::cache::keys::all_response_keys;
 use crate::cache::redis::RedisMode;
@@ -48,7 +48,7 @@ pub async fn status(args: CertArgs, config: &Config) -> Result<(), AdminError> {
                 None => println!("status:      good"),
                 Some(_) => println!("status:      revoked"),
             }
-            println!("reason:      {}", reason.map(describe_code).unwrap_or_else(|| "-".to_owned()));
+            println!("reason:      {}", reason.map(RevocationReason::describe_code).unwrap_or_else(|| "-".to_owned()));
             println!("revoked_at:  {}", time(revoked_at));
             println!("changed_at:  {}", time(changed_at));
             println!(

@@ -7,7 +7,7 @@ pub const TAG_SEQUENCE: u8 = 0x30;
 pub const TAG_BIT_STRING: u8 = 0x03;
 pub const TAG_OCTET_STRING: u8 = 0x04;
 pub const TAG_ENUMERATED: u8 = 0x0a;
-/// `[0]` constructed, context-specific (an EXPLICIT [0] wrapper).
+/// `[0]` constructed, context-specific (an EXPLICIT `[0]` wrapper).
 pub const TAG_CONTEXT_0: u8 = 0xa0;
 
 /// Number of bytes the DER length of `len` takes.

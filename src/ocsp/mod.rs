@@ -72,16 +72,53 @@ impl RevocationReason {
         ("aACompromise", RevocationReason::AaCompromise),
     ];
 
-    pub fn from_code(code: i16) -> Option<Self> {
-        Self::NAMES.iter().map(|(_, r)| *r).find(|r| *r as i16 == code)
+    /// The CRLReason code, as stored in `certificates.reason`.
+    pub fn code(self) -> i16 {
+        self as i16
     }
 
+    pub fn from_code(code: i16) -> Option<Self> {
+        Self::NAMES.iter().map(|(_, r)| *r).find(|r| r.code() == code)
+    }
+
+    /// Looks up an RFC 5280 name, ignoring case (`keycompromise` is `keyCompromise`).
     pub fn from_name(name: &str) -> Option<Self> {
-        Self::NAMES.iter().find(|(n, _)| *n == name).map(|(_, r)| *r)
+        Self::NAMES.iter().find(|(n, _)| n.eq_ignore_ascii_case(name.trim())).map(|(_, r)| *r)
+    }
+
+    /// Parses operator input, with a message naming the problem and the accepted names.
+    /// Numbers are not accepted, so a typo cannot pick the wrong reason.
+    pub fn parse(input: &str) -> Result<Self, String> {
+        if let Some(reason) = Self::from_name(input) {
+            return Ok(reason);
+        }
+        if input.trim().eq_ignore_ascii_case("removeFromCRL") {
+            return Err(format!(
+                "reason {input:?} is not allowed: removeFromCRL only exists in delta CRLs; \
+                 to undo a certificateHold use `jitocsp admin unrevoke`"
+            ));
+        }
+        let names: Vec<&str> = Self::NAMES.iter().map(|(n, _)| *n).collect();
+        Err(format!("unknown revocation reason {input:?}; expected one of: {}", names.join(", ")))
     }
 
     pub fn name(self) -> &'static str {
         Self::NAMES.iter().find(|(_, r)| *r == self).map(|(n, _)| *n).unwrap_or("unspecified")
+    }
+
+    /// A stored reason code as text: `name (code)` when known, else `code N`.
+    pub fn describe_code(code: i16) -> String {
+        match Self::from_code(code) {
+            Some(reason) => format!("{} ({code})", reason.name()),
+            None if code == 8 => "removeFromCRL (8)".to_owned(),
+            None => format!("code {code}"),
+        }
+    }
+}
+
+impl std::fmt::Display for RevocationReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -97,6 +134,15 @@ mod tests {
             assert_eq!(reason.name(), name);
         }
         assert_eq!(RevocationReason::from_code(8), None);
+        assert_eq!(RevocationReason::from_code(7), None);
         assert_eq!(RevocationReason::from_name("removeFromCRL"), None);
+        assert_eq!(RevocationReason::parse("KEYCOMPROMISE"), Ok(RevocationReason::KeyCompromise));
+        assert_eq!(RevocationReason::AaCompromise.code(), 10);
+        assert!(RevocationReason::parse("removeFromCRL").unwrap_err().contains("not allowed"));
+        let e = RevocationReason::parse("bogus").unwrap_err();
+        assert!(e.contains("\"bogus\"") && e.contains("keyCompromise"), "{e}");
+        assert!(RevocationReason::parse("1").is_err());
+        assert_eq!(RevocationReason::describe_code(1), "keyCompromise (1)");
+        assert_eq!(RevocationReason::describe_code(8), "removeFromCRL (8)");
     }
 }

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# scripts/test.sh — the one command that runs every test.
+#   1. starts project-local Postgres + Redis (scripts/services.sh up) and loads .local/env
+#   2. installs missing tools: openssl, curl (apt), python cryptography + pkilint (pip)
+#   3. cargo fmt --check, cargo clippy -D warnings (fail fast)
+#   4. self-test of the external OCSP judge (tests/judges/selftest.py)
+#   5. cargo test --workspace --all-targets -- --test-threads=2
+# Tests receive DATABASE_URL, REDIS_URL, JITOCSP_TEST_JUDGE (path of judge.py),
+# JITOCSP_TEST_PYTHON and JITOCSP_ROOT. Extra arguments go to `cargo test` after `--`
+# (e.g. scripts/test.sh revoke_ to filter). Services are left running;
+# stop them with scripts/services.sh down.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
+cd "$ROOT"
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+die() { printf 'test.sh: error: %s\n' "$*" >&2; exit 1; }
+
+step "services"
+bash scripts/services.sh ensure-cmd openssl openssl curl curl python3 python3
+bash scripts/services.sh up
+# shellcheck source=/dev/null
+. "$ROOT/.local/env"
+export DATABASE_URL REDIS_URL
+export JITOCSP_ROOT="$ROOT"
+export JITOCSP_TEST_JUDGE="$ROOT/tests/judges/judge.py"
+
+step "python dependencies"
+PYTHON="${PYTHON:-$(command -v python3)}"
+if ! "$PYTHON" -c 'import cryptography, pkilint' >/dev/null 2>&1; then
+    if ! "$PYTHON" -m pip --version >/dev/null 2>&1; then
+        bash scripts/services.sh ensure-cmd pip3 python3-pip
+    fi
+    "$PYTHON" -m pip install -q pkilint cryptography \
+        || "$PYTHON" -m pip install -q --break-system-packages pkilint cryptography \
+        || die "cannot pip install pkilint cryptography for $PYTHON"
+    "$PYTHON" -c 'import cryptography, pkilint' || die "pkilint/cryptography still not importable by $PYTHON"
+fi
+export JITOCSP_TEST_PYTHON="$PYTHON"
+"$PYTHON" -c 'import cryptography, pkilint; from importlib.metadata import version as v; print("cryptography", v("cryptography"), "pkilint", v("pkilint"))'
+
+command -v cargo >/dev/null || die "cargo not found (install Rust: https://rustup.rs)"
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "judge self-test"
+"$PYTHON" tests/judges/selftest.py
+
+step "cargo test"
+rc=0
+cargo test --workspace --all-targets -- --test-threads=2 "$@" || rc=$?
+if [ "$rc" -eq 0 ]; then
+    step "all tests passed"
+else
+    step "cargo test failed (exit $rc)"
+fi
+exit "$rc"
