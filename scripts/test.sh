@@ -22,6 +22,13 @@ bash scripts/services.sh ensure-cmd openssl openssl curl curl python3 python3
 bash scripts/services.sh up
 # shellcheck source=/dev/null
 . "$ROOT/.local/env"
+# Tests get a database and a Redis DB of their own, emptied at every run, so that a run on a
+# long-lived checkout sees what CI sees (and the demo's data is left alone).
+psql "$DATABASE_URL" -qX -v ON_ERROR_STOP=1 \
+    -c 'DROP DATABASE IF EXISTS jitocsp_test WITH (FORCE)' -c 'CREATE DATABASE jitocsp_test'
+DATABASE_URL="${DATABASE_URL%/*}/jitocsp_test"
+REDIS_URL="${REDIS_URL%/}/1"
+redis-cli -u "$REDIS_URL" FLUSHDB >/dev/null
 export DATABASE_URL REDIS_URL
 export JITOCSP_ROOT="$ROOT"
 export JITOCSP_TEST_JUDGE="$ROOT/tests/judges/judge.py"

@@ -199,7 +199,9 @@ fn a_burst_for_one_certificate_costs_one_read_and_one_signature() {
     let issuer = add_issuer(&pki);
     let cert = pki.leaf("popular", "8001");
     jitocsp_ok(&["admin", "import", "--issuer", &issuer, cert.to_str().unwrap()], &[]);
-    let server = Server::start(&[]);
+    // On a saturated 2-core machine a Redis GET can exceed the 100 ms default; a Redis error
+    // is answered by signing (invariant 3), which is right but is not what this test counts.
+    let server = Server::start(&[("JITOCSP_REDIS_TIMEOUT_MS", "5000")]);
     let request = pki.request(&cert, "-sha1");
     let path = format!("/{}", b64(&request));
     const BURST: usize = 10_000;
@@ -244,7 +246,8 @@ fn a_burst_for_one_certificate_costs_one_read_and_one_signature() {
     eprintln!("{BURST} requests answered in {:?}", started.elapsed());
     assert!(bodies.iter().all(|r| r.status == 200));
     let first = &bodies[0].body;
-    assert!(bodies.iter().all(|r| &r.body == first), "every request got the one signed response");
+    let different = bodies.iter().filter(|r| &r.body != first).count();
+    assert_eq!(different, 0, "every request got the one signed response; log:\n{}", server.log_text());
     assert!(openssl_check_response(&pki, first, &cert, "-sha1").contains(": good"));
     assert_eq!(server.metric("jitocsp_signatures_total", &[]), 1.0, "signatures");
     assert_eq!(server.metric("jitocsp_db_reads_total", &[]), 1.0, "postgres reads");
