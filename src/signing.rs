@@ -44,7 +44,6 @@ impl SigningLimiter {
         if queued >= self.max_waiting {
             return Err(Overloaded { in_flight: self.in_flight(), waiting: queued });
         }
-        metrics::gauge!(crate::metrics::SIGNER_WAITING).set(queued as f64 + 1.0);
         // The semaphore is never closed, so acquire only fails if it were.
         self.permits.acquire().await.map_err(|_| Overloaded { in_flight: self.in_flight(), waiting: queued })
     }
