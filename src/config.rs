@@ -46,6 +46,7 @@ pub struct Config {
     pub responses: ResponsesConfig,
     pub signing: SigningConfig,
     pub log: LogConfig,
+    pub cdn: CdnConfig,
 }
 
 /// `[server]`: the HTTP listeners.
@@ -284,11 +285,25 @@ pub struct SigningConfig {
     pub max_in_flight: usize,
     /// Requests allowed to wait for a signing slot; beyond that, tryLater.
     pub max_waiting: usize,
+    /// Sessions (each on its own thread) per PKCS#11 key. Requests beyond them wait in the
+    /// limiter above, so `max_in_flight` should be at least this (times the PKCS#11 issuers).
+    pub pkcs11_sessions: usize,
+    /// Retry interval of a PKCS#11 signer whose token is unavailable (and probe interval of an
+    /// idle one), in milliseconds.
+    pub pkcs11_retry_ms: u64,
+    /// Implementation for software P-256 keys.
+    pub p256_backend: crate::signer::P256Backend,
 }
 
 impl Default for SigningConfig {
     fn default() -> Self {
-        SigningConfig { max_in_flight: 64, max_waiting: 1024 }
+        SigningConfig {
+            max_in_flight: 64,
+            max_waiting: 1024,
+            pkcs11_sessions: 4,
+            pkcs11_retry_ms: 1000,
+            p256_backend: crate::signer::P256Backend::Ring,
+        }
     }
 }
 
@@ -298,11 +313,58 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// A `tracing_subscriber::EnvFilter` directive, e.g. "info" or "jitocsp=debug,info".
     pub level: String,
+    /// Fraction (0.0..=1.0) of answered requests logged, one line each. Requests answered
+    /// tryLater or internalError are always logged, whatever the sample.
+    pub request_sample: f64,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { format: LogFormat::Text, level: "info".into() }
+        LogConfig { format: LogFormat::Text, level: "info".into(), request_sample: 0.0 }
+    }
+}
+
+/// `[cdn]`: telling the CDN in front of jitocsp to drop a certificate's responses when its
+/// status changes (see `crate::hooks`).
+#[derive(Clone)]
+pub struct CdnConfig {
+    /// Public base URL of the OCSP service as clients and the CDN see it (the certificates'
+    /// AIA OCSP URL, path prefix included, no trailing '/'); "" = the hooks get no URLs.
+    pub base_url: String,
+    /// Run with `sh -c` per changed certificate, `$1` = purge tag, `$2`... = GET URLs; "" = none.
+    pub purge_command: String,
+    /// `http://` URL that gets a JSON POST per changed certificate; "" = none.
+    pub purge_url: String,
+    /// Longest one hook call may take before it counts as failed.
+    pub purge_timeout: Duration,
+}
+
+impl CdnConfig {
+    /// Whether any purge hook is configured.
+    pub fn enabled(&self) -> bool {
+        !self.purge_command.is_empty() || !self.purge_url.is_empty()
+    }
+}
+
+impl Default for CdnConfig {
+    fn default() -> Self {
+        CdnConfig {
+            base_url: String::new(),
+            purge_command: String::new(),
+            purge_url: String::new(),
+            purge_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl fmt::Debug for CdnConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CdnConfig")
+            .field("base_url", &self.base_url)
+            .field("purge_command", &self.purge_command)
+            .field("purge_url", &redact_url(&self.purge_url))
+            .field("purge_timeout", &self.purge_timeout)
+            .finish()
     }
 }
 
@@ -372,6 +434,7 @@ pub enum ConfigError {
 enum Kind {
     Str,
     Int,
+    Float,
     List,
 }
 
@@ -413,8 +476,26 @@ const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
             ("nonce", Kind::Str),
         ],
     ),
-    ("signing", &[("max_in_flight", Kind::Int), ("max_waiting", Kind::Int)]),
-    ("log", &[("format", Kind::Str), ("level", Kind::Str)]),
+    (
+        "signing",
+        &[
+            ("max_in_flight", Kind::Int),
+            ("max_waiting", Kind::Int),
+            ("pkcs11_sessions", Kind::Int),
+            ("pkcs11_retry_ms", Kind::Int),
+            ("p256_backend", Kind::Str),
+        ],
+    ),
+    ("log", &[("format", Kind::Str), ("level", Kind::Str), ("request_sample", Kind::Float)]),
+    (
+        "cdn",
+        &[
+            ("base_url", Kind::Str),
+            ("purge_command", Kind::Str),
+            ("purge_url", Kind::Str),
+            ("purge_timeout", Kind::Str),
+        ],
+    ),
 ];
 
 fn section_keys(section: &str) -> Option<&'static [(&'static str, Kind)]> {
@@ -482,6 +563,15 @@ impl Sources {
                 .map(Some)
                 .map_err(|_| self.invalid(k, format!("{i} is out of range (expected a non-negative integer)"))),
             Some((v, _)) => Err(self.invalid(k, format!("expected a non-negative integer, found {}", v.type_str()))),
+        }
+    }
+
+    fn float(&self, k: Key) -> Result<Option<f64>, ConfigError> {
+        match self.values.get(&k) {
+            None => Ok(None),
+            Some((toml::Value::Float(f), _)) => Ok(Some(*f)),
+            Some((toml::Value::Integer(i), _)) => Ok(Some(*i as f64)),
+            Some((v, _)) => Err(self.invalid(k, format!("expected a number, found {}", v.type_str()))),
         }
     }
 
@@ -630,9 +720,25 @@ impl Config {
 
         set!(c.signing.max_in_flight, s.int(("signing", "max_in_flight"))?);
         set!(c.signing.max_waiting, s.int(("signing", "max_waiting"))?);
+        set!(c.signing.pkcs11_sessions, s.int(("signing", "pkcs11_sessions"))?);
+        set!(c.signing.pkcs11_retry_ms, s.int(("signing", "pkcs11_retry_ms"))?);
+        set!(
+            c.signing.p256_backend,
+            s.choice(
+                ("signing", "p256_backend"),
+                crate::signer::P256Backend::parse,
+                crate::signer::P256Backend::NAMES
+            )?
+        );
 
         set!(c.log.format, s.choice(("log", "format"), LogFormat::parse, LogFormat::NAMES)?);
         set!(c.log.level, s.string(("log", "level"))?);
+        set!(c.log.request_sample, s.float(("log", "request_sample"))?);
+
+        set!(c.cdn.base_url, s.string(("cdn", "base_url"))?.map(|u| u.trim_end_matches('/').to_owned()));
+        set!(c.cdn.purge_command, s.string(("cdn", "purge_command"))?);
+        set!(c.cdn.purge_url, s.string(("cdn", "purge_url"))?);
+        set!(c.cdn.purge_timeout, s.duration(("cdn", "purge_timeout"))?);
         Ok(c)
     }
 
@@ -774,10 +880,47 @@ impl Config {
         if self.signing.max_in_flight < 1 {
             return Err(s.invalid(("signing", "max_in_flight"), "must be at least 1"));
         }
+        if !(1..=1024).contains(&self.signing.pkcs11_sessions) {
+            return Err(s.invalid(("signing", "pkcs11_sessions"), "must be between 1 and 1024"));
+        }
+        if !(10..=600_000).contains(&self.signing.pkcs11_retry_ms) {
+            return Err(s.invalid(("signing", "pkcs11_retry_ms"), "must be between 10 and 600000"));
+        }
 
         // [log]
         if self.log.level.trim().is_empty() {
             return Err(s.invalid(("log", "level"), "must not be empty (e.g. \"info\")"));
+        }
+        let sample = self.log.request_sample;
+        if !(0.0..=1.0).contains(&sample) {
+            return Err(s.invalid(("log", "request_sample"), format!("{sample} must be between 0.0 and 1.0")));
+        }
+
+        // [cdn]
+        let base = &self.cdn.base_url;
+        if !base.is_empty()
+            && (!(base.starts_with("http://") || base.starts_with("https://"))
+                || base.contains(['?', '#'])
+                || base.contains(char::is_whitespace))
+        {
+            return Err(s.invalid(
+                ("cdn", "base_url"),
+                format!("{base:?} must be \"\" or an http:// or https:// URL without query (e.g. \"http://ocsp.example.com\")"),
+            ));
+        }
+        let url = &self.cdn.purge_url;
+        if !url.is_empty() && (!url.starts_with("http://") || url.contains(char::is_whitespace)) {
+            return Err(s.invalid(
+                ("cdn", "purge_url"),
+                format!(
+                    "{} must be \"\" or an http:// URL (for an https API, call it from cdn.purge_command, e.g. with curl)",
+                    redact_url(url)
+                ),
+            ));
+        }
+        let timeout = self.cdn.purge_timeout;
+        if timeout.is_zero() || timeout > Duration::from_secs(300) {
+            return Err(s.invalid(("cdn", "purge_timeout"), format!("{} must be between 1ms and 5m", show(timeout))));
         }
         Ok(())
     }
@@ -864,6 +1007,16 @@ fn read_env(sources: &mut Sources, env: impl IntoIterator<Item = (String, String
                         key: format!("{section}.{key}"),
                         origin: origin.to_string(),
                         message: format!("{value:?} is not a non-negative integer"),
+                    })
+                }
+            },
+            Kind::Float => match value.trim().parse::<f64>() {
+                Ok(f) => toml::Value::Float(f),
+                Err(_) => {
+                    return Err(ConfigError::Invalid {
+                        key: format!("{section}.{key}"),
+                        origin: origin.to_string(),
+                        message: format!("{value:?} is not a number"),
                     })
                 }
             },
@@ -1193,6 +1346,10 @@ mod tests {
         assert_eq!(c.signing.max_waiting, 1024);
         assert_eq!(c.log.format, LogFormat::Text);
         assert_eq!(c.log.level, "info");
+        assert_eq!(c.log.request_sample, 0.0);
+        assert_eq!(c.cdn.base_url, "");
+        assert!(!c.cdn.enabled());
+        assert_eq!(c.cdn.purge_timeout, Duration::from_secs(10));
         // Default::default() is the same thing.
         assert_eq!(format!("{c:?}"), format!("{:?}", Config::default()));
     }
@@ -1256,6 +1413,12 @@ mod tests {
             [log]
             format = "json"
             level = "jitocsp=debug,info"
+            request_sample = 0.25
+            [cdn]
+            base_url = "http://ocsp.example.com/ocsp/"
+            purge_command = "/usr/local/bin/purge \"$1\""
+            purge_url = "http://purger:8000/purge"
+            purge_timeout = "3s"
             "#,
             &[],
         )
@@ -1285,6 +1448,30 @@ mod tests {
         assert_eq!(c.signing.max_waiting, 0);
         assert_eq!(c.log.format, LogFormat::Json);
         assert_eq!(c.log.level, "jitocsp=debug,info");
+        assert_eq!(c.log.request_sample, 0.25);
+        assert_eq!(c.cdn.base_url, "http://ocsp.example.com/ocsp");
+        assert_eq!(c.cdn.purge_command, "/usr/local/bin/purge \"$1\"");
+        assert_eq!(c.cdn.purge_url, "http://purger:8000/purge");
+        assert_eq!(c.cdn.purge_timeout, Duration::from_secs(3));
+        assert!(c.cdn.enabled());
+    }
+
+    #[test]
+    fn log_sample_and_cdn_validated() {
+        assert_eq!(load_text("", &[("JITOCSP_LOG_REQUEST_SAMPLE", "1")]).unwrap().log.request_sample, 1.0);
+        assert_eq!(load_text("[log]\nrequest_sample = 1\n", &[]).unwrap().log.request_sample, 1.0);
+        let e = err_text("[log]\nrequest_sample = 1.5\n", &[]);
+        assert!(e.contains("log.request_sample") && e.contains("between 0.0 and 1.0"), "{e}");
+        let e = err_text("", &[("JITOCSP_LOG_REQUEST_SAMPLE", "half")]);
+        assert!(e.contains("JITOCSP_LOG_REQUEST_SAMPLE") && e.contains("not a number"), "{e}");
+        let e = err_text("[cdn]\nbase_url = \"ocsp.example.com\"\n", &[]);
+        assert!(e.contains("cdn.base_url"), "{e}");
+        let e = err_text("[cdn]\npurge_url = \"https://api.cdn.example/purge\"\n", &[]);
+        assert!(e.contains("cdn.purge_url") && e.contains("purge_command"), "{e}");
+        let e = err_text("[cdn]\npurge_timeout = \"0s\"\n", &[]);
+        assert!(e.contains("cdn.purge_timeout"), "{e}");
+        let c = load_text("", &[("JITOCSP_CDN_PURGE_URL", "http://u:secret@purger/p")]).unwrap();
+        assert!(!format!("{c:?}").contains("secret"));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use crate::issuer::{certid_hashes_of, parse_cert, CertIdHashes};
 use crate::ocsp::request::RequestedCert;
 use crate::ocsp::HashAlgorithm;
-use crate::signer::{self, Signer, UnavailableSigner};
+use crate::signer::{self, Signer, SignerOptions};
 
 /// One issuing CA, ready to answer for.
 pub struct Issuer {
@@ -60,6 +60,7 @@ impl Issuer {
                 if responder_cert_der.is_some() { "responder" } else { "issuer" }
             )));
         }
+        signer.expect_public_key(signing_cert.tbs_certificate.subject_pki.raw);
         let responder_key_hash = certid_hashes_of(&signing_cert).key_sha1;
         Ok(Issuer {
             id,
@@ -92,17 +93,17 @@ impl IssuerSet {
     }
 
     /// Loads every issuer row and opens its signer.
-    pub async fn load(client: &tokio_postgres::Client) -> Result<Self, IssuerLoadError> {
+    pub async fn load(client: &tokio_postgres::Client, options: &SignerOptions) -> Result<Self, IssuerLoadError> {
         let rows =
             client.query("SELECT id, name, cert_der, responder_cert_der, signer FROM issuers ORDER BY id", &[]).await?;
         let mut issuers = Vec::with_capacity(rows.len());
         for row in rows {
             let name: String = row.get(1);
             let spec: String = row.get(4);
-            let signer = signer::open(&spec).unwrap_or_else(|error| {
+            let signer = signer::open_for_serving(&spec, options);
+            if let Err(error) = signer.check() {
                 tracing::error!(issuer = %name, %error, "signer unavailable: this issuer's misses will get tryLater");
-                Arc::new(UnavailableSigner::new(&spec, &error)) as Arc<dyn Signer>
-            });
+            }
             let cert_der: Vec<u8> = row.get(2);
             let responder_der: Option<Vec<u8>> = row.get(3);
             issuers.push(Issuer::new(row.get(0), name, &cert_der, responder_der.as_deref(), signer)?);

@@ -31,6 +31,7 @@
 //! - [`listener`]: hears committed changes and applies them; [`changes`] remembers them so
 //!   that no cached response read before a change is served after it.
 //! - [`purges`]: retries Redis purges that a revocation could not complete.
+//! - [`hooks`]: the CDN purge hook: purges owed by status changes, called and retried.
 //!
 //! Around it:
 //! - [`server`]: `jitocsp serve` wiring, the metrics/health/readiness listener.
@@ -65,6 +66,7 @@ pub mod cache;
 pub mod changes;
 pub mod config;
 pub mod entry;
+pub mod hooks;
 pub mod http;
 pub mod issuer;
 pub mod issuers;

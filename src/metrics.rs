@@ -5,20 +5,28 @@
 pub const REQUESTS: &str = "jitocsp_requests_total";
 /// Request latency in seconds, by `method`.
 pub const REQUEST_SECONDS: &str = "jitocsp_request_duration_seconds";
-/// Where single-certificate answers came from: `tier` = local, redis, signed, and `result`.
+/// Cache lookups of single-certificate requests, by `tier` (local, redis) and `result`
+/// (hit, miss, stale = valid but due for re-signing, unusable = must not be served, verified
+/// = served after a Postgres check while notifications were down, corrupt, error).
 pub const CACHE_LOOKUPS: &str = "jitocsp_cache_lookups_total";
 /// Misses that joined a signing already in flight for the same certificate.
 pub const SINGLE_FLIGHT_JOINS: &str = "jitocsp_single_flight_joins_total";
-/// Signatures made, by `issuer`.
+/// Signatures made, by `issuer` and `signer` (the signer's description: `file:PATH` or the
+/// PKCS#11 URI without any PIN).
 pub const SIGNATURES: &str = "jitocsp_signatures_total";
-/// Signature latency in seconds, by `issuer`.
+/// Signature latency in seconds, by `issuer` and `signer`.
 pub const SIGNATURE_SECONDS: &str = "jitocsp_signature_duration_seconds";
-/// Signing failures, by `issuer`.
+/// Signing failures, by `issuer` and `signer`.
 pub const SIGNATURE_ERRORS: &str = "jitocsp_signature_errors_total";
 /// Requests refused because signing capacity was exhausted.
 pub const SIGNER_OVERLOADED: &str = "jitocsp_signer_overloaded_total";
-/// Signing requests waiting for capacity.
+/// Signing requests waiting for capacity (sampled when /metrics is scraped).
 pub const SIGNER_WAITING: &str = "jitocsp_signer_waiting";
+/// Signatures in progress (sampled when /metrics is scraped).
+pub const SIGNER_IN_FLIGHT: &str = "jitocsp_signer_in_flight";
+/// The configured limits, for dashboards: `signing.max_in_flight` and `signing.max_waiting`.
+pub const SIGNER_MAX_IN_FLIGHT: &str = "jitocsp_signer_max_in_flight";
+pub const SIGNER_MAX_WAITING: &str = "jitocsp_signer_max_waiting";
 /// Certificates read from Postgres (one per certificate, however batched).
 pub const DB_READS: &str = "jitocsp_db_reads_total";
 /// Postgres status-read latency in seconds.
@@ -33,8 +41,15 @@ pub const REDIS_SECONDS: &str = "jitocsp_redis_duration_seconds";
 pub const RESPONSE_AGE_SECONDS: &str = "jitocsp_response_age_seconds";
 /// Status-change notifications received.
 pub const NOTIFICATIONS: &str = "jitocsp_status_notifications_total";
-/// Pending Redis purges retried, by `result`.
+/// Pending Redis purges retried, by `result` (done, failed).
 pub const PURGE_RETRIES: &str = "jitocsp_purge_retries_total";
+/// CDN purge hook calls, by `hook` (command, http) and `result` (done, failed).
+pub const CDN_PURGES: &str = "jitocsp_cdn_purges_total";
+/// CDN purge hook latency in seconds, by `hook`.
+pub const CDN_PURGE_SECONDS: &str = "jitocsp_cdn_purge_duration_seconds";
+/// CDN purges waiting in `cdn_purges` (done or being retried), seen by this responder's last
+/// pass; only responders with a hook configured report it.
+pub const CDN_PURGES_PENDING: &str = "jitocsp_cdn_purges_pending";
 /// 1 while the notification listener is connected.
 pub const LISTENER_CONNECTED: &str = "jitocsp_listener_connected";
 /// Build information (value 1), by `version`.

@@ -11,7 +11,10 @@ use tokio_postgres::{Client, NoTls};
 
 /// Every migration, in the order it is applied. Versions are the file's number; a new
 /// migration gets the next number and is appended here.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "0001_init.sql", include_str!("../sql/0001_init.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "0001_init.sql", include_str!("../sql/0001_init.sql")),
+    (2, "0002_cdn_purges.sql", include_str!("../sql/0002_cdn_purges.sql")),
+];
 
 /// Advisory lock key that `migrate` holds while it works ("jitocsp" in ASCII, as a bigint).
 pub const MIGRATE_LOCK_KEY: i64 = 0x006a_6974_6f63_7370;

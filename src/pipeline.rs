@@ -187,7 +187,10 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
 
         let key = response_key(&self.key_prefix, issuer.id, &cert.serial, cert.variant);
         let mut still_valid = None;
-        match self.cache.get(&key).await {
+        let started = Instant::now();
+        let lookup = self.cache.get(&key).await;
+        metrics::histogram!(m::REDIS_SECONDS, "op" => "get").record(started.elapsed().as_secs_f64());
+        match lookup {
             Ok(Some(value)) => match CachedResponse::from_bytes(value).map(Arc::new) {
                 Some(response) => match self.freshness(&id, &response, now) {
                     Freshness::Serve => {
@@ -211,6 +214,7 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
             },
             Ok(None) => metrics::counter!(m::CACHE_LOOKUPS, "tier" => "redis", "result" => "miss").increment(1),
             Err(error) => {
+                metrics::counter!(m::CACHE_LOOKUPS, "tier" => "redis", "result" => "error").increment(1);
                 metrics::counter!(m::REDIS_ERRORS, "op" => "get").increment(1);
                 tracing::warn!(%error, key, "redis GET failed; answering from postgres");
             }
@@ -413,14 +417,16 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
         })?;
         let tbs = encode_response_data(&issuer.responder_key_hash, now, answers, nonce);
         let started = Instant::now();
+        let signer = issuer.signer.describe().to_owned();
         let signature = issuer.signer.sign(&tbs).await.map_err(|error| {
-            metrics::counter!(m::SIGNATURE_ERRORS, "issuer" => issuer.name.clone()).increment(1);
+            metrics::counter!(m::SIGNATURE_ERRORS, "issuer" => issuer.name.clone(), "signer" => signer.clone())
+                .increment(1);
             tracing::error!(%error, issuer = %issuer.name, signer = issuer.signer.describe(), "signing failed");
             Failure::try_later(error)
         })?;
-        metrics::histogram!(m::SIGNATURE_SECONDS, "issuer" => issuer.name.clone())
+        metrics::histogram!(m::SIGNATURE_SECONDS, "issuer" => issuer.name.clone(), "signer" => signer.clone())
             .record(started.elapsed().as_secs_f64());
-        metrics::counter!(m::SIGNATURES, "issuer" => issuer.name.clone()).increment(1);
+        metrics::counter!(m::SIGNATURES, "issuer" => issuer.name.clone(), "signer" => signer).increment(1);
         let certs: Vec<&[u8]> = issuer.included_certs.iter().map(Bytes::as_ref).collect();
         Ok(Bytes::from(assemble(&tbs, issuer.signer.algorithm_der(), &signature, &certs)))
     }
@@ -522,6 +528,11 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
     /// Signing capacity in use, for metrics and readiness.
     pub fn signing_in_flight(&self) -> usize {
         self.limiter.in_flight()
+    }
+
+    /// Requests waiting for signing capacity, for metrics.
+    pub fn signing_waiting(&self) -> usize {
+        self.limiter.waiting()
     }
 }
 

@@ -40,7 +40,13 @@ pub async fn retry_once<C: ResponseCache>(pool: &Pool, cache: &C, key_prefix: &s
         let issuer_id: i32 = row.get(0);
         let stored: Vec<u8> = row.get(1);
         let Ok(serial) = Serial::from_signed_be(&stored) else { continue };
-        match cache.delete(&all_response_keys(key_prefix, issuer_id, &serial)).await {
+        let started = std::time::Instant::now();
+        let deleted = cache.delete(&all_response_keys(key_prefix, issuer_id, &serial)).await;
+        metrics::histogram!(m::REDIS_SECONDS, "op" => "del").record(started.elapsed().as_secs_f64());
+        if deleted.is_err() {
+            metrics::counter!(m::REDIS_ERRORS, "op" => "del").increment(1);
+        }
+        match deleted {
             Ok(()) => {
                 client
                     .execute("DELETE FROM pending_purges WHERE issuer_id = $1 AND serial = $2", &[&issuer_id, &stored])

@@ -3,7 +3,8 @@
 //! - the OCSP listener ([`crate::http`]), which carries nothing but OCSP;
 //! - the metrics listener: `/metrics` (Prometheus text), `/healthz` (the process is up) and
 //!   `/readyz` (Postgres, Redis and every issuer's signer are usable);
-//! - background tasks: the status-change listener, the pending-purge retrier and upkeep.
+//! - background tasks: the status-change listener, the pending-purge retrier, the CDN purge
+//!   retrier (with `[cdn]` hooks configured) and upkeep.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +23,7 @@ use crate::pipeline::Responder;
 use crate::signing::SigningLimiter;
 use crate::store::postgres::PgStore;
 use crate::store::{StatusStore, StoreError};
-use crate::{listener, metrics as m, purges};
+use crate::{hooks, listener, metrics as m, purges};
 
 /// The responder as `serve` runs it: Redis and Postgres.
 pub type LiveResponder = Responder<RedisCache, PgStore>;
@@ -67,7 +68,7 @@ pub async fn build_responder(config: &Config) -> Result<Arc<LiveResponder>, Serv
     let store = PgStore::new(config.database.read_url(), config.database.pool_size, timeout)?;
     let (client, connection) = tokio_postgres::connect(&config.database.url, tokio_postgres::NoTls).await?;
     let connection = tokio::spawn(connection);
-    let issuers = IssuerSet::load(&client).await?;
+    let issuers = IssuerSet::load(&client, &(&config.signing).into()).await?;
     drop(client);
     connection.abort();
     if issuers.is_empty() {
@@ -109,6 +110,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         responder.cache().clone(),
         config.cache.key_prefix.clone(),
     ));
+    if config.cdn.enabled() {
+        tracing::info!(base_url = %config.cdn.base_url, "CDN purge hook configured; retrying owed purges");
+        tokio::spawn(hooks::run(responder.store().pool().clone(), config.cdn.clone()));
+    }
+    metrics::gauge!(m::SIGNER_MAX_IN_FLIGHT).set(config.signing.max_in_flight as f64);
+    metrics::gauge!(m::SIGNER_MAX_WAITING).set(config.signing.max_waiting as f64);
     let upkeep = {
         let responder = responder.clone();
         let handle = metrics_handle.clone();
@@ -126,6 +133,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         responder: responder.clone(),
         path_prefix: config.server.path_prefix.clone(),
         max_age_cap: config.responses.max_age_cap,
+        request_sample: config.log.request_sample,
     });
     let mut ocsp_server = HttpServer::new(move || App::new().configure(http::configure(service.clone())));
     if config.server.workers > 0 {
@@ -166,6 +174,9 @@ struct Probes {
 }
 
 async fn render_metrics(probes: web::Data<Probes>) -> HttpResponse {
+    // Gauges of instantaneous state are sampled now, so a scrape sees the current values.
+    metrics::gauge!(m::SIGNER_IN_FLIGHT).set(probes.responder.signing_in_flight() as f64);
+    metrics::gauge!(m::SIGNER_WAITING).set(probes.responder.signing_waiting() as f64);
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(probes.metrics.render())
 }
 

@@ -1,8 +1,8 @@
 -- jitocsp database roles: least privilege for the responders, read/write for the admin CLI.
 --
 -- Run it after `jitocsp migrate`, connected to the jitocsp database as the role that owns
--- the tables (the one that ran the migrations), and again after every new migration; it is
--- idempotent:
+-- the tables (the one that ran the migrations; it needs CREATEROLE, or be a superuser), and
+-- again after every new migration; it is idempotent:
 --   psql -v ON_ERROR_STOP=1 -d jitocsp -f deploy/postgres/roles.sql
 --
 -- Both roles can log in but get no password here (this file is not a place for secrets).
@@ -27,9 +27,20 @@ BEGIN
 END
 $$;
 
--- Neither role may create objects, replicate, or bypass row security.
-ALTER ROLE jitocsp_responder LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT;
-ALTER ROLE jitocsp_admin     LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT;
+-- Neither role may create databases or roles. (CREATE ROLE makes them NOSUPERUSER,
+-- NOREPLICATION and NOBYPASSRLS; only a superuser may change those, so they are checked
+-- below rather than set here, which lets a CREATEROLE owner run this file.)
+ALTER ROLE jitocsp_responder LOGIN NOCREATEDB NOCREATEROLE INHERIT;
+ALTER ROLE jitocsp_admin     LOGIN NOCREATEDB NOCREATEROLE INHERIT;
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_roles WHERE rolname IN ('jitocsp_responder', 'jitocsp_admin')
+               AND (rolsuper OR rolreplication OR rolbypassrls)) THEN
+        RAISE EXCEPTION 'jitocsp_responder or jitocsp_admin is SUPERUSER, REPLICATION or BYPASSRLS; '
+            'as a superuser run: ALTER ROLE ... NOSUPERUSER NOREPLICATION NOBYPASSRLS';
+    END IF;
+END
+$$;
 
 -- A responder's queries are point reads and small updates; one that runs long is stuck
 -- (and holds a pool connection a request is waiting for). The admin CLI may run long
@@ -48,10 +59,11 @@ GRANT USAGE ON SCHEMA public TO jitocsp_responder, jitocsp_admin;
 REVOKE ALL ON ALL TABLES IN SCHEMA public FROM jitocsp_responder, jitocsp_admin;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM jitocsp_responder, jitocsp_admin;
 
--- Responder: reads status and issuers; works off the purge queue (retries, then deletes
--- what Redis no longer holds). It never changes a status and never writes the audit log.
+-- Responder: reads status and issuers; works off the two purge queues (Redis purges in
+-- pending_purges, CDN purges in cdn_purges: retries, then deletes what is done). It never
+-- changes a status, never adds an issuer and never writes the audit log.
 GRANT SELECT ON issuers, certificates, audit_log TO jitocsp_responder;
-GRANT SELECT, UPDATE, DELETE ON pending_purges TO jitocsp_responder;
+GRANT SELECT, UPDATE, DELETE ON pending_purges, cdn_purges TO jitocsp_responder;
 
 -- Admin CLI (issuer add, import, revoke, unrevoke, purge, status): read/write everything.
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO jitocsp_admin;

@@ -37,7 +37,6 @@ use tokio_postgres::Client;
 use crate::config::Config;
 use crate::issuer::IssuerError;
 
-
 /// `jitocsp admin <command>`.
 #[derive(Debug, Clone, Subcommand)]
 pub enum AdminCommand {

@@ -25,10 +25,11 @@ use tokio_postgres::{GenericClient, Transaction};
 
 use super::inputs::{parse_at, parse_serial, read_cert_file, read_serials_file, Origin};
 use super::purge::{self, PurgeTarget};
-use crate::ocsp::RevocationReason;
-use super::{actor, connect, db, find_issuer, AdminError, CertArgs, RevokeArgs};
+use super::{actor, connect, db, find_issuer, AdminError, CertArgs, IssuerRow, RevokeArgs};
 use crate::config::Config;
+use crate::hooks;
 use crate::notify::{StatusChange, CHANNEL};
+use crate::ocsp::RevocationReason;
 use crate::serial::Serial;
 
 /// How many unknown serials an error message lists by name.
@@ -127,6 +128,49 @@ async fn record_planned(
     Ok(())
 }
 
+/// With a CDN purge hook configured, records one `cdn_purges` row per changed certificate
+/// inside `tx` (see `crate::hooks`). Returns the rows' ids.
+async fn record_cdn_purges(
+    tx: &Transaction<'_>,
+    config: &Config,
+    issuer: &IssuerRow,
+    action: &str,
+    serials: &[&Serial],
+) -> Result<Vec<i64>, AdminError> {
+    if !config.cdn.enabled() {
+        return Ok(Vec::new());
+    }
+    hooks::enqueue(tx, &config.cdn, issuer.id, &issuer.name, &issuer.cert_der, action, serials)
+        .await
+        .map_err(|detail| AdminError::Database { what: "recording the CDN purges".into(), detail })
+}
+
+/// Calls the CDN purge hook for the purges just committed, and tells the operator how it went.
+/// A failure is not an error of the command: the purges stay owed and responders retry them.
+async fn deliver_cdn_purges(client: &tokio_postgres::Client, config: &Config, ids: &[i64]) {
+    if ids.is_empty() {
+        return;
+    }
+    if ids.len() > hooks::ADMIN_INLINE_LIMIT {
+        println!("CDN purge: {} purges queued; running responders deliver them", ids.len());
+        return;
+    }
+    match hooks::deliver(client, &config.cdn, ids).await {
+        Ok(d) if d.failed == 0 && d.done == ids.len() => println!("CDN purge: done ({} certificate(s))", d.done),
+        Ok(d) => {
+            let left = ids.len() - d.done;
+            let error = d.error.map(|e| format!(" ({e})")).unwrap_or_default();
+            eprintln!(
+                "warning: CDN purge: {} done, {left} pending{error}; running responders retry until the hook succeeds",
+                d.done
+            );
+        }
+        Err(e) => eprintln!(
+            "warning: CDN purge: could not deliver now ({e}); the purges are recorded and running responders retry them"
+        ),
+    }
+}
+
 /// Queues one `jitocsp_status` notification per change; delivered only if `tx` commits.
 async fn notify(tx: &Transaction<'_>, changes: &[StatusChange]) -> Result<(), AdminError> {
     let payloads: Vec<String> = changes.iter().map(StatusChange::to_payload).collect();
@@ -201,6 +245,7 @@ pub async fn revoke(args: RevokeArgs, config: &Config) -> Result<(), AdminError>
     let to_change: Vec<&[u8]> =
         serials.iter().filter(|(s, _)| states[s.as_bytes()].reason.is_none()).map(|(s, _)| s.as_bytes()).collect();
     let mut changes: Vec<StatusChange> = Vec::with_capacity(to_change.len());
+    let mut cdn_ids = Vec::new();
     if !to_change.is_empty() {
         let planned: Vec<Planned> = to_change
             .iter()
@@ -216,6 +261,8 @@ pub async fn revoke(args: RevokeArgs, config: &Config) -> Result<(), AdminError>
             })
             .collect();
         record_planned(&tx, issuer.id, "revoke", &who, txn_now, &planned).await?;
+        let changing: Vec<&Serial> = planned.iter().map(|p| p.serial).collect();
+        cdn_ids = record_cdn_purges(&tx, config, &issuer, "revoke", &changing).await?;
         let rows = tx
             .query(
                 "UPDATE certificates SET reason = $3, revoked_at = $4, changed_at = clock_timestamp() \
@@ -276,6 +323,7 @@ pub async fn revoke(args: RevokeArgs, config: &Config) -> Result<(), AdminError>
         .collect();
     let outcome = purge::purge(config, &client, &targets).await;
     purge::report(&outcome);
+    deliver_cdn_purges(&client, config, &cdn_ids).await;
     println!("{} revoked, {skipped} already revoked (issuer {:?}, reason {reason})", changes.len(), issuer.name);
     Ok(())
 }
@@ -312,6 +360,7 @@ pub async fn unrevoke(args: CertArgs, config: &Config) -> Result<(), AdminError>
         after: serde_json::json!({ "status": "good" }),
     };
     record_planned(&tx, issuer.id, "unrevoke", &who, txn_now, std::slice::from_ref(&planned)).await?;
+    let cdn_ids = record_cdn_purges(&tx, config, &issuer, "unrevoke", &[&serial]).await?;
     let row = tx
         .query_one(
             "UPDATE certificates SET reason = NULL, revoked_at = NULL, changed_at = clock_timestamp() \
@@ -329,5 +378,6 @@ pub async fn unrevoke(args: CertArgs, config: &Config) -> Result<(), AdminError>
     let outcome =
         purge::purge(config, &client, &[PurgeTarget { issuer_id: issuer.id, serial, since: Some(txn_now) }]).await;
     purge::report(&outcome);
+    deliver_cdn_purges(&client, config, &cdn_ids).await;
     Ok(())
 }

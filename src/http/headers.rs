@@ -148,7 +148,10 @@ mod tests {
         ] {
             let r = respond(&answer, &request, 1_700_000_001, None);
             assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
-            assert!(matches!(r.into_body().size(), actix_web::body::BodySize::None | actix_web::body::BodySize::Sized(0)));
+            assert!(matches!(
+                r.into_body().size(),
+                actix_web::body::BodySize::None | actix_web::body::BodySize::Sized(0)
+            ));
         }
         for request in [
             TestRequest::default().insert_header(("if-none-match", "\"other\"")).to_http_request(),

@@ -29,6 +29,9 @@ pub struct OcspService<C, S> {
     pub responder: Arc<Responder<C, S>>,
     pub path_prefix: String,
     pub max_age_cap: Option<Duration>,
+    /// Fraction of requests logged (`log.request_sample`); tryLater and internalError answers
+    /// are always logged.
+    pub request_sample: f64,
 }
 
 /// Registers the OCSP handler as the only service of an actix `App`.
@@ -67,6 +70,7 @@ async fn handle<C: ResponseCache, S: StatusStore>(
         },
         Err(http_status) => {
             record(&method, ResponseStatus::MalformedRequest, started);
+            log_request(service.request_sample, &method, ResponseStatus::MalformedRequest, None, started);
             return headers::error(http_status, ResponseStatus::MalformedRequest);
         }
     };
@@ -79,6 +83,11 @@ async fn handle<C: ResponseCache, S: StatusStore>(
         }
     };
     record(&method, outcome, started);
+    let tag = match &answer {
+        Answer::Response { purge_tag, .. } => Some(purge_tag.as_str()),
+        Answer::Error(_) => None,
+    };
+    log_request(service.request_sample, &method, outcome, tag, started);
     headers::respond(&answer, &request, now, service.max_age_cap)
 }
 
@@ -112,4 +121,64 @@ fn record(method: &Method, outcome: ResponseStatus, started: Instant) {
     };
     metrics::counter!(m::REQUESTS, "method" => method, "outcome" => outcome.as_str()).increment(1);
     metrics::histogram!(m::REQUEST_SECONDS, "method" => method).record(started.elapsed().as_secs_f64());
+}
+
+/// One log line per request: always for answers that mean the service is failing (tryLater,
+/// internalError), at `warn`; for the others, a `sample` fraction of them, at `info`. Errors
+/// are never sampled away (Boulder #7102: a 1-in-1000 sample hid rare Redis errors).
+fn log_request(sample: f64, method: &Method, outcome: ResponseStatus, cert: Option<&str>, started: Instant) {
+    let failing = matches!(outcome, ResponseStatus::TryLater | ResponseStatus::InternalError);
+    if !failing && !sampled(sample) {
+        return;
+    }
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let cert = cert.unwrap_or("-");
+    if failing {
+        tracing::warn!(target: "jitocsp::request", method = %method, outcome = outcome.as_str(), cert, elapsed_ms,
+            "request failed");
+    } else {
+        tracing::info!(target: "jitocsp::request", method = %method, outcome = outcome.as_str(), cert, elapsed_ms,
+            "request");
+    }
+}
+
+/// True with probability `sample` (a per-thread xorshift generator; not for secrets).
+fn sampled(sample: f64) -> bool {
+    use std::cell::Cell;
+    use std::hash::{BuildHasher, Hasher};
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(0x006a_6974_6f63_7370);
+            h.finish() | 1
+        });
+    }
+    if sample <= 0.0 {
+        return false;
+    }
+    if sample >= 1.0 {
+        return true;
+    }
+    let x = STATE.with(|state| {
+        let mut x = state.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        state.set(x);
+        x
+    });
+    ((x >> 11) as f64 / (1u64 << 53) as f64) < sample
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sampled;
+
+    #[test]
+    fn sampling_rate_is_about_right() {
+        assert!(!(0..1000).any(|_| sampled(0.0)));
+        assert!((0..1000).all(|_| sampled(1.0)));
+        let hits = (0..100_000).filter(|_| sampled(0.1)).count();
+        assert!((8_000..12_000).contains(&hits), "{hits}");
+    }
 }

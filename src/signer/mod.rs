@@ -3,10 +3,17 @@
 //! The pipeline only ever hands a signer the exact DER bytes of a ResponseData and gets back
 //! the signature value; it never re-encodes what was signed. A signer is named by a string:
 //! `file:PATH` for a software key, or an RFC 7512 `pkcs11:` URI for a key in an HSM.
+//!
+//! Keys: ECDSA P-256 (ecdsa-with-SHA256), ECDSA P-384 (ecdsa-with-SHA384) and RSA of at least
+//! 2048 bits (sha256WithRSAEncryption, PKCS#1 v1.5). See `docs/signers.md`.
 
+pub mod algorithm;
+pub mod pkcs11;
 pub mod software;
+pub mod uri;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
@@ -15,6 +22,9 @@ use futures_util::future::BoxFuture;
 pub enum SignerError {
     #[error("signer {spec:?}: {reason}")]
     Open { spec: String, reason: String },
+    /// The signer's name itself is wrong (a malformed `pkcs11:` URI): the operator's input.
+    #[error("signer {spec:?}: {reason}")]
+    Invalid { spec: String, reason: String },
     #[error("unsupported signer {0:?}: expected file:PATH or a pkcs11: URI")]
     UnsupportedScheme(String),
     #[error("signing failed: {0}")]
@@ -37,6 +47,58 @@ pub trait Signer: Send + Sync {
     /// Whether the signer can sign now, for `/readyz`.
     fn check(&self) -> Result<(), SignerError> {
         Ok(())
+    }
+    /// Tells the signer the SubjectPublicKeyInfo of the certificate it signs for (the issuer's,
+    /// or the delegated responder's). A signer that finds its key later (a PKCS#11 token that
+    /// was absent at start-up) refuses to sign with any other key.
+    fn expect_public_key(&self, _spki_der: &[u8]) {}
+}
+
+/// Which implementation signs with software P-256 keys (`signing.p256_backend`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum P256Backend {
+    /// ring: assembly-backed, constant-time (BoringSSL's P-256).
+    #[default]
+    Ring,
+    /// RustCrypto `p256`: pure Rust, constant-time.
+    P256,
+}
+
+impl P256Backend {
+    pub const NAMES: &'static [&'static str] = &["ring", "p256"];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ring" => Some(P256Backend::Ring),
+            "p256" => Some(P256Backend::P256),
+            _ => None,
+        }
+    }
+}
+
+/// How signers are opened: the `[signing]` settings that concern them.
+#[derive(Clone, Debug)]
+pub struct SignerOptions {
+    /// Sessions (and threads) per PKCS#11 key.
+    pub pkcs11_sessions: usize,
+    /// How often a PKCS#11 signer that is down retries, and an idle one probes its token.
+    pub pkcs11_retry: Duration,
+    pub p256_backend: P256Backend,
+}
+
+impl Default for SignerOptions {
+    fn default() -> Self {
+        SignerOptions::from(&crate::config::SigningConfig::default())
+    }
+}
+
+impl From<&crate::config::SigningConfig> for SignerOptions {
+    fn from(c: &crate::config::SigningConfig) -> Self {
+        SignerOptions {
+            pkcs11_sessions: c.pkcs11_sessions,
+            pkcs11_retry: Duration::from_millis(c.pkcs11_retry_ms),
+            p256_backend: c.p256_backend,
+        }
     }
 }
 
@@ -76,15 +138,29 @@ impl Signer for UnavailableSigner {
     }
 }
 
-/// Opens the signer named by `spec`.
+/// Opens the signer named by `spec` with default options, requiring that it can sign now
+/// (the admin CLI checks the key against the certificate).
 pub fn open(spec: &str) -> Result<Arc<dyn Signer>, SignerError> {
+    open_with(spec, &SignerOptions::default())
+}
+
+/// As [`open`], with the given options.
+pub fn open_with(spec: &str, options: &SignerOptions) -> Result<Arc<dyn Signer>, SignerError> {
+    open_inner(spec, options, true)
+}
+
+/// Opens a signer for serving: never fails. A PKCS#11 signer whose token cannot be reached
+/// starts down and recovers by itself; any other failure gives an [`UnavailableSigner`], so
+/// the other issuers are still served and this one's cached responses too.
+pub fn open_for_serving(spec: &str, options: &SignerOptions) -> Arc<dyn Signer> {
+    open_inner(spec, options, false).unwrap_or_else(|error| Arc::new(UnavailableSigner::new(spec, &error)))
+}
+
+fn open_inner(spec: &str, options: &SignerOptions, strict: bool) -> Result<Arc<dyn Signer>, SignerError> {
     if let Some(path) = spec.strip_prefix("file:") {
-        Ok(Arc::new(software::SoftwareSigner::from_pem_file(path)?))
+        Ok(Arc::new(software::SoftwareSigner::from_pem_file_with(path, options.p256_backend)?))
     } else if spec.starts_with("pkcs11:") {
-        Err(SignerError::Open {
-            spec: spec.to_owned(),
-            reason: "PKCS#11 signing is not available in this build yet".into(),
-        })
+        Ok(Arc::new(pkcs11::Pkcs11Signer::open(spec, options, strict)?))
     } else {
         Err(SignerError::UnsupportedScheme(spec.to_owned()))
     }

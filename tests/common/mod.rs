@@ -36,7 +36,8 @@ pub fn free_port() -> u16 {
 }
 
 pub fn run(program: &str, args: &[&str], dir: &Path) -> Output {
-    let output = Command::new(program).args(args).current_dir(dir).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+    let output =
+        Command::new(program).args(args).current_dir(dir).output().unwrap_or_else(|e| panic!("{program}: {e}"));
     output
 }
 
@@ -60,8 +61,20 @@ impl Pki {
         must(
             "openssl",
             &[
-                "req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=jitocsp test CA", "-days", "30", "-out",
-                "ca.pem", "-addext", "basicConstraints=critical,CA:TRUE", "-addext",
+                "req",
+                "-x509",
+                "-new",
+                "-key",
+                "ca.key",
+                "-subj",
+                "/CN=jitocsp test CA",
+                "-days",
+                "30",
+                "-out",
+                "ca.pem",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
                 "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
             ],
             d,
@@ -86,8 +99,20 @@ impl Pki {
         must(
             "openssl",
             &[
-                "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-set_serial",
-                &format!("0x{serial_hex}"), "-days", "30", "-out", &out,
+                "x509",
+                "-req",
+                "-in",
+                "leaf.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-set_serial",
+                &format!("0x{serial_hex}"),
+                "-days",
+                "30",
+                "-out",
+                &out,
             ],
             self.path(),
         );
@@ -112,7 +137,14 @@ impl Pki {
         must(
             "openssl",
             &[
-                "ocsp", "-issuer", "ca.pem", digest, "-cert", cert.to_str().unwrap(), "-no_nonce", "-reqout",
+                "ocsp",
+                "-issuer",
+                "ca.pem",
+                digest,
+                "-cert",
+                cert.to_str().unwrap(),
+                "-no_nonce",
+                "-reqout",
                 out.to_str().unwrap(),
             ],
             self.path(),
@@ -147,7 +179,20 @@ pub fn add_issuer(pki: &Pki) -> String {
     jitocsp_ok(&["migrate"], &[]);
     let name = unique("issuer");
     let signer = format!("file:{}", pki.file("ca.key").display());
-    jitocsp_ok(&["admin", "issuer", "add", "--name", &name, "--cert", pki.file("ca.pem").to_str().unwrap(), "--signer", &signer], &[]);
+    jitocsp_ok(
+        &[
+            "admin",
+            "issuer",
+            "add",
+            "--name",
+            &name,
+            "--cert",
+            pki.file("ca.pem").to_str().unwrap(),
+            "--signer",
+            &signer,
+        ],
+        &[],
+    );
     name
 }
 
@@ -167,7 +212,13 @@ impl Server {
         let log = std::env::temp_dir().join(format!("{}.log", unique("jitocsp-serve")));
         let mut command = Command::new(BIN);
         command
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--metrics-listen",
+                &format!("127.0.0.1:{metrics_port}"),
+            ])
             .env("DATABASE_URL", database_url())
             .env("REDIS_URL", redis_url())
             .env("JITOCSP_CACHE_KEY_PREFIX", unique("t"))
@@ -263,7 +314,13 @@ impl HttpResponse {
 
 /// A minimal HTTP/1.1 client (one request per connection), so tests can send exactly the
 /// bytes they mean (raw `+`, `//`, spaces) and open thousands of connections at once.
-pub async fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<HttpResponse> {
+pub async fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpResponse> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
     for (k, v) in headers {
@@ -320,8 +377,16 @@ pub fn openssl_check_response(pki: &Pki, response: &[u8], cert: &Path, digest: &
     let output = run(
         "openssl",
         &[
-            "ocsp", "-respin", file.to_str().unwrap(), "-issuer", "ca.pem", digest, "-cert", cert.to_str().unwrap(),
-            "-CAfile", "ca.pem",
+            "ocsp",
+            "-respin",
+            file.to_str().unwrap(),
+            "-issuer",
+            "ca.pem",
+            digest,
+            "-cert",
+            cert.to_str().unwrap(),
+            "-CAfile",
+            "ca.pem",
         ],
         pki.path(),
     );
@@ -346,4 +411,195 @@ pub fn judge(pki: &Pki, response: &[u8], args: &[&str]) -> String {
 pub fn b64(der: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(der)
+}
+
+// ---- PKCS#11 (SoftHSM2) and key-type helpers, used by tests/pkcs11.rs ----
+
+/// A test CA whose key is made by `openssl genpkey` with `ca_key_args` (e.g. an RSA or P-384
+/// CA), with the same files as [`Pki::new`] (`ca.key` PKCS#8, `ca.pem`, `leaf.key`, `leaf.csr`).
+pub fn pki_with_ca(ca_key_args: &[&str]) -> Pki {
+    let pki = Pki { dir: tempfile::tempdir().unwrap() };
+    let d = pki.path();
+    let mut genpkey = vec!["genpkey", "-out", "ca.key"];
+    genpkey.extend_from_slice(ca_key_args);
+    must("openssl", &genpkey, d);
+    must(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "ca.key",
+            "-subj",
+            &format!("/CN={}", unique("jitocsp test CA")),
+            "-days",
+            "30",
+            "-out",
+            "ca.pem",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+        ],
+        d,
+    );
+    must("openssl", &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "leaf.key"], d);
+    must("openssl", &["req", "-new", "-key", "leaf.key", "-subj", "/CN=leaf", "-out", "leaf.csr"], d);
+    pki
+}
+
+/// A delegated OCSP responder certificate (id-kp-OCSPSigning, id-pkix-ocsp-nocheck) issued
+/// by the PKI's CA, with a new key made by `openssl genpkey` with `key_args`. Returns the
+/// paths of its PKCS#8 key and PEM certificate.
+pub fn delegated_responder(pki: &Pki, key_args: &[&str]) -> (PathBuf, PathBuf) {
+    let d = pki.path();
+    let name = unique("responder");
+    let (key, csr, cert, ext) =
+        (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("{name}.ext"));
+    let mut genpkey = vec!["genpkey", "-out", key.as_str()];
+    genpkey.extend_from_slice(key_args);
+    must("openssl", &genpkey, d);
+    must("openssl", &["req", "-new", "-key", &key, "-subj", "/CN=jitocsp test responder", "-out", &csr], d);
+    std::fs::write(
+        d.join(&ext),
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=OCSPSigning\nnoCheck=ignored\n",
+    )
+    .unwrap();
+    must(
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-set_serial",
+            "0x7e57",
+            "-days",
+            "30",
+            "-extfile",
+            &ext,
+            "-out",
+            &cert,
+        ],
+        d,
+    );
+    (d.join(key), d.join(cert))
+}
+
+/// Adds the PKI's CA as a new issuer signed by `signer` (and a delegated responder
+/// certificate, if given), with `env` (SOFTHSM2_CONF, the PIN variable); returns its name.
+pub fn add_issuer_with(pki: &Pki, signer: &str, responder_cert: Option<&Path>, env: &[(&str, &str)]) -> String {
+    jitocsp_ok(&["migrate"], &[]);
+    let name = unique("issuer");
+    let ca = pki.file("ca.pem");
+    let mut args = vec!["admin", "issuer", "add", "--name", &name, "--cert", ca.to_str().unwrap(), "--signer", signer];
+    if let Some(cert) = responder_cert {
+        args.extend_from_slice(&["--responder-cert", cert.to_str().unwrap()]);
+    }
+    jitocsp_ok(&args, env);
+    name
+}
+
+/// A SoftHSM2 token in a temporary directory, made by scripts/softhsm.sh.
+pub struct SoftHsm {
+    pub dir: tempfile::TempDir,
+    pub conf: PathBuf,
+    pub label: String,
+    pub pin: String,
+    pub module: String,
+}
+
+impl SoftHsm {
+    pub const PIN_VAR: &'static str = "JITOCSP_TEST_PKCS11_PIN";
+
+    pub fn new() -> SoftHsm {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/softhsm.sh");
+        let dir = tempfile::tempdir().unwrap();
+        let label: String = unique("t").chars().take(32).collect();
+        let pin = format!("{:08}", std::process::id());
+        let script = script.to_str().unwrap();
+        must("bash", &[script, "init", dir.path().to_str().unwrap(), &label, &pin], dir.path());
+        let module = String::from_utf8(must("bash", &[script, "module"], dir.path()).stdout).unwrap().trim().to_owned();
+        let conf = dir.path().join("softhsm2.conf");
+        SoftHsm { dir, conf, label, pin, module }
+    }
+
+    /// Imports a PEM private key as object `object` with CKA_ID `id_hex`.
+    pub fn import(&self, object: &str, id_hex: &str, key: &Path) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/softhsm.sh");
+        must(
+            "bash",
+            &[
+                script.to_str().unwrap(),
+                "import",
+                self.dir.path().to_str().unwrap(),
+                &self.label,
+                &self.pin,
+                object,
+                id_hex,
+                key.to_str().unwrap(),
+            ],
+            self.dir.path(),
+        );
+    }
+
+    /// The signer URI of object `object` (and CKA_ID `id_hex`, if given).
+    pub fn uri(&self, object: &str, id_hex: Option<&str>) -> String {
+        let id = id_hex
+            .map(|h| (0..h.len()).step_by(2).map(|i| format!("%{}", &h[i..i + 2])).collect::<String>())
+            .map(|id| format!(";id={id}"))
+            .unwrap_or_default();
+        format!(
+            "pkcs11:token={};object={object}{id}?module-path={}&pin-source=env:{}",
+            self.label,
+            self.module,
+            Self::PIN_VAR
+        )
+    }
+
+    /// Environment for jitocsp: the token's configuration and the PIN.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![("SOFTHSM2_CONF", self.conf.to_str().unwrap().to_owned()), (Self::PIN_VAR, self.pin.clone())]
+    }
+
+    /// The token's directory (inside the token dir; one per token).
+    pub fn token_dir(&self) -> PathBuf {
+        std::fs::read_dir(self.dir.path().join("tokens")).unwrap().next().unwrap().unwrap().path()
+    }
+}
+
+/// `openssl ocsp` against a running server for `cert` of `pki`, verifying with the CA;
+/// returns stdout and stderr together (with `-resp_text`).
+pub fn openssl_ocsp_query(pki: &Pki, server: &Server, cert: &Path, digest: &str) -> String {
+    let ca = pki.file("ca.pem");
+    let output = run(
+        "openssl",
+        &[
+            "ocsp",
+            "-issuer",
+            ca.to_str().unwrap(),
+            digest,
+            "-cert",
+            cert.to_str().unwrap(),
+            "-url",
+            &server.url(),
+            "-CAfile",
+            ca.to_str().unwrap(),
+            "-no_nonce",
+            "-resp_text",
+        ],
+        pki.path(),
+    );
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+/// GET on the metrics listener: (status, body).
+pub fn metrics_endpoint(server: &Server, path: &str) -> (u16, String) {
+    let response = block_on(http(server.metrics_port, "GET", path, &[], &[])).unwrap();
+    (response.status, String::from_utf8_lossy(&response.body).into_owned())
 }
