@@ -9,7 +9,14 @@ use common::*;
 
 /// Asks `server` about `cert` until the answer contains `expected` or `limit` passes; returns
 /// how long it took.
-fn wait_for_status(server: &Server, pki: &Pki, request: &[u8], cert: &std::path::Path, expected: &str, limit: Duration) -> Duration {
+fn wait_for_status(
+    server: &Server,
+    pki: &Pki,
+    request: &[u8],
+    cert: &std::path::Path,
+    expected: &str,
+    limit: Duration,
+) -> Duration {
     let started = Instant::now();
     loop {
         let response = server.post(request);
@@ -45,7 +52,11 @@ fn revocation_is_visible_at_once_on_every_instance() {
             assert!(status_of(server, &pki, &request, &cert).contains(": good"));
         }
     }
-    assert_eq!(a.metric("jitocsp_signatures_total", &[]) + b.metric("jitocsp_signatures_total", &[]), 1.0, "shared Redis");
+    assert_eq!(
+        a.metric("jitocsp_signatures_total", &[]) + b.metric("jitocsp_signatures_total", &[]),
+        1.0,
+        "shared Redis"
+    );
     assert!(a.metric("jitocsp_cache_lookups_total", &["tier=\"local\"", "result=\"hit\""]) >= 1.0);
 
     jitocsp_ok(&["admin", "revoke", "--issuer", &issuer, "--serial", "6001", "--reason", "keyCompromise"], &[]);
@@ -79,9 +90,8 @@ fn revocation_holds_when_the_purge_fails() {
     assert!(output.status.success(), "revoke must succeed without Redis: {}", String::from_utf8_lossy(&output.stderr));
     let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(said.contains("pending"), "the operator is told the purge is pending: {said}");
-    let pending = format!(
-        "SELECT count(*) FROM pending_purges p JOIN issuers i ON i.id = p.issuer_id WHERE i.name = '{issuer}'"
-    );
+    let pending =
+        format!("SELECT count(*) FROM pending_purges p JOIN issuers i ON i.id = p.issuer_id WHERE i.name = '{issuer}'");
     // Responders retry every few seconds; this runs a moment after the revocation committed.
     assert_eq!(psql(&pending), "1", "the failed purge is recorded");
 
@@ -222,7 +232,14 @@ fn a_burst_for_one_certificate_costs_one_read_and_one_signature() {
                         let result = if i % 2 == 0 {
                             http(port, "GET", &path, &[], &[]).await
                         } else {
-                            http(port, "POST", "/", &[("Content-Type", "application/ocsp-request")], &request_bytes(&path)).await
+                            http(
+                                port,
+                                "POST",
+                                "/",
+                                &[("Content-Type", "application/ocsp-request")],
+                                &request_bytes(&path),
+                            )
+                            .await
                         };
                         match result {
                             Ok(response) => return response,

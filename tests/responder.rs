@@ -16,7 +16,18 @@ fn openssl_verifies_good_revoked_and_unissued_by_post_and_get() {
     let unissued = pki.leaf("unissued", "1003");
     jitocsp_ok(&["admin", "import", "--issuer", &issuer, good.to_str().unwrap(), revoked.to_str().unwrap()], &[]);
     jitocsp_ok(
-        &["admin", "revoke", "--issuer", &issuer, "--serial", "F0:02:0A", "--reason", "keyCompromise", "--at", "2026-01-02T03:04:05Z"],
+        &[
+            "admin",
+            "revoke",
+            "--issuer",
+            &issuer,
+            "--serial",
+            "F0:02:0A",
+            "--reason",
+            "keyCompromise",
+            "--at",
+            "2026-01-02T03:04:05Z",
+        ],
         &[],
     );
     let server = Server::start(&[]);
@@ -25,7 +36,19 @@ fn openssl_verifies_good_revoked_and_unissued_by_post_and_get() {
     for digest in ["-sha1", "-sha256"] {
         let output = run(
             "openssl",
-            &["ocsp", "-issuer", ca.to_str().unwrap(), digest, "-cert", good.to_str().unwrap(), "-url", &server.url(), "-CAfile", ca.to_str().unwrap(), "-no_nonce"],
+            &[
+                "ocsp",
+                "-issuer",
+                ca.to_str().unwrap(),
+                digest,
+                "-cert",
+                good.to_str().unwrap(),
+                "-url",
+                &server.url(),
+                "-CAfile",
+                ca.to_str().unwrap(),
+                "-no_nonce",
+            ],
             pki.path(),
         );
         let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
@@ -34,7 +57,19 @@ fn openssl_verifies_good_revoked_and_unissued_by_post_and_get() {
 
         let output = run(
             "openssl",
-            &["ocsp", "-issuer", ca.to_str().unwrap(), digest, "-cert", revoked.to_str().unwrap(), "-url", &server.url(), "-CAfile", ca.to_str().unwrap(), "-no_nonce"],
+            &[
+                "ocsp",
+                "-issuer",
+                ca.to_str().unwrap(),
+                digest,
+                "-cert",
+                revoked.to_str().unwrap(),
+                "-url",
+                &server.url(),
+                "-CAfile",
+                ca.to_str().unwrap(),
+                "-no_nonce",
+            ],
             pki.path(),
         );
         let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
@@ -45,7 +80,19 @@ fn openssl_verifies_good_revoked_and_unissued_by_post_and_get() {
 
         let output = run(
             "openssl",
-            &["ocsp", "-issuer", ca.to_str().unwrap(), digest, "-cert", unissued.to_str().unwrap(), "-url", &server.url(), "-CAfile", ca.to_str().unwrap(), "-no_nonce"],
+            &[
+                "ocsp",
+                "-issuer",
+                ca.to_str().unwrap(),
+                digest,
+                "-cert",
+                unissued.to_str().unwrap(),
+                "-url",
+                &server.url(),
+                "-CAfile",
+                ca.to_str().unwrap(),
+                "-no_nonce",
+            ],
             pki.path(),
         );
         let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
@@ -62,7 +109,15 @@ fn openssl_verifies_good_revoked_and_unissued_by_post_and_get() {
                 let out = pki.file(&unique("curl"));
                 let status = run(
                     "curl",
-                    &["-sS", "--path-as-is", "-o", out.to_str().unwrap(), "-w", "%{http_code}", &format!("{}{path}", server.url())],
+                    &[
+                        "-sS",
+                        "--path-as-is",
+                        "-o",
+                        out.to_str().unwrap(),
+                        "-w",
+                        "%{http_code}",
+                        &format!("{}{path}", server.url()),
+                    ],
                     pki.path(),
                 );
                 assert_eq!(String::from_utf8_lossy(&status.stdout), "200", "{path}");
@@ -89,15 +144,34 @@ fn cryptography_and_pkilint_accept_the_responses() {
     let ca = ca.to_str().unwrap();
 
     let response = server.post(&pki.request(&good, "-sha1"));
-    judge(&pki, &response.body, &["--issuer", ca, "--expect-status", "successful", "--expect-cert-status", "good", "--lint"]);
+    judge(
+        &pki,
+        &response.body,
+        &["--issuer", ca, "--expect-status", "successful", "--expect-cert-status", "good", "--lint"],
+    );
     let response = server.post(&pki.request(&revoked, "-sha256"));
-    judge(&pki, &response.body, &["--issuer", ca, "--expect-status", "successful", "--expect-cert-status", "revoked", "--lint"]);
+    judge(
+        &pki,
+        &response.body,
+        &["--issuer", ca, "--expect-status", "successful", "--expect-cert-status", "revoked", "--lint"],
+    );
 
     // Two CertIDs in one request, answered in one response.
     let multi = pki.file("multi.req");
     let output = run(
         "openssl",
-        &["ocsp", "-issuer", "ca.pem", "-cert", "good.pem", "-cert", "revoked.pem", "-no_nonce", "-reqout", multi.to_str().unwrap()],
+        &[
+            "ocsp",
+            "-issuer",
+            "ca.pem",
+            "-cert",
+            "good.pem",
+            "-cert",
+            "revoked.pem",
+            "-no_nonce",
+            "-reqout",
+            multi.to_str().unwrap(),
+        ],
         pki.path(),
     );
     assert!(output.status.success());
@@ -147,7 +221,11 @@ fn unknown_issuer_garbage_truncation_and_oversize() {
     assert_eq!(response.status, 413);
     assert_eq!(response.body, malformed);
     let response = server.post(&vec![0x30; limit]);
-    assert_eq!((response.status, response.body.as_slice()), (200, malformed.as_slice()), "at the limit: parsed, not refused");
+    assert_eq!(
+        (response.status, response.body.as_slice()),
+        (200, malformed.as_slice()),
+        "at the limit: parsed, not refused"
+    );
     assert_eq!(server.metric("jitocsp_signatures_total", &[]), 0.0);
 }
 

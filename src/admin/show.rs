@@ -9,11 +9,11 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::inputs::{parse_serial, Origin};
 use super::purge::admin_redis_timeout;
-use crate::ocsp::RevocationReason;
 use super::{connect, db, find_issuer, AdminError, AuditArgs, CertArgs};
 use crate::cache::keys::all_response_keys;
 use crate::cache::redis::RedisMode;
 use crate::config::Config;
+use crate::ocsp::RevocationReason;
 use crate::serial::Serial;
 
 fn time(t: Option<DateTime<Utc>>) -> String {

@@ -240,7 +240,12 @@ async fn a_change_heard_after_the_read_makes_the_cached_response_unusable() {
     // Revoke in the store, but leave the cached "good" in Redis, as a lost purge would.
     let at = Utc::now();
     h.add("0e01", in_days(30), Some(Revocation { at, reason: RevocationReason::Superseded }));
-    h.changes.record(&StatusChange { issuer_id: ISSUER_ID, serial: Serial::from_hex("0e01").unwrap(), revoked: true, changed_at: at });
+    h.changes.record(&StatusChange {
+        issuer_id: ISSUER_ID,
+        serial: Serial::from_hex("0e01").unwrap(),
+        revoked: true,
+        changed_at: at,
+    });
     h.responder.forget(ISSUER_ID, &Serial::from_hex("0e01").unwrap());
     assert!(matches!(statuses(&h.ask("0e01").await).0[0], CertStatus::Revoked(_)));
     assert_eq!(h.signatures(), 2);
