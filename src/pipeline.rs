@@ -13,8 +13,10 @@
 //! one is still served if re-signing fails, as it is still valid).
 //!
 //! Misses for the same certificate are coalesced: the first starts a flight (one Postgres
-//! read, one signature, one Redis write); the others wait for it, and for a moment after it
-//! lands its result still answers latecomers whose Redis GET raced the SET.
+//! read, one signature, one Redis write); the others wait for it. For a few seconds after it
+//! lands, its result still answers requests that Redis could not: latecomers whose GET raced
+//! the SET, and, when Redis is slow or down under a burst, everyone, instead of each Redis
+//! timeout turning into another signature.
 //!
 //! Requests that cannot share a cached response (several CertIDs, or a nonce to echo) are
 //! answered by [`Responder::answer_fresh`]: read, sign, never cached.
@@ -42,8 +44,10 @@ use crate::serial::Serial;
 use crate::signing::SigningLimiter;
 use crate::store::{CertRecord, StatusStore};
 
-/// How long a finished flight keeps answering misses that raced its Redis write.
-const FLIGHT_LINGER: Duration = Duration::from_secs(2);
+/// How long a freshly signed response answers misses and Redis failures in-process.
+const RECENT_TTL: Duration = Duration::from_secs(10);
+/// How many freshly signed responses are kept for that (about 1 KiB each).
+const RECENT_ENTRIES: usize = 16 * 1024;
 
 /// What the HTTP layer sends back.
 #[derive(Clone, Debug)]
@@ -87,10 +91,7 @@ enum Produced {
 
 type FlightResult = Result<Produced, Failure>;
 
-enum Flight {
-    Running(Shared<BoxFuture<'static, FlightResult>>),
-    Landed { response: Arc<CachedResponse>, at: Instant },
-}
+type Flight = Shared<BoxFuture<'static, FlightResult>>;
 
 /// Verdict on a cached response.
 #[derive(Debug, PartialEq, Eq)]
@@ -112,7 +113,9 @@ pub struct Responder<C, S> {
     store: S,
     changes: Arc<ChangeLog>,
     limiter: SigningLimiter,
+    /// Signings in progress; guarded together with `recent` so a request never misses both.
     flights: Mutex<HashMap<ResponseId, Flight>>,
+    recent: LocalTier,
     policy: ResponsesConfig,
     key_prefix: String,
 }
@@ -137,6 +140,7 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
             changes,
             limiter,
             flights: Mutex::new(HashMap::new()),
+            recent: LocalTier::with_ttl(RECENT_ENTRIES, RECENT_TTL),
             policy,
             key_prefix,
         }
@@ -260,23 +264,22 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
         }
     }
 
-    /// Joins the flight for `id`, or starts it.
+    /// Answers from a flight that just landed, joins the one in progress for `id`, or starts it.
     async fn single_flight(self: &Arc<Self>, id: ResponseId, issuer: Arc<Issuer>, cert: RequestedCert) -> FlightResult {
         let flight = {
             let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Utc::now().timestamp();
+            let recent = self.recent.get(&id).filter(|response| self.freshness(&id, response, now) == Freshness::Serve);
+            if let Some(response) = recent {
+                metrics::counter!(m::CACHE_LOOKUPS, "tier" => "recent", "result" => "hit").increment(1);
+                return Ok(Produced::Response { response, cacheable: true });
+            }
             match flights.get(&id) {
-                Some(Flight::Running(flight)) => {
+                Some(flight) => {
                     metrics::counter!(m::SINGLE_FLIGHT_JOINS).increment(1);
                     flight.clone()
                 }
-                Some(Flight::Landed { response, at })
-                    if at.elapsed() < FLIGHT_LINGER
-                        && self.changes.allows(id.issuer_id, &id.serial, response.revoked, response.read_at_micros) =>
-                {
-                    metrics::counter!(m::SINGLE_FLIGHT_JOINS).increment(1);
-                    return Ok(Produced::Response { response: response.clone(), cacheable: true });
-                }
-                _ => {
+                None => {
                     let this = self.clone();
                     let key = id.clone();
                     // Spawned, so the flight completes (and lands in Redis) even if the request
@@ -296,7 +299,7 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
                     }
                     .boxed()
                     .shared();
-                    flights.insert(id, Flight::Running(flight.clone()));
+                    flights.insert(id, flight.clone());
                     flight
                 }
             }
@@ -306,14 +309,10 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
 
     fn land(&self, id: ResponseId, result: &FlightResult) {
         let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-        match result {
-            Ok(Produced::Response { response, cacheable: true }) => {
-                flights.insert(id, Flight::Landed { response: response.clone(), at: Instant::now() });
-            }
-            _ => {
-                flights.remove(&id);
-            }
+        if let Ok(Produced::Response { response, cacheable: true }) = result {
+            self.recent.insert(id.clone(), response.clone());
         }
+        flights.remove(&id);
     }
 
     /// Reads the status and signs a response for one certificate: the body of a flight.
@@ -504,22 +503,11 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
     /// Forgets this instance's copies of a certificate's responses after a status change.
     pub fn forget(&self, issuer_id: i32, serial: &Serial) {
         self.local.remove_certificate(issuer_id, serial);
-        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-        flights.retain(|id, flight| {
-            !(matches!(flight, Flight::Landed { .. }) && id.issuer_id == issuer_id && &id.serial == serial)
-        });
+        self.recent.remove_certificate(issuer_id, serial);
     }
 
-    /// Periodic upkeep: drops landed flights past their linger time and changes older than
-    /// any response that could predate them.
+    /// Periodic upkeep: forgets changes older than any response that could predate them.
     pub fn sweep(&self) {
-        {
-            let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-            flights.retain(|_, flight| match flight {
-                Flight::Landed { at, .. } => at.elapsed() < FLIGHT_LINGER,
-                Flight::Running(_) => true,
-            });
-        }
         let horizon = self.policy.validity + Duration::from_secs(60);
         let before = Utc::now() - TimeDelta::from_std(horizon).unwrap_or(TimeDelta::days(11));
         self.changes.prune(before.timestamp_micros());

@@ -1,11 +1,14 @@
-//! The local tier: a small in-process cache of responses, in front of Redis.
+//! In-process response caches.
 //!
-//! Optional (`cache.local_entries = 0` turns it off). It saves the Redis round trip for the
-//! most requested certificates, which during a CDN cache drop are requested by the thousand.
-//! Revocation notifications remove entries; the pipeline's freshness checks apply to its
-//! entries exactly as to Redis's.
+//! The local tier, in front of Redis, is optional (`cache.local_entries = 0` turns it off). It
+//! saves the Redis round trip for the most requested certificates, which during a CDN cache
+//! drop are requested by the thousand. The pipeline also keeps a small tier of responses it
+//! signed in the last seconds, asked only when Redis misses or fails (see `pipeline`).
+//! Revocation notifications remove entries from both; the pipeline's freshness checks apply
+//! to their entries exactly as to Redis's.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use quick_cache::sync::Cache;
 
@@ -23,13 +26,20 @@ pub struct ResponseId {
 
 /// A bounded, concurrent, in-process response cache.
 pub struct LocalTier {
-    cache: Option<Cache<ResponseId, Arc<CachedResponse>>>,
+    cache: Option<Cache<ResponseId, (Arc<CachedResponse>, Instant)>>,
+    /// How long an entry is kept at most, on top of the pipeline's own freshness rules.
+    ttl: Option<Duration>,
 }
 
 impl LocalTier {
     /// A tier holding up to `entries` responses; 0 disables it.
     pub fn new(entries: usize) -> Self {
-        LocalTier { cache: (entries > 0).then(|| Cache::new(entries)) }
+        LocalTier { cache: (entries > 0).then(|| Cache::new(entries)), ttl: None }
+    }
+
+    /// A tier whose entries are forgotten `ttl` after they were inserted.
+    pub fn with_ttl(entries: usize, ttl: Duration) -> Self {
+        LocalTier { ttl: Some(ttl), ..Self::new(entries) }
     }
 
     pub fn is_enabled(&self) -> bool {
@@ -37,12 +47,16 @@ impl LocalTier {
     }
 
     pub fn get(&self, id: &ResponseId) -> Option<Arc<CachedResponse>> {
-        self.cache.as_ref()?.get(id)
+        let (response, inserted) = self.cache.as_ref()?.get(id)?;
+        match self.ttl {
+            Some(ttl) if inserted.elapsed() >= ttl => None,
+            _ => Some(response),
+        }
     }
 
     pub fn insert(&self, id: ResponseId, response: Arc<CachedResponse>) {
         if let Some(cache) = &self.cache {
-            cache.insert(id, response);
+            cache.insert(id, (response, Instant::now()));
         }
     }
 
