@@ -76,6 +76,11 @@ def main() -> int:
             problems.append(f"{tag}: wrk saw errors {errs} ('status' = non-2xx/3xx responses)")
         if r.get("exhausted"):
             problems.append(f"{tag}: the serial list ran out (raise JITOCSP_BENCH_*_MAX_RATE); the run is invalid")
+        if r.get("other_cpu_pct", 0) > 10:
+            warnings.append(
+                f"{tag}: processes other than wrk, the server (and for jitocsp Redis and Postgres) used {r['other_cpu_pct']:.0f}% of the CPU during the run "
+                f"(noise: compare with the reference's runs, or re-run on a quiet machine)"
+            )
         if r["requests"] == 0:
             problems.append(f"{tag}: no requests completed")
             continue
@@ -215,7 +220,8 @@ def main() -> int:
     if ms and speed.get(("openssl", 2)):
         L.append(f"  cold signatures/s vs openssl -multi 2: {ms / speed[('openssl', 2)]:.2f}x (information; the target is vs the signer in use, p256)")
     L.append("")
-    L.append("per run (req/s, latency p50/p99 ms, errors; jitocsp: signatures, Postgres reads, cache hits):")
+    L.append("per run (req/s, latency p50/p99 ms, errors, bytes per response, CPU used by other processes")
+    L.append("         during the run as % of the machine; jitocsp: signatures, Postgres reads, cache hits):")
     for r in sorted(runs, key=lambda r: (["hot", "hot-local", "cold"].index(r["figure"]), r["run"], r["name"])):
         extra = ""
         if r["name"] == "jitocsp":
@@ -226,7 +232,7 @@ def main() -> int:
         L.append(
             f"  {r['figure']:<9} run {r['run']} {r['name']:<12} {r['rps']:>10,.0f}  "
             f"{r['lat_p50_us'] / 1000:6.2f}/{r['lat_p99_us'] / 1000:6.2f} ms  err={r.get('errors', 0)}  "
-            f"{r.get('bytes_per_response', 0):.0f} B/resp{extra}"
+            f"{r.get('bytes_per_response', 0):.0f} B/resp  other_cpu={r.get('other_cpu_pct', 0):.0f}%{extra}"
         )
     ratios = {fg["figure"]: fg["ratio"] for fg in figures}
     L.append("")
