@@ -29,6 +29,8 @@ pub const SIGNER_MAX_IN_FLIGHT: &str = "jitocsp_signer_max_in_flight";
 pub const SIGNER_MAX_WAITING: &str = "jitocsp_signer_max_waiting";
 /// Certificates read from Postgres (one per certificate, however batched).
 pub const DB_READS: &str = "jitocsp_db_reads_total";
+/// Certificates per Postgres status query (concurrent misses are batched).
+pub const DB_BATCH_SIZE: &str = "jitocsp_db_batch_size";
 /// Postgres status-read latency in seconds.
 pub const DB_READ_SECONDS: &str = "jitocsp_db_read_duration_seconds";
 /// Postgres errors, by `op`.
@@ -58,6 +60,8 @@ pub const BUILD_INFO: &str = "jitocsp_build_info";
 /// Histogram buckets for latencies, in seconds: 100 us to 10 s (the BR 4.10.2 limit).
 pub const LATENCY_BUCKETS: &[f64] =
     &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+/// Histogram buckets for batch sizes.
+pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 /// Histogram buckets for response ages, in seconds: 1 minute to 10 days.
 pub const AGE_BUCKETS: &[f64] =
     &[60.0, 600.0, 3600.0, 6.0 * 3600.0, 24.0 * 3600.0, 48.0 * 3600.0, 72.0 * 3600.0, 96.0 * 3600.0, 240.0 * 3600.0];

@@ -21,12 +21,13 @@ use crate::http::{self, OcspService};
 use crate::issuers::{IssuerLoadError, IssuerSet};
 use crate::pipeline::Responder;
 use crate::signing::SigningLimiter;
+use crate::store::batch::Batching;
 use crate::store::postgres::PgStore;
 use crate::store::{StatusStore, StoreError};
 use crate::{hooks, listener, metrics as m, purges};
 
 /// The responder as `serve` runs it: Redis and Postgres.
-pub type LiveResponder = Responder<RedisCache, PgStore>;
+pub type LiveResponder = Responder<RedisCache, Batching<PgStore>>;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +56,8 @@ pub fn install_metrics() -> Result<PrometheusHandle, ServeError> {
         .map_err(err)?
         .set_buckets_for_metric(Matcher::Full(m::RESPONSE_AGE_SECONDS.into()), m::AGE_BUCKETS)
         .map_err(err)?
+        .set_buckets_for_metric(Matcher::Full(m::DB_BATCH_SIZE.into()), m::BATCH_BUCKETS)
+        .map_err(err)?
         .build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).map_err(|e| ServeError::Metrics(e.to_string()))?;
@@ -65,7 +68,10 @@ pub fn install_metrics() -> Result<PrometheusHandle, ServeError> {
 /// Builds the pipeline from `config`: connects the pools and loads the issuers.
 pub async fn build_responder(config: &Config) -> Result<Arc<LiveResponder>, ServeError> {
     let timeout = Duration::from_millis(config.database.connect_timeout_ms);
-    let store = PgStore::new(config.database.read_url(), config.database.pool_size, timeout)?;
+    let store = Batching::new(
+        PgStore::new(config.database.read_url(), config.database.pool_size, timeout)?,
+        config.database.pool_size,
+    );
     let (client, connection) = tokio_postgres::connect(&config.database.url, tokio_postgres::NoTls).await?;
     let connection = tokio::spawn(connection);
     let issuers = IssuerSet::load(&client, &(&config.signing).into()).await?;
@@ -102,17 +108,16 @@ pub async fn build_responder(config: &Config) -> Result<Arc<LiveResponder>, Serv
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     let metrics_handle = install_metrics()?;
     let responder = build_responder(&config).await?;
+    // Purge bookkeeping writes, so it goes to the primary even when reads use a replica.
+    let timeout = Duration::from_millis(config.database.connect_timeout_ms);
+    let primary = PgStore::new(&config.database.url, 2, timeout)?.pool().clone();
 
     // The listener needs the primary: replicas do not deliver notifications.
     tokio::spawn(listener::run(config.database.url.clone(), responder.clone(), config.responses.validity));
-    tokio::spawn(purges::run(
-        responder.store().pool().clone(),
-        responder.cache().clone(),
-        config.cache.key_prefix.clone(),
-    ));
+    tokio::spawn(purges::run(primary.clone(), responder.cache().clone(), config.cache.key_prefix.clone()));
     if config.cdn.enabled() {
         tracing::info!(base_url = %config.cdn.base_url, "CDN purge hook configured; retrying owed purges");
-        tokio::spawn(hooks::run(responder.store().pool().clone(), config.cdn.clone()));
+        tokio::spawn(hooks::run(primary, config.cdn.clone()));
     }
     metrics::gauge!(m::SIGNER_MAX_IN_FLIGHT).set(config.signing.max_in_flight as f64);
     metrics::gauge!(m::SIGNER_MAX_WAITING).set(config.signing.max_waiting as f64);

@@ -1,5 +1,6 @@
 //! The authoritative status of certificates: Postgres, behind a small trait.
 
+pub mod batch;
 pub mod postgres;
 
 use std::future::Future;
@@ -29,6 +30,8 @@ pub enum StoreError {
     Postgres(#[from] tokio_postgres::Error),
     #[error("postgres pool: {0}")]
     Pool(String),
+    #[error("batched status read: {0}")]
+    Batched(String),
     #[error("row for issuer {issuer_id} serial {serial} has invalid reason code {code}")]
     BadReason { issuer_id: i32, serial: Serial, code: i16 },
 }
