@@ -14,7 +14,8 @@
 #   hot-local  jitocsp, local tier on                      vs the same nginx
 #   cold       jitocsp, every request a new serial         vs openssl ocsp -index ... -multi 2
 #              (both with Connection: close)
-#   signatures jitocsp signatures/s during the cold runs   vs the raw p256 rate (2 threads);
+#   signatures jitocsp signatures/s during the cold runs   vs the raw rate of the P-256 backend
+#              in use (ring by default; 2 threads);
 #              openssl speed ecdsap256 printed as the machine's ceiling
 # Client: wrk -t2 -c64 on loopback (keep-alive for hot, Connection: close for cold).
 #
@@ -28,7 +29,8 @@
 # JITOCSP_BENCH_THREADS (2), JITOCSP_BENCH_CONNECTIONS (64), JITOCSP_BENCH_HOT_CERTS (1000),
 # JITOCSP_BENCH_COLD_MAX_RATE (60000 req/s: sizes the cold serial lists),
 # JITOCSP_BENCH_REF_MAX_RATE (40000 req/s: the same for openssl ocsp),
-# JITOCSP_BENCH_WORKERS (2: JITOCSP_SERVER_WORKERS and nginx worker_processes).
+# JITOCSP_BENCH_WORKERS (2: JITOCSP_SERVER_WORKERS and nginx worker_processes),
+# JITOCSP_BENCH_P256_BACKEND (ring: jitocsp's signing.p256_backend, and the raw rate compared).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
@@ -62,6 +64,7 @@ HOT_CERTS="${JITOCSP_BENCH_HOT_CERTS:-1000}"
 COLD_MAX_RATE="${JITOCSP_BENCH_COLD_MAX_RATE:-60000}"
 REF_MAX_RATE="${JITOCSP_BENCH_REF_MAX_RATE:-40000}"
 WORKERS="${JITOCSP_BENCH_WORKERS:-2}"
+BACKEND="${JITOCSP_BENCH_P256_BACKEND:-ring}"   # signing.p256_backend of the jitocsp under test
 WARMUP=$(( QUICK ? 1 : 2 ))   # seconds of unrecorded wrk before each figure's runs
 
 log() { printf 'bench: %s\n' "$*" >&2; }
@@ -170,7 +173,7 @@ fi
 JITOCSP="$ROOT/target/release/jitocsp"
 [ -x "$JITOCSP" ] || die "$JITOCSP not found (run without --no-build)"
 
-log "p256 raw-rate helper (scripts/bench/p256speed, built against the workspace's Cargo.lock)"
+log "raw signing-rate helper (scripts/bench/p256speed, built against the workspace's Cargo.lock)"
 P256_SRC="$OUT_DIR/p256speed-src"
 rm -rf "$P256_SRC"
 mkdir -p "$P256_SRC"
@@ -346,6 +349,7 @@ JIT_PID=""
 start_jitocsp() {  # start_jitocsp LOCAL_ENTRIES TAG
     local log="$WORK/jitocsp.$2.log"
     JITOCSP_CACHE_LOCAL_ENTRIES="$1" JITOCSP_CACHE_KEY_PREFIX="$PREFIX" JITOCSP_SERVER_WORKERS="$WORKERS" \
+        JITOCSP_SIGNING_P256_BACKEND="$BACKEND" \
         "$JITOCSP" serve --listen "$JIT" --metrics-listen "$JIT_METRICS" >"$log" 2>&1 &
     JIT_PID=$!
     PIDS+=("$JIT_PID")
@@ -500,9 +504,10 @@ stop_jitocsp
 # ------------------------------------------------------------------ raw signing rates
 
 SPEED_SECONDS=3
-log "signing ceilings: p256 (1 and 2 threads), openssl speed ecdsap256 (1 process, -multi 2), ${SPEED_SECONDS}s each"
-"$P256SPEED" "$SPEED_SECONDS" 1 2 >p256speed.txt || die "p256speed failed"
-while read -r line; do echo "speed $line impl=p256" >>"$RESULTS"; done <p256speed.txt
+log "signing ceilings: ring and p256 (1 and 2 threads), openssl speed ecdsap256 (1 process, -multi 2), ${SPEED_SECONDS}s each"
+"$P256SPEED" "$SPEED_SECONDS" ring 1 2 >p256speed.txt || die "p256speed failed"
+"$P256SPEED" "$SPEED_SECONDS" p256 1 2 >>p256speed.txt || die "p256speed failed"
+while read -r line; do echo "speed $line" >>"$RESULTS"; done <p256speed.txt
 # "                              sign    verify    sign/s verify/s" / " 256 bits ecdsa (nistp256)   0.0000s ... 41234.5 ..."
 openssl_sign_rate() {
     awk '/ecdsa \(nistp256\)/ { print $(NF-1); found=1 } END { if (!found) exit 1 }' "$1"
@@ -520,7 +525,7 @@ GIT_REV="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || GIT_REV="$GIT_REV+uncommitted"
 {
     echo "meta stamp=$STAMP quick=$QUICK runs=$RUNS duration=$DURATION warmup=$WARMUP threads=$THREADS connections=$CONNS"
-    echo "meta workers=$WORKERS hot_certs=$HOT_CERTS cold_per_run=$COLD_PER_RUN ref_per_run=$REF_PER_RUN"
+    echo "meta backend=$BACKEND workers=$WORKERS hot_certs=$HOT_CERTS cold_per_run=$COLD_PER_RUN ref_per_run=$REF_PER_RUN"
     echo "meta load_start=$LOAD_START load_end=$(cut -d' ' -f1-3 /proc/loadavg | tr ' ' '/')"
     echo "meta imported=$(( HOT_CERTS + COLD_TOTAL )) import_seconds=$IMPORT_SECONDS git=$GIT_REV cores=$(nproc)"
     echo "meta body_bytes=$BODY_SIZE jitocsp_response_bytes=$JIT_RESPONSE_BYTES nginx_response_bytes=$NGX_RESPONSE_BYTES"
