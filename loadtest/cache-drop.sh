@@ -1,0 +1,238 @@
+#!/usr/bin/env bash
+# loadtest/cache-drop.sh — replay a CDN cache drop against a local jitocsp, on loopback only.
+#
+#   loadtest/cache-drop.sh --mode origin|cdn --full-rate F --step-seconds S --out DIR [options]
+#
+# Brings up the project-local Postgres and Redis (scripts/services.sh up), a database
+# `jitocsp_loadtest` on that Postgres (migrated), a P-256 test CA (kept in .local/loadtest/)
+# added as an issuer, N synthetic certificates (seeded once by binary COPY and reused while
+# N, share and seed are unchanged), `jitocsp serve` on free loopback ports with a fresh Redis
+# key prefix (so Redis starts cold), and in cdn mode an nginx generated from
+# deploy/nginx/jitocsp-cdn.conf in a temporary directory. Then runs
+# `jitocsp-loadtest cache-drop` and writes DIR/report.json, DIR/report.txt, DIR/report.svg
+# (plus DIR/jitocsp.log, DIR/nginx-error.log). Everything it started is stopped at the end.
+#
+# Options (defaults in brackets):
+#   --mode origin|cdn        origin: the origin is offered F x 1/16, 1/8, 1/4, 1/2, 1;
+#                            cdn: nginx gets F throughout and that share of its cache is
+#                            purged at each step
+#   --full-rate F            full traffic, requests/s
+#   --step-seconds S         seconds per step
+#   --out DIR                where the reports go
+#   --count N [20000]        certificates (one issuer)
+#   --revoked-share R [0.05]
+#   --redis cold|warm [cold] origin mode: warm = every certificate requested once first
+#   --fractions LIST [1/16,1/8,1/4,1/2,1]
+#   --arrival constant|poisson [constant]
+#   --zipf S [1.0]  --post-share P [0]  --sha256-share P [0]  --connections C [128]
+#   --threads T [1]          generator threads (plus its scheduler thread)
+#   --workers W [0]          JITOCSP_SERVER_WORKERS (0 = one per core)
+#   --ceiling SECONDS [0]    also measure, in the same run, nginx serving a static file of
+#                            the response's size and jitocsp's hot path (closed loop), each
+#                            for SECONDS; results in DIR/capacity.jsonl and DIR/report.txt
+#   --check                  verify the report (every step with figures, every answer
+#                            verified, success >= --min-success [0.999]); exit 1 if not
+#   --no-build               use the existing target/release binaries
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
+cd "$ROOT"
+
+die() { printf 'cache-drop: error: %s\n' "$*" >&2; exit 2; }
+step() { printf '==> %s\n' "$*" >&2; }
+usage() { sed -n '2,37p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+
+MODE="" FULL_RATE="" STEP_SECONDS="" OUT=""
+COUNT=20000 REVOKED=0.05 REDIS=cold FRACTIONS="1/16,1/8,1/4,1/2,1" ARRIVAL=constant
+ZIPF=1.0 POST=0 SHA256=0 CONNECTIONS=128 THREADS=1 WORKERS=0 CEILING=0 CHECK=0 MIN_SUCCESS=0.999 BUILD=1
+CORPUS_SEED=1
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --mode) MODE="$2"; shift 2 ;;
+        --full-rate) FULL_RATE="$2"; shift 2 ;;
+        --step-seconds) STEP_SECONDS="$2"; shift 2 ;;
+        --out) OUT="$2"; shift 2 ;;
+        --count) COUNT="$2"; shift 2 ;;
+        --revoked-share) REVOKED="$2"; shift 2 ;;
+        --redis) REDIS="$2"; shift 2 ;;
+        --fractions) FRACTIONS="$2"; shift 2 ;;
+        --arrival) ARRIVAL="$2"; shift 2 ;;
+        --zipf) ZIPF="$2"; shift 2 ;;
+        --post-share) POST="$2"; shift 2 ;;
+        --sha256-share) SHA256="$2"; shift 2 ;;
+        --connections) CONNECTIONS="$2"; shift 2 ;;
+        --threads) THREADS="$2"; shift 2 ;;
+        --workers) WORKERS="$2"; shift 2 ;;
+        --ceiling) CEILING="$2"; shift 2 ;;
+        --check) CHECK=1; shift ;;
+        --min-success) MIN_SUCCESS="$2"; shift 2 ;;
+        --no-build) BUILD=0; shift ;;
+        -h|--help) usage ;;
+        *) die "unknown option $1 (see --help)" ;;
+    esac
+done
+case "$MODE" in origin|cdn) ;; *) die "--mode origin|cdn is required" ;; esac
+[ -n "$FULL_RATE" ] || die "--full-rate F is required"
+[ -n "$STEP_SECONDS" ] || die "--step-seconds S is required"
+[ -n "$OUT" ] || die "--out DIR is required"
+case "$REDIS" in cold|warm) ;; *) die "--redis cold|warm" ;; esac
+[ "$MODE" = origin ] || [ "$REDIS" = cold ] || die "--redis applies to origin mode (cdn mode warms the CDN and so Redis)"
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd -P)"
+
+BIN="$ROOT/target/release/jitocsp"
+LT="$ROOT/target/release/jitocsp-loadtest"
+if [ "$BUILD" -eq 1 ]; then
+    step "cargo build --release (jitocsp, jitocsp-loadtest)"
+    cargo build --release -q -p jitocsp -p jitocsp-loadtest
+fi
+[ -x "$BIN" ] && [ -x "$LT" ] || die "missing $BIN or $LT (build them, or drop --no-build)"
+
+step "services"
+bash scripts/services.sh ensure-cmd openssl openssl curl curl python3 python3 nginx nginx
+bash scripts/services.sh up
+# shellcheck source=/dev/null
+. "$ROOT/.local/env"
+# The load test has its own database on the same Postgres, so test data and load data never mix.
+LT_DATABASE_URL="${DATABASE_URL%/*}/jitocsp_loadtest"
+export REDIS_URL
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+WORK="$(mktemp -d /tmp/jitocsp-loadtest.XXXXXX)"
+chmod 0755 "$WORK"
+PREFIX="lt$(date +%s)$$"
+SERVE_PID=""
+NGINX_CONF=""
+cleanup() {
+    local rc=$?
+    if [ -n "$SERVE_PID" ] && kill -0 "$SERVE_PID" 2>/dev/null; then
+        kill "$SERVE_PID" 2>/dev/null || true
+        wait "$SERVE_PID" 2>/dev/null || true
+    fi
+    if [ -n "$NGINX_CONF" ] && [ -f "$WORK/nginx.pid" ]; then
+        nginx -c "$NGINX_CONF" -s quit 2>/dev/null || kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+        for _ in $(seq 1 50); do [ -f "$WORK/nginx.pid" ] || break; sleep 0.1; done
+    fi
+    [ -f "$WORK/log/jitocsp-error.log" ] && cp "$WORK/log/jitocsp-error.log" "$OUT/nginx-error.log" 2>/dev/null
+    # This run's Redis keys (its own prefix) are dropped; nothing else is touched.
+    redis-cli -u "$REDIS_URL" --scan --pattern "$PREFIX:*" 2>/dev/null \
+        | xargs -r -n 1000 redis-cli -u "$REDIS_URL" unlink >/dev/null 2>&1 || true
+    rm -rf "$WORK"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+step "database jitocsp_loadtest"
+DATABASE_URL="$LT_DATABASE_URL" "$LT" create-database
+DATABASE_URL="$LT_DATABASE_URL" "$BIN" migrate >/dev/null
+
+STATE="$ROOT/.local/loadtest"
+mkdir -p "$STATE"
+if [ ! -f "$STATE/ca.pem" ]; then
+    step "test CA in $STATE"
+    openssl ecparam -name prime256v1 -genkey -noout -out "$STATE/ca.sec1" 2>/dev/null
+    openssl pkcs8 -topk8 -nocrypt -in "$STATE/ca.sec1" -out "$STATE/ca.key"
+    openssl req -x509 -new -key "$STATE/ca.key" -subj "/CN=jitocsp loadtest CA" -days 3650 -out "$STATE/ca.pem" \
+        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign,digitalSignature
+    rm -f "$STATE/seeded"
+fi
+ISSUER="loadtest-$(openssl x509 -in "$STATE/ca.pem" -noout -fingerprint -sha256 | cut -d= -f2 | tr -d : | cut -c1-12 | tr A-F a-f)"
+if ! DATABASE_URL="$LT_DATABASE_URL" "$BIN" admin issuer list | grep -qw "$ISSUER"; then
+    DATABASE_URL="$LT_DATABASE_URL" "$BIN" admin issuer add --name "$ISSUER" --cert "$STATE/ca.pem" \
+        --signer "file:$STATE/ca.key" >/dev/null
+    rm -f "$STATE/seeded"
+fi
+CORPUS=(--issuer "$ISSUER=$STATE/ca.pem" --count "$COUNT" --revoked-share "$REVOKED" --corpus-seed "$CORPUS_SEED")
+STAMP="$ISSUER $COUNT $REVOKED $CORPUS_SEED"
+if [ "$(cat "$STATE/seeded" 2>/dev/null)" = "$STAMP" ]; then
+    SEED_MODE=(--replace --skip-if-same-count)
+else
+    SEED_MODE=(--replace)
+fi
+step "seed $COUNT certificates for $ISSUER"
+DATABASE_URL="$LT_DATABASE_URL" "$LT" seed "${CORPUS[@]}" "${SEED_MODE[@]}"
+echo "$STAMP" >"$STATE/seeded"
+
+OCSP_PORT="$(free_port)"
+METRICS_PORT="$(free_port)"
+step "jitocsp serve on 127.0.0.1:$OCSP_PORT (metrics $METRICS_PORT), Redis key prefix $PREFIX (cold)"
+DATABASE_URL="$LT_DATABASE_URL" JITOCSP_CACHE_KEY_PREFIX="$PREFIX" JITOCSP_SERVER_WORKERS="$WORKERS" \
+    "$BIN" serve --listen "127.0.0.1:$OCSP_PORT" --metrics-listen "127.0.0.1:$METRICS_PORT" \
+    </dev/null >"$OUT/jitocsp.log" 2>&1 &
+SERVE_PID=$!
+for i in $(seq 1 100); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$METRICS_PORT/readyz")" = 200 ] && break
+    kill -0 "$SERVE_PID" 2>/dev/null || { tail -n 20 "$OUT/jitocsp.log" >&2; die "jitocsp serve exited"; }
+    sleep 0.2
+    [ "$i" -lt 100 ] || { tail -n 20 "$OUT/jitocsp.log" >&2; die "jitocsp not ready after 20 s"; }
+done
+
+CDN_PORT="" STATIC_PORT="" STATIC_LEN=""
+if [ "$MODE" = cdn ] || [ "$CEILING" != 0 ]; then
+    CDN_PORT="$(free_port)"
+    STATIC_PORT="$(free_port)"
+    mkdir -p "$WORK/cache" "$WORK/log" "$WORK/static"
+    # The static reference: a real response of this corpus, byte for byte.
+    STATIC_PATH="$("$LT" print-path "${CORPUS[@]}" --index 0)"
+    curl -sS -o "$WORK/static/response.der" "http://127.0.0.1:$OCSP_PORT$STATIC_PATH"
+    STATIC_LEN="$(stat -c %s "$WORK/static/response.der")"
+    [ "$STATIC_LEN" -gt 100 ] || die "could not fetch a response for the static reference"
+    chmod -R a+rX "$WORK/static"
+    # nginx started as root runs its workers as `nobody`: they write the cache.
+    if [ "$(id -u)" -eq 0 ]; then chown -R nobody "$WORK/cache"; fi
+    NGINX_CONF="$WORK/nginx.conf"
+    sed -e "s#/var/cache/nginx/jitocsp#$WORK/cache#g" -e "s#/var/log/nginx/jitocsp#$WORK/log/jitocsp#g" \
+        -e "s#/run/nginx-jitocsp.pid#$WORK/nginx.pid#" -e "s#127.0.0.1:8080#127.0.0.1:$OCSP_PORT#" \
+        -e "s#127.0.0.1:8081#127.0.0.1:$CDN_PORT#" deploy/nginx/jitocsp-cdn.conf >"$NGINX_CONF.in"
+    # A second server block (inside `http`, i.e. before the file's last `}`): the static file.
+    last="$(grep -n '^}' "$NGINX_CONF.in" | tail -n1 | cut -d: -f1)"
+    {
+        head -n $((last - 1)) "$NGINX_CONF.in"
+        cat <<EOF
+    # Added by loadtest/cache-drop.sh: the machine's ceiling, a static file of a response's size.
+    server {
+        listen 127.0.0.1:$STATIC_PORT reuseport;
+        access_log off;
+        root $WORK/static;
+        location / { default_type application/ocsp-response; }
+    }
+EOF
+        tail -n +"$last" "$NGINX_CONF.in"
+    } >"$NGINX_CONF"
+    nginx -t -q -c "$NGINX_CONF" || die "generated nginx config does not pass nginx -t"
+    nginx -c "$NGINX_CONF"
+    for _ in $(seq 1 50); do [ -f "$WORK/nginx.pid" ] && break; sleep 0.1; done
+    LEVELS="$(grep -o 'levels=[0-9:]*' "$NGINX_CONF" | head -n1 | cut -d= -f2)"
+    step "nginx CDN on 127.0.0.1:$CDN_PORT (cache $WORK/cache/cache, levels $LEVELS), static on $STATIC_PORT ($STATIC_LEN bytes)"
+fi
+
+LOAD=(--connections "$CONNECTIONS" --threads "$THREADS" --zipf "$ZIPF" --post-share "$POST"
+      --sha256-share "$SHA256" --metrics "http://127.0.0.1:$METRICS_PORT")
+RUN=("$LT" cache-drop "${CORPUS[@]}" "${LOAD[@]}" --mode "$MODE" --full-rate "$FULL_RATE"
+     --step-seconds "$STEP_SECONDS" --fractions "$FRACTIONS" --arrival "$ARRIVAL" --out "$OUT")
+if [ "$MODE" = cdn ]; then
+    RUN+=(--target "http://127.0.0.1:$CDN_PORT" --nginx-cache-dir "$WORK/cache/cache" --nginx-levels "$LEVELS"
+          --redis-label "warm (from the CDN warm-up)")
+else
+    RUN+=(--target "http://127.0.0.1:$OCSP_PORT" --redis-label "$REDIS")
+    [ "$REDIS" = warm ] && RUN+=(--warm)
+fi
+step "cache-drop: mode $MODE, full rate $FULL_RATE req/s, $STEP_SECONDS s per step"
+"${RUN[@]}"
+
+if [ "$CEILING" != 0 ]; then
+    step "ceiling: nginx static file ($STATIC_LEN bytes) and jitocsp hot path, $CEILING s each, closed loop"
+    "$LT" capacity "${CORPUS[@]}" --target "http://127.0.0.1:$STATIC_PORT" --connections 64 --threads "$THREADS" \
+        --seconds "$CEILING" --static-path /response.der --static-len "$STATIC_LEN" --label "nginx static file" \
+        --out "$OUT/capacity.jsonl" | tee -a "$OUT/report.txt"
+    "$LT" capacity "${CORPUS[@]}" --target "http://127.0.0.1:$OCSP_PORT" --connections 64 --threads "$THREADS" \
+        --metrics "http://127.0.0.1:$METRICS_PORT" --seconds "$CEILING" --hot-set 1000 --verify-every 1000 \
+        --label "jitocsp hot path (Redis, local tier off)" --out "$OUT/capacity.jsonl" | tee -a "$OUT/report.txt"
+fi
+
+if [ "$CHECK" -eq 1 ]; then
+    steps="$(awk -F, '{print NF}' <<<"$FRACTIONS")"
+    "$LT" check-report "$OUT/report.json" --steps "$steps" --min-success "$MIN_SUCCESS"
+fi
