@@ -9,6 +9,12 @@ use jitocsp::admin::AdminCommand;
 use jitocsp::config::{Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+/// The request path allocates small, short-lived buffers (request decoding, header values);
+/// mimalloc's thread-local free lists serve them faster than glibc's allocator, which showed
+/// up at ~9% of the hot path's CPU in profiles.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A just-in-time OCSP responder: Postgres holds the status of every certificate, responses
 /// are signed on demand and cached in Redis.
 #[derive(Parser)]
