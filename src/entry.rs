@@ -1,22 +1,23 @@
 //! A signed response as it is cached, with what serving it needs computed once at signing.
 //!
-//! In Redis the value is a fixed header followed by the DER, so a hit costs one GET and no
-//! parsing of the OCSP structure: the HTTP layer reads times and the ETag from the header and
-//! sends the DER slice as it is, without copying it.
+//! In Redis the value is a small header followed by the DER. The header holds the facts the
+//! pipeline checks (status, read time, validity, the certificate's expiry) and the HTTP
+//! header values (ETag, Last-Modified, Expires, purge tag), ready to send: a hit costs one
+//! GET, no parsing of the OCSP structure, no hashing or date formatting, and every header
+//! value and the DER are slices of the one buffer Redis returned, not copies.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use actix_web::http::header::HeaderValue;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 
 /// Format tag of the Redis value; bump when the layout changes (old values then read as misses).
-const FORMAT: u8 = 1;
-/// format(1) + revoked(1) + read_at(8) + this_update(8) + next_update(8) + not_after(8) + etag(64)
-const HEADER_LEN: usize = 1 + 1 + 8 + 8 + 8 + 8 + 64;
+const FORMAT: u8 = 2;
+/// format(1) + revoked(1) + read_at(8) + this_update(8) + next_update(8) + not_after(8)
+const FIXED_LEN: usize = 1 + 1 + 8 + 8 + 8 + 8;
 
-/// A signed, encoded, single-certificate OCSP response and its facts.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CachedResponse {
-    /// The complete `OCSPResponse` DER.
-    pub der: Bytes,
+/// The validity facts of a response, checked before it is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Facts {
     /// Whether the status in it is revoked.
     pub revoked: bool,
     /// When its status was read from Postgres (Postgres clock), microseconds since the epoch.
@@ -26,97 +27,153 @@ pub struct CachedResponse {
     pub next_update: i64,
     /// The certificate's notAfter, seconds since the epoch (for the expired-certificate grace).
     pub not_after: i64,
-    /// Lower-case hex SHA-256 of `der`: the ETag (RFC 9919 section 6).
-    pub etag: [u8; 64],
+}
+
+/// HTTP header values that depend only on the response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Headers {
+    /// `"<hex SHA-256 of the DER>"` (RFC 9919 section 6).
+    pub etag: HeaderValue,
+    /// thisUpdate and nextUpdate as IMF-fixdate.
+    pub last_modified: HeaderValue,
+    pub expires: HeaderValue,
+    /// `<issuer name>:<serial hex>`, comma-separated when a response covers several.
+    pub purge_tag: HeaderValue,
+}
+
+/// A signed, encoded OCSP response, its facts and its header values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CachedResponse {
+    /// The complete `OCSPResponse` DER.
+    pub der: Bytes,
+    pub facts: Facts,
+    pub headers: Headers,
 }
 
 impl CachedResponse {
-    pub fn new(
-        der: Bytes,
-        revoked: bool,
-        read_at_micros: i64,
-        this_update: i64,
-        next_update: i64,
-        not_after: i64,
-    ) -> Self {
-        let mut etag = [0u8; 64];
-        // Writing 32 bytes of hex into 64 bytes cannot fail.
-        let _ = hex::encode_to_slice(Sha256::digest(&der), &mut etag);
-        CachedResponse { der, revoked, read_at_micros, this_update, next_update, not_after, etag }
+    /// Computes the header values of a freshly signed response.
+    pub fn new(der: Bytes, facts: Facts, purge_tag: &str) -> Self {
+        let etag = format!("\"{}\"", hex::encode(Sha256::digest(&der)));
+        let headers = Headers {
+            etag: header_value(etag.into_bytes().into()),
+            last_modified: header_value(http_date(facts.this_update).into_bytes().into()),
+            expires: header_value(http_date(facts.next_update).into_bytes().into()),
+            // Issuer names are operator text; anything not valid in a header is dropped.
+            purge_tag: header_value(
+                purge_tag.replace(|c: char| !c.is_ascii_graphic() && c != ' ', "").into_bytes().into(),
+            ),
+        };
+        CachedResponse { der, facts, headers }
     }
 
-    /// The ETag as text.
-    pub fn etag_str(&self) -> &str {
-        // Hex digits are ASCII.
-        std::str::from_utf8(&self.etag).unwrap_or("")
+    /// The ETag without its quotes, for comparing with `If-None-Match`.
+    pub fn etag_hex(&self) -> &[u8] {
+        let quoted = self.headers.etag.as_bytes();
+        quoted.get(1..quoted.len().saturating_sub(1)).unwrap_or_default()
     }
 
     /// The Redis value.
     pub fn to_bytes(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(HEADER_LEN + self.der.len());
+        let h = &self.headers;
+        let fields = [&h.etag, &h.last_modified, &h.expires, &h.purge_tag];
+        let len = FIXED_LEN + fields.iter().map(|v| 2 + v.len()).sum::<usize>() + self.der.len();
+        let mut out = BytesMut::with_capacity(len);
         out.put_u8(FORMAT);
-        out.put_u8(self.revoked as u8);
-        out.put_i64(self.read_at_micros);
-        out.put_i64(self.this_update);
-        out.put_i64(self.next_update);
-        out.put_i64(self.not_after);
-        out.put_slice(&self.etag);
+        out.put_u8(self.facts.revoked as u8);
+        out.put_i64(self.facts.read_at_micros);
+        out.put_i64(self.facts.this_update);
+        out.put_i64(self.facts.next_update);
+        out.put_i64(self.facts.not_after);
+        for value in fields {
+            out.put_u16(value.len() as u16);
+            out.put_slice(value.as_bytes());
+        }
         out.put_slice(&self.der);
         out.freeze()
     }
 
     /// Reads a Redis value; `None` for anything that is not a value this version wrote.
-    /// The DER is a slice of `value`, not a copy.
-    pub fn from_bytes(value: Bytes) -> Option<Self> {
-        if value.len() <= HEADER_LEN || value[0] != FORMAT || value[1] > 1 {
+    pub fn from_bytes(mut value: Bytes) -> Option<Self> {
+        if value.len() <= FIXED_LEN || value[0] != FORMAT || value[1] > 1 {
             return None;
         }
-        let int = |at: usize| i64::from_be_bytes(value[at..at + 8].try_into().unwrap_or_default());
-        let mut etag = [0u8; 64];
-        etag.copy_from_slice(&value[34..98]);
-        if !etag.iter().all(|b| b.is_ascii_hexdigit()) {
-            return None;
+        value.advance(1);
+        let facts = Facts {
+            revoked: value.get_u8() == 1,
+            read_at_micros: value.get_i64(),
+            this_update: value.get_i64(),
+            next_update: value.get_i64(),
+            not_after: value.get_i64(),
+        };
+        let mut field = || -> Option<HeaderValue> {
+            let len = value.try_get_u16().ok()? as usize;
+            if value.len() < len {
+                return None;
+            }
+            HeaderValue::from_maybe_shared(value.split_to(len)).ok()
+        };
+        let headers = Headers { etag: field()?, last_modified: field()?, expires: field()?, purge_tag: field()? };
+        // The DER is the rest of the value: it must be exactly one complete TLV.
+        match crate::ocsp::der::read_tlv(&value) {
+            Some((_, _, [])) => Some(CachedResponse { der: value, facts, headers }),
+            _ => None,
         }
-        Some(CachedResponse {
-            revoked: value[1] == 1,
-            read_at_micros: int(2),
-            this_update: int(10),
-            next_update: int(18),
-            not_after: int(26),
-            etag,
-            der: value.slice(HEADER_LEN..),
-        })
     }
+}
+
+fn header_value(bytes: Bytes) -> HeaderValue {
+    HeaderValue::from_maybe_shared(bytes).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// IMF-fixdate, always "GMT" (Boulder once sent "UTC", which is not an HTTP date).
+fn http_date(unix_seconds: i64) -> String {
+    httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_seconds.max(0) as u64))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn sample() -> CachedResponse {
+        let facts = Facts {
+            revoked: true,
+            read_at_micros: 123,
+            this_update: 1_700_000_000,
+            next_update: 1_700_345_600,
+            not_after: 1_800_000_000,
+        };
+        CachedResponse::new(Bytes::from_static(b"\x30\x03\x0a\x01\x00"), facts, "demo:0abc")
+    }
+
     #[test]
-    fn round_trips_through_redis_bytes() {
-        let entry = CachedResponse::new(
-            Bytes::from_static(b"\x30\x03\x0a\x01\x00"),
-            true,
-            123,
-            1_700_000_000,
-            1_700_345_600,
-            1_800_000_000,
-        );
-        assert_eq!(entry.etag_str(), hex::encode(Sha256::digest(b"\x30\x03\x0a\x01\x00")));
-        let back = CachedResponse::from_bytes(entry.to_bytes()).unwrap();
-        assert_eq!(back, entry);
+    fn header_values_are_computed_once_and_round_trip_through_redis_bytes() {
+        let entry = sample();
+        assert_eq!(entry.etag_hex(), hex::encode(Sha256::digest(b"\x30\x03\x0a\x01\x00")).as_bytes());
+        assert_eq!(entry.headers.etag.len(), 66);
+        assert_eq!(entry.headers.last_modified, "Tue, 14 Nov 2023 22:13:20 GMT");
+        assert_eq!(entry.headers.expires, "Sat, 18 Nov 2023 22:13:20 GMT");
+        assert_eq!(entry.headers.purge_tag, "demo:0abc");
+        assert_eq!(CachedResponse::from_bytes(entry.to_bytes()).unwrap(), entry);
     }
 
     #[test]
     fn foreign_or_truncated_values_are_misses() {
-        let bytes = CachedResponse::new(Bytes::from_static(b"der"), false, 1, 2, 3, 4).to_bytes();
-        for cut in 0..=HEADER_LEN {
+        let bytes = sample().to_bytes();
+        for cut in 0..bytes.len() {
             assert!(CachedResponse::from_bytes(bytes.slice(..cut)).is_none(), "cut at {cut}");
         }
         let mut other_format = bytes.to_vec();
         other_format[0] = 9;
         assert!(CachedResponse::from_bytes(Bytes::from(other_format)).is_none());
-        assert!(CachedResponse::from_bytes(Bytes::from_static(b"plain old string value")).is_none());
+        assert!(
+            CachedResponse::from_bytes(Bytes::from_static(b"plain old string value, long enough to pass")).is_none()
+        );
+    }
+
+    #[test]
+    fn a_purge_tag_with_control_characters_is_cleaned() {
+        let facts = Facts { revoked: false, read_at_micros: 0, this_update: 0, next_update: 0, not_after: 0 };
+        let entry = CachedResponse::new(Bytes::from_static(b"0"), facts, "bad\nname:01");
+        assert_eq!(entry.headers.purge_tag, "badname:01");
     }
 }

@@ -53,7 +53,7 @@ pub const ADMIN_INLINE_LIMIT: usize = 100;
 const ERROR_CHARS: usize = 500;
 
 /// The purge tag of a certificate: the `Cache-Tag` header value the responder sends with its
-/// responses (`crate::pipeline::purge_tag`).
+/// responses, and what the purge hook is given.
 pub fn purge_tag(issuer_name: &str, serial: &Serial) -> String {
     format!("{issuer_name}:{serial}")
 }

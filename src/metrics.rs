@@ -65,3 +65,69 @@ pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0,
 /// Histogram buckets for response ages, in seconds: 1 minute to 10 days.
 pub const AGE_BUCKETS: &[f64] =
     &[60.0, 600.0, 3600.0, 6.0 * 3600.0, 24.0 * 3600.0, 48.0 * 3600.0, 72.0 * 3600.0, 96.0 * 3600.0, 240.0 * 3600.0];
+
+use metrics::{Counter, Histogram};
+
+use crate::ocsp::ResponseStatus;
+
+/// The method labels of [`REQUESTS`], in [`RequestMetrics`] order.
+pub const METHODS: [&str; 4] = ["GET", "HEAD", "POST", "other"];
+const OUTCOMES: [ResponseStatus; 5] = [
+    ResponseStatus::Successful,
+    ResponseStatus::MalformedRequest,
+    ResponseStatus::InternalError,
+    ResponseStatus::TryLater,
+    ResponseStatus::Unauthorized,
+];
+
+/// Handles for what the HTTP layer records on every request, registered once: the `counter!`
+/// macros hash the name and labels and look the metric up on every call, which showed in
+/// profiles of the hot path. Register after the recorder is installed (before, they are no-ops).
+pub struct RequestMetrics {
+    requests: [[Counter; OUTCOMES.len()]; METHODS.len()],
+    seconds: [Histogram; METHODS.len()],
+    response_age: Histogram,
+}
+
+impl RequestMetrics {
+    pub fn register() -> Self {
+        RequestMetrics {
+            requests: METHODS.map(|method| {
+                OUTCOMES.map(|outcome| metrics::counter!(REQUESTS, "method" => method, "outcome" => outcome.as_str()))
+            }),
+            seconds: METHODS.map(|method| metrics::histogram!(REQUEST_SECONDS, "method" => method)),
+            response_age: metrics::histogram!(RESPONSE_AGE_SECONDS),
+        }
+    }
+
+    /// One request: `method` indexes [`METHODS`].
+    pub fn request(&self, method: usize, outcome: ResponseStatus, seconds: f64) {
+        let method = method.min(METHODS.len() - 1);
+        let outcome = OUTCOMES.iter().position(|o| *o == outcome).unwrap_or(0);
+        self.requests[method][outcome].increment(1);
+        self.seconds[method].record(seconds);
+    }
+
+    pub fn response_age(&self, seconds: f64) {
+        self.response_age.record(seconds);
+    }
+}
+
+/// Handles for what the pipeline records on every cache hit (see [`RequestMetrics`]).
+pub struct HitMetrics {
+    pub local_hit: Counter,
+    pub redis_hit: Counter,
+    pub redis_miss: Counter,
+    pub redis_get_seconds: Histogram,
+}
+
+impl HitMetrics {
+    pub fn register() -> Self {
+        HitMetrics {
+            local_hit: metrics::counter!(CACHE_LOOKUPS, "tier" => "local", "result" => "hit"),
+            redis_hit: metrics::counter!(CACHE_LOOKUPS, "tier" => "redis", "result" => "hit"),
+            redis_miss: metrics::counter!(CACHE_LOOKUPS, "tier" => "redis", "result" => "miss"),
+            redis_get_seconds: metrics::histogram!(REDIS_SECONDS, "op" => "get"),
+        }
+    }
+}

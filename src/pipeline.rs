@@ -34,7 +34,8 @@ use crate::cache::local::{LocalTier, ResponseId};
 use crate::cache::ResponseCache;
 use crate::changes::ChangeLog;
 use crate::config::{NoncePolicy, ResponsesConfig, UnissuedPolicy};
-use crate::entry::CachedResponse;
+use crate::entry::{CachedResponse, Facts};
+use crate::hooks::purge_tag;
 use crate::issuers::{Issuer, IssuerSet};
 use crate::metrics as m;
 use crate::ocsp::request::{OcspRequest, RequestedCert};
@@ -52,7 +53,7 @@ const RECENT_ENTRIES: usize = 16 * 1024;
 /// What the HTTP layer sends back.
 #[derive(Clone, Debug)]
 pub enum Answer {
-    Response { response: Arc<CachedResponse>, caching: Caching, purge_tag: String },
+    Response { response: Arc<CachedResponse>, caching: Caching },
     Error(ResponseStatus),
 }
 
@@ -116,6 +117,7 @@ pub struct Responder<C, S> {
     /// Signings in progress; guarded together with `recent` so a request never misses both.
     flights: Mutex<HashMap<ResponseId, Flight>>,
     recent: LocalTier,
+    hits: m::HitMetrics,
     policy: ResponsesConfig,
     key_prefix: String,
 }
@@ -141,6 +143,7 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
             limiter,
             flights: Mutex::new(HashMap::new()),
             recent: LocalTier::with_ttl(RECENT_ENTRIES, RECENT_TTL),
+            hits: m::HitMetrics::register(),
             policy,
             key_prefix,
         }
@@ -183,8 +186,8 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
 
         if let Some(response) = self.local.get(&id) {
             if self.freshness(&id, &response, now) == Freshness::Serve {
-                metrics::counter!(m::CACHE_LOOKUPS, "tier" => "local", "result" => "hit").increment(1);
-                return served(issuer, &cert.serial, response, Caching::Public);
+                self.hits.local_hit.increment(1);
+                return Answer::Response { response, caching: Caching::Public };
             }
             self.local.remove(&id);
         }
@@ -193,18 +196,18 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
         let mut still_valid = None;
         let started = Instant::now();
         let lookup = self.cache.get(&key).await;
-        metrics::histogram!(m::REDIS_SECONDS, "op" => "get").record(started.elapsed().as_secs_f64());
+        self.hits.redis_get_seconds.record(started.elapsed().as_secs_f64());
         match lookup {
             Ok(Some(value)) => match CachedResponse::from_bytes(value).map(Arc::new) {
                 Some(response) => match self.freshness(&id, &response, now) {
                     Freshness::Serve => {
-                        metrics::counter!(m::CACHE_LOOKUPS, "tier" => "redis", "result" => "hit").increment(1);
+                        self.hits.redis_hit.increment(1);
                         self.local.insert(id, response.clone());
-                        return served(issuer, &cert.serial, response, Caching::Public);
+                        return Answer::Response { response, caching: Caching::Public };
                     }
                     Freshness::Verify if self.confirmed_by_store(&id, &response).await => {
                         metrics::counter!(m::CACHE_LOOKUPS, "tier" => "redis", "result" => "verified").increment(1);
-                        return served(issuer, &cert.serial, response, Caching::Public);
+                        return Answer::Response { response, caching: Caching::Public };
                     }
                     Freshness::Refresh => {
                         metrics::counter!(m::CACHE_LOOKUPS, "tier" => "redis", "result" => "stale").increment(1);
@@ -216,7 +219,7 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
                 },
                 None => metrics::counter!(m::CACHE_LOOKUPS, "tier" => "redis", "result" => "corrupt").increment(1),
             },
-            Ok(None) => metrics::counter!(m::CACHE_LOOKUPS, "tier" => "redis", "result" => "miss").increment(1),
+            Ok(None) => self.hits.redis_miss.increment(1),
             Err(error) => {
                 metrics::counter!(m::CACHE_LOOKUPS, "tier" => "redis", "result" => "error").increment(1);
                 metrics::counter!(m::REDIS_ERRORS, "op" => "get").increment(1);
@@ -227,11 +230,11 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
         match self.single_flight(id, issuer.clone(), cert.clone()).await {
             Ok(Produced::Response { response, cacheable }) => {
                 let caching = if cacheable { Caching::Public } else { Caching::NoCache };
-                served(issuer, &cert.serial, response, caching)
+                Answer::Response { response, caching }
             }
             Ok(Produced::Refused(status)) => Answer::Error(status),
             Err(failure) => match still_valid {
-                Some(response) => served(issuer, &cert.serial, response, Caching::Public),
+                Some(response) => Answer::Response { response, caching: Caching::Public },
                 None => Answer::Error(failure.status),
             },
         }
@@ -239,16 +242,16 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
 
     /// Whether a cached response may be served at `now` (seconds since the epoch).
     fn freshness(&self, id: &ResponseId, response: &CachedResponse, now: i64) -> Freshness {
-        if now >= response.next_update
-            || now > response.not_after.saturating_add(self.policy.expired_grace.as_secs() as i64)
-            || !self.changes.allows(id.issuer_id, &id.serial, response.revoked, response.read_at_micros)
+        if now >= response.facts.next_update
+            || now > response.facts.not_after.saturating_add(self.policy.expired_grace.as_secs() as i64)
+            || !self.changes.allows(id.issuer_id, &id.serial, response.facts.revoked, response.facts.read_at_micros)
         {
             return Freshness::Unusable;
         }
         if !self.changes.is_listening() {
             return Freshness::Verify;
         }
-        if now >= response.this_update.saturating_add(self.policy.refresh_after.as_secs() as i64) {
+        if now >= response.facts.this_update.saturating_add(self.policy.refresh_after.as_secs() as i64) {
             return Freshness::Refresh;
         }
         Freshness::Serve
@@ -259,7 +262,9 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
     /// valid cached response to an error when the database is down.
     async fn confirmed_by_store(&self, id: &ResponseId, response: &CachedResponse) -> bool {
         match self.store.lookup(&[(id.issuer_id, id.serial.clone())]).await {
-            Ok((records, _)) => matches!(records.first(), Some(Some(r)) if r.revocation.is_some() == response.revoked),
+            Ok((records, _)) => {
+                matches!(records.first(), Some(Some(r)) if r.revocation.is_some() == response.facts.revoked)
+            }
             Err(_) => true,
         }
     }
@@ -334,14 +339,14 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
                 continue;
             }
             let not_after = record.as_ref().map_or(i64::MAX, |r| r.not_after.timestamp());
-            let response = Arc::new(CachedResponse::new(
-                der,
+            let facts = Facts {
                 revoked,
                 read_at_micros,
-                this_update.timestamp(),
-                next_update.timestamp(),
+                this_update: this_update.timestamp(),
+                next_update: next_update.timestamp(),
                 not_after,
-            ));
+            };
+            let response = Arc::new(CachedResponse::new(der, facts, &purge_tag(&issuer.name, &cert.serial)));
             let cacheable = record.is_some();
             if cacheable {
                 self.store_response(id, &response, now).await;
@@ -433,7 +438,7 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
     /// Writes a fresh response to Redis (until its nextUpdate) and the local tier. A Redis
     /// failure costs a future signature, never an answer.
     async fn store_response(&self, id: &ResponseId, response: &Arc<CachedResponse>, now: DateTime<Utc>) {
-        let ttl = Duration::from_secs(response.next_update.saturating_sub(now.timestamp()).max(1) as u64);
+        let ttl = Duration::from_secs(response.facts.next_update.saturating_sub(now.timestamp()).max(1) as u64);
         let key = response_key(&self.key_prefix, id.issuer_id, &id.serial, id.variant);
         let started = Instant::now();
         if let Err(error) = self.cache.set(&key, response.to_bytes(), ttl).await {
@@ -494,10 +499,16 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
             (None, true) => Caching::Public,
         };
         let revoked = answers.iter().any(|a| matches!(a.status, CertStatusAnswer::Revoked { .. }));
-        let response =
-            Arc::new(CachedResponse::new(der, revoked, 0, this_update.timestamp(), next_update.timestamp(), i64::MAX));
-        let purge_tag = request.certs.iter().map(|c| purge_tag(issuer, &c.serial)).collect::<Vec<_>>().join(", ");
-        Answer::Response { response, caching, purge_tag }
+        let facts = Facts {
+            revoked,
+            read_at_micros: 0,
+            this_update: this_update.timestamp(),
+            next_update: next_update.timestamp(),
+            not_after: i64::MAX,
+        };
+        let tags = request.certs.iter().map(|c| purge_tag(&issuer.name, &c.serial)).collect::<Vec<_>>().join(", ");
+        let response = Arc::new(CachedResponse::new(der, facts, &tags));
+        Answer::Response { response, caching }
     }
 
     /// Forgets this instance's copies of a certificate's responses after a status change.
@@ -522,15 +533,6 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
     pub fn signing_waiting(&self) -> usize {
         self.limiter.waiting()
     }
-}
-
-/// The CDN purge tag of one certificate: `<issuer name>:<serial hex>`.
-pub fn purge_tag(issuer: &Issuer, serial: &Serial) -> String {
-    format!("{}:{}", issuer.name, serial)
-}
-
-fn served(issuer: &Issuer, serial: &Serial, response: Arc<CachedResponse>, caching: Caching) -> Answer {
-    Answer::Response { response, caching, purge_tag: purge_tag(issuer, serial) }
 }
 
 #[cfg(test)]

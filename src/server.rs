@@ -135,6 +135,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     };
 
     let service = Arc::new(OcspService {
+        metrics: m::RequestMetrics::register(),
         responder: responder.clone(),
         path_prefix: config.server.path_prefix.clone(),
         max_age_cap: config.responses.max_age_cap,

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::header;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder};
 
@@ -22,16 +22,15 @@ const NO_CACHE: &str = "max-age=0, no-cache";
 pub fn respond(answer: &Answer, request: &HttpRequest, now: i64, max_age_cap: Option<Duration>) -> HttpResponse {
     match answer {
         Answer::Error(status) => error(StatusCode::OK, *status),
-        Answer::Response { response, caching, purge_tag } => {
+        Answer::Response { response, caching } => {
             let mut builder = match caching {
                 Caching::Public => cacheable(response, now, max_age_cap),
                 Caching::NoCache => uncacheable(NO_CACHE),
                 Caching::NoStore => uncacheable("no-store"),
             };
-            builder.insert_header((header::ETAG, etag_header(response)));
-            if let Ok(tag) = HeaderValue::from_str(purge_tag) {
-                builder.insert_header((PURGE_TAG_HEADER, tag));
-            }
+            builder
+                .insert_header((header::ETAG, response.headers.etag.clone()))
+                .insert_header((PURGE_TAG_HEADER, response.headers.purge_tag.clone()));
             if *caching == Caching::Public && not_modified(request, response) {
                 return builder.status(StatusCode::NOT_MODIFIED).finish();
             }
@@ -49,15 +48,15 @@ pub fn error(http_status: StatusCode, status: ResponseStatus) -> HttpResponse {
 }
 
 fn cacheable(response: &CachedResponse, now: i64, max_age_cap: Option<Duration>) -> HttpResponseBuilder {
-    let mut max_age = response.next_update.saturating_sub(now).max(0) as u64;
+    let mut max_age = response.facts.next_update.saturating_sub(now).max(0) as u64;
     if let Some(cap) = max_age_cap {
         max_age = max_age.min(cap.as_secs());
     }
     let mut builder = HttpResponse::Ok();
     builder
         .insert_header((header::CONTENT_TYPE, OCSP_RESPONSE))
-        .insert_header((header::LAST_MODIFIED, http_date(response.this_update)))
-        .insert_header((header::EXPIRES, http_date(response.next_update)))
+        .insert_header((header::LAST_MODIFIED, response.headers.last_modified.clone()))
+        .insert_header((header::EXPIRES, response.headers.expires.clone()))
         .insert_header((header::CACHE_CONTROL, format!("max-age={max_age}, public, no-transform, must-revalidate")));
     builder
 }
@@ -68,15 +67,6 @@ fn uncacheable(cache_control: &'static str) -> HttpResponseBuilder {
     builder
 }
 
-fn etag_header(response: &CachedResponse) -> String {
-    format!("\"{}\"", response.etag_str())
-}
-
-/// IMF-fixdate, always "GMT" (Boulder once sent "UTC", which is not an HTTP date).
-fn http_date(unix_seconds: i64) -> String {
-    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(unix_seconds.max(0) as u64))
-}
-
 /// RFC 9110 section 13.2.2: If-None-Match wins over If-Modified-Since.
 fn not_modified(request: &HttpRequest, response: &CachedResponse) -> bool {
     let headers = request.headers();
@@ -85,34 +75,35 @@ fn not_modified(request: &HttpRequest, response: &CachedResponse) -> bool {
         return value
             .split(',')
             .map(str::trim)
-            .any(|tag| tag == "*" || tag.trim_start_matches("W/").trim_matches('"').as_bytes() == response.etag);
+            .any(|tag| tag == "*" || tag.trim_start_matches("W/").trim_matches('"').as_bytes() == response.etag_hex());
     }
     headers
         .get(header::IF_MODIFIED_SINCE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| httpdate::parse_http_date(v).ok())
         .and_then(|since| since.duration_since(UNIX_EPOCH).ok())
-        .is_some_and(|since| since.as_secs() as i64 >= response.this_update)
+        .is_some_and(|since| since.as_secs() as i64 >= response.facts.this_update)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::entry::Facts;
     use actix_web::body::MessageBody;
     use actix_web::test::TestRequest;
     use bytes::Bytes;
     use std::sync::Arc;
 
     fn answer(caching: Caching) -> (Answer, Arc<CachedResponse>) {
-        let response = Arc::new(CachedResponse::new(
-            Bytes::from_static(b"0\x03\n\x01\x00"),
-            false,
-            0,
-            1_700_000_000,
-            1_700_345_600,
-            i64::MAX,
-        ));
-        (Answer::Response { response: response.clone(), caching, purge_tag: "demo:0abc".into() }, response)
+        let facts = Facts {
+            revoked: false,
+            read_at_micros: 0,
+            this_update: 1_700_000_000,
+            next_update: 1_700_345_600,
+            not_after: i64::MAX,
+        };
+        let response = Arc::new(CachedResponse::new(Bytes::from_static(b"0\x03\n\x01\x00"), facts, "demo:0abc"));
+        (Answer::Response { response: response.clone(), caching }, response)
     }
 
     fn header<'a>(r: &'a HttpResponse, name: &str) -> &'a str {
@@ -129,7 +120,8 @@ mod tests {
         assert_eq!(header(&r, "cache-control"), "max-age=345000, public, no-transform, must-revalidate");
         assert_eq!(header(&r, "last-modified"), "Tue, 14 Nov 2023 22:13:20 GMT");
         assert_eq!(header(&r, "expires"), "Sat, 18 Nov 2023 22:13:20 GMT");
-        assert_eq!(header(&r, "etag"), format!("\"{}\"", response.etag_str()));
+        let hex = std::str::from_utf8(response.etag_hex()).unwrap();
+        assert_eq!(header(&r, "etag"), format!("\"{hex}\""));
         assert_eq!(header(&r, "cache-tag"), "demo:0abc");
         let capped = respond(&answer, &TestRequest::default().to_http_request(), now, Some(Duration::from_secs(3600)));
         assert_eq!(header(&capped, "cache-control"), "max-age=3600, public, no-transform, must-revalidate");
@@ -138,7 +130,7 @@ mod tests {
     #[test]
     fn conditional_requests_get_304_without_body() {
         let (answer, response) = answer(Caching::Public);
-        let tag = format!("\"{}\"", response.etag_str());
+        let tag = format!("\"{}\"", std::str::from_utf8(response.etag_hex()).unwrap());
         for request in [
             TestRequest::default().insert_header(("if-none-match", tag.as_str())).to_http_request(),
             TestRequest::default().insert_header(("if-none-match", format!("\"other\", W/{tag}"))).to_http_request(),

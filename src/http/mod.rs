@@ -16,7 +16,7 @@ use bytes::BytesMut;
 use futures_util::StreamExt;
 
 use crate::cache::ResponseCache;
-use crate::metrics as m;
+use crate::metrics::RequestMetrics;
 use crate::ocsp::{request, ResponseStatus};
 use crate::pipeline::{Answer, Responder};
 use crate::store::StatusStore;
@@ -29,6 +29,7 @@ pub struct OcspService<C, S> {
     pub responder: Arc<Responder<C, S>>,
     pub path_prefix: String,
     pub max_age_cap: Option<Duration>,
+    pub metrics: RequestMetrics,
     /// Fraction of requests logged (`log.request_sample`); tryLater and internalError answers
     /// are always logged.
     pub request_sample: f64,
@@ -60,6 +61,12 @@ async fn handle<C: ResponseCache, S: StatusStore>(
             return HttpResponse::MethodNotAllowed().insert_header((header::ALLOW, "GET, HEAD, POST")).finish();
         }
     };
+    let method_index = match method {
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        _ => 3,
+    };
     let answer = match der {
         Ok(der) => match request::parse(&der) {
             Ok(parsed) => service.responder.answer(parsed).await,
@@ -69,7 +76,7 @@ async fn handle<C: ResponseCache, S: StatusStore>(
             }
         },
         Err(http_status) => {
-            record(&method, ResponseStatus::MalformedRequest, started);
+            service.metrics.request(method_index, ResponseStatus::MalformedRequest, started.elapsed().as_secs_f64());
             log_request(service.request_sample, &method, ResponseStatus::MalformedRequest, None, started);
             return headers::error(http_status, ResponseStatus::MalformedRequest);
         }
@@ -78,13 +85,13 @@ async fn handle<C: ResponseCache, S: StatusStore>(
     let outcome = match &answer {
         Answer::Error(status) => *status,
         Answer::Response { response, .. } => {
-            metrics::histogram!(m::RESPONSE_AGE_SECONDS).record(now.saturating_sub(response.this_update) as f64);
+            service.metrics.response_age(now.saturating_sub(response.facts.this_update) as f64);
             ResponseStatus::Successful
         }
     };
-    record(&method, outcome, started);
+    service.metrics.request(method_index, outcome, started.elapsed().as_secs_f64());
     let tag = match &answer {
-        Answer::Response { purge_tag, .. } => Some(purge_tag.as_str()),
+        Answer::Response { response, .. } => response.headers.purge_tag.to_str().ok(),
         Answer::Error(_) => None,
     };
     log_request(service.request_sample, &method, outcome, tag, started);
@@ -110,17 +117,6 @@ async fn read_body(request: &HttpRequest, mut body: web::Payload) -> Result<Vec<
         buffer.extend_from_slice(&chunk);
     }
     Ok(buffer.to_vec())
-}
-
-fn record(method: &Method, outcome: ResponseStatus, started: Instant) {
-    let method = match *method {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        _ => "other",
-    };
-    metrics::counter!(m::REQUESTS, "method" => method, "outcome" => outcome.as_str()).increment(1);
-    metrics::histogram!(m::REQUEST_SECONDS, "method" => method).record(started.elapsed().as_secs_f64());
 }
 
 /// One log line per request: always for answers that mean the service is failing (tryLater,
