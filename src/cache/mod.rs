@@ -16,8 +16,6 @@ use bytes::Bytes;
 pub enum CacheError {
     #[error("redis: {0}")]
     Redis(#[from] ::redis::RedisError),
-    #[error("redis did not answer within {0:?}")]
-    Timeout(Duration),
     #[error("cache configuration: {0}")]
     Config(String),
 }

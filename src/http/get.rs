@@ -6,6 +6,8 @@
 //! the router, which would collapse `//` inside the base64 (Boulder, Vault PR#18938) and
 //! leaves `%2F` encoded.
 
+use std::borrow::Cow;
+
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine as _;
 use percent_encoding::percent_decode_str;
@@ -47,9 +49,11 @@ pub fn decode_path(raw_path: &str, prefix: &str) -> Result<Vec<u8>, GetPathError
     if encoded.is_empty() {
         return Err(GetPathError::Empty);
     }
-    let decoded = percent_decode_str(encoded).decode_utf8().map_err(|e| GetPathError::NotBase64(e.to_string()))?;
-    let base64: String = decoded.chars().map(|c| if c == ' ' { '+' } else { c }).collect();
-    LENIENT_BASE64.decode(base64.as_bytes()).map_err(|e| GetPathError::NotBase64(e.to_string()))
+    let mut decoded: Cow<[u8]> = percent_decode_str(encoded).into();
+    if decoded.contains(&b' ') {
+        decoded.to_mut().iter_mut().filter(|b| **b == b' ').for_each(|b| *b = b'+');
+    }
+    LENIENT_BASE64.decode(&decoded).map_err(|e| GetPathError::NotBase64(e.to_string()))
 }
 
 #[cfg(test)]

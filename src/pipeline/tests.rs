@@ -24,6 +24,10 @@ use crate::store::{CertRecord, Revocation, StoreError};
 
 const CA_DER: &[u8] = include_bytes!("../../tests/fixtures/unit-ca.der");
 
+fn redis_down() -> CacheError {
+    CacheError::Redis(::redis::RedisError::from((::redis::ErrorKind::Io, "fake redis is down")))
+}
+
 #[derive(Default)]
 struct FakeCache {
     values: Mutex<HashMap<String, Bytes>>,
@@ -33,13 +37,13 @@ struct FakeCache {
 impl ResponseCache for FakeCache {
     async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
         if self.down.load(Ordering::SeqCst) {
-            return Err(CacheError::Timeout(Duration::from_millis(1)));
+            return Err(redis_down());
         }
         Ok(self.values.lock().unwrap().get(key).cloned())
     }
     async fn set(&self, key: &str, value: Bytes, _ttl: Duration) -> Result<(), CacheError> {
         if self.down.load(Ordering::SeqCst) {
-            return Err(CacheError::Timeout(Duration::from_millis(1)));
+            return Err(redis_down());
         }
         self.values.lock().unwrap().insert(key.to_owned(), value);
         Ok(())
