@@ -4,7 +4,10 @@
 #   2. installs missing tools: openssl, curl (apt), python cryptography + pkilint (pip)
 #   3. cargo fmt --check, cargo clippy -D warnings (fail fast)
 #   4. self-test of the external OCSP judge (tests/judges/selftest.py)
-#   5. cargo test --workspace --all-targets -- --test-threads=2
+#   5. cargo test --workspace --all-targets -- --test-threads=2 (tests/operate.rs also runs
+#      scripts/check-deploy.sh: nginx -t, systemd-analyze verify, redis.conf)
+#   6. loadtest/ci-smoke.sh: a short cache-drop in origin and cdn modes (skipped when
+#      arguments filter the tests)
 # Tests receive DATABASE_URL, REDIS_URL, JITOCSP_TEST_JUDGE (path of judge.py),
 # JITOCSP_TEST_PYTHON and JITOCSP_ROOT. Extra arguments go to `cargo test` after `--`
 # (e.g. scripts/test.sh revoke_ to filter). Services are left running;
@@ -61,6 +64,11 @@ step "judge self-test"
 step "cargo test"
 rc=0
 cargo test --workspace --all-targets -- --test-threads=2 "$@" || rc=$?
+
+if [ "$rc" -eq 0 ] && [ "$#" -eq 0 ]; then
+    step "cache-drop smoke run (origin and cdn modes)"
+    bash loadtest/ci-smoke.sh || rc=$?
+fi
 if [ "$rc" -eq 0 ]; then
     step "all tests passed"
 else
