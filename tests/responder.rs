@@ -31,71 +31,19 @@ fn openssl_verifies_good_revoked_and_unissued_by_post_and_get() {
         &[],
     );
     let server = Server::start(&[]);
-    let ca = pki.file("ca.pem");
 
     for digest in ["-sha1", "-sha256"] {
-        let output = run(
-            "openssl",
-            &[
-                "ocsp",
-                "-issuer",
-                ca.to_str().unwrap(),
-                digest,
-                "-cert",
-                good.to_str().unwrap(),
-                "-url",
-                &server.url(),
-                "-CAfile",
-                ca.to_str().unwrap(),
-                "-no_nonce",
-            ],
-            pki.path(),
-        );
-        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        let text = openssl_ocsp_query(&pki, &server, &good, digest);
         assert!(text.contains("Response verify OK"), "{digest}: {text}");
         assert!(text.contains(&format!("{}: good", good.display())), "{digest}: {text}");
 
-        let output = run(
-            "openssl",
-            &[
-                "ocsp",
-                "-issuer",
-                ca.to_str().unwrap(),
-                digest,
-                "-cert",
-                revoked.to_str().unwrap(),
-                "-url",
-                &server.url(),
-                "-CAfile",
-                ca.to_str().unwrap(),
-                "-no_nonce",
-            ],
-            pki.path(),
-        );
-        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        let text = openssl_ocsp_query(&pki, &server, &revoked, digest);
         assert!(text.contains("Response verify OK"), "{digest}: {text}");
         assert!(text.contains(": revoked"), "{digest}: {text}");
         assert!(text.contains("Reason: keyCompromise"), "{digest}: {text}");
         assert!(text.contains("Revocation Time: Jan  2 03:04:05 2026 GMT"), "{digest}: {text}");
 
-        let output = run(
-            "openssl",
-            &[
-                "ocsp",
-                "-issuer",
-                ca.to_str().unwrap(),
-                digest,
-                "-cert",
-                unissued.to_str().unwrap(),
-                "-url",
-                &server.url(),
-                "-CAfile",
-                ca.to_str().unwrap(),
-                "-no_nonce",
-            ],
-            pki.path(),
-        );
-        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        let text = openssl_ocsp_query(&pki, &server, &unissued, digest);
         assert!(text.contains("Responder Error: unauthorized (6)"), "{digest}: {text}");
     }
 

@@ -54,34 +54,7 @@ pub struct Pki {
 
 impl Pki {
     pub fn new() -> Pki {
-        let pki = Pki { dir: tempfile::tempdir().unwrap() };
-        let d = pki.path();
-        must("openssl", &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.sec1"], d);
-        must("openssl", &["pkcs8", "-topk8", "-nocrypt", "-in", "ca.sec1", "-out", "ca.key"], d);
-        must(
-            "openssl",
-            &[
-                "req",
-                "-x509",
-                "-new",
-                "-key",
-                "ca.key",
-                "-subj",
-                "/CN=jitocsp test CA",
-                "-days",
-                "30",
-                "-out",
-                "ca.pem",
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-addext",
-                "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
-            ],
-            d,
-        );
-        must("openssl", &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "leaf.key"], d);
-        must("openssl", &["req", "-new", "-key", "leaf.key", "-subj", "/CN=leaf", "-out", "leaf.csr"], d);
-        pki
+        pki_with_ca(&["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"])
     }
 
     pub fn path(&self) -> &Path {
