@@ -21,6 +21,9 @@ use crate::config::Config;
 /// At most this many source names go into the audit row.
 const MAX_SOURCES_AUDITED: usize = 20;
 
+/// Imports of at least this many new rows refresh the table's statistics.
+const ANALYZE_AFTER: u64 = 10_000;
+
 pub async fn run(args: ImportArgs, config: &Config) -> Result<(), AdminError> {
     let stdin_count = args.files.iter().filter(|f| f.as_os_str() == "-").count();
     if stdin_count > 1 {
@@ -111,6 +114,13 @@ pub async fn run(args: ImportArgs, config: &Config) -> Result<(), AdminError> {
     .await
     .map_err(db("writing the audit log"))?;
     tx.commit().await.map_err(db("committing the import"))?;
+    // A bulk import can multiply the table's size before autovacuum notices; fresh statistics
+    // keep every planner decision on it honest. Best effort: the import itself is done.
+    if inserted >= ANALYZE_AFTER {
+        if let Err(e) = client.batch_execute("ANALYZE certificates").await {
+            eprintln!("warning: ANALYZE certificates after the import failed: {e}");
+        }
+    }
     let elapsed = started.elapsed();
     tracing::info!(target: "jitocsp::audit", actor = %who, action = "import", issuer = %issuer.name,
         issuer_id = issuer.id, certificates = rows.len(), inserted, already_present = already, "import");

@@ -28,6 +28,11 @@ impl PgStore {
         let mut pg_config: tokio_postgres::Config = url.parse()?;
         pg_config.connect_timeout(timeout);
         pg_config.application_name("jitocsp");
+        // These connections only make primary-key reads. Planner statistics can lag a bulk
+        // import by minutes, and with them a batched read once planned a sequential scan of
+        // the whole table (180 ms instead of 0.07 ms, measured): forbid that, and plan the
+        // one statement once rather than at every execution.
+        pg_config.options("-c enable_seqscan=off -c plan_cache_mode=force_generic_plan");
         let manager = Manager::from_config(pg_config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(pool_size)
