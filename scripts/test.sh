@@ -21,7 +21,10 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 die() { printf 'test.sh: error: %s\n' "$*" >&2; exit 1; }
 
 step "services"
-bash scripts/services.sh ensure-cmd openssl openssl curl curl python3 python3
+bash scripts/services.sh ensure-cmd openssl openssl curl curl python3 python3 psql postgresql-client \
+    nginx nginx systemd-analyze systemd
+# Tests run in parallel; install what they use before any of them starts.
+bash scripts/softhsm.sh install
 bash scripts/services.sh up
 # shellcheck source=/dev/null
 . "$ROOT/.local/env"
