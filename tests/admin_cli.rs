@@ -17,6 +17,9 @@ use jitocsp::notify::{StatusChange, CHANNEL};
 use jitocsp::serial::Serial;
 use tokio_postgres::{AsyncMessage, NoTls};
 
+mod common;
+use common::{make_ca, unique, Pki, P256};
+
 // ---------------------------------------------------------------------------------------------
 // Environment and process helpers
 
@@ -117,55 +120,19 @@ fn openssl(dir: &Path, args: &[&str]) {
 
 /// A CA (EC P-256, PKCS#8 key) in a temporary directory, registered under a unique name.
 struct Fixture {
-    dir: tempfile::TempDir,
+    pki: Pki,
     name: String,
     id: i32,
 }
 
 fn unique_name(test: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    format!("t-{test}-{}-{nanos}", std::process::id())
-}
-
-fn make_ca(dir: &Path, stem: &str, cn: &str) {
-    openssl(
-        dir,
-        &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", &format!("{stem}.key")],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            &format!("{stem}.key"),
-            "-subj",
-            &format!("/O=jitocsp tests/CN={cn}"),
-            "-days",
-            "30",
-            "-out",
-            &format!("{stem}.pem"),
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    );
+    unique(&format!("t-{test}"))
 }
 
 impl Fixture {
     /// Makes the CA files but does not register the issuer.
     fn files(test: &str) -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let name = unique_name(test);
-        make_ca(dir.path(), "ca", &name);
-        openssl(
-            dir.path(),
-            &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "leaf.key"],
-        );
-        openssl(dir.path(), &["req", "-new", "-key", "leaf.key", "-subj", "/CN=leaf", "-out", "leaf.csr"]);
-        Fixture { dir, name, id: 0 }
+        Fixture { pki: Pki::new(), name: unique_name(test), id: 0 }
     }
 
     /// Makes the CA and registers it.
@@ -185,32 +152,14 @@ impl Fixture {
     }
 
     fn path(&self, file: &str) -> PathBuf {
-        self.dir.path().join(file)
+        self.pki.file(file)
     }
 
     /// Issues a leaf certificate with this serial (hex); returns its file name.
     fn leaf(&self, serial_hex: &str) -> String {
-        let file = format!("leaf-{serial_hex}.pem");
-        openssl(
-            self.dir.path(),
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "leaf.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-set_serial",
-                &format!("0x{serial_hex}"),
-                "-days",
-                "10",
-                "-out",
-                &file,
-            ],
-        );
-        file
+        let name = format!("leaf-{serial_hex}");
+        self.pki.leaf(&name, serial_hex);
+        format!("{name}.pem")
     }
 
     /// Runs `jitocsp admin ARGS` in the fixture directory with the test services.
@@ -224,7 +173,7 @@ impl Fixture {
         all_vars.extend_from_slice(vars);
         let mut all_args = vec!["admin"];
         all_args.extend_from_slice(args);
-        let out = run_with(&all_args, stdin, &all_vars, Some(self.dir.path()));
+        let out = run_with(&all_args, stdin, &all_vars, Some(self.pki.path()));
         Ran { code: out.status.code().unwrap_or(-1), stdout: text(&out.stdout), stderr: text(&out.stderr) }
     }
 
@@ -388,8 +337,8 @@ async fn issuer_add_list_and_refusals() {
         .fails(2, &["absent.key"]);
 
     // A delegated responder: needs id-kp-OCSPSigning, issued by the CA, and its own key.
-    let d = f.dir.path();
-    make_ca(d, "ca2", &unique_name("ca2"));
+    let d = f.pki.path();
+    make_ca(d, "ca2", &unique_name("ca2"), P256);
     openssl(d, &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "resp.key"]);
     openssl(d, &["req", "-new", "-key", "resp.key", "-subj", "/CN=responder", "-out", "resp.csr"]);
     std::fs::write(d.join("ocsp.ext"), "extendedKeyUsage=OCSPSigning\n").unwrap();
@@ -457,7 +406,7 @@ async fn import_files_and_stdin_idempotently() {
     let mut bundle = std::fs::read(f.path(&b)).unwrap();
     bundle.extend(std::fs::read(f.path(&c)).unwrap());
     std::fs::write(f.path("bundle.pem"), bundle).unwrap();
-    openssl(f.dir.path(), &["x509", "-in", &a, "-outform", "DER", "-out", "a.der"]);
+    openssl(f.pki.path(), &["x509", "-in", &a, "-outform", "DER", "-out", "a.der"]);
 
     let out = f.admin(&["import", "--issuer", &f.name, "a.der", "bundle.pem"], None).ok();
     assert!(out.stdout.contains("3 inserted"), "{}", out.stdout);

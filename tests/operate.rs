@@ -161,40 +161,12 @@ fn request_log_is_sampled_and_json_on_request() {
 
 /// A TLS leaf whose AIA OCSP URL points at `server`.
 fn tls_leaf(pki: &Pki, server: &Server, serial_hex: &str) -> PathBuf {
-    let ext = pki.file("tls.ext");
-    std::fs::write(
-        &ext,
-        format!(
-            "authorityInfoAccess=OCSP;URI:{}\nsubjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n\
-             keyUsage=critical,digitalSignature\n",
-            server.url()
-        ),
-    )
-    .unwrap();
-    let out = run(
-        "openssl",
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-set_serial",
-            &format!("0x{serial_hex}"),
-            "-days",
-            "30",
-            "-extfile",
-            "tls.ext",
-            "-out",
-            "tls.pem",
-        ],
-        pki.path(),
+    let extensions = format!(
+        "authorityInfoAccess=OCSP;URI:{}\nsubjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n\
+         keyUsage=critical,digitalSignature\n",
+        server.url()
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    pki.file("tls.pem")
+    pki.leaf_with_extensions("tls", serial_hex, Some(&extensions))
 }
 
 /// An nginx (not the system one) run in a temporary directory, killed on drop.

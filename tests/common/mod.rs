@@ -54,7 +54,7 @@ pub struct Pki {
 
 impl Pki {
     pub fn new() -> Pki {
-        pki_with_ca(&["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"])
+        pki_with_ca(P256)
     }
 
     pub fn path(&self) -> &Path {
@@ -68,27 +68,35 @@ impl Pki {
     /// Issues `NAME.pem` with serial `serial_hex`, valid for 30 days. (Expired certificates
     /// are imported in the stdin form with a past notAfter: OpenSSL 3.0 cannot back-date.)
     pub fn leaf(&self, name: &str, serial_hex: &str) -> PathBuf {
+        self.leaf_with_extensions(name, serial_hex, None)
+    }
+
+    /// As [`Pki::leaf`], with X.509v3 extensions in openssl's `-extfile` syntax.
+    pub fn leaf_with_extensions(&self, name: &str, serial_hex: &str, extensions: Option<&str>) -> PathBuf {
         let out = format!("{name}.pem");
-        must(
-            "openssl",
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "leaf.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-set_serial",
-                &format!("0x{serial_hex}"),
-                "-days",
-                "30",
-                "-out",
-                &out,
-            ],
-            self.path(),
-        );
+        let serial = format!("0x{serial_hex}");
+        let mut args = vec![
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-set_serial",
+            &serial,
+            "-days",
+            "30",
+            "-out",
+            &out,
+        ];
+        let ext_file = format!("{name}.ext");
+        if let Some(extensions) = extensions {
+            std::fs::write(self.file(&ext_file), extensions).unwrap();
+            args.extend_from_slice(&["-extfile", &ext_file]);
+        }
+        must("openssl", &args, self.path());
         self.file(&out)
     }
 
@@ -393,9 +401,21 @@ pub fn b64(der: &[u8]) -> String {
 pub fn pki_with_ca(ca_key_args: &[&str]) -> Pki {
     let pki = Pki { dir: tempfile::tempdir().unwrap() };
     let d = pki.path();
-    let mut genpkey = vec!["genpkey", "-out", "ca.key"];
-    genpkey.extend_from_slice(ca_key_args);
-    must("openssl", &genpkey, d);
+    make_ca(d, "ca", &unique("jitocsp test CA"), ca_key_args);
+    must("openssl", &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "leaf.key"], d);
+    must("openssl", &["req", "-new", "-key", "leaf.key", "-subj", "/CN=leaf", "-out", "leaf.csr"], d);
+    pki
+}
+
+/// Makes a self-signed CA certificate `STEM.pem` named `cn`, with its PKCS#8 key `STEM.key`
+/// made by `openssl genpkey` with `key_args`, in `dir`.
+pub fn make_ca(dir: &Path, stem: &str, cn: &str, key_args: &[&str]) {
+    let key = format!("{stem}.key");
+    let cert = format!("{stem}.pem");
+    let mut genpkey = vec!["genpkey", "-out", &key];
+    genpkey.extend_from_slice(key_args);
+    must("openssl", &genpkey, dir);
+    let subject = format!("/O=jitocsp tests/CN={cn}");
     must(
         "openssl",
         &[
@@ -403,24 +423,24 @@ pub fn pki_with_ca(ca_key_args: &[&str]) -> Pki {
             "-x509",
             "-new",
             "-key",
-            "ca.key",
+            &key,
             "-subj",
-            &format!("/CN={}", unique("jitocsp test CA")),
+            &subject,
             "-days",
             "30",
             "-out",
-            "ca.pem",
+            &cert,
             "-addext",
             "basicConstraints=critical,CA:TRUE",
             "-addext",
             "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
         ],
-        d,
+        dir,
     );
-    must("openssl", &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "leaf.key"], d);
-    must("openssl", &["req", "-new", "-key", "leaf.key", "-subj", "/CN=leaf", "-out", "leaf.csr"], d);
-    pki
 }
+
+/// `openssl genpkey` arguments for an EC P-256 key.
+pub const P256: &[&str] = &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"];
 
 /// A delegated OCSP responder certificate (id-kp-OCSPSigning, id-pkix-ocsp-nocheck) issued
 /// by the PKI's CA, with a new key made by `openssl genpkey` with `key_args`. Returns the
