@@ -227,7 +227,7 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
             }
         }
 
-        match self.single_flight(id, issuer.clone(), cert.clone()).await {
+        match self.single_flight(id, issuer.clone(), cert).await {
             Ok(Produced::Response { response, cacheable }) => {
                 let caching = if cacheable { Caching::Public } else { Caching::NoCache };
                 Answer::Response { response, caching }
@@ -261,10 +261,8 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
     /// If Postgres cannot say, the response is served: it is valid, and invariant 3 prefers a
     /// valid cached response to an error when the database is down.
     async fn confirmed_by_store(&self, id: &ResponseId, response: &CachedResponse) -> bool {
-        match self.store.lookup(&[(id.issuer_id, id.serial.clone())]).await {
-            Ok((records, _)) => {
-                matches!(records.first(), Some(Some(r)) if r.revocation.is_some() == response.facts.revoked)
-            }
+        match self.read_status(id.issuer_id, &id.serial).await {
+            Ok((record, _)) => record.is_some_and(|r| r.revocation.is_some() == response.facts.revoked),
             Err(_) => true,
         }
     }
@@ -361,17 +359,25 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
         issuer_id: i32,
         serial: &Serial,
     ) -> Result<(Option<CertRecord>, DateTime<Utc>), Failure> {
+        let (mut records, read_at) = self.read_statuses(&[(issuer_id, serial.clone())]).await?;
+        Ok((records.pop().flatten(), read_at))
+    }
+
+    /// Every status read goes through here, so each is timed, counted and, if it fails,
+    /// logged the same way.
+    async fn read_statuses(&self, keys: &[(i32, Serial)]) -> Result<(Vec<Option<CertRecord>>, DateTime<Utc>), Failure> {
         let started = Instant::now();
-        let result = self.store.lookup(&[(issuer_id, serial.clone())]).await;
+        let result = self.store.lookup(keys).await;
         metrics::histogram!(m::DB_READ_SECONDS).record(started.elapsed().as_secs_f64());
         match result {
-            Ok((mut records, read_at)) => {
-                metrics::counter!(m::DB_READS).increment(1);
-                Ok((records.pop().flatten(), read_at))
+            Ok(read) => {
+                metrics::counter!(m::DB_READS).increment(keys.len() as u64);
+                Ok(read)
             }
             Err(error) => {
                 metrics::counter!(m::DB_ERRORS, "op" => "lookup").increment(1);
-                tracing::warn!(%error, issuer_id, %serial, "status read failed");
+                let first = keys.first().map(|(issuer_id, serial)| format!("{issuer_id}:{serial}"));
+                tracing::warn!(%error, first = first.as_deref(), certificates = keys.len(), "status read failed");
                 Err(Failure::try_later(error))
             }
         }
@@ -425,7 +431,7 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
         let signature = issuer.signer.sign(&tbs).await.map_err(|error| {
             metrics::counter!(m::SIGNATURE_ERRORS, "issuer" => issuer.name.clone(), "signer" => signer.clone())
                 .increment(1);
-            tracing::error!(%error, issuer = %issuer.name, signer = issuer.signer.describe(), "signing failed");
+            tracing::error!(%error, issuer = %issuer.name, signer, "signing failed");
             Failure::try_later(error)
         })?;
         metrics::histogram!(m::SIGNATURE_SECONDS, "issuer" => issuer.name.clone(), "signer" => signer.clone())
@@ -468,16 +474,9 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
             return Answer::Error(ResponseStatus::Unauthorized);
         }
         let keys: Vec<(i32, Serial)> = request.certs.iter().map(|c| (issuer.id, c.serial.clone())).collect();
-        let records = match self.store.lookup(&keys).await {
-            Ok((records, _)) => {
-                metrics::counter!(m::DB_READS).increment(records.len() as u64);
-                records
-            }
-            Err(error) => {
-                metrics::counter!(m::DB_ERRORS, "op" => "lookup").increment(1);
-                tracing::warn!(%error, "status read failed");
-                return Answer::Error(ResponseStatus::TryLater);
-            }
+        let records = match self.read_statuses(&keys).await {
+            Ok((records, _)) => records,
+            Err(failure) => return Answer::Error(failure.status),
         };
         let now = Utc::now();
         let (this_update, next_update) = self.validity_window(now);

@@ -72,11 +72,9 @@ pub async fn build_responder(config: &Config) -> Result<Arc<LiveResponder>, Serv
         PgStore::new(config.database.read_url(), config.database.pool_size, timeout)?,
         config.database.pool_size,
     );
-    let (client, connection) = tokio_postgres::connect(&config.database.url, tokio_postgres::NoTls).await?;
-    let connection = tokio::spawn(connection);
+    let client = crate::migrate::connect(&config.database.url).await?;
     let issuers = IssuerSet::load(&client, &(&config.signing).into()).await?;
     drop(client);
-    connection.abort();
     if issuers.is_empty() {
         tracing::warn!(
             "no issuers configured: every request will be answered unauthorized (see `jitocsp admin issuer add`)"

@@ -42,10 +42,6 @@ impl LocalTier {
         LocalTier { ttl: Some(ttl), ..Self::new(entries) }
     }
 
-    pub fn is_enabled(&self) -> bool {
-        self.cache.is_some()
-    }
-
     pub fn get(&self, id: &ResponseId) -> Option<Arc<CachedResponse>> {
         let (response, inserted) = self.cache.as_ref()?.get(id)?;
         match self.ttl {

@@ -10,9 +10,9 @@ pub mod headers;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::http::{header, Method, StatusCode};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
-use bytes::BytesMut;
 use futures_util::StreamExt;
 
 use crate::cache::ResponseCache;
@@ -91,7 +91,7 @@ async fn handle<C: ResponseCache, S: StatusStore>(
     };
     service.metrics.request(method_index, outcome, started.elapsed().as_secs_f64());
     let tag = match &answer {
-        Answer::Response { response, .. } => response.headers.purge_tag.to_str().ok(),
+        Answer::Response { response, .. } => Some(&response.headers.purge_tag),
         Answer::Error(_) => None,
     };
     log_request(service.request_sample, &method, outcome, tag, started);
@@ -108,7 +108,7 @@ async fn read_body(request: &HttpRequest, mut body: web::Payload) -> Result<Vec<
     if declared.is_some_and(|len| len > MAX_POST_BODY) {
         return Err(StatusCode::PAYLOAD_TOO_LARGE);
     }
-    let mut buffer = BytesMut::with_capacity(declared.unwrap_or(512).min(MAX_POST_BODY));
+    let mut buffer = Vec::with_capacity(declared.unwrap_or(512).min(MAX_POST_BODY));
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|_| StatusCode::BAD_REQUEST)?;
         if buffer.len() + chunk.len() > MAX_POST_BODY {
@@ -116,19 +116,19 @@ async fn read_body(request: &HttpRequest, mut body: web::Payload) -> Result<Vec<
         }
         buffer.extend_from_slice(&chunk);
     }
-    Ok(buffer.to_vec())
+    Ok(buffer)
 }
 
 /// One log line per request: always for answers that mean the service is failing (tryLater,
 /// internalError), at `warn`; for the others, a `sample` fraction of them, at `info`. Errors
 /// are never sampled away (Boulder #7102: a 1-in-1000 sample hid rare Redis errors).
-fn log_request(sample: f64, method: &Method, outcome: ResponseStatus, cert: Option<&str>, started: Instant) {
+fn log_request(sample: f64, method: &Method, outcome: ResponseStatus, cert: Option<&HeaderValue>, started: Instant) {
     let failing = matches!(outcome, ResponseStatus::TryLater | ResponseStatus::InternalError);
     if !failing && !sampled(sample) {
         return;
     }
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let cert = cert.unwrap_or("-");
+    let cert = cert.and_then(|tag| tag.to_str().ok()).unwrap_or("-");
     if failing {
         tracing::warn!(target: "jitocsp::request", method = %method, outcome = outcome.as_str(), cert, elapsed_ms,
             "request failed");

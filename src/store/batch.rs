@@ -40,7 +40,8 @@ impl<S: StatusStore> Batching<S> {
         Batching { inner, jobs }
     }
 
-    pub fn inner(&self) -> &S {
+    #[cfg(test)]
+    fn inner(&self) -> &S {
         &self.inner
     }
 }
