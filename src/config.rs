@@ -31,10 +31,24 @@ pub const DEFAULT_FILE: &str = "jitocsp.toml";
 /// Prefix of the environment variables that override file keys.
 pub const ENV_PREFIX: &str = "JITOCSP_";
 
-/// CA/Browser Forum Baseline Requirements 4.9.10: OCSP validity at least eight hours...
-pub const MIN_VALIDITY: Duration = Duration::from_secs(8 * 3600);
+/// CA/Browser Forum Baseline Requirements 4.9.10 count the validity interval inclusively
+/// (nextUpdate - thisUpdate + 1 s): at least eight hours...
+pub const MIN_VALIDITY: Duration = Duration::from_secs(8 * 3600 - 1);
 /// ...and at most ten days.
-pub const MAX_VALIDITY: Duration = Duration::from_secs(10 * 24 * 3600);
+pub const MAX_VALIDITY: Duration = Duration::from_secs(10 * 24 * 3600 - 1);
+
+/// The latest `responses.refresh_after` that BR 4.9.10 allows for `validity`: with an
+/// interval of 16 hours or more, the refresh comes at least eight hours before nextUpdate and
+/// no later than four days after thisUpdate; with a shorter one, at least half the interval
+/// before nextUpdate.
+pub fn max_refresh_after(validity: Duration) -> Duration {
+    let interval = validity + Duration::from_secs(1);
+    if interval >= Duration::from_secs(16 * 3600) {
+        (validity - Duration::from_secs(8 * 3600)).min(Duration::from_secs(4 * 24 * 3600))
+    } else {
+        validity.saturating_sub(interval / 2)
+    }
+}
 
 /// The whole configuration.
 #[derive(Clone, Debug, Default)]
@@ -861,12 +875,16 @@ impl Config {
                 ),
             ));
         }
-        if r.refresh_after.is_zero() || r.refresh_after >= r.validity {
+        if r.refresh_after.is_zero() || r.refresh_after > max_refresh_after(r.validity) {
             return Err(s.invalid(
                 ("responses", "refresh_after"),
                 format!(
-                    "{} must be greater than 0s and less than responses.validity ({}, set by {})",
+                    "{} must be greater than 0s and at most {} with responses.validity = {} (set by {}): \
+                     CA/Browser Forum BR 4.9.10 wants a response refreshed at least 8 h before its \
+                     nextUpdate and at most 4 days after its thisUpdate (half the interval before \
+                     nextUpdate when it is under 16 h)",
                     show(r.refresh_after),
+                    show(max_refresh_after(r.validity)),
                     show(r.validity),
                     s.origin(("responses", "validity"))
                 ),
@@ -1573,10 +1591,17 @@ mod tests {
             let e = err_text(&format!("[responses]\nvalidity = \"{v}\"\nrefresh_after = \"1h\"\n"), &[]);
             assert!(e.contains("responses.validity") && e.contains("BR 4.9.10"), "{e}");
         }
-        load_text("[responses]\nvalidity = \"8h\"\nrefresh_after = \"4h\"\n", &[]).unwrap();
-        load_text("[responses]\nvalidity = \"10days\"\n", &[]).unwrap();
-        let e = err_text("[responses]\nvalidity = \"24h\"\nrefresh_after = \"24h\"\n", &[]);
-        assert!(e.contains("responses.refresh_after") && e.contains("less than responses.validity"), "{e}");
+        load_text("[responses]\nvalidity = \"8h\"\nrefresh_after = \"3h 59m\"\n", &[]).unwrap();
+        let e = err_text("[responses]\nvalidity = \"8h\"\nrefresh_after = \"4h\"\n", &[]);
+        assert!(e.contains("half the interval"), "under 16 h: refreshed half the interval before nextUpdate: {e}");
+        load_text("[responses]\nvalidity = \"239h 59m 59s\"\n", &[]).unwrap();
+        let e = err_text("[responses]\nvalidity = \"10days\"\n", &[]);
+        assert!(e.contains("responses.validity") && e.contains("BR 4.9.10"), "ten days counted inclusively is over: {e}");
+        let e = err_text("[responses]\nvalidity = \"24h\"\nrefresh_after = \"17h\"\n", &[]);
+        assert!(e.contains("responses.refresh_after") && e.contains("at most 16h"), "{e}");
+        load_text("[responses]\nvalidity = \"24h\"\nrefresh_after = \"16h\"\n", &[]).unwrap();
+        let e = err_text("[responses]\nvalidity = \"239h\"\nrefresh_after = \"97h\"\n", &[]);
+        assert!(e.contains("at most 4days"), "four days after thisUpdate at the latest: {e}");
         let e = err_text("[responses]\nrefresh_after = \"0s\"\n", &[]);
         assert!(e.contains("responses.refresh_after"), "{e}");
         let e = err_text("[responses]\nmax_age_cap = \"0s\"\n", &[]);

@@ -11,8 +11,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 
 /// Format tag of the Redis value; bump when the layout changes (old values then read as misses).
-const FORMAT: u8 = 2;
-/// format(1) + revoked(1) + read_at(8) + this_update(8) + next_update(8) + not_after(8)
+const FORMAT: u8 = 3;
+/// format(1) + revoked(1) + status_version(8) + this_update(8) + next_update(8) + not_after(8)
 const FIXED_LEN: usize = 1 + 1 + 8 + 8 + 8 + 8;
 
 /// The validity facts of a response, checked before it is served.
@@ -20,8 +20,9 @@ const FIXED_LEN: usize = 1 + 1 + 8 + 8 + 8 + 8;
 pub struct Facts {
     /// Whether the status in it is revoked.
     pub revoked: bool,
-    /// When its status was read from Postgres (Postgres clock), microseconds since the epoch.
-    pub read_at_micros: i64,
+    /// The status version of the row it was signed from (`certificates.changed_version`):
+    /// any change heard of with a higher version makes it unusable.
+    pub status_version: i64,
     /// thisUpdate and nextUpdate, seconds since the epoch.
     pub this_update: i64,
     pub next_update: i64,
@@ -80,7 +81,7 @@ impl CachedResponse {
         let mut out = BytesMut::with_capacity(len);
         out.put_u8(FORMAT);
         out.put_u8(self.facts.revoked as u8);
-        out.put_i64(self.facts.read_at_micros);
+        out.put_i64(self.facts.status_version);
         out.put_i64(self.facts.this_update);
         out.put_i64(self.facts.next_update);
         out.put_i64(self.facts.not_after);
@@ -100,7 +101,7 @@ impl CachedResponse {
         value.advance(1);
         let facts = Facts {
             revoked: value.get_u8() == 1,
-            read_at_micros: value.get_i64(),
+            status_version: value.get_i64(),
             this_update: value.get_i64(),
             next_update: value.get_i64(),
             not_after: value.get_i64(),
@@ -137,7 +138,7 @@ mod tests {
     fn sample() -> CachedResponse {
         let facts = Facts {
             revoked: true,
-            read_at_micros: 123,
+            status_version: 123,
             this_update: 1_700_000_000,
             next_update: 1_700_345_600,
             not_after: 1_800_000_000,
@@ -172,7 +173,7 @@ mod tests {
 
     #[test]
     fn a_purge_tag_with_control_characters_is_cleaned() {
-        let facts = Facts { revoked: false, read_at_micros: 0, this_update: 0, next_update: 0, not_after: 0 };
+        let facts = Facts { revoked: false, status_version: 0, this_update: 0, next_update: 0, not_after: 0 };
         let entry = CachedResponse::new(Bytes::from_static(b"0"), facts, "bad\nname:01");
         assert_eq!(entry.headers.purge_tag, "badname:01");
     }

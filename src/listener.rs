@@ -1,57 +1,113 @@
-//! Hears committed status changes from Postgres (LISTEN) and applies them to this instance.
+//! Hears committed status changes from Postgres (LISTEN) and applies them to this instance,
+//! and proves, once a second, that it still hears them.
 //!
 //! On every (re)connection it first listens, then reads every change of the last validity
 //! window from `certificates.changed_at`, so nothing committed while it was away is missed.
-//! While disconnected it marks the change log as not listening, and the pipeline then checks
-//! cached responses against Postgres before serving them.
+//!
+//! A connection can die silently: a NAT or load balancer drops its state, the socket stays
+//! open and nothing arrives. So a heartbeat task sends, every [`HEARTBEAT_INTERVAL`], a
+//! notification to a channel only this instance listens on, through the same connection.
+//! Postgres delivers notifications in commit order, so when a heartbeat sent at `t` comes
+//! back, every change committed before `t` has been heard: that is the feed's proof of life
+//! ([`crate::changes::FeedHealth`]). The same query reads the primary's WAL position, which
+//! bounds how far a replica read may lag. A heartbeat that does not come back within
+//! [`crate::changes::FEED_DEADLINE`] closes the connection and starts again; meanwhile the
+//! pipeline serves only responses the primary confirms. TCP keepalives and a TCP user timeout
+//! on the connection make the kernel notice a dead peer too.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{TimeDelta, Utc};
 use futures_util::{stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use crate::cache::ResponseCache;
+use crate::changes::FEED_DEADLINE;
 use crate::metrics as m;
 use crate::notify::{StatusChange, CHANNEL};
 use crate::pipeline::Responder;
 use crate::serial::Serial;
-use crate::store::StatusStore;
+use crate::store::{Lsn, StatusStore};
 
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
+/// How often the feed proves itself alive.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// The `application_name` of the listening connection, so operators (and fault tests) can
+/// tell it from the pool's connections in `pg_stat_activity`.
+pub const APPLICATION_NAME: &str = "jitocsp-listener";
 
-/// Runs forever: listen, apply, reconnect.
+/// Why a listening connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("{0} did not answer within {FEED_DEADLINE:?}")]
+    Timeout(&'static str),
+    #[error("no heartbeat came back for {0:?}")]
+    Silent(Duration),
+    #[error("the connection closed")]
+    Closed,
+}
+
+/// Runs forever: listen, apply, prove, reconnect.
 pub async fn run<C: ResponseCache, S: StatusStore>(
     database_url: String,
     responder: Arc<Responder<C, S>>,
     window: Duration,
 ) {
     loop {
-        match listen_once(&database_url, &responder, window).await {
-            Ok(()) => tracing::warn!("notification connection closed; reconnecting"),
-            Err(error) => tracing::warn!(%error, "notification listener failed; reconnecting"),
-        }
-        responder.changes().set_listening(false);
+        let error = listen_once(&database_url, &responder, window).await;
+        tracing::warn!(%error, "status-change feed lost; serving only confirmed responses until it is back");
+        responder.changes().feed.lost();
         metrics::gauge!(m::LISTENER_CONNECTED).set(0.0);
+        metrics::counter!(m::LISTENER_RECONNECTS).increment(1);
         tokio::time::sleep(RECONNECT_DELAY).await;
     }
+}
+
+/// Bounds a step of the connection's set-up: a blackholed connection never answers.
+async fn bounded<T>(
+    what: &'static str,
+    step: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, ListenError> {
+    tokio::time::timeout(FEED_DEADLINE, step).await.map_err(|_| ListenError::Timeout(what))?.map_err(Into::into)
 }
 
 async fn listen_once<C: ResponseCache, S: StatusStore>(
     database_url: &str,
     responder: &Arc<Responder<C, S>>,
     window: Duration,
-) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = tokio_postgres::connect(database_url, NoTls).await?;
+) -> ListenError {
+    match listen(database_url, responder, window).await {
+        Ok(never) => match never {},
+        Err(error) => error,
+    }
+}
+
+async fn listen<C: ResponseCache, S: StatusStore>(
+    database_url: &str,
+    responder: &Arc<Responder<C, S>>,
+    window: Duration,
+) -> Result<std::convert::Infallible, ListenError> {
+    let mut config: tokio_postgres::Config = database_url.parse()?;
+    config
+        .application_name(APPLICATION_NAME)
+        .connect_timeout(FEED_DEADLINE)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(5))
+        .keepalives_interval(Duration::from_secs(1))
+        .keepalives_retries(3)
+        .tcp_user_timeout(FEED_DEADLINE);
+    let (client, mut connection) = bounded("connecting", config.connect(NoTls)).await?;
     let (sender, mut notifications) = mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
         let mut messages = stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(message) = messages.next().await {
             match message {
-                Ok(AsyncMessage::Notification(n)) if n.channel() == CHANNEL => {
-                    if sender.send(n.payload().to_owned()).is_err() {
+                Ok(AsyncMessage::Notification(n)) => {
+                    if sender.send((n.channel().to_owned(), n.payload().to_owned())).is_err() {
                         break;
                     }
                 }
@@ -63,47 +119,129 @@ async fn listen_once<C: ResponseCache, S: StatusStore>(
             }
         }
     });
+    let _driver = AbortOnDrop(driver);
 
-    client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+    let heartbeat_channel = format!("jitocsp_alive_{}", own_channel_suffix());
+    bounded("LISTEN", client.batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {heartbeat_channel}"))).await?;
     let since = Utc::now() - TimeDelta::from_std(window).unwrap_or(TimeDelta::days(10));
-    let rows = client
-        .query(
-            "SELECT issuer_id, serial, reason IS NOT NULL, changed_at FROM certificates \
+    let rows = bounded(
+        "the catch-up read",
+        client.query(
+            "SELECT issuer_id, serial, reason IS NOT NULL, coalesce(changed_version, 0) FROM certificates \
              WHERE changed_at IS NOT NULL AND changed_at > $1",
             &[&since],
-        )
-        .await?;
+        ),
+    )
+    .await?;
     for row in &rows {
         let Ok(serial) = Serial::from_signed_be(row.get::<_, &[u8]>(1)) else { continue };
-        let changed_at: DateTime<Utc> = row.get(3);
-        apply(responder, &StatusChange { issuer_id: row.get(0), serial, revoked: row.get(2), changed_at });
+        apply(responder, &StatusChange { issuer_id: row.get(0), serial, revoked: row.get(2), version: row.get(3) });
     }
     tracing::info!(recent_changes = rows.len(), "listening for status changes");
-    responder.changes().set_listening(true);
-    metrics::gauge!(m::LISTENER_CONNECTED).set(1.0);
 
-    while let Some(payload) = notifications.recv().await {
-        match StatusChange::parse(&payload) {
-            Ok(change) => {
-                metrics::counter!(m::NOTIFICATIONS).increment(1);
-                tracing::info!(issuer_id = change.issuer_id, serial = %change.serial, revoked = change.revoked, "status change");
-                apply(responder, &change);
+    let client = Arc::new(client);
+    let heartbeat = tokio::spawn(heartbeats(client.clone(), heartbeat_channel.clone(), responder.clone()));
+    let _heartbeat = AbortOnDrop(heartbeat);
+    let connected_at = Instant::now();
+    let mut check = tokio::time::interval(HEARTBEAT_INTERVAL);
+    loop {
+        tokio::select! {
+            message = notifications.recv() => {
+                let Some((channel, payload)) = message else { return Err(ListenError::Closed) };
+                if channel == heartbeat_channel {
+                    heartbeat_returned(responder, &payload);
+                } else if channel == CHANNEL {
+                    match StatusChange::parse(&payload) {
+                        Ok(change) => {
+                            metrics::counter!(m::NOTIFICATIONS).increment(1);
+                            tracing::info!(issuer_id = change.issuer_id, serial = %change.serial,
+                                revoked = change.revoked, version = change.version, "status change");
+                            apply(responder, &change);
+                        }
+                        Err(error) => tracing::error!(%error, "ignoring notification"),
+                    }
+                }
             }
-            Err(error) => tracing::error!(%error, "ignoring notification"),
+            _ = check.tick() => {
+                let feed = &responder.changes().feed;
+                let silent_for = feed.proof_age().unwrap_or_else(|| connected_at.elapsed());
+                if silent_for >= FEED_DEADLINE {
+                    return Err(ListenError::Silent(silent_for));
+                }
+                let live = feed.is_live();
+                metrics::gauge!(m::LISTENER_CONNECTED).set(if live { 1.0 } else { 0.0 });
+                metrics::gauge!(m::FEED_PROOF_AGE_SECONDS).set(silent_for.as_secs_f64());
+            }
         }
     }
-    driver.abort();
-    Ok(())
 }
 
-/// Records a change as effective from the moment it is heard of, if that is later than the
-/// row's `changed_at`: `changed_at` is stamped before the transaction commits, and a bulk
-/// revocation can take seconds between the two. A status read before the commit is
-/// necessarily read before the notification (or the catch-up read) that reports it, so
-/// refusing responses read before that moment (plus the margin, for clock skew) is safe
-/// however long the transaction was.
+/// Sends a heartbeat every [`HEARTBEAT_INTERVAL`]: a notification to this instance's own
+/// channel carrying its send time, and a read of the primary's WAL position. Ends if a
+/// heartbeat cannot even be sent in time; the listener then notices the missing proof.
+async fn heartbeats<C: ResponseCache, S: StatusStore>(
+    client: Arc<tokio_postgres::Client>,
+    channel: String,
+    responder: Arc<Responder<C, S>>,
+) {
+    let mut interval = tokio::time::interval(HEARTBEAT_INTERVAL);
+    loop {
+        interval.tick().await;
+        let sent = Instant::now();
+        let payload = crate::changes::FeedHealth::stamp(sent).to_string();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&channel, &payload];
+        let query = client.query_one("SELECT pg_notify($1, $2), pg_current_wal_lsn()::text", &params);
+        match tokio::time::timeout(FEED_DEADLINE, query).await {
+            Ok(Ok(row)) => {
+                if let Some(lsn) = row.get::<_, Option<&str>>(1).and_then(Lsn::parse) {
+                    responder.changes().feed.note_primary_position(sent, lsn);
+                }
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "heartbeat failed");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!("heartbeat not answered within {FEED_DEADLINE:?}");
+                return;
+            }
+        }
+    }
+}
+
+fn heartbeat_returned<C: ResponseCache, S: StatusStore>(responder: &Responder<C, S>, payload: &str) {
+    let feed = &responder.changes().feed;
+    match payload.parse().ok().and_then(crate::changes::FeedHealth::unstamp) {
+        Some(sent) => {
+            let was_live = feed.is_live();
+            feed.prove(sent);
+            if !was_live {
+                tracing::info!("status-change feed proven alive");
+                metrics::gauge!(m::LISTENER_CONNECTED).set(1.0);
+            }
+        }
+        None => tracing::error!(payload, "ignoring a malformed heartbeat"),
+    }
+}
+
+/// A suffix no other instance uses (process id and start time), so that only this instance
+/// listens on its heartbeat channel.
+fn own_channel_suffix() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    format!("{}_{nanos}", std::process::id())
+}
+
+/// Records a change as heard now and drops this instance's copies of its responses.
 fn apply<C: ResponseCache, S: StatusStore>(responder: &Responder<C, S>, change: &StatusChange) {
-    let heard = StatusChange { changed_at: change.changed_at.max(Utc::now()), ..change.clone() };
-    responder.changes().record(&heard);
+    responder.changes().record(change, Utc::now().timestamp());
     responder.forget(change.issuer_id, &change.serial);
+}
+
+/// Aborts a background task when the connection it belongs to is given up.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

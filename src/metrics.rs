@@ -52,8 +52,16 @@ pub const CDN_PURGE_SECONDS: &str = "jitocsp_cdn_purge_duration_seconds";
 /// CDN purges waiting in `cdn_purges` (done or being retried), seen by this responder's last
 /// pass; only responders with a hook configured report it.
 pub const CDN_PURGES_PENDING: &str = "jitocsp_cdn_purges_pending";
-/// 1 while the notification listener is connected.
+/// 1 while the status-change feed is proven alive (a heartbeat came back within the
+/// deadline); 0 while cached responses need confirming by the primary.
 pub const LISTENER_CONNECTED: &str = "jitocsp_listener_connected";
+/// Seconds since the last heartbeat that came back through the feed.
+pub const FEED_PROOF_AGE_SECONDS: &str = "jitocsp_feed_proof_age_seconds";
+/// Times the feed was given up and reconnected.
+pub const LISTENER_RECONNECTS: &str = "jitocsp_listener_reconnects_total";
+/// Status reads, by `server` (replica, primary) and `why` (routine, replica_lagging,
+/// replica_behind_change, feed_down, confirm).
+pub const STATUS_READS: &str = "jitocsp_status_reads_total";
 /// Build information (value 1), by `version`.
 pub const BUILD_INFO: &str = "jitocsp_build_info";
 

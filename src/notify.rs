@@ -4,11 +4,9 @@
 //! `NOTIFY jitocsp_status, '<payload>'` for each changed certificate. Postgres delivers the
 //! notification to every listening responder only if and when that transaction commits, so a
 //! responder never hears of a change that did not happen. Responders drop their own copies of
-//! the response and remember the change (see `pipeline::ChangeLog`), so that a cached response
-//! whose status was read before the change is never served again, even if the Redis purge was
-//! lost.
-
-use chrono::{DateTime, Utc};
+//! the response and remember the change (see [`crate::changes::ChangeLog`]), so that a cached
+//! response whose status was read before the change (at a lower status version) is never
+//! served again, even if the Redis purge was lost or the read came from a lagging replica.
 
 use crate::serial::Serial;
 
@@ -22,8 +20,8 @@ pub struct StatusChange {
     pub serial: Serial,
     /// The new status: true once revoked, false after an unrevoke.
     pub revoked: bool,
-    /// When the row was changed, by the Postgres clock (`certificates.changed_at`).
-    pub changed_at: DateTime<Utc>,
+    /// The change's number from `status_change_seq` (`certificates.changed_version`).
+    pub version: i64,
 }
 
 /// A payload that is not one of ours.
@@ -32,15 +30,9 @@ pub struct StatusChange {
 pub struct PayloadError(pub String);
 
 impl StatusChange {
-    /// `<issuer_id> <serialhex> revoked|good <changed_at unix microseconds>`
+    /// `<issuer_id> <serialhex> revoked|good <version>`
     pub fn to_payload(&self) -> String {
-        format!(
-            "{} {} {} {}",
-            self.issuer_id,
-            self.serial,
-            if self.revoked { "revoked" } else { "good" },
-            self.changed_at.timestamp_micros()
-        )
+        format!("{} {} {} {}", self.issuer_id, self.serial, if self.revoked { "revoked" } else { "good" }, self.version)
     }
 
     pub fn parse(payload: &str) -> Result<Self, PayloadError> {
@@ -53,15 +45,11 @@ impl StatusChange {
             Some("good") => false,
             _ => return Err(bad()),
         };
-        let changed_at = parts
-            .next()
-            .and_then(|p| p.parse::<i64>().ok())
-            .and_then(DateTime::from_timestamp_micros)
-            .ok_or_else(bad)?;
+        let version = parts.next().and_then(|p| p.parse::<i64>().ok()).filter(|v| *v > 0).ok_or_else(bad)?;
         if parts.next().is_some() {
             return Err(bad());
         }
-        Ok(StatusChange { issuer_id, serial, revoked, changed_at })
+        Ok(StatusChange { issuer_id, serial, revoked, version })
     }
 }
 
@@ -75,7 +63,7 @@ mod tests {
             issuer_id: 3,
             serial: Serial::from_hex("ff00").unwrap(),
             revoked: true,
-            changed_at: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(),
+            version: 1_700_000_000_123_456,
         };
         let payload = change.to_payload();
         assert_eq!(payload, "3 ff00 revoked 1700000000123456");
@@ -84,7 +72,7 @@ mod tests {
 
     #[test]
     fn foreign_payloads_are_rejected() {
-        for p in ["", "3", "3 ff00", "x ff00 revoked 1", "3 zz revoked 1", "3 ff00 maybe 1", "3 ff00 good 1 extra"] {
+        for p in ["", "3", "3 ff00", "x ff00 revoked 1", "3 zz revoked 1", "3 ff00 maybe 1", "3 ff00 good 1 extra", "3 ff00 good 0"] {
             assert!(StatusChange::parse(p).is_err(), "{p:?}");
         }
     }

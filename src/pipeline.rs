@@ -8,9 +8,15 @@
 //! ```
 //!
 //! Every cached response passes `Responder::freshness` before it is served: never past its
-//! nextUpdate, never for a certificate expired beyond the grace, never if a status change was
-//! committed after its status was read, and re-signed once older than `refresh_after` (the old
-//! one is still served if re-signing fails, as it is still valid).
+//! nextUpdate, never for a certificate expired beyond the grace, never if a status change with
+//! a higher version than the row it was signed from has been heard of, only after the primary
+//! confirms it while the change feed is not proven alive, and re-signed once older than
+//! `refresh_after` (the old one is still served if re-signing fails, as it is still valid).
+//!
+//! Status reads go to the read replica, and fall back to the primary when the replica cannot
+//! be shown to be current enough (`Responder::read_statuses`): when it lags more than
+//! [`crate::changes::MAX_REPLICA_LAG`], when its row is older than a change already heard of,
+//! or when the change feed is down (then nothing says which changes it may be missing).
 //!
 //! Misses for the same certificate are coalesced: the first starts a flight (one Postgres
 //! read, one signature, one Redis write); the others wait for it. For a few seconds after it
@@ -32,7 +38,7 @@ use futures_util::future::{BoxFuture, FutureExt, Shared};
 use crate::cache::keys::response_key;
 use crate::cache::local::{LocalTier, ResponseId};
 use crate::cache::ResponseCache;
-use crate::changes::ChangeLog;
+use crate::changes::{ChangeLog, LatestChange};
 use crate::config::{NoncePolicy, ResponsesConfig, UnissuedPolicy};
 use crate::entry::{CachedResponse, Facts};
 use crate::hooks::purge_tag;
@@ -43,7 +49,7 @@ use crate::ocsp::response::{assemble, encode_response_data, CertStatusAnswer, Si
 use crate::ocsp::ResponseStatus;
 use crate::serial::Serial;
 use crate::signing::SigningLimiter;
-use crate::store::{CertRecord, StatusStore};
+use crate::store::{CertRecord, ReadFrom, StatusStore};
 
 /// How long a freshly signed response answers misses and Redis failures in-process.
 const RECENT_TTL: Duration = Duration::from_secs(10);
@@ -53,7 +59,14 @@ const RECENT_ENTRIES: usize = 16 * 1024;
 /// What the HTTP layer sends back.
 #[derive(Clone, Debug)]
 pub enum Answer {
-    Response { response: Arc<CachedResponse>, caching: Caching },
+    Response {
+        response: Arc<CachedResponse>,
+        caching: Caching,
+        /// When this responder heard of the certificate's latest status change, if it still
+        /// remembers one (Unix seconds). A date validator (`If-Modified-Since`) from before
+        /// then cannot tell a copy with the old status from this one (see `http::headers`).
+        changed_at: Option<i64>,
+    },
     Error(ResponseStatus),
 }
 
@@ -183,11 +196,13 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
         };
         let id = ResponseId { issuer_id: issuer.id, serial: cert.serial.clone(), variant: cert.variant };
         let now = Utc::now().timestamp();
+        let latest = self.changes.latest(id.issuer_id, &id.serial);
+        let changed_at = latest.map(|c| c.heard_at);
 
         if let Some(response) = self.local.get(&id) {
-            if self.freshness(&id, &response, now) == Freshness::Serve {
+            if self.freshness(latest, &response, now) == Freshness::Serve {
                 self.hits.local_hit.increment(1);
-                return Answer::Response { response, caching: Caching::Public };
+                return Answer::Response { response, caching: Caching::Public, changed_at };
             }
             self.local.remove(&id);
         }
@@ -199,15 +214,15 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
         self.hits.redis_get_seconds.record(started.elapsed().as_secs_f64());
         match lookup {
             Ok(Some(value)) => match CachedResponse::from_bytes(value).map(Arc::new) {
-                Some(response) => match self.freshness(&id, &response, now) {
+                Some(response) => match self.freshness(latest, &response, now) {
                     Freshness::Serve => {
                         self.hits.redis_hit.increment(1);
                         self.local.insert(id, response.clone());
-                        return Answer::Response { response, caching: Caching::Public };
+                        return Answer::Response { response, caching: Caching::Public, changed_at };
                     }
-                    Freshness::Verify if self.confirmed_by_store(&id, &response).await => {
+                    Freshness::Verify if self.confirmed_by_primary(&id, &response).await => {
                         metrics::counter!(m::CACHE_LOOKUPS, "tier" => "redis", "result" => "verified").increment(1);
-                        return Answer::Response { response, caching: Caching::Public };
+                        return Answer::Response { response, caching: Caching::Public, changed_at };
                     }
                     Freshness::Refresh => {
                         metrics::counter!(m::CACHE_LOOKUPS, "tier" => "redis", "result" => "stale").increment(1);
@@ -227,28 +242,37 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
             }
         }
 
-        match self.single_flight(id, issuer.clone(), cert).await {
+        let answer = match self.single_flight(id.clone(), issuer.clone(), cert).await {
             Ok(Produced::Response { response, cacheable }) => {
                 let caching = if cacheable { Caching::Public } else { Caching::NoCache };
-                Answer::Response { response, caching }
+                Answer::Response { response, caching, changed_at }
             }
             Ok(Produced::Refused(status)) => Answer::Error(status),
             Err(failure) => match still_valid {
-                Some(response) => Answer::Response { response, caching: Caching::Public },
+                Some(response) => Answer::Response { response, caching: Caching::Public, changed_at },
                 None => Answer::Error(failure.status),
             },
+        };
+        // A change heard while this request was in flight: its date validators are suspect.
+        match answer {
+            Answer::Response { response, caching, .. } => {
+                let changed_at = self.changes.latest(id.issuer_id, &id.serial).map(|c| c.heard_at);
+                Answer::Response { response, caching, changed_at }
+            }
+            refusal => refusal,
         }
     }
 
-    /// Whether a cached response may be served at `now` (seconds since the epoch).
-    fn freshness(&self, id: &ResponseId, response: &CachedResponse, now: i64) -> Freshness {
+    /// Whether a cached response may be served at `now` (seconds since the epoch), given the
+    /// latest change heard of for its certificate.
+    fn freshness(&self, latest: Option<LatestChange>, response: &CachedResponse, now: i64) -> Freshness {
         if now >= response.facts.next_update
             || now > response.facts.not_after.saturating_add(self.policy.expired_grace.as_secs() as i64)
-            || !self.changes.allows(id.issuer_id, &id.serial, response.facts.revoked, response.facts.read_at_micros)
+            || latest.is_some_and(|change| change.version > response.facts.status_version)
         {
             return Freshness::Unusable;
         }
-        if !self.changes.is_listening() {
+        if !self.changes.feed.is_live() {
             return Freshness::Verify;
         }
         if now >= response.facts.this_update.saturating_add(self.policy.refresh_after.as_secs() as i64) {
@@ -257,12 +281,13 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
         Freshness::Serve
     }
 
-    /// While notifications are not flowing: does Postgres still agree with this response?
-    /// If Postgres cannot say, the response is served: it is valid, and invariant 3 prefers a
-    /// valid cached response to an error when the database is down.
-    async fn confirmed_by_store(&self, id: &ResponseId, response: &CachedResponse) -> bool {
+    /// While the change feed is not proven alive: is this response signed from the row's
+    /// current version, by the primary? If Postgres cannot say, the response is served: it is
+    /// valid, and invariant 3 prefers a valid cached response to an error when the database is
+    /// down.
+    async fn confirmed_by_primary(&self, id: &ResponseId, response: &CachedResponse) -> bool {
         match self.read_status(id.issuer_id, &id.serial).await {
-            Ok((record, _)) => record.is_some_and(|r| r.revocation.is_some() == response.facts.revoked),
+            Ok(record) => record.is_some_and(|r| r.version == response.facts.status_version),
             Err(_) => true,
         }
     }
@@ -272,7 +297,8 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
         let flight = {
             let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
             let now = Utc::now().timestamp();
-            let recent = self.recent.get(&id).filter(|response| self.freshness(&id, response, now) == Freshness::Serve);
+            let latest = self.changes.latest(id.issuer_id, &id.serial);
+            let recent = self.recent.get(&id).filter(|response| self.freshness(latest, response, now) == Freshness::Serve);
             if let Some(response) = recent {
                 metrics::counter!(m::CACHE_LOOKUPS, "tier" => "recent", "result" => "hit").increment(1);
                 return Ok(Produced::Response { response, cacheable: true });
@@ -286,10 +312,12 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
                     let this = self.clone();
                     let key = id.clone();
                     // Spawned, so the flight completes (and lands in Redis) even if the request
-                    // that started it goes away.
+                    // that started it goes away. The guard removes the flight however the task
+                    // ends, a panic included, so the next request starts a new one.
                     let task = tokio::spawn(async move {
+                        let _flight = FlightGuard { responder: &this, id: &key };
                         let result = this.produce(&issuer, &cert, &key).await;
-                        this.land(key, &result);
+                        this.land(&key, &result);
                         result
                     });
                     let flight = async move {
@@ -310,36 +338,36 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
         flight.await
     }
 
-    fn land(&self, id: ResponseId, result: &FlightResult) {
-        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+    /// Makes a landed flight's response available to latecomers; the flight itself is removed
+    /// by its [`FlightGuard`] right after.
+    fn land(&self, id: &ResponseId, result: &FlightResult) {
         if let Ok(Produced::Response { response, cacheable: true }) = result {
+            let _flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
             self.recent.insert(id.clone(), response.clone());
         }
-        flights.remove(&id);
     }
 
     /// Reads the status and signs a response for one certificate: the body of a flight.
     async fn produce(&self, issuer: &Issuer, cert: &RequestedCert, id: &ResponseId) -> FlightResult {
         // A status change heard while signing means the read may predate it: read again.
         for _ in 0..3 {
-            let (record, read_at) = self.read_status(issuer.id, &cert.serial).await?;
+            let record = self.read_status(issuer.id, &cert.serial).await?;
             let now = Utc::now();
             let status = match self.status_answer(record.as_ref(), now) {
                 Ok(status) => status,
                 Err(refusal) => return Ok(Produced::Refused(refusal)),
             };
-            let (this_update, next_update) = self.validity_window(now);
+            let (this_update, next_update) = self.validity_window(now, &status);
             let answer = SingleAnswer { cert_id: &cert.cert_id, status, this_update, next_update };
             let der = self.sign(issuer, &[answer], None, now).await?;
-            let revoked = matches!(status, CertStatusAnswer::Revoked { .. });
-            let read_at_micros = read_at.timestamp_micros();
-            if !self.changes.allows(issuer.id, &cert.serial, revoked, read_at_micros) {
+            let status_version = record.as_ref().map_or(0, |r| r.version);
+            if !self.changes.allows(issuer.id, &cert.serial, status_version) {
                 continue;
             }
             let not_after = record.as_ref().map_or(i64::MAX, |r| r.not_after.timestamp());
             let facts = Facts {
-                revoked,
-                read_at_micros,
+                revoked: matches!(status, CertStatusAnswer::Revoked { .. }),
+                status_version,
                 this_update: this_update.timestamp(),
                 next_update: next_update.timestamp(),
                 not_after,
@@ -354,20 +382,64 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
         Err(Failure::try_later("status kept changing while signing"))
     }
 
-    async fn read_status(
+    async fn read_status(&self, issuer_id: i32, serial: &Serial) -> Result<Option<CertRecord>, Failure> {
+        let mut records = self.read_statuses(&[(issuer_id, serial.clone())]).await?;
+        Ok(records.pop().flatten())
+    }
+
+    /// Reads the status of `keys` as current as every change this responder has heard of:
+    /// from the replica when it can be shown to be current enough, else from the primary.
+    async fn read_statuses(&self, keys: &[(i32, Serial)]) -> Result<Vec<Option<CertRecord>>, Failure> {
+        let feed = &self.changes.feed;
+        if !feed.is_live() {
+            return self.read_from(keys, ReadFrom::Primary, "feed_down").await;
+        }
+        let records = match self.read_from_replica(keys).await? {
+            Some(records) => records,
+            None => return self.read_from(keys, ReadFrom::Primary, "replica_lagging").await,
+        };
+        // A row older than a change heard of: the replica has not replayed that change yet.
+        let behind = keys.iter().zip(&records).any(|((issuer_id, serial), record)| {
+            !self.changes.allows(*issuer_id, serial, record.as_ref().map_or(0, |r| r.version))
+        });
+        if behind {
+            return self.read_from(keys, ReadFrom::Primary, "replica_behind_change").await;
+        }
+        Ok(records)
+    }
+
+    /// A replica read, or `None` if the replica is a standby that cannot be shown to lag less
+    /// than [`crate::changes::MAX_REPLICA_LAG`].
+    async fn read_from_replica(&self, keys: &[(i32, Serial)]) -> Result<Option<Vec<Option<CertRecord>>>, Failure> {
+        let read = self.lookup(keys, ReadFrom::Replica).await?;
+        match read.replayed {
+            Some(replayed) if !self.changes.feed.replica_is_recent(replayed) => Ok(None),
+            _ => {
+                metrics::counter!(m::STATUS_READS, "server" => "replica", "why" => "routine").increment(1);
+                Ok(Some(read.records))
+            }
+        }
+    }
+
+    async fn read_from(
         &self,
-        issuer_id: i32,
-        serial: &Serial,
-    ) -> Result<(Option<CertRecord>, DateTime<Utc>), Failure> {
-        let (mut records, read_at) = self.read_statuses(&[(issuer_id, serial.clone())]).await?;
-        Ok((records.pop().flatten(), read_at))
+        keys: &[(i32, Serial)],
+        from: ReadFrom,
+        why: &'static str,
+    ) -> Result<Vec<Option<CertRecord>>, Failure> {
+        let server = match from {
+            ReadFrom::Replica => "replica",
+            ReadFrom::Primary => "primary",
+        };
+        metrics::counter!(m::STATUS_READS, "server" => server, "why" => why).increment(1);
+        Ok(self.lookup(keys, from).await?.records)
     }
 
     /// Every status read goes through here, so each is timed, counted and, if it fails,
     /// logged the same way.
-    async fn read_statuses(&self, keys: &[(i32, Serial)]) -> Result<(Vec<Option<CertRecord>>, DateTime<Utc>), Failure> {
+    async fn lookup(&self, keys: &[(i32, Serial)], from: ReadFrom) -> Result<crate::store::StatusRead, Failure> {
         let started = Instant::now();
-        let result = self.store.lookup(keys).await;
+        let result = self.store.lookup(keys, from).await;
         metrics::histogram!(m::DB_READ_SECONDS).record(started.elapsed().as_secs_f64());
         match result {
             Ok(read) => {
@@ -401,14 +473,20 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
             return Err(ResponseStatus::Unauthorized);
         }
         Ok(match record.revocation {
-            Some(revocation) => CertStatusAnswer::Revoked { at: revocation.at, reason: revocation.reason },
+            // A revocation time ahead of this responder's clock (clock skew with Postgres) is
+            // reported as now: revocationTime <= thisUpdate <= producedAt must hold.
+            Some(revocation) => CertStatusAnswer::Revoked { at: revocation.at.min(now), reason: revocation.reason },
             None => CertStatusAnswer::Good,
         })
     }
 
-    /// thisUpdate (truncated to the minute) and nextUpdate.
-    fn validity_window(&self, now: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
-        let this_update = now.duration_trunc(TimeDelta::minutes(1)).unwrap_or(now);
+    /// thisUpdate and nextUpdate for a response produced at `now`: thisUpdate is truncated to
+    /// the minute, but never before the revocation time it reports.
+    fn validity_window(&self, now: DateTime<Utc>, status: &CertStatusAnswer) -> (DateTime<Utc>, DateTime<Utc>) {
+        let mut this_update = now.duration_trunc(TimeDelta::minutes(1)).unwrap_or(now);
+        if let CertStatusAnswer::Revoked { at, .. } = status {
+            this_update = this_update.max(*at);
+        }
         let validity = TimeDelta::from_std(self.policy.validity).unwrap_or(TimeDelta::hours(96));
         (this_update, this_update + validity)
     }
@@ -475,15 +553,17 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
         }
         let keys: Vec<(i32, Serial)> = request.certs.iter().map(|c| (issuer.id, c.serial.clone())).collect();
         let records = match self.read_statuses(&keys).await {
-            Ok((records, _)) => records,
+            Ok(records) => records,
             Err(failure) => return Answer::Error(failure.status),
         };
         let now = Utc::now();
-        let (this_update, next_update) = self.validity_window(now);
         let mut answers = Vec::with_capacity(records.len());
         for (cert, record) in request.certs.iter().zip(&records) {
             match self.status_answer(record.as_ref(), now) {
-                Ok(status) => answers.push(SingleAnswer { cert_id: &cert.cert_id, status, this_update, next_update }),
+                Ok(status) => {
+                    let (this_update, next_update) = self.validity_window(now, &status);
+                    answers.push(SingleAnswer { cert_id: &cert.cert_id, status, this_update, next_update });
+                }
                 Err(refusal) => return Answer::Error(refusal),
             }
         }
@@ -498,16 +578,19 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
             (None, true) => Caching::Public,
         };
         let revoked = answers.iter().any(|a| matches!(a.status, CertStatusAnswer::Revoked { .. }));
+        // Several answers may have several thisUpdates: the headers take the earliest (the
+        // oldest knowledge in it) and the earliest nextUpdate.
         let facts = Facts {
             revoked,
-            read_at_micros: 0,
-            this_update: this_update.timestamp(),
-            next_update: next_update.timestamp(),
+            status_version: 0,
+            this_update: answers.iter().map(|a| a.this_update.timestamp()).min().unwrap_or(now.timestamp()),
+            next_update: answers.iter().map(|a| a.next_update.timestamp()).min().unwrap_or(now.timestamp()),
             not_after: i64::MAX,
         };
         let tags = request.certs.iter().map(|c| purge_tag(&issuer.name, &c.serial)).collect::<Vec<_>>().join(", ");
         let response = Arc::new(CachedResponse::new(der, facts, &tags));
-        Answer::Response { response, caching }
+        let changed_at = keys.iter().filter_map(|(issuer_id, serial)| self.changes.latest(*issuer_id, serial)).map(|c| c.heard_at).max();
+        Answer::Response { response, caching, changed_at }
     }
 
     /// Forgets this instance's copies of a certificate's responses after a status change.
@@ -518,9 +601,8 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
 
     /// Periodic upkeep: forgets changes older than any response that could predate them.
     pub fn sweep(&self) {
-        let horizon = self.policy.validity + Duration::from_secs(60);
-        let before = Utc::now() - TimeDelta::from_std(horizon).unwrap_or(TimeDelta::days(11));
-        self.changes.prune(before.timestamp_micros());
+        let horizon = self.policy.validity + crate::changes::MAX_REPLICA_LAG;
+        self.changes.prune(Utc::now().timestamp().saturating_sub(horizon.as_secs() as i64));
     }
 
     /// Signing capacity in use, for metrics and readiness.
@@ -531,6 +613,18 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
     /// Requests waiting for signing capacity, for metrics.
     pub fn signing_waiting(&self) -> usize {
         self.limiter.waiting()
+    }
+}
+
+/// Removes a flight from the table when its task ends, however it ends.
+struct FlightGuard<'a, C: ResponseCache, S: StatusStore> {
+    responder: &'a Responder<C, S>,
+    id: &'a ResponseId,
+}
+
+impl<C: ResponseCache, S: StatusStore> Drop for FlightGuard<'_, C, S> {
+    fn drop(&mut self) {
+        self.responder.flights.lock().unwrap_or_else(|p| p.into_inner()).remove(self.id);
     }
 }
 

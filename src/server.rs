@@ -69,7 +69,7 @@ pub fn install_metrics() -> Result<PrometheusHandle, ServeError> {
 pub async fn build_responder(config: &Config) -> Result<Arc<LiveResponder>, ServeError> {
     let timeout = Duration::from_millis(config.database.connect_timeout_ms);
     let store = Batching::new(
-        PgStore::new(config.database.read_url(), config.database.pool_size, timeout)?,
+        PgStore::new(&config.database.url, Some(config.database.read_url()), config.database.pool_size, timeout)?,
         config.database.pool_size,
     );
     let client = crate::migrate::connect(&config.database.url).await?;
@@ -108,7 +108,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let responder = build_responder(&config).await?;
     // Purge bookkeeping writes, so it goes to the primary even when reads use a replica.
     let timeout = Duration::from_millis(config.database.connect_timeout_ms);
-    let primary = PgStore::new(&config.database.url, 2, timeout)?.pool().clone();
+    let primary = PgStore::new(&config.database.url, None, 2, timeout)?.primary().clone();
 
     // The listener needs the primary: replicas do not deliver notifications.
     tokio::spawn(listener::run(config.database.url.clone(), responder.clone(), config.responses.validity));
@@ -136,7 +136,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         metrics: m::RequestMetrics::register(),
         responder: responder.clone(),
         path_prefix: config.server.path_prefix.clone(),
-        max_age_cap: config.responses.max_age_cap,
+        cache_policy: http::headers::CachePolicy {
+            max_age_cap: config.responses.max_age_cap,
+            refresh_after: config.responses.refresh_after,
+        },
         request_sample: config.log.request_sample,
     });
     let mut ocsp_server = HttpServer::new(move || App::new().configure(http::configure(service.clone())));
@@ -199,8 +202,13 @@ async fn readiness(probes: web::Data<Probes>) -> HttpResponse {
             problems.push(format!("issuer {}: {e}", issuer.name));
         }
     }
-    if !responder.changes().is_listening() {
-        problems.push("status-change listener: not connected".to_owned());
+    let feed = &responder.changes().feed;
+    if !feed.is_live() {
+        let age = feed.proof_age().map_or("never".to_owned(), |age| format!("{:.1} s ago", age.as_secs_f64()));
+        problems.push(format!(
+            "status-change feed: not proven alive (last heartbeat back: {age}); cached responses are served only \
+             after the primary confirms them"
+        ));
     }
     if problems.is_empty() {
         HttpResponse::Ok().body(format!("ready: {} issuer(s)\n", responder.issuers().len()))

@@ -23,6 +23,9 @@ use crate::cache::ResponseCache;
 use crate::config::Config;
 use crate::serial::Serial;
 
+pub use crate::purges::PurgeTarget;
+use crate::purges::settle;
+
 /// Shortest Redis timeout the admin tool uses, whatever `redis.timeout_ms` says: the tool
 /// runs once, not on the request path, and a purge that gives up too early leaves work.
 pub const MIN_ADMIN_REDIS_TIMEOUT: Duration = Duration::from_millis(500);
@@ -32,15 +35,6 @@ pub const MIN_ADMIN_REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 const SERIALS_PER_DEL: usize = 128;
 /// DEL commands in flight at once.
 const PARALLEL_DELS: usize = 8;
-
-/// One certificate whose cached responses must go.
-#[derive(Clone, Debug)]
-pub struct PurgeTarget {
-    pub issuer_id: i32,
-    pub serial: Serial,
-    /// The `pending_purges.since` this purge settles, if there is a row to settle.
-    pub since: Option<DateTime<Utc>>,
-}
 
 /// What became of a purge.
 #[derive(Debug)]
@@ -67,13 +61,13 @@ pub async fn purge(config: &Config, client: &Client, targets: &[PurgeTarget]) ->
     let (done, left): (Vec<_>, Vec<_>) = targets.iter().enumerate().partition(|(i, _)| purged[*i]);
     let done: Vec<&PurgeTarget> = done.into_iter().map(|(_, t)| t).collect();
     let left: Vec<&PurgeTarget> = left.into_iter().map(|(_, t)| t).collect();
-    if let Err(e) = settle(client, &done, None).await {
+    if let Err(e) = settle(client, &done, None).await.map_err(|e| super::pg_detail(&e)) {
         eprintln!("warning: Redis keys deleted, but the pending_purges rows could not be removed ({e}); responders will purge again, harmlessly");
     }
     match error {
         None => PurgeOutcome::Done { purged: done.len() },
         Some(error) => {
-            if let Err(e) = settle(client, &left, Some(&error)).await {
+            if let Err(e) = settle(client, &left, Some(&error)).await.map_err(|e| super::pg_detail(&e)) {
                 eprintln!("warning: could not record the failed purge attempt: {e}");
             }
             PurgeOutcome::Failed { purged: done.len(), pending: left.len(), error }
@@ -128,41 +122,6 @@ async fn delete_keys(config: &Config, targets: &[PurgeTarget]) -> (Vec<bool>, Op
         }
     }
     (purged, first_error)
-}
-
-/// Removes (`error` None) or marks as failed (`error` Some) the rows of `targets` that still
-/// have the `since` they were purged for.
-async fn settle(client: &Client, targets: &[&PurgeTarget], error: Option<&str>) -> Result<(), String> {
-    let targets: Vec<&&PurgeTarget> = targets.iter().filter(|t| t.since.is_some()).collect();
-    if targets.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<i32> = targets.iter().map(|t| t.issuer_id).collect();
-    let serials: Vec<&[u8]> = targets.iter().map(|t| t.serial.as_bytes()).collect();
-    let since: Vec<DateTime<Utc>> = targets.iter().filter_map(|t| t.since).collect();
-    let result = match error {
-        None => {
-            client
-                .execute(
-                    "DELETE FROM pending_purges p \
-                     USING unnest($1::int4[], $2::bytea[], $3::timestamptz[]) AS d(issuer_id, serial, since) \
-                     WHERE p.issuer_id = d.issuer_id AND p.serial = d.serial AND p.since = d.since",
-                    &[&ids, &serials, &since],
-                )
-                .await
-        }
-        Some(error) => {
-            client
-                .execute(
-                    "UPDATE pending_purges p SET attempts = p.attempts + 1, last_error = $4 \
-                     FROM unnest($1::int4[], $2::bytea[], $3::timestamptz[]) AS d(issuer_id, serial, since) \
-                     WHERE p.issuer_id = d.issuer_id AND p.serial = d.serial AND p.since = d.since",
-                    &[&ids, &serials, &since, &error],
-                )
-                .await
-        }
-    };
-    result.map(drop).map_err(|e| super::pg_detail(&e))
 }
 
 /// Prints the purge state after a status change; never fails the command.

@@ -2,20 +2,24 @@
 //!
 //! Both follow one pattern. Input is parsed and validated completely first. Then, in ONE
 //! transaction: the rows are locked (`FOR UPDATE`) and checked (an unknown serial fails the
-//! whole command, exit 2, and nothing is written); per certificate to change, one `audit_log`
-//! row and one `pending_purges` row; then the status UPDATE with
-//! `changed_at = clock_timestamp()`, and one `pg_notify('jitocsp_status', StatusChange payload)`
-//! per change carrying that `changed_at`; COMMIT. The UPDATE comes last so that the window
-//! between a row's `changed_at` and the commit (during which other sessions still read the old
-//! status) is as short as it can be: milliseconds for one serial, about a second per 100k
-//! serials in a bulk revoke. Only after the commit are the Redis keys deleted (see `purge`).
+//! whole command, exit 2, and nothing is written); one status version is taken from
+//! `status_change_seq` (after the locks, so versions grow along each row's changes); per
+//! certificate to change, one `audit_log` row and one `pending_purges` row; then the status
+//! UPDATE with `changed_version` and `changed_at = clock_timestamp()`, and one
+//! `pg_notify('jitocsp_status', StatusChange payload)` per change carrying the version;
+//! COMMIT. Only after the commit are the Redis keys deleted (see `purge`).
+//!
+//! Responders compare versions, not times, so the length of the transaction does not matter
+//! to them: a status read at a lower version than a change they heard of is never used.
 //!
 //! A revoke of many serials uses set-based statements (`serial = ANY($n)`, `unnest`) rather
 //! than one round trip per serial; per row the effect is that of the per-serial
 //! `UPDATE ... WHERE reason IS NULL RETURNING changed_at`.
 //!
 //! A certificate already revoked is skipped and reported, not an error, and keeps its
-//! original reason and time (change a reason by unrevoking a hold, or not at all).
+//! original reason and time, with one exception (BR 4.9.1.1): `--reason keyCompromise` turns
+//! an earlier revocation for another reason into keyCompromise, keeping its revocation time or
+//! back-dating it to `--at`.
 
 use std::collections::HashMap;
 use std::collections::HashSet;
@@ -180,6 +184,11 @@ async fn notify(tx: &Transaction<'_>, changes: &[StatusChange]) -> Result<(), Ad
     Ok(())
 }
 
+/// Takes the version of this transaction's status changes. Call after locking the rows.
+async fn next_version(tx: &Transaction<'_>) -> Result<i64, AdminError> {
+    Ok(tx.query_one("SELECT nextval('status_change_seq')", &[]).await.map_err(db("taking a status version"))?.get(0))
+}
+
 /// The transaction's start time: what `pending_purges.since` gets.
 async fn transaction_now(tx: &Transaction<'_>) -> Result<DateTime<Utc>, AdminError> {
     Ok(tx.query_one("SELECT now()", &[]).await.map_err(db("reading the database clock"))?.get(0))
@@ -189,6 +198,7 @@ pub async fn revoke(args: RevokeArgs, config: &Config) -> Result<(), AdminError>
     // 1. Validate everything that needs no database.
     let reason = RevocationReason::parse(&args.reason).map_err(AdminError::Input)?;
     let at = parse_at(args.at.as_deref(), Utc::now())?;
+    let explicit_at = args.at.is_some().then_some(at);
     let mut serials: Vec<(Serial, Origin)> = match (&args.serial, &args.serials_file, &args.cert_file) {
         (Some(s), None, None) => vec![(parse_serial(s, &Origin::Argument)?, Origin::Argument)],
         (None, Some(f), None) => read_serials_file(f)?,
@@ -216,6 +226,11 @@ pub async fn revoke(args: RevokeArgs, config: &Config) -> Result<(), AdminError>
         let mut would = 0;
         for (serial, _) in &serials {
             let state = &states[serial.as_bytes()];
+            if let Some(new_at) = rekey_time(reason, state, explicit_at, serial)? {
+                would += 1;
+                println!("would change the reason of {serial} to keyCompromise (revoked at {})", rfc3339(new_at));
+                continue;
+            }
             match state.reason {
                 None => {
                     would += 1;
@@ -229,7 +244,7 @@ pub async fn revoke(args: RevokeArgs, config: &Config) -> Result<(), AdminError>
             }
         }
         println!(
-            "dry run: would revoke {would}, {} already revoked (issuer {:?}); nothing was changed",
+            "dry run: would change {would}, {} left as they are (issuer {:?}); nothing was changed",
             serials.len() - would,
             issuer.name
         );
@@ -244,8 +259,25 @@ pub async fn revoke(args: RevokeArgs, config: &Config) -> Result<(), AdminError>
     check_known(&serials, &states, &issuer.name)?;
     let to_change: Vec<&[u8]> =
         serials.iter().filter(|(s, _)| states[s.as_bytes()].reason.is_none()).map(|(s, _)| s.as_bytes()).collect();
+    let mut rekeys: Vec<(&Serial, DateTime<Utc>)> = Vec::new();
+    for (serial, _) in &serials {
+        if let Some(new_at) = rekey_time(reason, &states[serial.as_bytes()], explicit_at, serial)? {
+            rekeys.push((serial, new_at));
+        }
+    }
+    let version = if to_change.is_empty() && rekeys.is_empty() { 0 } else { next_version(&tx).await? };
     let mut changes: Vec<StatusChange> = Vec::with_capacity(to_change.len());
     let mut cdn_ids = Vec::new();
+    if !rekeys.is_empty() {
+        change_reasons(&tx, &issuer, &who, txn_now, version, &rekeys, &states).await?;
+        cdn_ids = record_cdn_purges(&tx, config, &issuer, "revoke", &rekeys.iter().map(|(s, _)| *s).collect::<Vec<_>>())
+            .await?;
+        let rekeyed: Vec<StatusChange> = rekeys
+            .iter()
+            .map(|(serial, _)| StatusChange { issuer_id: issuer.id, serial: (*serial).clone(), revoked: true, version })
+            .collect();
+        notify(&tx, &rekeyed).await?;
+    }
     if !to_change.is_empty() {
         let planned: Vec<Planned> = to_change
             .iter()
@@ -262,13 +294,14 @@ pub async fn revoke(args: RevokeArgs, config: &Config) -> Result<(), AdminError>
             .collect();
         record_planned(&tx, issuer.id, "revoke", &who, txn_now, &planned).await?;
         let changing: Vec<&Serial> = planned.iter().map(|p| p.serial).collect();
-        cdn_ids = record_cdn_purges(&tx, config, &issuer, "revoke", &changing).await?;
+        cdn_ids.extend(record_cdn_purges(&tx, config, &issuer, "revoke", &changing).await?);
         let rows = tx
             .query(
-                "UPDATE certificates SET reason = $3, revoked_at = $4, changed_at = clock_timestamp() \
+                "UPDATE certificates SET reason = $3, revoked_at = $4, changed_at = clock_timestamp(), \
+                 changed_version = $5 \
                  WHERE issuer_id = $1 AND serial = ANY($2) AND reason IS NULL \
-                 RETURNING serial, changed_at",
-                &[&issuer.id, &to_change, &reason.code(), &at],
+                 RETURNING serial",
+                &[&issuer.id, &to_change, &reason.code(), &at, &version],
             )
             .await
             .map_err(db("revoking"))?;
@@ -286,7 +319,7 @@ pub async fn revoke(args: RevokeArgs, config: &Config) -> Result<(), AdminError>
                 issuer_id: issuer.id,
                 serial: (*by_bytes[bytes.as_slice()]).clone(),
                 revoked: true,
-                changed_at: row.get(1),
+                version,
             });
         }
         notify(&tx, &changes).await?;
@@ -297,13 +330,20 @@ pub async fn revoke(args: RevokeArgs, config: &Config) -> Result<(), AdminError>
     tx.commit().await.map_err(db("committing the revocation"))?;
 
     // 4. Report, then purge the cache.
-    let changed: HashSet<&[u8]> = changes.iter().map(|c| c.serial.as_bytes()).collect();
     for change in &changes {
         tracing::info!(target: "jitocsp::audit", actor = %who, action = "revoke", issuer = %issuer.name,
             issuer_id = issuer.id, serial = %change.serial, reason = reason.name(),
-            revoked_at = %rfc3339(at), changed_at = %rfc3339(change.changed_at), "certificate revoked");
+            revoked_at = %rfc3339(at), version, "certificate revoked");
         println!("revoked {} ({reason}, at {})", change.serial, rfc3339(at));
     }
+    for (serial, new_at) in &rekeys {
+        tracing::info!(target: "jitocsp::audit", actor = %who, action = "reason_change", issuer = %issuer.name,
+            issuer_id = issuer.id, serial = %serial, reason = reason.name(), revoked_at = %rfc3339(*new_at), version,
+            "revocation reason changed to keyCompromise");
+        println!("changed the reason of {serial} to keyCompromise (revoked at {})", rfc3339(*new_at));
+        changes.push(StatusChange { issuer_id: issuer.id, serial: (*serial).clone(), revoked: true, version });
+    }
+    let changed: HashSet<&[u8]> = changes.iter().map(|c| c.serial.as_bytes()).collect();
     let mut skipped = 0;
     for (serial, _) in &serials {
         if changed.contains(serial.as_bytes()) {
@@ -324,7 +364,93 @@ pub async fn revoke(args: RevokeArgs, config: &Config) -> Result<(), AdminError>
     let outcome = purge::purge(config, &client, &targets).await;
     purge::report(&outcome);
     deliver_cdn_purges(&client, config, &cdn_ids).await;
-    println!("{} revoked, {skipped} already revoked (issuer {:?}, reason {reason})", changes.len(), issuer.name);
+    println!(
+        "{} revoked, {} reason(s) changed, {skipped} already revoked (issuer {:?}, reason {reason})",
+        changes.len() - rekeys.len(),
+        rekeys.len(),
+        issuer.name
+    );
+    Ok(())
+}
+
+/// BR 4.9.1.1: evidence of key compromise for a certificate already revoked for another
+/// reason turns its reason into keyCompromise. Returns the revocation time it gets (kept, or
+/// back-dated to `--at`), or `None` if this revocation is not such a change.
+fn rekey_time(
+    reason: RevocationReason,
+    state: &Current,
+    explicit_at: Option<DateTime<Utc>>,
+    serial: &Serial,
+) -> Result<Option<DateTime<Utc>>, AdminError> {
+    let (Some(code), Some(revoked_at)) = (state.reason, state.revoked_at) else { return Ok(None) };
+    if reason != RevocationReason::KeyCompromise || code == RevocationReason::KeyCompromise.code() {
+        return Ok(None);
+    }
+    match explicit_at {
+        None => Ok(Some(revoked_at)),
+        Some(at) if at <= revoked_at => Ok(Some(at)),
+        Some(at) => Err(AdminError::input(format!(
+            "serial {serial} was revoked at {}; --at {} would move it later (a reason change to keyCompromise \
+             keeps the revocation time or back-dates it); nothing was changed",
+            rfc3339(revoked_at),
+            rfc3339(at)
+        ))),
+    }
+}
+
+/// Changes the reason of already revoked certificates to keyCompromise, with their audit
+/// rows and pending purges, inside `tx`.
+#[allow(clippy::too_many_arguments)]
+async fn change_reasons(
+    tx: &Transaction<'_>,
+    issuer: &IssuerRow,
+    who: &str,
+    txn_now: DateTime<Utc>,
+    version: i64,
+    rekeys: &[(&Serial, DateTime<Utc>)],
+    states: &HashMap<Vec<u8>, Current>,
+) -> Result<(), AdminError> {
+    let key_compromise = RevocationReason::KeyCompromise;
+    let planned: Vec<Planned> = rekeys
+        .iter()
+        .map(|(serial, new_at)| {
+            let state = &states[serial.as_bytes()];
+            Planned {
+                serial,
+                before: serde_json::json!({
+                    "status": "revoked",
+                    "reason": state.reason.map(RevocationReason::describe_code),
+                    "reason_code": state.reason,
+                    "revoked_at": state.revoked_at.map(rfc3339),
+                }),
+                after: serde_json::json!({
+                    "status": "revoked",
+                    "reason": key_compromise.name(),
+                    "reason_code": key_compromise.code(),
+                    "revoked_at": rfc3339(*new_at),
+                }),
+            }
+        })
+        .collect();
+    record_planned(tx, issuer.id, "reason_change", who, txn_now, &planned).await?;
+    let serials: Vec<&[u8]> = rekeys.iter().map(|(s, _)| s.as_bytes()).collect();
+    let times: Vec<DateTime<Utc>> = rekeys.iter().map(|(_, t)| *t).collect();
+    let changed = tx
+        .execute(
+            "UPDATE certificates c SET reason = $3, revoked_at = u.at, changed_at = clock_timestamp(), \
+             changed_version = $4 \
+             FROM unnest($2::bytea[], $5::timestamptz[]) AS u(serial, at) \
+             WHERE c.issuer_id = $1 AND c.serial = u.serial AND c.reason IS NOT NULL",
+            &[&issuer.id, &serials, &key_compromise.code(), &version, &times],
+        )
+        .await
+        .map_err(db("changing revocation reasons"))?;
+    if changed as usize != rekeys.len() {
+        return Err(AdminError::Operational(format!(
+            "expected to change {} reasons but changed {changed}; nothing was changed",
+            rekeys.len()
+        )));
+    }
     Ok(())
 }
 
@@ -361,19 +487,18 @@ pub async fn unrevoke(args: CertArgs, config: &Config) -> Result<(), AdminError>
     };
     record_planned(&tx, issuer.id, "unrevoke", &who, txn_now, std::slice::from_ref(&planned)).await?;
     let cdn_ids = record_cdn_purges(&tx, config, &issuer, "unrevoke", &[&serial]).await?;
-    let row = tx
-        .query_one(
-            "UPDATE certificates SET reason = NULL, revoked_at = NULL, changed_at = clock_timestamp() \
-             WHERE issuer_id = $1 AND serial = $2 AND reason = $3 RETURNING changed_at",
-            &[&issuer.id, &serial.as_bytes(), &RevocationReason::CertificateHold.code()],
-        )
-        .await
-        .map_err(db("unrevoking"))?;
-    let changed_at: DateTime<Utc> = row.get(0);
-    notify(&tx, &[StatusChange { issuer_id: issuer.id, serial: serial.clone(), revoked: false, changed_at }]).await?;
+    let version = next_version(&tx).await?;
+    tx.execute(
+        "UPDATE certificates SET reason = NULL, revoked_at = NULL, changed_at = clock_timestamp(), \
+         changed_version = $4 WHERE issuer_id = $1 AND serial = $2 AND reason = $3",
+        &[&issuer.id, &serial.as_bytes(), &RevocationReason::CertificateHold.code(), &version],
+    )
+    .await
+    .map_err(db("unrevoking"))?;
+    notify(&tx, &[StatusChange { issuer_id: issuer.id, serial: serial.clone(), revoked: false, version }]).await?;
     tx.commit().await.map_err(db("committing the unrevoke"))?;
     tracing::info!(target: "jitocsp::audit", actor = %who, action = "unrevoke", issuer = %issuer.name,
-        issuer_id = issuer.id, serial = %serial, changed_at = %rfc3339(changed_at), "certificate hold released");
+        issuer_id = issuer.id, serial = %serial, version, "certificate hold released");
     println!("unrevoked {serial} (issuer {:?}): certificateHold released, status good", issuer.name);
     let outcome =
         purge::purge(config, &client, &[PurgeTarget { issuer_id: issuer.id, serial, since: Some(txn_now) }]).await;

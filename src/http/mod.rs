@@ -8,7 +8,7 @@ pub mod get;
 pub mod headers;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::{Method, StatusCode};
@@ -28,7 +28,7 @@ pub const MAX_POST_BODY: usize = 10 * 1024;
 pub struct OcspService<C, S> {
     pub responder: Arc<Responder<C, S>>,
     pub path_prefix: String,
-    pub max_age_cap: Option<Duration>,
+    pub cache_policy: headers::CachePolicy,
     pub metrics: RequestMetrics,
     /// Fraction of requests logged (`log.request_sample`); tryLater and internalError answers
     /// are always logged.
@@ -95,7 +95,7 @@ async fn handle<C: ResponseCache, S: StatusStore>(
         Answer::Error(_) => None,
     };
     log_request(service.request_sample, &method, outcome, tag, started);
-    headers::respond(&answer, &request, now, service.max_age_cap)
+    headers::respond(&answer, &request, now, service.cache_policy)
 }
 
 /// Reads a POST body of at most [`MAX_POST_BODY`] bytes; larger ones get 413.

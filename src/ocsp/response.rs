@@ -75,9 +75,10 @@ fn single_response(answer: &SingleAnswer<'_>) -> SingleResponse {
     let cert_status = match answer.status {
         CertStatusAnswer::Good => CertStatus::Good,
         CertStatusAnswer::Unknown => CertStatus::Unknown(()),
+        // BR 7.2.2 / 7.3: reason unspecified is expressed by leaving revocationReason out.
         CertStatusAnswer::Revoked { at, reason } => CertStatus::Revoked(RevokedInfo {
             revocation_time: generalized_time(at),
-            revocation_reason: Some(crl_reason(reason)),
+            revocation_reason: crl_reason(reason),
         }),
         CertStatusAnswer::Unissued => CertStatus::Revoked(RevokedInfo {
             revocation_time: generalized_time(DateTime::UNIX_EPOCH),
@@ -99,9 +100,9 @@ fn generalized_time(t: DateTime<Utc>) -> DateTime<FixedOffset> {
     DateTime::from_timestamp(t.timestamp(), 0).unwrap_or(DateTime::UNIX_EPOCH).fixed_offset()
 }
 
-fn crl_reason(reason: RevocationReason) -> CrlReason {
-    match reason {
-        RevocationReason::Unspecified => CrlReason::Unspecified,
+fn crl_reason(reason: RevocationReason) -> Option<CrlReason> {
+    Some(match reason {
+        RevocationReason::Unspecified => return None,
         RevocationReason::KeyCompromise => CrlReason::KeyCompromise,
         RevocationReason::CaCompromise => CrlReason::CaCompromise,
         RevocationReason::AffiliationChanged => CrlReason::AffiliationChanged,
@@ -110,7 +111,7 @@ fn crl_reason(reason: RevocationReason) -> CrlReason {
         RevocationReason::CertificateHold => CrlReason::CertificateHold,
         RevocationReason::PrivilegeWithdrawn => CrlReason::PrivilegeWithdrawn,
         RevocationReason::AaCompromise => CrlReason::AaCompromise,
-    }
+    })
 }
 
 /// `OBJECT IDENTIFIER id-pkix-ocsp-basic`, encoded.

@@ -20,7 +20,7 @@ use crate::ocsp::request::tests::encode_request;
 use crate::ocsp::{request, HashAlgorithm, RevocationReason};
 use crate::signer::software::SoftwareSigner;
 use crate::signer::{Signer, SignerError};
-use crate::store::{CertRecord, Revocation, StoreError};
+use crate::store::{CertRecord, Revocation, StatusRead, StoreError};
 
 const CA_DER: &[u8] = include_bytes!("../../tests/fixtures/unit-ca.der");
 
@@ -60,18 +60,33 @@ impl ResponseCache for FakeCache {
 #[derive(Default)]
 struct FakeStore {
     rows: Mutex<HashMap<(i32, Serial), CertRecord>>,
+    /// When set, what a lagging replica still says (replica reads answer from it).
+    replica: Mutex<Option<HashMap<(i32, Serial), CertRecord>>>,
     reads: AtomicUsize,
+    primary_reads: AtomicUsize,
     down: AtomicBool,
+    /// The next read panics (a bug anywhere in producing a response).
+    panic_once: AtomicBool,
 }
 
 impl StatusStore for FakeStore {
-    async fn lookup(&self, keys: &[(i32, Serial)]) -> Result<(Vec<Option<CertRecord>>, DateTime<Utc>), StoreError> {
+    async fn lookup(&self, keys: &[(i32, Serial)], from: ReadFrom) -> Result<StatusRead, StoreError> {
         if self.down.load(Ordering::SeqCst) {
             return Err(StoreError::Pool("fake store is down".into()));
         }
+        if self.panic_once.swap(false, Ordering::SeqCst) {
+            panic!("injected failure while producing a response");
+        }
         self.reads.fetch_add(keys.len(), Ordering::SeqCst);
-        let rows = self.rows.lock().unwrap();
-        Ok((keys.iter().map(|k| rows.get(k).cloned()).collect(), Utc::now()))
+        if from == ReadFrom::Primary {
+            self.primary_reads.fetch_add(keys.len(), Ordering::SeqCst);
+        }
+        let replica = self.replica.lock().unwrap();
+        let rows = match (from, replica.as_ref()) {
+            (ReadFrom::Replica, Some(replica)) => replica.clone(),
+            _ => self.rows.lock().unwrap().clone(),
+        };
+        Ok(StatusRead { records: keys.iter().map(|k| rows.get(k).cloned()).collect(), replayed: None })
     }
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
@@ -124,7 +139,7 @@ fn harness(policy: ResponsesConfig) -> Harness {
     };
     let issuer = Issuer::new(ISSUER_ID, "unit".into(), CA_DER, None, Arc::new(signer)).unwrap();
     let changes = Arc::new(ChangeLog::default());
-    changes.set_listening(true);
+    changes.feed.prove(std::time::Instant::now());
     let responder = Arc::new(Responder::new(
         IssuerSet::new(vec![issuer]),
         LocalTier::new(0),
@@ -139,9 +154,22 @@ fn harness(policy: ResponsesConfig) -> Harness {
 }
 
 impl Harness {
-    fn add(&self, serial: &str, not_after: DateTime<Utc>, revocation: Option<Revocation>) {
+    /// Imports a certificate (version 0), or changes its status (the next version), as the
+    /// admin CLI would in Postgres. Returns the row's version.
+    fn add(&self, serial: &str, not_after: DateTime<Utc>, revocation: Option<Revocation>) -> i64 {
         let serial = Serial::from_hex(serial).unwrap();
-        self.responder.store.rows.lock().unwrap().insert((ISSUER_ID, serial), CertRecord { not_after, revocation });
+        let mut rows = self.responder.store.rows.lock().unwrap();
+        let version = rows.get(&(ISSUER_ID, serial.clone())).map_or(0, |r| r.version + 1);
+        rows.insert((ISSUER_ID, serial), CertRecord { not_after, revocation, version });
+        version
+    }
+
+    /// Changes a status and lets this responder hear of it, as the listener would.
+    fn change(&self, serial: &str, not_after: DateTime<Utc>, revocation: Option<Revocation>) {
+        let revoked = revocation.is_some();
+        let version = self.add(serial, not_after, revocation);
+        let serial = Serial::from_hex(serial).unwrap();
+        self.changes.record(&StatusChange { issuer_id: ISSUER_ID, serial, revoked, version }, Utc::now().timestamp());
     }
 
     fn request(&self, serials: &[&str], nonce: Option<&[u8]>) -> OcspRequest {
@@ -171,11 +199,16 @@ fn in_days(days: i64) -> DateTime<Utc> {
 
 /// The certStatus values of a successful answer, and its caching.
 fn statuses(answer: &Answer) -> (Vec<CertStatus>, Caching) {
-    let Answer::Response { response, caching, .. } = answer else { panic!("expected a response, got {answer:?}") };
+    let Answer::Response { caching, .. } = answer else { panic!("expected a response, got {answer:?}") };
+    (single_responses(answer).into_iter().map(|r| r.cert_status).collect(), *caching)
+}
+
+fn single_responses(answer: &Answer) -> Vec<rasn_ocsp::SingleResponse> {
+    let Answer::Response { response, .. } = answer else { panic!("expected a response, got {answer:?}") };
     let outer: OcspResponse = rasn::der::decode(&response.der).unwrap();
     assert_eq!(outer.status, OcspResponseStatus::Successful);
     let basic: BasicOcspResponse = rasn::der::decode(&outer.bytes.unwrap().response).unwrap();
-    (basic.tbs_response_data.responses.into_iter().map(|r| r.cert_status).collect(), *caching)
+    basic.tbs_response_data.responses
 }
 
 fn error(answer: &Answer) -> ResponseStatus {
@@ -240,14 +273,7 @@ async fn a_change_heard_after_the_read_makes_the_cached_response_unusable() {
     h.add("0e01", in_days(30), None);
     assert_eq!(statuses(&h.ask("0e01").await).0, vec![CertStatus::Good]);
     // Revoke in the store, but leave the cached "good" in Redis, as a lost purge would.
-    let at = Utc::now();
-    h.add("0e01", in_days(30), Some(Revocation { at, reason: RevocationReason::Superseded }));
-    h.changes.record(&StatusChange {
-        issuer_id: ISSUER_ID,
-        serial: Serial::from_hex("0e01").unwrap(),
-        revoked: true,
-        changed_at: at,
-    });
+    h.change("0e01", in_days(30), Some(Revocation { at: Utc::now(), reason: RevocationReason::Superseded }));
     h.responder.forget(ISSUER_ID, &Serial::from_hex("0e01").unwrap());
     assert!(matches!(statuses(&h.ask("0e01").await).0[0], CertStatus::Revoked(_)));
     assert_eq!(h.signatures(), 2);
@@ -258,7 +284,7 @@ async fn without_notifications_cached_responses_are_checked_against_the_store() 
     let h = harness(ResponsesConfig::default());
     h.add("0f01", in_days(30), None);
     statuses(&h.ask("0f01").await);
-    h.changes.set_listening(false);
+    h.changes.feed.lost();
     h.add("0f01", in_days(30), Some(Revocation { at: Utc::now(), reason: RevocationReason::KeyCompromise }));
     assert!(matches!(statuses(&h.ask("0f01").await).0[0], CertStatus::Revoked(_)), "the store disagreed: re-signed");
     assert!(matches!(statuses(&h.ask("0f01").await).0[0], CertStatus::Revoked(_)), "the store agrees: served");
@@ -358,14 +384,7 @@ async fn while_redis_fails_a_fresh_signature_answers_instead_of_new_ones() {
     }
     assert_eq!((h.signatures(), h.reads()), (1, 1));
     // ... but never against a status change.
-    let at = Utc::now();
-    h.add("1701", in_days(30), Some(Revocation { at, reason: RevocationReason::KeyCompromise }));
-    h.changes.record(&StatusChange {
-        issuer_id: ISSUER_ID,
-        serial: Serial::from_hex("1701").unwrap(),
-        revoked: true,
-        changed_at: at,
-    });
+    h.change("1701", in_days(30), Some(Revocation { at: Utc::now(), reason: RevocationReason::KeyCompromise }));
     assert!(matches!(statuses(&h.ask("1701").await).0[0], CertStatus::Revoked(_)));
 }
 
@@ -377,4 +396,54 @@ async fn concurrent_misses_share_one_flight() {
     let answers = futures_util::future::join_all(asks).await;
     assert!(answers.iter().all(|a| statuses(a).0 == vec![CertStatus::Good]));
     assert_eq!((h.signatures(), h.reads()), (1, 1));
+}
+
+#[tokio::test]
+async fn a_replica_behind_a_heard_change_is_bypassed_for_the_primary() {
+    let h = harness(ResponsesConfig::default());
+    h.add("1801", in_days(30), None);
+    // The replica stops replaying; the primary commits a revocation this responder hears of.
+    let before = h.responder.store.rows.lock().unwrap().clone();
+    *h.responder.store.replica.lock().unwrap() = Some(before);
+    h.change("1801", in_days(30), Some(Revocation { at: Utc::now(), reason: RevocationReason::KeyCompromise }));
+    let (status, _) = statuses(&h.ask("1801").await);
+    assert!(matches!(status[0], CertStatus::Revoked(_)), "the replica's good was not used: {status:?}");
+    assert_eq!(h.responder.store.primary_reads.load(Ordering::SeqCst), 1);
+    // The several-CertID path too.
+    h.add("1802", in_days(30), None);
+    let answer = h.responder.answer(h.request(&["1801", "1802"], None)).await;
+    assert!(matches!(statuses(&answer).0[0], CertStatus::Revoked(_)));
+}
+
+#[tokio::test]
+async fn a_reason_change_makes_the_old_revoked_response_unusable() {
+    let h = harness(ResponsesConfig::default());
+    let at = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+    h.add("1901", in_days(30), Some(Revocation { at, reason: RevocationReason::Superseded }));
+    statuses(&h.ask("1901").await);
+    h.change("1901", in_days(30), Some(Revocation { at, reason: RevocationReason::KeyCompromise }));
+    let (status, _) = statuses(&h.ask("1901").await);
+    let CertStatus::Revoked(info) = &status[0] else { panic!("{status:?}") };
+    assert_eq!(info.revocation_reason, Some(rasn_pkix::CrlReason::KeyCompromise), "same status, new reason");
+}
+
+#[tokio::test]
+async fn a_panic_while_producing_leaves_no_flight_behind() {
+    let h = harness(ResponsesConfig::default());
+    h.add("2001", in_days(30), None);
+    h.responder.store.panic_once.store(true, Ordering::SeqCst);
+    assert_eq!(error(&h.ask("2001").await), ResponseStatus::InternalError);
+    assert_eq!(statuses(&h.ask("2001").await).0, vec![CertStatus::Good], "the next request starts a new flight");
+}
+
+#[tokio::test]
+async fn revocation_time_never_follows_this_update() {
+    let h = harness(ResponsesConfig::default());
+    // Revoked now: thisUpdate truncated to the minute would be before it.
+    let at = Utc::now();
+    h.add("2101", in_days(30), Some(Revocation { at, reason: RevocationReason::Unspecified }));
+    let single = single_responses(&h.ask("2101").await).remove(0);
+    let CertStatus::Revoked(info) = &single.cert_status else { panic!("{single:?}") };
+    assert!(info.revocation_time <= single.this_update, "{:?} > {:?}", info.revocation_time, single.this_update);
+    assert_eq!(info.revocation_reason, None, "unspecified is expressed by omitting the reason (BR 7.2.2)");
 }

@@ -5,19 +5,21 @@
 //! the previous queries are running are collected and sent together. There is no timer: at
 //! low load every read goes alone, at once; batches form only when all `concurrency` query
 //! slots are busy, which is exactly when the round trips are the bottleneck.
+//!
+//! Only replica reads (the ordinary ones) are batched; the rare reads that must go to the
+//! primary go straight through.
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::{CertRecord, StatusStore, StoreError};
+use super::{CertRecord, Lsn, ReadFrom, StatusRead, StatusStore, StoreError};
 use crate::serial::Serial;
 
 /// Most rows read by one query.
 pub const MAX_BATCH: usize = 256;
 
-type Reply = oneshot::Sender<Result<(Option<CertRecord>, DateTime<Utc>), String>>;
+type Reply = oneshot::Sender<Result<(Option<CertRecord>, Option<Lsn>), String>>;
 
 struct Job {
     key: (i32, Serial),
@@ -61,10 +63,10 @@ async fn run<S: StatusStore>(inner: Arc<S>, mut queue: mpsc::UnboundedReceiver<J
         tokio::spawn(async move {
             let keys: Vec<(i32, Serial)> = jobs.iter().map(|j| j.key.clone()).collect();
             metrics::histogram!(crate::metrics::DB_BATCH_SIZE).record(keys.len() as f64);
-            match inner.lookup(&keys).await {
-                Ok((records, read_at)) => {
-                    for (job, record) in jobs.into_iter().zip(records) {
-                        let _ = job.reply.send(Ok((record, read_at)));
+            match inner.lookup(&keys, ReadFrom::Replica).await {
+                Ok(read) => {
+                    for (job, record) in jobs.into_iter().zip(read.records) {
+                        let _ = job.reply.send(Ok((record, read.replayed)));
                     }
                 }
                 Err(error) => {
@@ -80,13 +82,13 @@ async fn run<S: StatusStore>(inner: Arc<S>, mut queue: mpsc::UnboundedReceiver<J
 }
 
 impl<S: StatusStore> StatusStore for Batching<S> {
-    async fn lookup(&self, keys: &[(i32, Serial)]) -> Result<(Vec<Option<CertRecord>>, DateTime<Utc>), StoreError> {
+    async fn lookup(&self, keys: &[(i32, Serial)], from: ReadFrom) -> Result<StatusRead, StoreError> {
         // Requests for several certificates are already one query.
-        let [key] = keys else { return self.inner.lookup(keys).await };
+        let ([key], ReadFrom::Replica) = (keys, from) else { return self.inner.lookup(keys, from).await };
         let (reply, answer) = oneshot::channel();
         self.jobs.send(Job { key: key.clone(), reply }).map_err(|_| StoreError::Batched("batcher stopped".into()))?;
         match answer.await {
-            Ok(Ok((record, read_at))) => Ok((vec![record], read_at)),
+            Ok(Ok((record, replayed))) => Ok(StatusRead { records: vec![record], replayed }),
             Ok(Err(message)) => Err(StoreError::Batched(message)),
             Err(_) => Err(StoreError::Batched("batcher dropped the read".into())),
         }
@@ -100,6 +102,7 @@ impl<S: StatusStore> StatusStore for Batching<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::DateTime;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
@@ -110,7 +113,7 @@ mod tests {
     }
 
     impl StatusStore for SlowStore {
-        async fn lookup(&self, keys: &[(i32, Serial)]) -> Result<(Vec<Option<CertRecord>>, DateTime<Utc>), StoreError> {
+        async fn lookup(&self, keys: &[(i32, Serial)], _: ReadFrom) -> Result<StatusRead, StoreError> {
             self.queries.fetch_add(1, Ordering::SeqCst);
             self.rows.fetch_add(keys.len(), Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -118,9 +121,10 @@ mod tests {
                 Some(CertRecord {
                     not_after: DateTime::from_timestamp(serial.as_bytes()[0] as i64, 0).unwrap(),
                     revocation: None,
+                    version: 0,
                 })
             };
-            Ok((keys.iter().map(record).collect(), Utc::now()))
+            Ok(StatusRead { records: keys.iter().map(record).collect(), replayed: None })
         }
         async fn ping(&self) -> Result<(), StoreError> {
             Ok(())
@@ -134,8 +138,8 @@ mod tests {
             let store = &store;
             async move {
                 let serial = Serial::from_unsigned_be(&[i]).unwrap();
-                let (records, _) = store.lookup(&[(1, serial)]).await.unwrap();
-                assert_eq!(records[0].as_ref().unwrap().not_after.timestamp(), i as i64, "row {i}");
+                let read = store.lookup(&[(1, serial)], ReadFrom::Replica).await.unwrap();
+                assert_eq!(read.records[0].as_ref().unwrap().not_after.timestamp(), i as i64, "row {i}");
             }
         });
         futures_util::future::join_all(reads).await;
@@ -147,7 +151,7 @@ mod tests {
     struct DownStore;
 
     impl StatusStore for DownStore {
-        async fn lookup(&self, _: &[(i32, Serial)]) -> Result<(Vec<Option<CertRecord>>, DateTime<Utc>), StoreError> {
+        async fn lookup(&self, _: &[(i32, Serial)], _: ReadFrom) -> Result<StatusRead, StoreError> {
             tokio::time::sleep(Duration::from_millis(10)).await;
             Err(StoreError::Pool("connection refused".into()))
         }
@@ -161,7 +165,9 @@ mod tests {
         let store = Batching::new(DownStore, 1);
         let store = &store;
         let reads =
-            (1..=20u8).map(|i| async move { store.lookup(&[(1, Serial::from_unsigned_be(&[i]).unwrap())]).await });
+            (1..=20u8).map(|i| async move {
+                store.lookup(&[(1, Serial::from_unsigned_be(&[i]).unwrap())], ReadFrom::Replica).await
+            });
         for result in futures_util::future::join_all(reads).await {
             let error = result.unwrap_err().to_string();
             assert!(error.contains("connection refused"), "{error}");

@@ -1,30 +1,51 @@
-//! Postgres status reads: one indexed point read per certificate, over a pool.
+//! Postgres status reads: one indexed point read per certificate, over a pool to the primary
+//! and, when `database.read_url` names a streaming standby, a pool to it.
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
-use super::{CertRecord, Revocation, StatusStore, StoreError};
+use super::{CertRecord, Lsn, ReadFrom, Revocation, StatusRead, StatusStore, StoreError};
 use crate::ocsp::RevocationReason;
 use crate::serial::Serial;
 
 /// Reads of `certificates` by primary key. Several keys are read with one `= ANY` query over
-/// parallel arrays, which Postgres answers with index lookups.
+/// parallel arrays, which Postgres answers with index lookups. A standby also says how far it
+/// has replayed (NULL on a primary, including a promoted standby).
 const LOOKUP_SQL: &str = "\
-    SELECT k.i, c.not_after, c.reason, c.revoked_at, statement_timestamp() \
+    SELECT k.i, c.not_after, c.reason, c.revoked_at, coalesce(c.changed_version, 0), \
+           CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()::text END \
     FROM unnest($1::int[], $2::bytea[]) WITH ORDINALITY AS k(issuer_id, serial, i) \
     LEFT JOIN certificates c ON c.issuer_id = k.issuer_id AND c.serial = k.serial";
 
 /// The Postgres status store.
 #[derive(Clone)]
 pub struct PgStore {
-    pool: Pool,
+    primary: Pool,
+    /// `None` when status reads go to the primary.
+    replica: Option<Pool>,
 }
 
 impl PgStore {
-    /// Builds a pool for `url`; connections are opened on demand, so start-up does not need
-    /// the database (cached responses are still served while it is down).
-    pub fn new(url: &str, pool_size: usize, timeout: std::time::Duration) -> Result<Self, StoreError> {
+    /// Pools for the primary `url` and, if given and different, the replica `read_url`.
+    /// Connections are opened on demand, so start-up does not need the database (cached
+    /// responses are still served while it is down).
+    pub fn new(
+        url: &str,
+        read_url: Option<&str>,
+        pool_size: usize,
+        timeout: std::time::Duration,
+    ) -> Result<Self, StoreError> {
+        let replica = match read_url.filter(|r| !r.is_empty() && *r != url) {
+            Some(read_url) => Some(Self::pool(read_url, pool_size, timeout)?),
+            None => None,
+        };
+        // With a replica, the primary pool serves only the reads a replica could not.
+        let primary_size = if replica.is_some() { pool_size.div_ceil(2).max(2) } else { pool_size };
+        Ok(PgStore { primary: Self::pool(url, primary_size, timeout)?, replica })
+    }
+
+    fn pool(url: &str, pool_size: usize, timeout: std::time::Duration) -> Result<Pool, StoreError> {
         let mut pg_config: tokio_postgres::Config = url.parse()?;
         pg_config.connect_timeout(timeout);
         pg_config.application_name("jitocsp");
@@ -34,24 +55,27 @@ impl PgStore {
         // one statement once rather than at every execution.
         pg_config.options("-c enable_seqscan=off -c plan_cache_mode=force_generic_plan");
         let manager = Manager::from_config(pg_config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-        let pool = Pool::builder(manager)
+        Pool::builder(manager)
             .max_size(pool_size)
             .wait_timeout(Some(timeout))
             .create_timeout(Some(timeout))
             .recycle_timeout(Some(timeout))
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
-            .map_err(|e| StoreError::Pool(e.to_string()))?;
-        Ok(PgStore { pool })
+            .map_err(|e| StoreError::Pool(e.to_string()))
     }
 
-    /// The underlying pool, for the few non-hot queries the server makes (issuers, changes).
-    pub fn pool(&self) -> &Pool {
-        &self.pool
+    /// The primary's pool, for the few non-hot queries the server makes (purge bookkeeping).
+    pub fn primary(&self) -> &Pool {
+        &self.primary
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool.get().await.map_err(|e| match e {
+    async fn client(&self, from: ReadFrom) -> Result<deadpool_postgres::Object, StoreError> {
+        let pool = match (from, &self.replica) {
+            (ReadFrom::Replica, Some(replica)) => replica,
+            _ => &self.primary,
+        };
+        pool.get().await.map_err(|e| match e {
             deadpool_postgres::PoolError::Backend(e) => StoreError::Postgres(e),
             other => StoreError::Pool(other.to_string()),
         })
@@ -59,17 +83,19 @@ impl PgStore {
 }
 
 impl StatusStore for PgStore {
-    async fn lookup(&self, keys: &[(i32, Serial)]) -> Result<(Vec<Option<CertRecord>>, DateTime<Utc>), StoreError> {
-        let client = self.client().await?;
+    async fn lookup(&self, keys: &[(i32, Serial)], from: ReadFrom) -> Result<StatusRead, StoreError> {
+        let client = self.client(from).await?;
         let statement = client.prepare_cached(LOOKUP_SQL).await?;
         let issuer_ids: Vec<i32> = keys.iter().map(|(i, _)| *i).collect();
         let serials: Vec<&[u8]> = keys.iter().map(|(_, s)| s.as_bytes()).collect();
         let rows = client.query(&statement, &[&issuer_ids, &serials]).await?;
         let mut records = vec![None; keys.len()];
-        let mut read_at = Utc::now();
+        let mut replayed = None;
         for row in rows {
             let ordinal: i64 = row.get(0);
-            read_at = row.get(4);
+            if let Some(text) = row.get::<_, Option<&str>>(5) {
+                replayed = Some(Lsn::parse(text).ok_or_else(|| StoreError::BadLsn(text.to_owned()))?);
+            }
             let Some(slot) = usize::try_from(ordinal - 1).ok().filter(|i| *i < keys.len()) else { continue };
             let Some(not_after) = row.get::<_, Option<DateTime<Utc>>>(1) else { continue };
             let revocation = match (row.get::<_, Option<i16>>(2), row.get::<_, Option<DateTime<Utc>>>(3)) {
@@ -84,13 +110,16 @@ impl StatusStore for PgStore {
                 }
                 _ => None,
             };
-            records[slot] = Some(CertRecord { not_after, revocation });
+            records[slot] = Some(CertRecord { not_after, revocation, version: row.get(4) });
         }
-        Ok((records, read_at))
+        Ok(StatusRead { records, replayed })
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.client().await?.simple_query("SELECT 1").await?;
+        self.client(ReadFrom::Primary).await?.simple_query("SELECT 1").await?;
+        if self.replica.is_some() {
+            self.client(ReadFrom::Replica).await?.simple_query("SELECT 1").await?;
+        }
         Ok(())
     }
 }
