@@ -81,6 +81,19 @@ impl Issuer {
     }
 }
 
+/// Index pairs (issuer, the earlier issuer it cannot be told apart from): same CertID name
+/// and key hashes. `admin issuer add` refuses such a pair, but databases from before it did
+/// may hold one; [`IssuerSet::find`] then always picks the earlier one (lower id).
+fn shadowed(hashes: &[&CertIdHashes]) -> Vec<(usize, usize)> {
+    let same = |a: &CertIdHashes, b: &CertIdHashes| {
+        (a.name_sha1 == b.name_sha1 && a.key_sha1 == b.key_sha1)
+            || (a.name_sha256 == b.name_sha256 && a.key_sha256 == b.key_sha256)
+    };
+    (0..hashes.len())
+        .filter_map(|i| (0..i).find(|&earlier| same(hashes[earlier], hashes[i])).map(|earlier| (i, earlier)))
+        .collect()
+}
+
 /// Every issuer served, searched linearly: a responder serves a handful.
 #[derive(Default)]
 pub struct IssuerSet {
@@ -108,6 +121,13 @@ impl IssuerSet {
             let responder_der: Option<Vec<u8>> = row.get(3);
             issuers.push(Issuer::new(row.get(0), name, &cert_der, responder_der.as_deref(), signer)?);
         }
+        let hashes: Vec<&CertIdHashes> = issuers.iter().map(|issuer| &issuer.hashes).collect();
+        for (i, earlier) in shadowed(&hashes) {
+            tracing::warn!(issuer = %issuers[i].name, answered_as = %issuers[earlier].name,
+                "issuer has the subject and key (hence the CertID) of an earlier issuer: requests for \
+                 its certificates match the earlier one and are answered unauthorized unless the \
+                 certificates are imported there (`jitocsp admin import --issuer` with the answered_as name)");
+        }
         Ok(IssuerSet::new(issuers))
     }
 
@@ -125,5 +145,19 @@ impl IssuerSet {
 
     pub fn is_empty(&self) -> bool {
         self.issuers.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issuers_with_the_same_certid_are_found() {
+        let a = CertIdHashes { name_sha1: [1; 20], key_sha1: [2; 20], name_sha256: [3; 32], key_sha256: [4; 32] };
+        let other_key = CertIdHashes { key_sha1: [5; 20], key_sha256: [6; 32], ..a.clone() };
+        let other_name = CertIdHashes { name_sha1: [7; 20], name_sha256: [8; 32], ..a.clone() };
+        assert!(shadowed(&[&a, &other_key, &other_name]).is_empty());
+        assert_eq!(shadowed(&[&a, &other_key, &a.clone(), &other_key.clone()]), vec![(2, 0), (3, 1)]);
     }
 }

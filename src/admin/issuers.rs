@@ -5,6 +5,13 @@
 //!   (basicConstraints cA=TRUE is required: OCSP answers for the certificates a CA issued,
 //!   and a leaf passed by mistake would yield CertID hashes no client ever sends);
 //! - a certificate already registered under another name, or a name already taken;
+//! - a certificate with the CertID identity (subject Name and public key, hence the CertID
+//!   name and key hashes) of a registered issuer: a renewed CA certificate with the same
+//!   subject and key. OCSP requests cannot tell the two apart, so the certificates such a
+//!   copy issues are imported into the existing issuer instead (see [`same_certid_refusal`]).
+//!   This is checked in code under a table lock, not by a unique index: databases from
+//!   before the check may already hold such pairs, and the index would make `migrate` fail
+//!   on them (the responder warns about them at start-up instead);
 //! - a signer that cannot be opened, or whose public key is not the key of the certificate
 //!   that will sign: the CA's, or with `--responder-cert` the responder's;
 //! - a responder certificate not issued by the CA (issuer Name must equal the CA's subject;
@@ -118,6 +125,10 @@ pub async fn add(args: IssuerAddArgs, config: &Config) -> Result<(), AdminError>
 
     let mut client = connect(config).await?;
     let tx = client.transaction().await.map_err(db("starting a transaction"))?;
+    // Serialises `issuer add` so that two of them cannot both pass the identity check below
+    // and insert the same CertID. This mode does not conflict with the row locks that
+    // imports and revocations take through their foreign keys, nor with readers.
+    tx.batch_execute("LOCK TABLE issuers IN SHARE ROW EXCLUSIVE MODE").await.map_err(db("locking issuers"))?;
     if let Some(row) = tx
         .query_opt("SELECT name FROM issuers WHERE cert_der = $1", &[&ca_der])
         .await
@@ -127,6 +138,20 @@ pub async fn add(args: IssuerAddArgs, config: &Config) -> Result<(), AdminError>
         return Err(AdminError::input(format!(
             "--cert {cert_path}: this certificate is already registered as issuer {existing:?}"
         )));
+    }
+    if let Some(row) = tx
+        .query_opt(
+            "SELECT name FROM issuers \
+             WHERE (name_hash_sha1 = $1 AND key_hash_sha1 = $2) \
+                OR (name_hash_sha256 = $3 AND key_hash_sha256 = $4) \
+             ORDER BY id LIMIT 1",
+            &[&&hashes.name_sha1[..], &&hashes.key_sha1[..], &&hashes.name_sha256[..], &&hashes.key_sha256[..]],
+        )
+        .await
+        .map_err(db("checking for an issuer with the same CertID"))?
+    {
+        let existing: String = row.get(0);
+        return Err(same_certid_refusal(&cert_path, &existing));
     }
     let inserted = tx
         .query_one(
@@ -182,6 +207,21 @@ pub async fn add(args: IssuerAddArgs, config: &Config) -> Result<(), AdminError>
     println!("  key hash sha256:  {}", hex::encode(hashes.key_sha256));
     println!("running responders pick up new issuers when restarted");
     Ok(())
+}
+
+/// The refusal of a CA certificate whose subject and key are those of an issuer already
+/// registered, typically the same CA renewed. A request names its issuer only by the hashes
+/// of that subject and key (RFC 6960 4.1.1), so a second issuer with them would never be
+/// matched: its certificates would all be answered unauthorized.
+fn same_certid_refusal(cert_path: &str, existing: &str) -> AdminError {
+    AdminError::input(format!(
+        "--cert {cert_path}: its subject and public key are those of issuer {existing:?}, already \
+         registered (a renewed certificate of the same CA, or a copy). OCSP identifies an issuer \
+         only by the hashes of its subject name and key, so to OCSP this is the same issuer and \
+         cannot be a second one. Nothing was added. Import the certificates it issues into the \
+         existing issuer: `jitocsp admin import --issuer {existing:?} ...`; they are answered \
+         under {existing:?}, with responses that verify against either CA certificate."
+    ))
 }
 
 pub async fn list(config: &Config) -> Result<(), AdminError> {

@@ -3,10 +3,27 @@
 //! rasn's decoder is lenient (it accepts some BER), which is fine for reading a request but
 //! means the raw request bytes are never a cache key: everything downstream keys on the
 //! normalised (issuer, serial, CertID variant) instead.
+//!
+//! Extensions follow RFC 5280 section 4.2 (which RFC 6960 section 4.4 builds on): a critical
+//! extension the responder does not understand fails the request (malformedRequest), a
+//! non-critical one is ignored. Understood, in requestExtensions only:
+//! - the nonce (RFC 9654), whose value must be an OCTET STRING; whether it is echoed is the
+//!   nonce policy's business (`responses.nonce`), not the parser's;
+//! - AcceptableResponses (4.4.3): jitocsp only makes id-pkix-ocsp-basic responses, which
+//!   every client must accept (4.2.1), so the list changes nothing;
+//! - PreferredSignatureAlgorithms (4.4.7): 4.4.7.2 lets a responder fall back to an
+//!   algorithm of its own when none of the preferred ones is supported, and an issuer's key
+//!   signs with exactly one algorithm, so the list changes nothing either.
+//!
+//! Not understood: the service locator (4.4.6), because jitocsp never forwards a request to
+//! another responder, and every extension in singleRequestExtensions. A recognised extension
+//! whose value does not decode counts as not understood. The request version must be v1.
 
 use bytes::Bytes;
-use rasn::types::IntegerType;
+use rasn::types::{IntegerType, ObjectIdentifier, OctetString, SequenceOf};
+use rasn::Decode;
 use rasn_ocsp::CertId;
+use rasn_pkix::{Extension, Extensions};
 
 use super::{oids, HashAlgorithm};
 use crate::cache::keys::CertIdVariant;
@@ -62,6 +79,23 @@ impl Nonce {
     }
 }
 
+/// Where in a request an extension was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExtensionPlace {
+    Request,
+    /// The singleRequestExtensions of the n-th CertID (counted from 1).
+    SingleRequest(usize),
+}
+
+impl std::fmt::Display for ExtensionPlace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExtensionPlace::Request => f.write_str("requestExtensions"),
+            ExtensionPlace::SingleRequest(n) => write!(f, "singleRequestExtensions of CertID {n}"),
+        }
+    }
+}
+
 /// Why a request is a malformedRequest. Each names the first problem found.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Malformed {
@@ -69,6 +103,10 @@ pub enum Malformed {
     Undecodable(String),
     #[error("request has {0} bytes after the OCSPRequest")]
     TrailingData(usize),
+    #[error("request version {0} is not v1 (0)")]
+    UnsupportedVersion(String),
+    #[error("critical extension {oid} in {place} is not understood")]
+    UnknownCriticalExtension { oid: String, place: ExtensionPlace },
     #[error("request asks about no certificate")]
     NoCertIds,
     #[error("request asks about {0} certificates; at most {max} are answered", max = MAX_CERT_IDS)]
@@ -90,6 +128,10 @@ pub fn parse(der: &[u8]) -> Result<OcspRequest, Malformed> {
     if !rest.is_empty() {
         return Err(Malformed::TrailingData(rest.len()));
     }
+    if request.tbs_request.version != rasn::types::Integer::ZERO {
+        return Err(Malformed::UnsupportedVersion(request.tbs_request.version.to_string()));
+    }
+    check_critical(request.tbs_request.request_extensions.as_ref(), ExtensionPlace::Request)?;
     let list = request.tbs_request.request_list;
     if list.is_empty() {
         return Err(Malformed::NoCertIds);
@@ -97,7 +139,14 @@ pub fn parse(der: &[u8]) -> Result<OcspRequest, Malformed> {
     if list.len() > MAX_CERT_IDS {
         return Err(Malformed::TooManyCertIds(list.len()));
     }
-    let certs = list.into_iter().map(|r| check_cert_id(r.req_cert)).collect::<Result<Vec<_>, _>>()?;
+    let certs = list
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            check_critical(r.single_request_extensions.as_ref(), ExtensionPlace::SingleRequest(i + 1))?;
+            check_cert_id(r.req_cert)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let nonce = request
         .tbs_request
         .request_extensions
@@ -112,6 +161,50 @@ pub fn parse(der: &[u8]) -> Result<OcspRequest, Malformed> {
             Nonce { extn_value, len }
         });
     Ok(OcspRequest { certs, nonce })
+}
+
+/// Fails on the first critical extension in `extensions` that is not understood at `place`.
+fn check_critical(extensions: Option<&Extensions>, place: ExtensionPlace) -> Result<(), Malformed> {
+    let unknown = extensions.into_iter().flat_map(|e| e.iter()).find(|e| e.critical && !understood(e, place));
+    match unknown {
+        Some(e) => Err(Malformed::UnknownCriticalExtension { oid: e.extn_id.to_string(), place }),
+        None => Ok(()),
+    }
+}
+
+mod asn1 {
+    use rasn::prelude::*;
+    use rasn_pkix::AlgorithmIdentifier;
+
+    /// PreferredSignatureAlgorithm (RFC 6960 section 4.4.7.1), which rasn-ocsp does not define.
+    #[derive(AsnType, Clone, Debug, Decode, Encode, PartialEq, Eq)]
+    pub struct PreferredSignatureAlgorithm {
+        pub sig_identifier: AlgorithmIdentifier,
+        pub cert_identifier: Option<AlgorithmIdentifier>,
+    }
+}
+use asn1::PreferredSignatureAlgorithm;
+
+/// Whether jitocsp understands `extension` at `place` (see the module documentation).
+fn understood(extension: &Extension, place: ExtensionPlace) -> bool {
+    if place != ExtensionPlace::Request {
+        return false;
+    }
+    let value: &[u8] = &extension.extn_value;
+    let id = &extension.extn_id;
+    if id == oids::OCSP_NONCE {
+        decodes_fully::<OctetString>(value)
+    } else if id == oids::OCSP_ACCEPTABLE_RESPONSES {
+        decodes_fully::<SequenceOf<ObjectIdentifier>>(value)
+    } else if id == oids::OCSP_PREF_SIG_ALGS {
+        decodes_fully::<SequenceOf<PreferredSignatureAlgorithm>>(value)
+    } else {
+        false
+    }
+}
+
+fn decodes_fully<T: Decode>(der: &[u8]) -> bool {
+    matches!(rasn::der::decode_with_remainder::<T>(der), Ok((_, rest)) if rest.is_empty())
 }
 
 fn check_cert_id(cert_id: CertId) -> Result<RequestedCert, Malformed> {
@@ -245,6 +338,107 @@ pub(crate) mod tests {
             let mut corrupt = der.clone();
             corrupt[i] ^= 0xff;
             let _ = parse(&corrupt);
+        }
+    }
+
+    fn extension(oid: &'static rasn::types::Oid, critical: bool, value: &[u8]) -> Extension {
+        Extension { extn_id: ObjectIdentifier::from(oid), critical, extn_value: OctetString::from_slice(value) }
+    }
+
+    /// An arbitrary OID no OCSP specification defines (under the "example" arc 1.3.6.1.4.1.32473).
+    const UNKNOWN: &rasn::types::Oid = rasn::types::Oid::const_new(&[1, 3, 6, 1, 4, 1, 32473, 1]);
+
+    /// A two-CertID request with `version`, these requestExtensions, and these
+    /// singleRequestExtensions on the second CertID.
+    fn request_with(version: i64, request_exts: Vec<Extension>, single_exts: Vec<Extension>) -> Vec<u8> {
+        let der = encode_request(HashAlgorithm::Sha1, true, &[1; 20], &[2; 20], &[&[1], &[2]], None);
+        let mut request: rasn_ocsp::OcspRequest = rasn::der::decode(&der).unwrap();
+        request.tbs_request.version = Integer::from(version);
+        request.tbs_request.request_extensions =
+            (!request_exts.is_empty()).then(|| rasn_pkix::Extensions::from(request_exts));
+        request.tbs_request.request_list[1].single_request_extensions =
+            (!single_exts.is_empty()).then(|| rasn_pkix::Extensions::from(single_exts));
+        rasn::der::encode(&request).unwrap()
+    }
+
+    #[test]
+    fn only_version_1_is_accepted() {
+        assert!(parse(&request_with(0, vec![], vec![])).is_ok());
+        assert_eq!(parse(&request_with(1, vec![], vec![])).unwrap_err(), Malformed::UnsupportedVersion("1".into()));
+        assert!(matches!(parse(&request_with(-1, vec![], vec![])), Err(Malformed::UnsupportedVersion(_))));
+    }
+
+    #[test]
+    fn unknown_critical_extensions_fail_unknown_non_critical_ones_are_ignored() {
+        let unknown = |critical| extension(UNKNOWN, critical, &[0x05, 0x00]);
+        let request_level =
+            Malformed::UnknownCriticalExtension { oid: "1.3.6.1.4.1.32473.1".into(), place: ExtensionPlace::Request };
+        assert_eq!(parse(&request_with(0, vec![unknown(true)], vec![])).unwrap_err(), request_level);
+        assert_eq!(
+            parse(&request_with(0, vec![unknown(true)], vec![])).unwrap_err().to_string(),
+            "critical extension 1.3.6.1.4.1.32473.1 in requestExtensions is not understood"
+        );
+        assert_eq!(
+            parse(&request_with(0, vec![], vec![unknown(true)])).unwrap_err(),
+            Malformed::UnknownCriticalExtension {
+                oid: "1.3.6.1.4.1.32473.1".into(),
+                place: ExtensionPlace::SingleRequest(2)
+            }
+        );
+        let request = parse(&request_with(0, vec![unknown(false)], vec![unknown(false)])).unwrap();
+        assert_eq!(request.certs.len(), 2);
+        assert!(request.nonce.is_none());
+    }
+
+    #[test]
+    fn the_understood_extensions_pass_even_when_critical() {
+        let nonce = extension(oids::OCSP_NONCE, true, &[0x04, 0x02, 7, 7]);
+        let basic = rasn::der::encode(&vec![ObjectIdentifier::from(oids::OCSP_BASIC)]).unwrap();
+        let acceptable = extension(oids::OCSP_ACCEPTABLE_RESPONSES, true, &basic);
+        let ecdsa_sha256 = AlgorithmIdentifier {
+            algorithm: ObjectIdentifier::from(rasn::types::Oid::const_new(&[1, 2, 840, 10045, 4, 3, 2])),
+            parameters: None,
+        };
+        let preferred = rasn::der::encode(&vec![
+            PreferredSignatureAlgorithm { sig_identifier: ecdsa_sha256.clone(), cert_identifier: None },
+            PreferredSignatureAlgorithm { sig_identifier: ecdsa_sha256.clone(), cert_identifier: Some(ecdsa_sha256) },
+        ])
+        .unwrap();
+        let preferred = extension(oids::OCSP_PREF_SIG_ALGS, true, &preferred);
+        let request = parse(&request_with(0, vec![nonce, acceptable, preferred], vec![])).unwrap();
+        assert_eq!(request.nonce.unwrap().len, Some(2));
+    }
+
+    #[test]
+    fn recognised_but_unusable_critical_extensions_fail() {
+        let fails_at = |request_exts: Vec<Extension>, single_exts: Vec<Extension>| match parse(&request_with(
+            0,
+            request_exts,
+            single_exts,
+        ))
+        .unwrap_err()
+        {
+            Malformed::UnknownCriticalExtension { place, .. } => place,
+            other => panic!("{other:?}"),
+        };
+        // jitocsp never forwards requests, so it cannot act on a service locator.
+        let locator = |critical| extension(oids::OCSP_SERVICE_LOCATOR, critical, &[0x30, 0x00]);
+        assert_eq!(fails_at(vec![], vec![locator(true)]), ExtensionPlace::SingleRequest(2));
+        assert_eq!(fails_at(vec![locator(true)], vec![]), ExtensionPlace::Request);
+        assert!(parse(&request_with(0, vec![], vec![locator(false)])).is_ok());
+        // A nonce belongs in requestExtensions only.
+        let nonce = |critical| extension(oids::OCSP_NONCE, critical, &[0x04, 0x01, 7]);
+        assert_eq!(fails_at(vec![], vec![nonce(true)]), ExtensionPlace::SingleRequest(2));
+        assert!(parse(&request_with(0, vec![], vec![nonce(false)])).unwrap().nonce.is_none());
+        // Values that do not decode, or carry bytes after the value.
+        for (oid, value) in [
+            (oids::OCSP_NONCE, &[0x02, 0x01, 7][..]),
+            (oids::OCSP_NONCE, &[0x04, 0x01, 7, 0][..]),
+            (oids::OCSP_ACCEPTABLE_RESPONSES, &[0x04, 0x00][..]),
+            (oids::OCSP_PREF_SIG_ALGS, &[0x30, 0x03, 0x02, 0x01, 0x01][..]),
+        ] {
+            assert_eq!(fails_at(vec![extension(oid, true, value)], vec![]), ExtensionPlace::Request, "{oid}");
+            assert!(parse(&request_with(0, vec![extension(oid, false, value)], vec![])).is_ok(), "{oid}");
         }
     }
 
