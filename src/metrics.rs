@@ -18,6 +18,12 @@ pub const SIGNATURES: &str = "jitocsp_signatures_total";
 pub const SIGNATURE_SECONDS: &str = "jitocsp_signature_duration_seconds";
 /// Signing failures, by `issuer` and `signer`.
 pub const SIGNATURE_ERRORS: &str = "jitocsp_signature_errors_total";
+/// PKCS#11 C_Login calls, by `signer` and `result` (ok, pin_incorrect, pin_locked,
+/// pin_len_range, pin_expired, pin_invalid, error).
+pub const PKCS11_LOGINS: &str = "jitocsp_pkcs11_logins_total";
+/// PKCS#11 logins not attempted because the token refused the PIN the source still yields,
+/// by `signer`.
+pub const PKCS11_LOGINS_WITHHELD: &str = "jitocsp_pkcs11_logins_withheld_total";
 /// Requests refused because signing capacity was exhausted.
 pub const SIGNER_OVERLOADED: &str = "jitocsp_signer_overloaded_total";
 /// Signing requests waiting for capacity (sampled when /metrics is scraped).

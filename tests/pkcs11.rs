@@ -214,6 +214,84 @@ fn token_absent_at_start_up_recovers_without_restart() {
     assert!(text.contains("Signature Algorithm: ecdsa-with-SHA384"), "{text}");
 }
 
+/// The sum of the series of metric `name` whose lines contain every one of `labels`, or None if
+/// there is none yet. Unlike `Server::metric`, a /metrics that cannot be fetched fails the test
+/// instead of reading as 0, which would pass any "stays at 1" or "stays at 0" check.
+fn scraped(server: &Server, name: &str, labels: &[&str]) -> Option<f64> {
+    let (status, text) = metrics_endpoint(server, "/metrics");
+    assert_eq!(status, 200, "/metrics: {text}");
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
+        .filter(|line| labels.iter().all(|l| line.contains(l)))
+        .map(|line| line.rsplit(' ').next().and_then(|v| v.parse().ok()).expect(line))
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// Replaces the file at once, so the responder never reads a half-written PIN (which would cost
+/// a login attempt on a real token).
+fn write_pin(path: &std::path::Path, pin: &str) {
+    let next = path.with_extension("next");
+    std::fs::write(&next, format!("{pin}\n")).unwrap();
+    std::fs::rename(&next, path).unwrap();
+}
+
+/// A wrong PIN in the PIN file: the token refuses it once (CKR_PIN_INCORRECT) and it is not
+/// presented again however many retry intervals pass, since real tokens lock the user PIN after
+/// a few failures. Meanwhile misses get tryLater and `/readyz` names the cause. Once the right
+/// PIN is written to the file, the issuer recovers without a restart.
+#[test]
+fn wrong_pin_is_tried_once_and_again_only_when_the_pin_file_changes() {
+    let hsm = SoftHsm::new();
+    let conf = hsm.conf.to_str().unwrap().to_owned();
+    let pki = Pki::new();
+    hsm.import("issuer", "03", &pki.file("ca.key"));
+    let pin_file = hsm.dir.path().join("user.pin");
+    write_pin(&pin_file, &hsm.pin);
+    let uri = hsm
+        .uri("issuer", Some("03"))
+        .replace(&format!("pin-source=env:{}", SoftHsm::PIN_VAR), &format!("pin-source=file:{}", pin_file.display()));
+    assert!(uri.contains("pin-source=file:"), "{uri}");
+    let env = [("SOFTHSM2_CONF", conf.as_str())];
+    let issuer = add_issuer_with(&pki, &uri, None, &env);
+    let leaf = pki.leaf("leaf", "f001");
+    jitocsp_ok(&["admin", "import", "--issuer", &issuer, leaf.to_str().unwrap()], &[]);
+
+    let wrong = "wrong-pin-4711";
+    write_pin(&pin_file, wrong);
+    let server = Server::start(&[("SOFTHSM2_CONF", conf.as_str()), ("JITOCSP_SIGNING_PKCS11_RETRY_MS", "100")]);
+    let signer = format!("token={};", hsm.label);
+    let attempts = |result: &str| scraped(&server, "jitocsp_pkcs11_logins_total", &[&signer, result]);
+
+    let (status, ready) = metrics_endpoint(&server, "/readyz");
+    assert_eq!(status, 503, "{ready}");
+    let line = ready.lines().find(|l| l.contains(&issuer)).unwrap_or_else(|| panic!("{ready}"));
+    assert!(line.contains("CKR_PIN_INCORRECT") && line.contains("PIN source file:"), "{line}");
+    let text = openssl_ocsp_query(&pki, &server, &leaf, "-sha256");
+    assert!(text.contains("Responder Error: trylater (3)"), "miss while the PIN is refused: {text}");
+
+    // Many retry intervals pass (each one withholds the login), and still one C_Login in all.
+    server.wait_until(Duration::from_secs(20), |s| {
+        scraped(s, "jitocsp_pkcs11_logins_withheld_total", &[&signer]).unwrap_or(0.0) >= 20.0
+            || attempts("").unwrap_or(0.0) > 1.0
+    });
+    assert_eq!(attempts(""), Some(1.0), "C_Login attempts with an unchanged wrong PIN");
+    assert_eq!(attempts("result=\"pin_incorrect\""), Some(1.0));
+    assert!(metrics_endpoint(&server, "/readyz").1.contains("CKR_PIN_INCORRECT"));
+
+    // The operator fixes the file: the next retry logs in, without a restart.
+    write_pin(&pin_file, &hsm.pin);
+    server.wait_until(Duration::from_secs(15), |s| !metrics_endpoint(s, "/readyz").1.contains(&issuer));
+    let text = openssl_ocsp_query(&pki, &server, &leaf, "-sha256");
+    assert!(text.contains("Response verify OK") && text.contains(": good"), "after the PIN was fixed: {text}");
+    assert_eq!(attempts(""), Some(2.0));
+    assert_eq!(attempts("result=\"ok\""), Some(1.0));
+    let log = server.log_text();
+    assert!(log.contains("CKR_PIN_INCORRECT") && log.contains("recovered"), "{log}");
+    assert!(!log.contains(wrong) && !log.contains(&hsm.pin), "a PIN must never be logged");
+}
+
 /// Signing throughput, run by scripts/bench-signers.sh (`--ignored`, release build): the
 /// PKCS#11 pool with 1, 2, 4 and 8 sessions next to the raw single-thread C_Sign rate of the
 /// same token, and the software signers next to `openssl speed ecdsap256`, all in one run.

@@ -22,6 +22,11 @@
 //!   certificate ([`Signer::expect_public_key`]) and stays the same key for the process's life.
 //! - The PIN comes from `pin-source` (environment or file), is read at each login and kept
 //!   only in a zeroizing `SecretString`; it is never logged.
+//! - A PIN the token refuses (CKR_PIN_INCORRECT, _LOCKED, _LEN_RANGE, _EXPIRED, _INVALID) is
+//!   not presented again: real tokens lock the user PIN after a few failures, and a retry loop
+//!   would lock it within seconds. The module remembers, per token, a keyed fingerprint of the
+//!   refused PIN (never the PIN); each retry re-reads the PIN source and logs in again only
+//!   when it yields a different PIN. Until then the signer is down and `/readyz` names the code.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -38,11 +43,13 @@ use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use futures_util::future::BoxFuture;
+use ring::hmac;
 use sha2::{Digest, Sha256, Sha384};
 
 use super::algorithm::{self, Curve, KeyKind};
-use super::uri::Pkcs11Uri;
+use super::uri::{PinSource, Pkcs11Uri};
 use super::{Signer, SignerError, SignerOptions};
+use crate::metrics as m;
 
 /// How long a request waits for a session's answer before tryLater (RFC 6960 responders must
 /// answer within 10 s: Baseline Requirements 4.10.2). The session stays busy until the token
@@ -60,8 +67,9 @@ struct Module {
     /// module, write-locked to finalize and initialize it again: many modules (SoftHSM among
     /// them) only see a token that came back after that.
     generation: RwLock<u64>,
-    /// Serializes logins, so the user logs in once per token.
-    login: Mutex<()>,
+    /// Serializes logins, so the user logs in once per token; holds the PINs tokens refused,
+    /// by token identity ([`token_identity`]).
+    login: Mutex<HashMap<String, RefusedPin>>,
     last_reset: Mutex<Instant>,
 }
 
@@ -110,11 +118,69 @@ fn module(path: &Path) -> Result<Arc<Module>, String> {
         path: path.to_owned(),
         context,
         generation: RwLock::new(0),
-        login: Mutex::new(()),
+        login: Mutex::new(HashMap::new()),
         last_reset: Mutex::new(Instant::now()),
     });
     modules.insert(path.to_owned(), module.clone());
     Ok(module)
+}
+
+/// A PIN a token refused. Only a fingerprint keyed with a per-process random key is kept:
+/// enough to tell whether the PIN source still yields the same PIN, useless to recover a short
+/// numeric PIN from (an unkeyed hash of one is a lookup away).
+struct RefusedPin {
+    fingerprint: hmac::Tag,
+    code: RvError,
+}
+
+fn pin_fingerprint_key() -> &'static hmac::Key {
+    static KEY: OnceLock<hmac::Key> = OnceLock::new();
+    KEY.get_or_init(|| {
+        hmac::Key::generate(hmac::HMAC_SHA256, &ring::rand::SystemRandom::new()).unwrap_or_else(|_| {
+            // No system randomness (practically impossible on Linux): the fingerprint is only
+            // compared in memory, so a key this process alone knows still serves.
+            let seed = format!("{:?}{}", Instant::now(), std::process::id());
+            hmac::Key::new(hmac::HMAC_SHA256, Sha256::digest(seed.as_bytes()).as_slice())
+        })
+    })
+}
+
+impl RefusedPin {
+    fn is(&self, pin: &str) -> bool {
+        hmac::verify(pin_fingerprint_key(), pin.as_bytes(), self.fingerprint.as_ref()).is_ok()
+    }
+}
+
+/// The C_Login return values that say the PIN itself is refused, so presenting it again can only
+/// bring the token closer to locking it: (CKR_ name, what it means, metric result).
+fn pin_refusal(rv: RvError) -> Option<(&'static str, &'static str, &'static str)> {
+    Some(match rv {
+        RvError::PinIncorrect => ("CKR_PIN_INCORRECT", "PIN incorrect", "pin_incorrect"),
+        RvError::PinLocked => ("CKR_PIN_LOCKED", "PIN locked", "pin_locked"),
+        RvError::PinLenRange => ("CKR_PIN_LEN_RANGE", "PIN length out of range", "pin_len_range"),
+        RvError::PinExpired => ("CKR_PIN_EXPIRED", "PIN expired", "pin_expired"),
+        RvError::PinInvalid => ("CKR_PIN_INVALID", "PIN invalid", "pin_invalid"),
+        _ => return None,
+    })
+}
+
+/// What `/readyz` and the log say while a refused PIN is withheld.
+fn refusal_problem(code: RvError, token: &str, source: &PinSource) -> String {
+    let (name, meaning, _) = pin_refusal(code).unwrap_or(("CKR_PIN_INCORRECT", "PIN refused", ""));
+    let how = match source {
+        PinSource::Env(_) => "an environment variable: restart with the right PIN",
+        PinSource::File(_) => "write the right PIN to the file; no restart needed",
+    };
+    let locked = if code == RvError::PinLocked { "; unlock the user PIN on the token first" } else { "" };
+    format!("{meaning} ({name}) for token {token}; not retrying until the PIN source {source} changes ({how}){locked}")
+}
+
+/// Which token a refusal belongs to, stable across module re-initializations (slot ids are
+/// not), and its name for people.
+fn token_identity(token: &cryptoki::slot::TokenInfo) -> (String, String) {
+    let (label, serial) = (token.label().trim_end(), token.serial_number().trim_end());
+    let identity = format!("{}/{}/{serial}/{label}", token.manufacturer_id().trim_end(), token.model().trim_end());
+    (identity, format!("{label} (serial {serial})"))
 }
 
 /// A PKCS#11 error without the specification's paragraph.
@@ -330,15 +396,13 @@ fn connect(shared: &Arc<Shared>) -> Result<Conn, String> {
 fn prepare(shared: &Shared, module: &Module, slot: Slot, session: &Session) -> Result<(ObjectHandle, Plan), String> {
     let state = session.get_session_info().map_err(|e| format!("session info: {}", short(&e)))?.session_state();
     if matches!(state, SessionState::RoPublic | SessionState::RwPublic) {
-        let login_required = module.context.get_token_info(slot).map(|t| t.login_required()).unwrap_or(true);
-        if login_required {
-            let _one_at_a_time = module.login.lock().unwrap_or_else(|e| e.into_inner());
-            let source = shared.uri.pin_source.as_ref().ok_or("the token needs a PIN: add pin-source=env:NAME")?;
-            let pin = AuthPin::from(source.read()?);
-            match session.login(UserType::User, Some(&pin)) {
-                Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
-                Err(e) => return Err(format!("login: {}", short(&e))),
-            }
+        let token = module.context.get_token_info(slot).ok();
+        if token.as_ref().is_none_or(|t| t.login_required()) {
+            let (identity, name) = token
+                .as_ref()
+                .map(token_identity)
+                .unwrap_or_else(|| (slot.id().to_string(), format!("in slot {}", slot.id())));
+            login(shared, module, session, &identity, &name)?;
         }
     }
     let (key, kind, spki) = find_key(session, &shared.uri)?;
@@ -366,6 +430,45 @@ fn prepare(shared: &Shared, module: &Module, slot: Slot, session: &Session) -> R
         }
     };
     Ok((key, plan))
+}
+
+/// Logs the user in, unless the token refused the PIN the source yields now (see
+/// [`RefusedPin`]). Every C_Login is counted in [`m::PKCS11_LOGINS`], every one withheld in
+/// [`m::PKCS11_LOGINS_WITHHELD`].
+fn login(shared: &Shared, module: &Module, session: &Session, token: &str, name: &str) -> Result<(), String> {
+    let mut refused = module.login.lock().unwrap_or_else(|e| e.into_inner());
+    let source = shared.uri.pin_source.as_ref().ok_or("the token needs a PIN: add pin-source=env:NAME")?;
+    let pin = source.read()?;
+    let fingerprint = hmac::sign(pin_fingerprint_key(), pin.as_bytes());
+    let same_as_refused = refused.get(token).map(|refusal| (refusal.is(&pin), refusal.code));
+    // Into the zeroizing wrapper at once, whichever way this ends.
+    let pin = AuthPin::from(pin);
+    match same_as_refused {
+        Some((true, code)) => {
+            metrics::counter!(m::PKCS11_LOGINS_WITHHELD, "signer" => shared.description.clone()).increment(1);
+            return Err(refusal_problem(code, name, source));
+        }
+        Some((false, _)) => {
+            tracing::warn!(signer = %shared.description, %source, "the PIN source yields another PIN than the one the token refused: logging in again");
+            refused.remove(token);
+        }
+        None => {}
+    }
+    let outcome = session.login(UserType::User, Some(&pin));
+    let result = match &outcome {
+        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => "ok",
+        Err(CkError::Pkcs11(rv, _)) => pin_refusal(*rv).map_or("error", |(_, _, result)| result),
+        Err(_) => "error",
+    };
+    metrics::counter!(m::PKCS11_LOGINS, "signer" => shared.description.clone(), "result" => result).increment(1);
+    match outcome {
+        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+        Err(CkError::Pkcs11(rv, _)) if pin_refusal(rv).is_some() => {
+            refused.insert(token.to_owned(), RefusedPin { fingerprint, code: rv });
+            Err(refusal_problem(rv, name, source))
+        }
+        Err(e) => Err(format!("login: {}", short(&e))),
+    }
 }
 
 fn find_slot(context: &Pkcs11, uri: &Pkcs11Uri) -> Result<Slot, String> {
@@ -667,6 +770,48 @@ impl Signer for Pkcs11Signer {
                 "the key {} on the token is not the key of the signing certificate",
                 self.shared.uri.key_description()
             ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_pin_is_recognized_by_its_fingerprint_only() {
+        let refused =
+            RefusedPin { fingerprint: hmac::sign(pin_fingerprint_key(), b"123456"), code: RvError::PinIncorrect };
+        assert!(refused.is("123456"));
+        assert!(!refused.is("123457") && !refused.is("") && !refused.is("1234567"));
+        // Keyed: not the plain SHA-256 of the PIN, which a table of short PINs would reverse.
+        assert_ne!(refused.fingerprint.as_ref(), Sha256::digest(b"123456").as_slice());
+    }
+
+    #[test]
+    fn only_pin_errors_stop_the_retries_and_the_cause_is_named() {
+        for (rv, name) in [
+            (RvError::PinIncorrect, "CKR_PIN_INCORRECT"),
+            (RvError::PinLocked, "CKR_PIN_LOCKED"),
+            (RvError::PinLenRange, "CKR_PIN_LEN_RANGE"),
+            (RvError::PinExpired, "CKR_PIN_EXPIRED"),
+            (RvError::PinInvalid, "CKR_PIN_INVALID"),
+        ] {
+            assert_eq!(pin_refusal(rv).map(|(n, _, _)| n), Some(name));
+            let file = refusal_problem(rv, "t", &PinSource::File("/run/pin".into()));
+            assert!(file.contains(name) && file.contains("file:/run/pin") && file.contains("no restart"), "{file}");
+            let env = refusal_problem(rv, "t", &PinSource::Env("PIN".into()));
+            assert!(env.contains("env:PIN") && env.contains("restart with"), "{env}");
+        }
+        assert!(refusal_problem(RvError::PinLocked, "t", &PinSource::Env("PIN".into())).contains("unlock"));
+        // Faults of the device or session say nothing about the PIN: those are retried.
+        for rv in [
+            RvError::DeviceError,
+            RvError::SessionHandleInvalid,
+            RvError::TokenNotPresent,
+            RvError::UserPinNotInitialized,
+        ] {
+            assert!(pin_refusal(rv).is_none(), "{rv:?}");
         }
     }
 }

@@ -34,6 +34,16 @@ impl PinSource {
     }
 }
 
+/// As written in the URI (`env:NAME`, `file:PATH`): names where the PIN is, never the PIN.
+impl std::fmt::Display for PinSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PinSource::Env(name) => write!(f, "env:{name}"),
+            PinSource::File(path) => write!(f, "file:{}", path.display()),
+        }
+    }
+}
+
 /// A parsed `pkcs11:` URI.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Pkcs11Uri {
