@@ -8,6 +8,9 @@
 #   scripts/services.sh redis-start  start only Redis
 #   scripts/services.sh pg-stop      stop only Postgres (tests simulate DB outages)
 #   scripts/services.sh pg-start     start only Postgres
+#   scripts/services.sh standby-up   a streaming standby of that Postgres (pg_basebackup),
+#                                    127.0.0.1:54330, for read-replica tests (idempotent)
+#   scripts/services.sh standby-stop stop the standby
 #   scripts/services.sh ensure-cmd CMD PACKAGE [CMD PACKAGE...]
 #                                    apt-get install PACKAGE when CMD is missing
 #
@@ -21,6 +24,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 LOCAL="$ROOT/.local"
 PG_PORT="${JITOCSP_PG_PORT:-54329}"
+STANDBY_PORT="${JITOCSP_STANDBY_PORT:-54330}"
 REDIS_PORT="${JITOCSP_REDIS_PORT:-63799}"
 REDIS_DIR="$LOCAL/redis"
 REDIS_CONF="$REDIS_DIR/redis.conf"
@@ -251,6 +255,126 @@ pg_stop() {
     fi
 }
 
+# ---------------------------------------------------------------- streaming standby
+# A hot standby of the cluster above, made with pg_basebackup and fed by streaming
+# replication, so tests can point `database.read_url` at a real replica and pause its replay
+# (`SELECT pg_wal_replay_pause()`, granted to the test role) to make it lag.
+REPL_USER=jitocsp_replicator
+
+standby_paths() {
+    pg_paths
+    SBDATA="$(dirname "$PGDATA")/standby"
+    SBSOCK="${PGSOCK}-standby"
+    SBLOG="$(dirname "$PGDATA")/standby.log"
+}
+
+sb_ctl() { pg_as "$PGBIN/pg_ctl" -D "$SBDATA" "$@"; }
+
+standby_pid_alive() {
+    local pid
+    [ -f "$SBDATA/postmaster.pid" ] || return 1
+    pid="$(head -n1 "$SBDATA/postmaster.pid" 2>/dev/null || true)"
+    [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null || true)" = "postgres" ]
+}
+
+# True once the standby is up, in recovery and streaming from the primary.
+standby_streaming() {
+    [ "$(PGPASSWORD="$DB_PASS" "$PGBIN/psql" -X -qtA -h 127.0.0.1 -p "$STANDBY_PORT" -U "$DB_USER" -d "$DB_NAME" \
+        -c "SELECT pg_is_in_recovery() AND pg_last_wal_receive_lsn() IS NOT NULL" \
+        2>/dev/null)" = "t" ]
+}
+
+standby_make() {
+    log "pg_basebackup: new standby in $SBDATA"
+    rm -rf "$SBDATA"
+    mkdir -p "$SBDATA"
+    if is_root; then chown "$PG_OS_USER": "$SBDATA"; fi
+    chmod 0700 "$SBDATA"
+    pg_as env PGPASSWORD="$DB_PASS" "$PGBIN/pg_basebackup" -h 127.0.0.1 -p "$PG_PORT" -U "$REPL_USER" \
+        -D "$SBDATA" -R -X stream -c fast >/dev/null 2>"$SBLOG.basebackup" \
+        || { cat "$SBLOG.basebackup" >&2; die "pg_basebackup failed"; }
+    pg_as tee -a "$SBDATA/postgresql.conf" >/dev/null <<EOF
+
+# --- jitocsp test standby (scripts/services.sh standby-up) ---
+port = $STANDBY_PORT
+unix_socket_directories = '$SBSOCK'
+hot_standby = on
+# Tests pause replay for seconds; queries on the standby must not be cancelled meanwhile.
+max_standby_streaming_delay = -1
+hot_standby_feedback = on
+EOF
+}
+
+standby_start() {
+    if standby_pid_alive; then
+        return 0
+    fi
+    rm -f "$SBDATA/postmaster.pid"
+    mkdir -p "$SBSOCK"
+    if is_root; then chown "$PG_OS_USER": "$SBSOCK"; fi
+    touch "$SBLOG"
+    if is_root; then chown "$PG_OS_USER": "$SBLOG"; fi
+    if port_in_use "$STANDBY_PORT"; then die "port $STANDBY_PORT is in use (set JITOCSP_STANDBY_PORT?)"; fi
+    log "starting the standby on 127.0.0.1:$STANDBY_PORT (log: $SBLOG)"
+    run_detached sb_ctl -l "$SBLOG" -w -t 60 start >/dev/null \
+        || { tail -n 30 "$SBLOG" >&2; return 1; }
+}
+
+standby_stop_() {
+    if [ -f "$SBDATA/PG_VERSION" ] && standby_pid_alive; then
+        log "stopping the standby"
+        sb_ctl -m fast -w -t 60 stop >/dev/null || true
+    fi
+}
+
+cmd_standby_up() {
+    cmd_up
+    standby_paths
+    # The replication role, and the right to pause and resume replay for the test role.
+    psql_admin -f - <<EOF
+SELECT 'CREATE ROLE $REPL_USER REPLICATION LOGIN' WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$REPL_USER')
+\gexec
+ALTER ROLE $REPL_USER WITH REPLICATION LOGIN PASSWORD '$DB_PASS';
+EOF
+    # Function privileges live in each database; template1 passes them on to databases
+    # created later (the tests' own).
+    local db
+    for db in template1 "$DB_NAME"; do
+        psql_admin -d "$db" -c "GRANT EXECUTE ON FUNCTION pg_wal_replay_pause(), pg_wal_replay_resume(), \
+            pg_is_wal_replay_paused(), pg_get_wal_replay_pause_state() TO $DB_USER"
+    done
+    local attempt i
+    for attempt in 1 2; do
+        # A standby of an earlier cluster (or a broken one) is made anew.
+        if [ ! -f "$SBDATA/standby.signal" ] || [ "$attempt" -eq 2 ]; then
+            standby_stop_
+            standby_make
+        fi
+        if standby_start; then
+            for i in $(seq 1 60); do
+                if standby_streaming; then
+                    # A test that died while replay was paused must not leave it paused.
+                    PGPASSWORD="$DB_PASS" "$PGBIN/psql" -X -qtA -h 127.0.0.1 -p "$STANDBY_PORT" -U "$DB_USER" \
+                        -d "$DB_NAME" -c 'SELECT pg_wal_replay_resume()' >/dev/null 2>&1 || true
+                    write_env
+                    log "standby streaming on 127.0.0.1:$STANDBY_PORT"
+                    return 0
+                fi
+                sleep 0.5
+            done
+        fi
+        log "standby not streaming; making it anew"
+    done
+    tail -n 30 "$SBLOG" >&2 || true
+    die "the standby did not start streaming"
+}
+
+cmd_standby_stop() {
+    ensure_pg_installed
+    standby_paths
+    standby_stop_
+}
+
 # ---------------------------------------------------------------- Redis
 
 redis_ping() {
@@ -320,6 +444,7 @@ write_env() {
 # generated by scripts/services.sh
 export DATABASE_URL=postgres://$DB_USER:$DB_PASS@127.0.0.1:$PG_PORT/$DB_NAME
 export REDIS_URL=redis://127.0.0.1:$REDIS_PORT
+export STANDBY_DATABASE_URL=postgres://$DB_USER:$DB_PASS@127.0.0.1:$STANDBY_PORT/$DB_NAME
 EOF
     mv "$LOCAL/env.tmp" "$LOCAL/env"
 }
@@ -369,6 +494,8 @@ case "$cmd" in
     pg-stop)     with_lock pg_stop ;;
     pg-start)    with_lock pg_start ;;
     ensure-cmd)  with_lock ensure_cmd "$@" ;;
+    standby-up)  with_lock cmd_standby_up ;;
+    standby-stop) with_lock cmd_standby_stop ;;
     -h|--help|help) usage ;;
     *) printf 'services: unknown command %q\n' "$cmd" >&2; usage ;;
 esac

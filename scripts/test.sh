@@ -8,7 +8,8 @@
 #      scripts/check-deploy.sh: nginx -t, systemd-analyze verify, redis.conf)
 #   6. loadtest/ci-smoke.sh: a short cache-drop in origin and cdn modes (skipped when
 #      arguments filter the tests)
-# Tests receive DATABASE_URL, REDIS_URL, JITOCSP_TEST_JUDGE (path of judge.py),
+# Tests receive DATABASE_URL, REDIS_URL, JITOCSP_TEST_STANDBY_URL (the test database on a
+# streaming standby), JITOCSP_TEST_JUDGE (path of judge.py),
 # JITOCSP_TEST_PYTHON and JITOCSP_ROOT. Extra arguments go to `cargo test` after `--`
 # (e.g. scripts/test.sh revoke_ to filter). Services are left running;
 # stop them with scripts/services.sh down.
@@ -26,6 +27,8 @@ bash scripts/services.sh ensure-cmd openssl openssl curl curl python3 python3 ps
 # Tests run in parallel; install what they use before any of them starts.
 bash scripts/softhsm.sh install
 bash scripts/services.sh up
+# A streaming standby of that Postgres, for the read-replica tests (tests/revocation_truth.rs).
+bash scripts/services.sh standby-up
 # shellcheck source=/dev/null
 . "$ROOT/.local/env"
 # Tests get a database and a Redis DB of their own, emptied at every run, so that a run on a
@@ -33,9 +36,10 @@ bash scripts/services.sh up
 psql "$DATABASE_URL" -qX -v ON_ERROR_STOP=1 \
     -c 'DROP DATABASE IF EXISTS jitocsp_test WITH (FORCE)' -c 'CREATE DATABASE jitocsp_test'
 DATABASE_URL="${DATABASE_URL%/*}/jitocsp_test"
+JITOCSP_TEST_STANDBY_URL="${STANDBY_DATABASE_URL%/*}/jitocsp_test"
 REDIS_URL="${REDIS_URL%/}/1"
 redis-cli -u "$REDIS_URL" FLUSHDB >/dev/null
-export DATABASE_URL REDIS_URL
+export DATABASE_URL REDIS_URL JITOCSP_TEST_STANDBY_URL
 export JITOCSP_ROOT="$ROOT"
 export JITOCSP_TEST_JUDGE="$ROOT/tests/judges/judge.py"
 
