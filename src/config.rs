@@ -1596,7 +1596,10 @@ mod tests {
         assert!(e.contains("half the interval"), "under 16 h: refreshed half the interval before nextUpdate: {e}");
         load_text("[responses]\nvalidity = \"239h 59m 59s\"\n", &[]).unwrap();
         let e = err_text("[responses]\nvalidity = \"10days\"\n", &[]);
-        assert!(e.contains("responses.validity") && e.contains("BR 4.9.10"), "ten days counted inclusively is over: {e}");
+        assert!(
+            e.contains("responses.validity") && e.contains("BR 4.9.10"),
+            "ten days counted inclusively is over: {e}"
+        );
         let e = err_text("[responses]\nvalidity = \"24h\"\nrefresh_after = \"17h\"\n", &[]);
         assert!(e.contains("responses.refresh_after") && e.contains("at most 16h"), "{e}");
         load_text("[responses]\nvalidity = \"24h\"\nrefresh_after = \"16h\"\n", &[]).unwrap();

@@ -72,7 +72,16 @@ mod tests {
 
     #[test]
     fn foreign_payloads_are_rejected() {
-        for p in ["", "3", "3 ff00", "x ff00 revoked 1", "3 zz revoked 1", "3 ff00 maybe 1", "3 ff00 good 1 extra", "3 ff00 good 0"] {
+        for p in [
+            "",
+            "3",
+            "3 ff00",
+            "x ff00 revoked 1",
+            "3 zz revoked 1",
+            "3 ff00 maybe 1",
+            "3 ff00 good 1 extra",
+            "3 ff00 good 0",
+        ] {
             assert!(StatusChange::parse(p).is_err(), "{p:?}");
         }
     }

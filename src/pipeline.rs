@@ -298,7 +298,8 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
             let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
             let now = Utc::now().timestamp();
             let latest = self.changes.latest(id.issuer_id, &id.serial);
-            let recent = self.recent.get(&id).filter(|response| self.freshness(latest, response, now) == Freshness::Serve);
+            let recent =
+                self.recent.get(&id).filter(|response| self.freshness(latest, response, now) == Freshness::Serve);
             if let Some(response) = recent {
                 metrics::counter!(m::CACHE_LOOKUPS, "tier" => "recent", "result" => "hit").increment(1);
                 return Ok(Produced::Response { response, cacheable: true });
@@ -589,7 +590,11 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
         };
         let tags = request.certs.iter().map(|c| purge_tag(&issuer.name, &c.serial)).collect::<Vec<_>>().join(", ");
         let response = Arc::new(CachedResponse::new(der, facts, &tags));
-        let changed_at = keys.iter().filter_map(|(issuer_id, serial)| self.changes.latest(*issuer_id, serial)).map(|c| c.heard_at).max();
+        let changed_at = keys
+            .iter()
+            .filter_map(|(issuer_id, serial)| self.changes.latest(*issuer_id, serial))
+            .map(|c| c.heard_at)
+            .max();
         Answer::Response { response, caching, changed_at }
     }
 

@@ -32,7 +32,6 @@ pub struct PurgeTarget {
     pub since: Option<DateTime<Utc>>,
 }
 
-
 /// Runs forever, retrying pending purges every [`RETRY_INTERVAL`].
 pub async fn run<C: ResponseCache>(pool: Pool, cache: C, key_prefix: String) {
     let mut interval = tokio::time::interval(RETRY_INTERVAL);

@@ -617,7 +617,7 @@ async fn revoke_purges_redis_and_notifies() {
     assert_eq!(redis_exists(&bystander).await, vec![true; 4], "other certificates keep theirs");
     assert_eq!(f.count("pending_purges WHERE issuer_id = $1").await, 0);
 
-    // The notification names this certificate, as revoked, at the row's changed_at.
+    // The notification names this certificate, as revoked, at the row's status version.
     let mine = loop {
         let (channel, payload) =
             tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("a notification within 5 s").unwrap();
@@ -629,16 +629,16 @@ async fn revoke_purges_redis_and_notifies() {
     };
     assert_eq!(mine.serial, Serial::from_hex("3c01").unwrap());
     assert!(mine.revoked);
-    let changed_at: chrono::DateTime<chrono::Utc> = db()
+    let version: i64 = db()
         .await
         .query_one(
-            "SELECT changed_at FROM certificates WHERE issuer_id = $1 AND serial = $2",
+            "SELECT changed_version FROM certificates WHERE issuer_id = $1 AND serial = $2",
             &[&f.id, &mine.serial.as_bytes()],
         )
         .await
         .unwrap()
         .get(0);
-    assert_eq!(mine.changed_at, changed_at);
+    assert_eq!(mine.version, version);
 
     let status = f.admin(&["status", "--issuer", &f.name, "--serial", "3c01"], None).ok();
     for needle in ["status:      revoked", "keyCompromise (1)", "revoked_at:", "changed_at:", "not_after:", "absent"] {

@@ -23,8 +23,8 @@ use crate::cache::ResponseCache;
 use crate::config::Config;
 use crate::serial::Serial;
 
-pub use crate::purges::PurgeTarget;
 use crate::purges::settle;
+pub use crate::purges::PurgeTarget;
 
 /// Shortest Redis timeout the admin tool uses, whatever `redis.timeout_ms` says: the tool
 /// runs once, not on the request path, and a purge that gives up too early leaves work.

@@ -270,8 +270,9 @@ pub async fn revoke(args: RevokeArgs, config: &Config) -> Result<(), AdminError>
     let mut cdn_ids = Vec::new();
     if !rekeys.is_empty() {
         change_reasons(&tx, &issuer, &who, txn_now, version, &rekeys, &states).await?;
-        cdn_ids = record_cdn_purges(&tx, config, &issuer, "revoke", &rekeys.iter().map(|(s, _)| *s).collect::<Vec<_>>())
-            .await?;
+        cdn_ids =
+            record_cdn_purges(&tx, config, &issuer, "revoke", &rekeys.iter().map(|(s, _)| *s).collect::<Vec<_>>())
+                .await?;
         let rekeyed: Vec<StatusChange> = rekeys
             .iter()
             .map(|(serial, _)| StatusChange { issuer_id: issuer.id, serial: (*serial).clone(), revoked: true, version })

@@ -153,13 +153,22 @@ mod tests {
         let r = respond(&answer, &TestRequest::default().to_http_request(), now, POLICY);
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(header(&r, "content-type"), OCSP_RESPONSE);
-        assert_eq!(header(&r, "cache-control"), "max-age=172200, public, no-transform, must-revalidate", "max-age ends at the refresh deadline (thisUpdate + 48h), not at nextUpdate");
+        assert_eq!(
+            header(&r, "cache-control"),
+            "max-age=172200, public, no-transform, must-revalidate",
+            "max-age ends at the refresh deadline (thisUpdate + 48h), not at nextUpdate"
+        );
         assert_eq!(header(&r, "last-modified"), "Tue, 14 Nov 2023 22:13:20 GMT");
         assert_eq!(header(&r, "expires"), "Sat, 18 Nov 2023 22:13:20 GMT");
         let hex = std::str::from_utf8(response.etag_hex()).unwrap();
         assert_eq!(header(&r, "etag"), format!("\"{hex}\""));
         assert_eq!(header(&r, "cache-tag"), "demo:0abc");
-        let capped = respond(&answer, &TestRequest::default().to_http_request(), now, CachePolicy { max_age_cap: Some(Duration::from_secs(3600)), ..POLICY });
+        let capped = respond(
+            &answer,
+            &TestRequest::default().to_http_request(),
+            now,
+            CachePolicy { max_age_cap: Some(Duration::from_secs(3600)), ..POLICY },
+        );
         assert_eq!(header(&capped, "cache-control"), "max-age=3600, public, no-transform, must-revalidate");
     }
 

@@ -164,10 +164,9 @@ mod tests {
     async fn a_failed_query_fails_every_read_in_it() {
         let store = Batching::new(DownStore, 1);
         let store = &store;
-        let reads =
-            (1..=20u8).map(|i| async move {
-                store.lookup(&[(1, Serial::from_unsigned_be(&[i]).unwrap())], ReadFrom::Replica).await
-            });
+        let reads = (1..=20u8).map(|i| async move {
+            store.lookup(&[(1, Serial::from_unsigned_be(&[i]).unwrap())], ReadFrom::Replica).await
+        });
         for result in futures_util::future::join_all(reads).await {
             let error = result.unwrap_err().to_string();
             assert!(error.contains("connection refused"), "{error}");

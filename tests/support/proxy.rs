@@ -67,7 +67,13 @@ async fn connection(client: TcpStream, state: Arc<State>) {
     pump(client_read, server_write, state, marked, true).await;
 }
 
-async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, state: Arc<State>, marked: Arc<AtomicBool>, client: bool) {
+async fn pump(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    state: Arc<State>,
+    marked: Arc<AtomicBool>,
+    client: bool,
+) {
     let mut buf = vec![0u8; 16 * 1024];
     let mut first = client;
     loop {
