@@ -128,14 +128,16 @@ pg_paths() {
 
 pg_ctl_() { pg_as "$PGBIN/pg_ctl" -D "$PGDATA" "$@"; }
 
-# True if postmaster.pid names a live postgres process (pids are reused across
+# True if DATADIR/postmaster.pid names a live postgres process (pids are reused across
 # sessions, so a leftover pid file may point at an unrelated process).
-pg_pid_alive() {
+postmaster_alive() {
     local pid
-    [ -f "$PGDATA/postmaster.pid" ] || return 1
-    pid="$(head -n1 "$PGDATA/postmaster.pid" 2>/dev/null || true)"
+    [ -f "$1/postmaster.pid" ] || return 1
+    pid="$(head -n1 "$1/postmaster.pid" 2>/dev/null || true)"
     [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null || true)" = "postgres" ]
 }
+
+pg_pid_alive() { postmaster_alive "$PGDATA"; }
 
 pg_running() {
     pg_pid_alive || return 1
@@ -270,12 +272,7 @@ standby_paths() {
 
 sb_ctl() { pg_as "$PGBIN/pg_ctl" -D "$SBDATA" "$@"; }
 
-standby_pid_alive() {
-    local pid
-    [ -f "$SBDATA/postmaster.pid" ] || return 1
-    pid="$(head -n1 "$SBDATA/postmaster.pid" 2>/dev/null || true)"
-    [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null || true)" = "postgres" ]
-}
+standby_pid_alive() { postmaster_alive "$SBDATA"; }
 
 # True once the standby is up, in recovery and streaming from the primary.
 standby_streaming() {

@@ -69,6 +69,31 @@ fn revoke(issuer: &str, cert: &Path, reason: &str, extra: &[&str]) {
     jitocsp_ok(&args, &[]);
 }
 
+/// A new, empty database on the test Postgres (same role), for a test that must see only its
+/// own rows; dropped with the guard.
+struct ScratchDatabase {
+    name: String,
+    url: String,
+}
+
+impl ScratchDatabase {
+    fn create(stem: &str) -> ScratchDatabase {
+        let name = unique(stem).replace('-', "_");
+        psql(&database_url(), &format!("CREATE DATABASE {name}"));
+        let base = database_url();
+        let (server, _) = base.rsplit_once('/').expect("DATABASE_URL ends in a database name");
+        ScratchDatabase { url: format!("{server}/{name}"), name }
+    }
+}
+
+impl Drop for ScratchDatabase {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([&database_url(), "-XqtAc", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)])
+            .output();
+    }
+}
+
 /// Resumes the standby's replay when dropped, so a failing test leaves it streaming.
 struct ReplayPaused(String);
 
@@ -216,7 +241,12 @@ fn a_silently_dead_notification_link_cannot_keep_a_revoked_certificate_good() {
     assert!(server.metric("jitocsp_listener_reconnects_total", &[]) >= 1.0);
 
     proxy.blackhole(false);
-    server.wait_until(Duration::from_secs(30), |s| metrics_endpoint(s, "/readyz").0 == 200);
+    // (Other tests' issuers, whose keys are gone, keep /readyz at 503 in the shared database:
+    // only the feed's own line matters here.)
+    server.wait_until(Duration::from_secs(30), |s| {
+        s.metrics_text().contains("jitocsp_listener_connected 1")
+            && !metrics_endpoint(s, "/readyz").1.contains("status-change feed")
+    });
     assert!(proxy.marked_connections() >= 2, "the listener reconnected");
     assert_eq!(status_in(&pki, &server.get(&path, &[]).body, &cert), "revoked");
 }
@@ -563,4 +593,72 @@ fn revocations_under_load_and_faults_never_turn_good_past_the_bound() {
     }
     // A sample verified by openssl, not only by our decoder.
     assert_eq!(status_in(&pki, &server.get(&paths[9], &[]).body, &certs[9]), "revoked");
+}
+
+/// Item 8: a pending purge re-armed by a later change while a responder is deleting the keys
+/// for the earlier one survives: the responder settles only the row it purged for.
+#[test]
+fn a_pending_purge_re_armed_during_a_retry_is_kept() {
+    // A database of its own: every responder retries every pending purge it can see, and the
+    // other tests' responders would settle this row for their own (unpaused) Redis.
+    let scratch = ScratchDatabase::create("rearm");
+    let database = scratch.url.clone();
+    let env = [("DATABASE_URL", database.as_str())];
+    let pki = Pki::new();
+    jitocsp_ok(&["migrate"], &env);
+    let issuer = unique("issuer");
+    let signer = format!("file:{}", pki.file("ca.key").display());
+    jitocsp_ok(
+        &[
+            "admin",
+            "issuer",
+            "add",
+            "--name",
+            &issuer,
+            "--cert",
+            pki.file("ca.pem").to_str().unwrap(),
+            "--signer",
+            &signer,
+        ],
+        &env,
+    );
+    let cert = pki.leaf("rearmed", "1a9401");
+    jitocsp_ok(&["admin", "import", "--issuer", &issuer, cert.to_str().unwrap()], &env);
+    let redis = OwnRedis::start(free_port());
+    let redis_url = format!("redis://127.0.0.1:{}", redis.port);
+    // A revocation whose purge failed, as the admin CLI leaves it when Redis is down.
+    psql(
+        &database,
+        &format!(
+            "INSERT INTO pending_purges (issuer_id, serial, since) \
+             SELECT id, '\\x1a9401'::bytea, now() - interval '1 minute' FROM issuers WHERE name = '{issuer}'"
+        ),
+    );
+    let redis_cli = |args: &[&str]| {
+        let output = Command::new("redis-cli").args(["-p", &redis.port.to_string()]).args(args).output().unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    // Writes wait: the responder's retry blocks in its DEL, after it has read the row.
+    redis_cli(&["CLIENT", "PAUSE", "20000", "WRITE"]);
+    let server =
+        Server::start(&[("DATABASE_URL", &database), ("REDIS_URL", &redis_url), ("JITOCSP_REDIS_TIMEOUT_MS", "30000")]);
+    server.wait_until(Duration::from_secs(20), |_| {
+        redis_cli(&["CLIENT", "LIST"]).lines().any(|l| l.contains("flags=b") && l.contains("cmd=del"))
+    });
+    // A later change re-arms the row meanwhile.
+    let rearmed = psql(
+        &database,
+        &format!("UPDATE pending_purges p SET since = now() FROM issuers i WHERE i.id = p.issuer_id AND i.name = '{issuer}' AND p.serial = '\\x1a9401'::bytea RETURNING p.since"),
+    );
+    redis_cli(&["CLIENT", "UNPAUSE"]);
+    server
+        .wait_until(Duration::from_secs(20), |s| s.metric("jitocsp_purge_retries_total", &["result=\"done\""]) >= 1.0);
+    let left = psql(
+        &database,
+        &format!(
+            "SELECT p.since FROM pending_purges p JOIN issuers i ON i.id = p.issuer_id \
+             WHERE i.name = '{issuer}' AND p.serial = '\\x1a9401'::bytea"
+        ),
+    );
+    assert_eq!(left, rearmed, "the re-armed purge is still owed");
 }

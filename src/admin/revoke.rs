@@ -244,7 +244,7 @@ pub async fn revoke(args: RevokeArgs, config: &Config) -> Result<(), AdminError>
             }
         }
         println!(
-            "dry run: would change {would}, {} left as they are (issuer {:?}); nothing was changed",
+            "dry run: would revoke or re-reason {would}, {} left as they are (issuer {:?}); nothing was changed",
             serials.len() - would,
             issuer.name
         );
@@ -365,10 +365,13 @@ pub async fn revoke(args: RevokeArgs, config: &Config) -> Result<(), AdminError>
     let outcome = purge::purge(config, &client, &targets).await;
     purge::report(&outcome);
     deliver_cdn_purges(&client, config, &cdn_ids).await;
+    let rekeyed = match rekeys.len() {
+        0 => String::new(),
+        n => format!("{n} changed to keyCompromise, "),
+    };
     println!(
-        "{} revoked, {} reason(s) changed, {skipped} already revoked (issuer {:?}, reason {reason})",
+        "{} revoked, {rekeyed}{skipped} already revoked (issuer {:?}, reason {reason})",
         changes.len() - rekeys.len(),
-        rekeys.len(),
         issuer.name
     );
     Ok(())
