@@ -28,9 +28,13 @@
 //!
 //! Keeping caches honest:
 //! - [`notify`]: the payload of the `jitocsp_status` Postgres notification.
-//! - [`listener`]: hears committed changes and applies them; [`changes`] remembers them so
-//!   that no cached response read before a change is served after it.
-//! - [`purges`]: retries Redis purges that a revocation could not complete.
+//! - [`listener`]: hears committed changes and applies them, and proves once a second that
+//!   it still hears them (a heartbeat through the same connection); [`changes`] remembers
+//!   the changes by status version, so that no response signed from a row older than a change
+//!   is served after it, and holds the feed's proof of life and the primary's WAL positions
+//!   that bound replica reads.
+//! - [`purges`]: the pending-purge bookkeeping (one settle rule for the CLI and the
+//!   responders) and the retry of Redis purges that a revocation could not complete.
 //! - [`hooks`]: the CDN purge hook: purges owed by status changes, called and retried.
 //!
 //! Around it:
@@ -56,10 +60,11 @@
 //! 6. [`http::headers`] adds Last-Modified, Expires, Cache-Control, ETag and the purge tag,
 //!    or answers 304.
 //!
-//! A revocation (`jitocsp admin revoke`) commits the new status with an audit row, a
-//! pending-purge row and a `NOTIFY`, then deletes the Redis keys. Every responder hears the
-//! notification, drops its copies and remembers the change, so a lost purge or a response
-//! signed just before the commit can never be served afterwards.
+//! A revocation (`jitocsp admin revoke`) commits the new status, stamped with a status
+//! version, with an audit row, a pending-purge row and a `NOTIFY` carrying the version, then
+//! deletes the Redis keys. Every responder hears the notification, drops its copies and
+//! remembers the change, so a lost purge, a response signed just before the commit, or a
+//! status read from a lagging replica can never be served afterwards.
 
 pub mod admin;
 pub mod cache;
