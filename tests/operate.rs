@@ -523,3 +523,22 @@ fn deploy_files_pass_their_checks() {
         assert!(text.contains(&format!("ok: {check}")), "{check} did not run:\n{text}");
     }
 }
+
+/// The harness: a metric that cannot be read (the metrics listener is gone) fails the test
+/// instead of reading as 0, which would pass every `== 0` assertion.
+#[test]
+#[should_panic(expected = "cannot read /metrics")]
+fn a_metric_that_cannot_be_read_fails_the_test() {
+    let mut server = Server::start(&[]);
+    server.kill();
+    server.metric("jitocsp_signatures_total", &[]);
+}
+
+/// The harness: a metric name that src/metrics.rs does not declare (a typo) fails the test
+/// instead of reading as 0.
+#[test]
+#[should_panic(expected = "is not declared in src/metrics.rs")]
+fn an_undeclared_metric_fails_the_test() {
+    let server = Server::start(&[]);
+    server.metric("jitocsp_signature_total", &[]);
+}

@@ -497,6 +497,11 @@ impl Server {
     }
 
     pub fn stop(mut self) {
+        self.kill();
+    }
+
+    /// Kills the process, keeping its ports and log.
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
