@@ -470,25 +470,44 @@ fn head_and_conditional_get() {
     assert_eq!(server.get(&path, &[("If-None-Match", "\"something-else\"")]).status, 200);
 }
 
+/// A serial (hex) and openssl's SHA-256 request for it, whose base64 has '+', '/' and '='.
+/// Only the serial varies between candidates (the CertID hashes are the CA's), so serials of
+/// 8, 9 and 10 octets (every length modulo 3, so padding occurs) with pseudo-random octets are
+/// spliced into one openssl request until one fits; openssl then makes the real request.
+fn request_with_plus_slash_and_padding(pki: &Pki) -> (String, Vec<u8>) {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    for len in [8usize, 9, 10] {
+        let template = pki.request_serial(&format!("1{}", "0".repeat(2 * len - 1)), "-sha256");
+        let at = template.len() - len;
+        assert_eq!(&template[at - 2..at], &[0x02, len as u8], "the serial ends the request");
+        for _ in 0..100_000 {
+            let mut candidate = template.clone();
+            for byte in &mut candidate[at..] {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                *byte = state as u8;
+            }
+            candidate[at] = 0x10 | (candidate[at] & 0x6f); // positive, no leading zero octet
+            let plain = b64(&candidate);
+            if plain.contains('+') && plain.contains('/') && plain.ends_with('=') {
+                let serial = hex::encode(&candidate[at..]);
+                let der = pki.request_serial(&serial, "-sha256");
+                assert_eq!(der, candidate, "openssl makes the request searched for");
+                return (serial, der);
+            }
+        }
+    }
+    panic!("no serial of 8 to 10 octets whose request's base64 has '+', '/' and '='");
+}
+
 /// Every spelling of a GET path that clients and proxies produce reaches the same answer, for
 /// a request whose base64 has '+', '/' and '=' padding: the characters that break.
 #[test]
 fn get_path_encodings() {
     let pki = Pki::new();
     let issuer = add_issuer(&pki);
-    // Search serials (of three lengths, so that every length modulo 3, and so padding, occurs)
-    // until the SHA-256 request's base64 has all three characters.
-    let (serial, der) = (0..1000)
-        .flat_map(|i| [4, 6, 8].map(|width| format!("5{:0w$x}", i, w = width - 1)))
-        .map(|serial| {
-            let der = pki.request_serial(&serial, "-sha256");
-            (serial, der)
-        })
-        .find(|(_, der)| {
-            let plain = b64(der);
-            plain.contains('+') && plain.contains('/') && plain.ends_with('=')
-        })
-        .expect("no serial among 3000 whose request's base64 has '+', '/' and '='");
+    let (serial, der) = request_with_plus_slash_and_padding(&pki);
     site().import_serials(&issuer, &[&serial], &hours_from_now(24 * 30));
     let server = Server::start(&[("JITOCSP_SERVER_PATH_PREFIX", "/ocsp")]);
     let plain = b64(&der);
