@@ -179,7 +179,7 @@ fn losing_redis_loses_nothing() {
         &["admin", "revoke", "--issuer", &issuer, "--serial", "7002", "--reason", "cessationOfOperation"],
         &[],
     );
-    let server = site.serve(&[("JITOCSP_REDIS_TIMEOUT_MS", "200")]);
+    let server = site.serve(&[]);
     let good_request = pki.request(&good, "-sha1");
     let revoked_request = pki.request(&revoked, "-sha1");
     let check = || {

@@ -221,11 +221,15 @@ impl Site {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sites");
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join(format!("{key_prefix}.toml"));
-        // Debug formatting of an ASCII string is a valid TOML basic string.
+        // Debug formatting of an ASCII string is a valid TOML basic string. The Redis timeout:
+        // on a saturated 2-core machine a GET or SET can exceed the 100 ms default, and a
+        // timed-out SET or a GET answered by signing is right but not what tests count (a
+        // stopped Redis still refuses connections at once).
         std::fs::write(
             &config,
             format!(
-                "[database]\nurl = {database_url:?}\n\n[redis]\nurl = {redis_url:?}\n\n[cache]\nkey_prefix = {key_prefix:?}\n"
+                "[database]\nurl = {database_url:?}\n\n[redis]\nurl = {redis_url:?}\ntimeout_ms = 5000\n\n\
+                 [cache]\nkey_prefix = {key_prefix:?}\n"
             ),
         )
         .unwrap();
