@@ -8,10 +8,13 @@
 #      scripts/check-deploy.sh: nginx -t, systemd-analyze verify, redis.conf)
 #   6. loadtest/ci-smoke.sh: a short cache-drop in origin and cdn modes (skipped when
 #      arguments filter the tests)
-# Tests receive DATABASE_URL, REDIS_URL, JITOCSP_TEST_STANDBY_URL (the test database on a
-# streaming standby), JITOCSP_TEST_JUDGE (path of judge.py),
-# JITOCSP_TEST_PYTHON and JITOCSP_ROOT. Extra arguments go to `cargo test` after `--`
-# (e.g. scripts/test.sh revoke_ to filter). Services are left running;
+# Tests receive DATABASE_URL and REDIS_URL (tests/common: the services),
+# JITOCSP_TEST_STANDBY_URL (the test database on a streaming standby, tests/revocation_truth.rs),
+# JITOCSP_TEST_JUDGE and JITOCSP_TEST_PYTHON (tests/common::judge runs that judge.py with that
+# Python, the one pkilint and cryptography were installed for; a bare `cargo test` falls back
+# to python3 and tests/judges/judge.py) and JITOCSP_ROOT. The open-files limit is raised for
+# the 10,000-connection burst test, which fails (never skips) below it. Extra arguments go to
+# `cargo test` after `--` (e.g. scripts/test.sh revoke_ to filter). Services are left running;
 # stop them with scripts/services.sh down.
 set -euo pipefail
 
@@ -20,6 +23,14 @@ cd "$ROOT"
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 die() { printf 'test.sh: error: %s\n' "$*" >&2; exit 1; }
+
+# tests/resilience.rs holds 10,000 client sockets, and the server it starts (which inherits
+# this limit) as many again.
+NOFILE_NEEDED=11024 # what the test asserts: 10,000 + 1,024
+hard="$(ulimit -Hn)"
+if [ "$hard" = unlimited ] || [ "$hard" -ge 65536 ]; then ulimit -n 65536; else ulimit -n "$hard"; fi
+[ "$(ulimit -n)" = unlimited ] || [ "$(ulimit -n)" -ge "$NOFILE_NEEDED" ] \
+    || die "open-files limit is $(ulimit -n) (hard $hard); the tests need $NOFILE_NEEDED: raise the hard limit (ulimit -Hn, limits.conf)"
 
 step "services"
 bash scripts/services.sh ensure-cmd openssl openssl curl curl python3 python3 psql postgresql-client \
@@ -55,6 +66,7 @@ if ! "$PYTHON" -c 'import cryptography, pkilint' >/dev/null 2>&1; then
     "$PYTHON" -c 'import cryptography, pkilint' || die "pkilint/cryptography still not importable by $PYTHON"
 fi
 export JITOCSP_TEST_PYTHON="$PYTHON"
+[ -f "$JITOCSP_TEST_JUDGE" ] || die "the judge $JITOCSP_TEST_JUDGE is missing"
 "$PYTHON" -c 'import cryptography, pkilint; from importlib.metadata import version as v; print("cryptography", v("cryptography"), "pkilint", v("pkilint"))'
 
 command -v cargo >/dev/null || die "cargo not found (install Rust: https://rustup.rs)"

@@ -10,17 +10,35 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use std::io::Write as _;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_jitocsp");
 
+/// `DATABASE_URL`, or when unset the one in `.local/env` (which `scripts/services.sh up` writes).
 pub fn database_url() -> String {
-    std::env::var("DATABASE_URL").expect("DATABASE_URL must point at a test Postgres: run scripts/services.sh up")
+    service_url("DATABASE_URL")
 }
 
+/// `REDIS_URL`, or when unset the one in `.local/env`.
 pub fn redis_url() -> String {
-    std::env::var("REDIS_URL").expect("REDIS_URL must point at a test Redis: run scripts/services.sh up")
+    service_url("REDIS_URL")
+}
+
+fn service_url(name: &str) -> String {
+    if let Some(value) = std::env::var(name).ok().filter(|v| !v.is_empty()) {
+        return value;
+    }
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join(".local/env");
+    let text = std::fs::read_to_string(&file).unwrap_or_default();
+    text.lines()
+        .map(|line| line.trim().trim_start_matches("export ").trim())
+        .filter_map(|line| line.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches(|c| c == '"' || c == '\'').to_owned())
+        .unwrap_or_else(|| panic!("{name} is not set and not in .local/env: run scripts/services.sh up"))
 }
 
 /// A name no other test (or earlier run) uses.
@@ -134,47 +152,254 @@ impl Pki {
     }
 }
 
-/// Runs `jitocsp` with the test services' URLs and `env`.
+/// Runs `jitocsp` as configured by the default [`Site`], with `env` on top.
 pub fn jitocsp(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(BIN);
-    command.args(args).env("DATABASE_URL", database_url()).env("REDIS_URL", redis_url());
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    command.stdin(Stdio::null()).output().expect("running jitocsp")
+    site().jitocsp(args, env)
 }
 
 pub fn jitocsp_ok(args: &[&str], env: &[(&str, &str)]) -> String {
-    let output = jitocsp(args, env);
-    assert!(
-        output.status.success(),
-        "jitocsp {args:?} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    site().jitocsp_ok(args, env)
 }
 
-/// Migrates, adds the PKI's CA as a new issuer, returns its name.
+/// Migrates, adds the PKI's CA as a new issuer of the default [`Site`], returns its name.
 pub fn add_issuer(pki: &Pki) -> String {
-    jitocsp_ok(&["migrate"], &[]);
-    let name = unique("issuer");
-    let signer = format!("file:{}", pki.file("ca.key").display());
-    jitocsp_ok(
-        &[
-            "admin",
-            "issuer",
-            "add",
-            "--name",
-            &name,
-            "--cert",
-            pki.file("ca.pem").to_str().unwrap(),
-            "--signer",
-            &signer,
-        ],
-        &[],
-    );
-    name
+    site().add_issuer(pki)
+}
+
+/// The site that the free functions ([`jitocsp`], [`add_issuer`], [`Server::start`], ...) use:
+/// one per test process, so every server and admin command of a test that does not make
+/// its own [`Site`] still shares one configuration, as in production.
+pub fn site() -> &'static Site {
+    static SITE: std::sync::OnceLock<Site> = std::sync::OnceLock::new();
+    SITE.get_or_init(Site::new)
+}
+
+/// One deployment as an operator runs it: a configuration file that `jitocsp serve` and
+/// `jitocsp admin` both read (database, Redis, Redis key prefix). Each site has a key prefix
+/// of its own, so the Redis keys under it are exactly those its responders wrote; a site made
+/// by [`Site::with_own_database`] also owns every row (and so every pending purge) it sees.
+pub struct Site {
+    pub config: PathBuf,
+    pub key_prefix: String,
+    pub database_url: String,
+    pub redis_url: String,
+    own_database: Option<String>,
+}
+
+impl Site {
+    /// A site on the test services, with a key prefix of its own.
+    pub fn new() -> Site {
+        Site::with(database_url(), redis_url(), None)
+    }
+
+    /// A site whose Redis is `redis_url`.
+    pub fn with_redis(redis_url: &str) -> Site {
+        Site::with(database_url(), redis_url.to_owned(), None)
+    }
+
+    /// A site with a database of its own (created and migrated here, dropped with the site):
+    /// for tests of what any responder sharing the database would also act on.
+    pub fn with_own_database() -> Site {
+        let name = unique("jitocsp_t").replace('-', "_");
+        let created = Command::new("psql")
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", &database_url(), "-c", &format!("CREATE DATABASE {name}")])
+            .output()
+            .expect("psql");
+        assert!(
+            created.status.success(),
+            "cannot create database {name} (the test role needs CREATEDB: scripts/services.sh up grants it): {}",
+            String::from_utf8_lossy(&created.stderr)
+        );
+        let url = with_database(&database_url(), &name);
+        let site = Site::with(url, redis_url(), Some(name));
+        site.jitocsp_ok(&["migrate"], &[]);
+        site
+    }
+
+    fn with(database_url: String, redis_url: String, own_database: Option<String>) -> Site {
+        let key_prefix = unique("t");
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sites");
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join(format!("{key_prefix}.toml"));
+        // Debug formatting of an ASCII string is a valid TOML basic string. The Redis timeout:
+        // on a saturated 2-core machine a GET or SET can exceed the 100 ms default, and a
+        // timed-out SET or a GET answered by signing is right but not what tests count (a
+        // stopped Redis still refuses connections at once).
+        std::fs::write(
+            &config,
+            format!(
+                "[database]\nurl = {database_url:?}\n\n[redis]\nurl = {redis_url:?}\ntimeout_ms = 5000\n\n\
+                 [cache]\nkey_prefix = {key_prefix:?}\n"
+            ),
+        )
+        .unwrap();
+        Site { config, key_prefix, database_url, redis_url, own_database }
+    }
+
+    /// `jitocsp --config SITE ARGS`: the file decides (the inherited `DATABASE_URL` and
+    /// `REDIS_URL` are removed); `env` of the callers overrides it as an operator's would.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(BIN);
+        command
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env_remove("DATABASE_URL")
+            .env_remove("REDIS_URL")
+            .env_remove("JITOCSP_CACHE_KEY_PREFIX")
+            .stdin(Stdio::null());
+        command
+    }
+
+    pub fn jitocsp(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut command = self.command(args);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        command.output().expect("running jitocsp")
+    }
+
+    pub fn jitocsp_ok(&self, args: &[&str], env: &[(&str, &str)]) -> String {
+        let output = self.jitocsp(args, env);
+        assert!(
+            output.status.success(),
+            "jitocsp {args:?} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Migrates, adds the PKI's CA as a new issuer, returns its name.
+    pub fn add_issuer(&self, pki: &Pki) -> String {
+        let signer = format!("file:{}", pki.file("ca.key").display());
+        self.add_issuer_with(pki, &signer, None, &[])
+    }
+
+    /// Adds the PKI's CA as a new issuer signed by `signer` (and a delegated responder
+    /// certificate, if given), with `env`; returns its name.
+    pub fn add_issuer_with(
+        &self,
+        pki: &Pki,
+        signer: &str,
+        responder_cert: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> String {
+        self.jitocsp_ok(&["migrate"], &[]);
+        let name = unique("issuer");
+        let ca = pki.file("ca.pem");
+        let mut args =
+            vec!["admin", "issuer", "add", "--name", &name, "--cert", ca.to_str().unwrap(), "--signer", signer];
+        if let Some(cert) = responder_cert {
+            args.extend_from_slice(&["--responder-cert", cert.to_str().unwrap()]);
+        }
+        self.jitocsp_ok(&args, env);
+        name
+    }
+
+    /// Imports serials (hex) of `issuer` with a notAfter, by the stdin form.
+    pub fn import_serials(&self, issuer: &str, serials: &[&str], not_after: &str) {
+        let input: String = serials.iter().map(|s| format!("{s},{not_after}\n")).collect();
+        let mut child = self
+            .command(&["admin", "import", "--issuer", issuer, "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running jitocsp");
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "import: {}", String::from_utf8_lossy(&output.stderr));
+    }
+
+    /// Starts `jitocsp serve` on this site's configuration plus `env`; waits until it is ready.
+    pub fn serve(&self, env: &[(&str, &str)]) -> Server {
+        Server::start_with(self, env)
+    }
+
+    /// One psql query on this site's database (trimmed, unaligned output); panics on failure.
+    pub fn sql(&self, query: &str) -> String {
+        let output = Command::new("psql").args(["-X", &self.database_url, "-tAc", query]).output().expect("psql");
+        assert!(output.status.success(), "psql {query}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    pub fn issuer_id(&self, name: &str) -> i32 {
+        let id = self.sql(&format!("SELECT id FROM issuers WHERE name = '{name}'"));
+        id.parse().unwrap_or_else(|_| panic!("issuer {name}: id {id:?}"))
+    }
+
+    /// Every Redis key under this site's prefix with its value: what this site's responders
+    /// wrote and nobody purged. Found by SCAN, not by the key layout the code under test uses.
+    pub fn redis_entries(&self) -> std::collections::BTreeMap<String, Vec<u8>> {
+        let pattern = format!("{}:*", self.key_prefix);
+        block_on(async {
+            let client = redis::Client::open(self.redis_url.as_str()).expect("REDIS_URL");
+            let mut conn = client.get_multiplexed_async_connection().await.expect("connect to Redis");
+            let mut keys = std::collections::BTreeSet::new();
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("SCAN");
+                keys.extend(batch);
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+            let mut entries = std::collections::BTreeMap::new();
+            for key in keys {
+                let value: Option<Vec<u8>> = redis::cmd("GET").arg(&key).query_async(&mut conn).await.expect("GET");
+                if let Some(value) = value {
+                    entries.insert(key, value);
+                }
+            }
+            entries
+        })
+    }
+
+    pub fn redis_keys(&self) -> std::collections::BTreeSet<String> {
+        self.redis_entries().into_keys().collect()
+    }
+
+    /// Drops this site's own database now, with its open connections: Postgres lost.
+    pub fn drop_database(&self) {
+        let name = self.own_database.as_deref().expect("only a site with its own database can lose it");
+        let output = Command::new("psql")
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", &database_url(), "-c"])
+            .arg(format!("DROP DATABASE {name} WITH (FORCE)"))
+            .output()
+            .expect("psql");
+        assert!(output.status.success(), "drop {name}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.config);
+        if let Some(name) = &self.own_database {
+            let _ = Command::new("psql")
+                .args(["-X", "-q", &database_url(), "-c", &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")])
+                .output();
+        }
+    }
+}
+
+/// Replaces the database name in a postgres:// URL.
+pub fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let (prefix, _) = base.rsplit_once('/').expect("database URL with a path");
+    format!("{prefix}/{name}{query}")
 }
 
 /// A running `jitocsp serve`, killed on drop.
@@ -186,27 +411,23 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts a server with its own Redis key prefix plus `env`, and waits until it is ready.
+    /// Starts a server of the default [`Site`] plus `env`, and waits until it is ready.
     pub fn start(env: &[(&str, &str)]) -> Server {
+        Server::start_with(site(), env)
+    }
+
+    fn start_with(site: &Site, env: &[(&str, &str)]) -> Server {
         let port = free_port();
         let metrics_port = free_port();
         let log = std::env::temp_dir().join(format!("{}.log", unique("jitocsp-serve")));
-        let mut command = Command::new(BIN);
-        command
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--metrics-listen",
-                &format!("127.0.0.1:{metrics_port}"),
-            ])
-            .env("DATABASE_URL", database_url())
-            .env("REDIS_URL", redis_url())
-            .env("JITOCSP_CACHE_KEY_PREFIX", unique("t"))
-            .env("JITOCSP_SERVER_WORKERS", "2")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
+        let mut command = site.command(&[
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics_port}"),
+        ]);
+        command.env("JITOCSP_SERVER_WORKERS", "2").stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
         for (k, v) in env {
             command.env(k, v);
         }
@@ -214,7 +435,7 @@ impl Server {
         let server = Server { child, port, metrics_port, log };
         server.wait_until(Duration::from_secs(20), |s| {
             s.metrics_get("/healthz").is_some_and(|(status, _)| status == 200)
-                && s.metrics_text().contains("jitocsp_listener_connected 1")
+                && s.metrics_get("/metrics").is_some_and(|(_, body)| body.contains("jitocsp_listener_connected 1"))
         });
         server
     }
@@ -240,19 +461,35 @@ impl Server {
         Some((response.status, String::from_utf8_lossy(&response.body).into_owned()))
     }
 
+    /// The Prometheus text of /metrics. Panics when it cannot be fetched: a metric that cannot
+    /// be read must fail the test, not read as 0.
     pub fn metrics_text(&self) -> String {
-        self.metrics_get("/metrics").map(|(_, body)| body).unwrap_or_default()
+        match self.metrics_get("/metrics") {
+            Some((200, body)) => body,
+            other => panic!("cannot read /metrics on port {}: {other:?}; log:\n{}", self.metrics_port, self.log_text()),
+        }
     }
 
-    /// Sum of every series of metric `name` whose labels contain all of `labels`.
+    /// Sum of every series of metric `name` whose labels contain all of `labels` (0 when the
+    /// metric has no series yet). `name` must be declared in src/metrics.rs, so that a typo
+    /// fails instead of reading as 0.
     pub fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        assert_declared_metric(name);
         self.metrics_text()
             .lines()
             .filter(|line| !line.starts_with('#'))
             .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
             .filter(|line| labels.iter().all(|l| line.contains(l)))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|line| {
+                let value = line.rsplit(' ').next().unwrap_or_default();
+                value.parse::<f64>().unwrap_or_else(|_| panic!("unreadable metric line {line:?}"))
+            })
             .sum()
+    }
+
+    /// Log lines of this server that contain every one of `needles`.
+    pub fn log_lines(&self, needles: &[&str]) -> Vec<String> {
+        self.log_text().lines().filter(|l| needles.iter().all(|n| l.contains(n))).map(str::to_owned).collect()
     }
 
     pub fn post(&self, body: &[u8]) -> HttpResponse {
@@ -264,6 +501,11 @@ impl Server {
     }
 
     pub fn stop(mut self) {
+        self.kill();
+    }
+
+    /// Kills the process, keeping its ports and log.
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -274,6 +516,17 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Panics unless `name` (less a `_bucket`, `_count` or `_sum` suffix) is a metric name in
+/// src/metrics.rs.
+fn assert_declared_metric(name: &str) {
+    const DECLARED: &str = include_str!("../../src/metrics.rs");
+    let base = ["_bucket", "_count", "_sum"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
+    assert!(
+        DECLARED.contains(&format!("\"{name}\"")) || DECLARED.contains(&format!("\"{base}\"")),
+        "metric {name} is not declared in src/metrics.rs"
+    );
 }
 
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -374,18 +627,175 @@ pub fn openssl_check_response(pki: &Pki, response: &[u8], cert: &Path, digest: &
     format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
 }
 
+/// The external judge's interpreter and script: `JITOCSP_TEST_PYTHON` and `JITOCSP_TEST_JUDGE`
+/// (scripts/test.sh sets both: the Python it installed cryptography and pkilint for), else
+/// `python3` and tests/judges/judge.py of this checkout.
+pub fn judge_command() -> (String, PathBuf) {
+    let python = std::env::var("JITOCSP_TEST_PYTHON").ok().filter(|v| !v.is_empty()).unwrap_or("python3".into());
+    let script = std::env::var_os("JITOCSP_TEST_JUDGE")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/judges/judge.py"));
+    assert!(script.is_file(), "the judge {} does not exist (JITOCSP_TEST_JUDGE)", script.display());
+    (python, script)
+}
+
 /// The external judge (tests/judges/judge.py): Python `cryptography` parses the response,
 /// verifies the signature, and pkilint lints it. Returns the judge's output; panics if it failed.
 pub fn judge(pki: &Pki, response: &[u8], args: &[&str]) -> String {
     let file = pki.file(&format!("{}.der", unique("judged")));
     std::fs::write(&file, response).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/judges/judge.py");
+    let (python, script) = judge_command();
     let mut all = vec![script.to_str().unwrap(), file.to_str().unwrap()];
     all.extend_from_slice(args);
-    let output = run("python3", &all, pki.path());
+    let output = run(&python, &all, pki.path());
     let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "judge {args:?} refused the response:\n{text}");
     text
+}
+
+/// Puts one HTTP exchange through the judge: the response is verified against the PKI's CA
+/// and linted, every CertID of `request` must be echoed byte for byte (`--request`, which also
+/// checks the nonce), and the HTTP headers must agree with the DER (`--headers`). `args` add
+/// the expectations (status, cert status, caching policy, ...).
+pub fn judge_exchange(pki: &Pki, request: &[u8], response: &HttpResponse, args: &[&str]) -> String {
+    assert_eq!(response.status, 200, "HTTP status");
+    let name = unique("exchange");
+    let request_file = pki.file(&format!("{name}.req"));
+    std::fs::write(&request_file, request).unwrap();
+    let headers_file = pki.file(&format!("{name}.headers"));
+    let headers: String = response.headers.iter().map(|(k, v)| format!("{k}: {v}\n")).collect();
+    std::fs::write(&headers_file, headers).unwrap();
+    let ca = pki.file("ca.pem");
+    let mut all = vec![
+        "--issuer",
+        ca.to_str().unwrap(),
+        "--request",
+        request_file.to_str().unwrap(),
+        "--headers",
+        headers_file.to_str().unwrap(),
+        "--lint",
+    ];
+    all.extend_from_slice(args);
+    judge(pki, &response.body, &all)
+}
+
+/// Invariant 1 on several instances at once. `revoked_at` is when `admin revoke` returned.
+/// Asks every instance about `cert` until each has answered revoked; an answer of good to a
+/// request sent more than a second after `revoked_at` fails the test, whichever instance gave
+/// it and however long the others took, as does any answer that does not verify. Once an
+/// instance answered revoked it must keep doing so. Returns, per instance, how long after
+/// `revoked_at` the first request that got revoked was sent.
+pub fn assert_revoked_everywhere(
+    servers: &[&Server],
+    pki: &Pki,
+    request: &[u8],
+    cert: &Path,
+    digest: &str,
+    revoked_at: Instant,
+) -> Vec<Duration> {
+    let deadline = revoked_at + Duration::from_secs(1);
+    let mut seen: Vec<Option<Duration>> = vec![None; servers.len()];
+    while seen.iter().any(Option::is_none) {
+        for (i, server) in servers.iter().enumerate() {
+            if seen[i].is_some() {
+                continue;
+            }
+            let sent = Instant::now();
+            let text = openssl_check_response(pki, &server.post(request).body, cert, digest);
+            assert!(text.contains("Response verify OK"), "instance {i}: {text}");
+            if text.contains(": revoked") {
+                seen[i] = Some(sent - revoked_at);
+            } else {
+                assert!(text.contains(": good"), "instance {i}: {text}");
+                assert!(
+                    sent <= deadline,
+                    "instance {i} answered good to a request sent {:?} after the revocation returned:\n{text}",
+                    sent - revoked_at
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for (i, server) in servers.iter().enumerate() {
+        for _ in 0..5 {
+            let text = openssl_check_response(pki, &server.post(request).body, cert, digest);
+            assert!(text.contains(": revoked") && text.contains("Response verify OK"), "instance {i} again: {text}");
+        }
+    }
+    seen.into_iter().map(Option::unwrap_or_default).collect()
+}
+
+/// Minimal DER reading and writing, to make request variants openssl does not produce.
+pub mod der {
+    /// The TLVs of `data` as (tag, contents). Single-octet tags, definite lengths.
+    pub fn items(mut data: &[u8]) -> Vec<(u8, &[u8])> {
+        let mut out = Vec::new();
+        while !data.is_empty() {
+            let tag = data[0];
+            let (len, header) = match data[1] {
+                n if n < 0x80 => (n as usize, 2),
+                n => {
+                    let k = (n & 0x7f) as usize;
+                    (data[2..2 + k].iter().fold(0usize, |acc, b| acc << 8 | *b as usize), 2 + k)
+                }
+            };
+            out.push((tag, &data[header..header + len]));
+            data = &data[header + len..];
+        }
+        out
+    }
+
+    pub fn tlv(tag: u8, contents: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        let len = contents.len();
+        if len < 0x80 {
+            out.push(len as u8);
+        } else {
+            let bytes: Vec<u8> = len.to_be_bytes().into_iter().skip_while(|b| *b == 0).collect();
+            out.push(0x80 | bytes.len() as u8);
+            out.extend(bytes);
+        }
+        out.extend_from_slice(contents);
+        out
+    }
+}
+
+const SHA1_OID: &[u8] = &[0x2b, 0x0e, 0x03, 0x02, 0x1a];
+const SHA256_OID: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01];
+
+/// `request` with the NULL parameters of its hash AlgorithmIdentifiers left out (as some
+/// clients send them): the other two CertID forms a responder must echo exactly.
+pub fn without_hash_parameters(request: &[u8]) -> Vec<u8> {
+    fn rewrite(tag: u8, contents: &[u8]) -> Vec<u8> {
+        if tag & 0x20 == 0 {
+            return der::tlv(tag, contents);
+        }
+        let children = der::items(contents);
+        if let [(0x06, oid), (0x05, [])] = children.as_slice() {
+            if tag == 0x30 && (*oid == SHA1_OID || *oid == SHA256_OID) {
+                return der::tlv(0x30, &der::tlv(0x06, oid));
+            }
+        }
+        der::tlv(tag, &children.iter().flat_map(|(t, c)| rewrite(*t, c)).collect::<Vec<u8>>())
+    }
+    let [(tag, contents)] = der::items(request)[..] else { panic!("not one DER element") };
+    let out = rewrite(tag, contents);
+    assert_ne!(out, request, "the request had no NULL hash parameters");
+    out
+}
+
+/// `request` (made with -no_nonce) with a nonce extension (RFC 9654) of `nonce` added.
+pub fn with_nonce(request: &[u8], nonce: &[u8]) -> Vec<u8> {
+    let [(0x30, outer)] = der::items(request)[..] else { panic!("not an OCSPRequest") };
+    let [(0x30, tbs), ref rest @ ..] = der::items(outer)[..] else { panic!("no TBSRequest") };
+    assert!(der::items(tbs).iter().all(|(t, _)| *t != 0xa2), "the request already has extensions");
+    let nonce_oid = [0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01, 0x02];
+    let extension = der::tlv(0x30, &[der::tlv(0x06, &nonce_oid), der::tlv(0x04, &der::tlv(0x04, nonce))].concat());
+    let extensions = der::tlv(0xa2, &der::tlv(0x30, &extension));
+    let tbs = der::tlv(0x30, &[tbs, &extensions].concat());
+    let rest: Vec<u8> = rest.iter().flat_map(|(t, c)| der::tlv(*t, c)).collect();
+    der::tlv(0x30, &[tbs, rest].concat())
 }
 
 /// Standard base64 of `der`.
@@ -487,15 +897,7 @@ pub fn delegated_responder(pki: &Pki, key_args: &[&str]) -> (PathBuf, PathBuf) {
 /// Adds the PKI's CA as a new issuer signed by `signer` (and a delegated responder
 /// certificate, if given), with `env` (SOFTHSM2_CONF, the PIN variable); returns its name.
 pub fn add_issuer_with(pki: &Pki, signer: &str, responder_cert: Option<&Path>, env: &[(&str, &str)]) -> String {
-    jitocsp_ok(&["migrate"], &[]);
-    let name = unique("issuer");
-    let ca = pki.file("ca.pem");
-    let mut args = vec!["admin", "issuer", "add", "--name", &name, "--cert", ca.to_str().unwrap(), "--signer", signer];
-    if let Some(cert) = responder_cert {
-        args.extend_from_slice(&["--responder-cert", cert.to_str().unwrap()]);
-    }
-    jitocsp_ok(&args, env);
-    name
+    site().add_issuer_with(pki, signer, responder_cert, env)
 }
 
 /// A SoftHSM2 token in a temporary directory, made by scripts/softhsm.sh.

@@ -5,9 +5,12 @@ Independent of the Rust code on purpose: it parses with Python `cryptography` an
 lints with `pkilint`, so a bug shared by our encoder and our decoder cannot pass.
 
 Usage:
-  judge.py RESPONSE.der [--issuer ISSUER.pem] [--request REQUEST.der]
+  judge.py RESPONSE.der [--issuer ISSUER.pem] [--request REQUEST.der] [--expect-nonce]
            [--expect-status successful|malformedRequest|unauthorized|tryLater|internalError|sigRequired]
-           [--expect-cert-status good|revoked|unknown] [--lint] [--no-time-check]
+           [--expect-cert-status good|revoked|unknown] [--expect-extended-revoke]
+           [--expect-reason REASON|none] [--expect-revocation-time RFC3339] [--validity SECS]
+           [--headers HEADERS.txt [--expect-cache public|no-cache|no-store]
+            [--max-age-cap SECS] [--refresh-after SECS]] [--lint] [--no-time-check]
 
 Checks (the first failure ends the run; --lint findings are printed in full):
   * the file is a DER OCSPResponse; responseStatus equals --expect-status (default
@@ -23,8 +26,27 @@ Checks (the first failure ends the run; --lint findings are printed in full):
     the delegated responder certificate, which must then be directly issued by the
     issuer and carry id-kp-OCSPSigning; the ResponderID (byKey or byName) names the
     signer
-  * --request: every CertID of the (single-CertID) request is echoed exactly (same hash
-    algorithm, hashes and serial); a nonce in the request, if echoed, is echoed exactly
+  * --expect-reason / --expect-revocation-time: every revoked SingleResponse has that
+    revocationReason ("none": the field is omitted) and revocationTime
+  * --expect-extended-revoke: the "revoked" answer for a serial that was never issued
+    (RFC 6960 section 2.2): revocationTime 1970-01-01T00:00:00Z, reason certificateHold, and
+    the non-critical id-pkix-ocsp-extended-revoke response extension with a NULL value
+  * --validity: nextUpdate - thisUpdate equals SECS in every SingleResponse
+  * --request: the request is parsed with the small DER reader below (not with the
+    library under test, nor with `cryptography`, which reads one CertID only); the
+    response has one SingleResponse per CertID of the request and each CertID is echoed
+    byte for byte (hash algorithm with its parameters as sent, hashes, serial). The
+    response carries a nonce only if the request did, and then the exact same
+    extnValue bytes; --expect-nonce: it must carry it
+  * --headers: the HTTP response headers (one "Name: value" per line) agree with the DER:
+    Content-Type application/ocsp-response; a cacheable response (--expect-cache public,
+    the default for a successful response) has ETag = quoted hex SHA-256 of the DER,
+    Last-Modified = thisUpdate and Expires = nextUpdate (IMF-fixdate, GMT), and
+    Cache-Control "max-age=N, public, no-transform, must-revalidate" where N does not
+    reach past nextUpdate, --max-age-cap SECS or thisUpdate + --refresh-after SECS (and,
+    when --refresh-after is given, is no more than 2 minutes short of that deadline);
+    --expect-cache no-store / no-cache: Cache-Control is "no-store" / "max-age=0,
+    no-cache". Error responses: Cache-Control "max-age=0, no-cache"
   * --lint: pkilint's RFC 6960 OCSP response linter (what `lint_ocsp_response lint FILE`
     runs); ANY finding of any severity (including INFO and NOTICE) is a failure
 Exit status: 0 all checks passed, 1 a check failed (last line `FAIL: reason`), 2 bad usage.
@@ -33,6 +55,8 @@ Needs: pip install cryptography pkilint (scripts/test.sh installs them).
 
 import argparse
 import datetime
+import email.utils
+import hashlib
 import sys
 
 try:
@@ -62,6 +86,26 @@ CERT_STATUSES = {
 }
 CERT_STATUS_NAMES = {v: k for k, v in CERT_STATUSES.items()}
 CLOCK_SKEW = datetime.timedelta(minutes=2)
+# RFC 5280 reason names as the command line spells them -> cryptography's ReasonFlags names.
+REASONS = {
+    "unspecified": "unspecified",
+    "keyCompromise": "key_compromise",
+    "cACompromise": "ca_compromise",
+    "affiliationChanged": "affiliation_changed",
+    "superseded": "superseded",
+    "cessationOfOperation": "cessation_of_operation",
+    "certificateHold": "certificate_hold",
+    "privilegeWithdrawn": "privilege_withdrawn",
+    "aACompromise": "aa_compromise",
+    "none": "none",
+}
+
+
+def parse_time(text):
+    value = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        raise Fail(f"{text}: a time zone is needed")
+    return value
 
 
 class Fail(Exception):
@@ -200,35 +244,189 @@ def check_certid(single, issuer, idx):
         raise Fail(f"response[{idx}] issuerKeyHash ({alg.name}) does not match the issuer")
 
 
-def check_request_echo(resp, req_path, singles):
+NONCE_OID = bytes.fromhex("2b0601050507300102")  # 1.3.6.1.5.5.7.48.1.2, DER contents
+EXTENDED_REVOKE_OID = x509.ObjectIdentifier("1.3.6.1.5.5.7.48.1.9")
+
+
+def der_items(buf, what):
+    """The TLVs of `buf` as (tag, whole encoding, contents). Single-octet tags, definite
+    lengths: all OCSP needs. Deliberately tiny and independent of every library involved."""
+    items, i = [], 0
+    while i < len(buf):
+        if i + 2 > len(buf):
+            raise Fail(f"{what}: truncated DER")
+        tag = buf[i]
+        length, j = _der_len(buf, i + 1)
+        if j + length > len(buf):
+            raise Fail(f"{what}: DER length runs past the end")
+        items.append((tag, buf[i : j + length], buf[j : j + length]))
+        i = j + length
+    return items
+
+
+def der_one(buf, tag, what):
+    items = der_items(buf, what)
+    if len(items) != 1 or items[0][0] != tag:
+        raise Fail(f"{what}: expected one element with tag {tag:#04x}")
+    return items[0]
+
+
+def nonce_value(extensions_contents, what):
+    """extnValue bytes of the nonce in a SEQUENCE OF Extension's contents, or None."""
+    for tag, _, ext in der_items(extensions_contents, what):
+        parts = der_items(ext, what)
+        if tag == 0x30 and parts and parts[0][0] == 0x06 and parts[0][2] == NONCE_OID:
+            return parts[-1][2]
+    return None
+
+
+def request_parts(der):
+    """(CertID encodings in order, nonce extnValue or None) of a DER OCSPRequest."""
+    _, _, ocsp_request = der_one(der, 0x30, "request")
+    tbs = der_items(ocsp_request, "request")[0]
+    if tbs[0] != 0x30:
+        raise Fail("request: no TBSRequest")
+    cert_ids, nonce = [], None
+    for tag, _, contents in der_items(tbs[2], "TBSRequest"):
+        if tag == 0x30:  # requestList
+            for rtag, _, request in der_items(contents, "requestList"):
+                cert_id = der_items(request, "Request")[0]
+                if rtag != 0x30 or cert_id[0] != 0x30:
+                    raise Fail("request: malformed Request")
+                cert_ids.append(cert_id[1])
+        elif tag == 0xA2:  # requestExtensions
+            nonce = nonce_value(der_one(contents, 0x30, "requestExtensions")[2], "requestExtensions")
+    if not cert_ids:
+        raise Fail("request: no CertID")
+    return cert_ids, nonce
+
+
+def response_parts(der):
+    """(certID encodings of the SingleResponses in order, nonce extnValue or None) of a
+    successful DER OCSPResponse."""
+    _, _, ocsp_response = der_one(der, 0x30, "response")
+    items = der_items(ocsp_response, "response")
+    if len(items) < 2 or items[1][0] != 0xA0:
+        raise Fail("response: no responseBytes")
+    response_bytes = der_one(items[1][2], 0x30, "responseBytes")[2]
+    basic = der_items(response_bytes, "ResponseBytes")[1][2]  # the OCTET STRING's contents
+    tbs = der_items(der_one(basic, 0x30, "BasicOCSPResponse")[2], "BasicOCSPResponse")[0][2]
+    cert_ids, nonce = [], None
+    for tag, _, contents in der_items(tbs, "ResponseData"):
+        if tag == 0x30:  # responses
+            for _, _, single in der_items(contents, "responses"):
+                cert_ids.append(der_items(single, "SingleResponse")[0][1])
+        elif tag == 0xA1:  # responseExtensions
+            nonce = nonce_value(der_one(contents, 0x30, "responseExtensions")[2], "responseExtensions")
+    return cert_ids, nonce
+
+
+def check_request_echo(der, req_path, expect_nonce):
     with open(req_path, "rb") as f:
-        try:
-            req = ocsp.load_der_ocsp_request(f.read())
-        except ValueError as e:
-            raise Fail(f"cannot parse request {req_path}: {e}")
-    match = [
-        s
-        for s in singles
-        if s.serial_number == req.serial_number
-        and s.hash_algorithm.name == req.hash_algorithm.name
-        and s.issuer_name_hash == req.issuer_name_hash
-        and s.issuer_key_hash == req.issuer_key_hash
-    ]
-    if not match:
-        raise Fail(
-            f"the request's CertID ({req.hash_algorithm.name}, serial {req.serial_number:x}) is not echoed exactly"
-        )
-    try:
-        req_nonce = req.extensions.get_extension_for_oid(OCSPExtensionOID.NONCE).value.nonce
-    except x509.ExtensionNotFound:
-        req_nonce = None
-    try:
-        resp_nonce = resp.extensions.get_extension_for_oid(OCSPExtensionOID.NONCE).value.nonce
-    except x509.ExtensionNotFound:
-        resp_nonce = None
+        req_ids, req_nonce = request_parts(f.read())
+    resp_ids, resp_nonce = response_parts(der)
+    if len(resp_ids) != len(req_ids):
+        raise Fail(f"the request has {len(req_ids)} CertID(s), the response {len(resp_ids)} SingleResponse(s)")
+    for i, cert_id in enumerate(req_ids):
+        if cert_id not in resp_ids:
+            raise Fail(f"the request's CertID #{i} ({cert_id.hex()}) is not echoed byte for byte")
+    if sorted(resp_ids) != sorted(req_ids):
+        raise Fail("a SingleResponse answers a CertID the request did not ask about")
+    if resp_nonce is not None and req_nonce is None:
+        raise Fail("the response carries a nonce, the request has none")
     if resp_nonce is not None and resp_nonce != req_nonce:
-        raise Fail("the response nonce differs from the request nonce")
-    print(f"request: CertID echoed; nonce {'echoed' if resp_nonce is not None else 'not echoed'}")
+        raise Fail(f"the response nonce {resp_nonce.hex()} differs from the request nonce {req_nonce.hex()}")
+    if expect_nonce and resp_nonce is None:
+        raise Fail("the request's nonce is not echoed" if req_nonce is not None else "--expect-nonce: the request has no nonce")
+    echoed = "echoed" if resp_nonce is not None else ("not echoed" if req_nonce is not None else "none asked")
+    print(f"request: {len(req_ids)} CertID(s) echoed byte for byte; nonce {echoed}")
+
+
+EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def check_extended_revoke(resp, singles):
+    try:
+        ext = resp.extensions.get_extension_for_oid(EXTENDED_REVOKE_OID)
+    except x509.ExtensionNotFound:
+        raise Fail("no id-pkix-ocsp-extended-revoke response extension")
+    if ext.critical:
+        raise Fail("id-pkix-ocsp-extended-revoke is marked critical (RFC 6960 4.4.8: MUST NOT)")
+    value = getattr(ext.value, "value", None)
+    if value != b"\x05\x00":
+        raise Fail(f"id-pkix-ocsp-extended-revoke value is {value!r}, expected NULL")
+    for i, s in enumerate(singles):
+        if s.certificate_status != ocsp.OCSPCertStatus.REVOKED:
+            raise Fail(f"response[{i}] is not revoked")
+        if utc(s, "revocation_time") != EPOCH:
+            raise Fail(f"response[{i}] revocationTime {utc(s, 'revocation_time')} is not 1970-01-01T00:00:00Z")
+        if s.revocation_reason != x509.ReasonFlags.certificate_hold:
+            raise Fail(f"response[{i}] reason {s.revocation_reason} is not certificateHold")
+    print("extended revoke: epoch, certificateHold, non-critical NULL extension")
+
+
+def http_date(value):
+    return email.utils.format_datetime(value.astimezone(datetime.timezone.utc), usegmt=True)
+
+
+def read_headers(path):
+    headers = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if ":" in line:
+                name, value = line.split(":", 1)
+                headers[name.strip().lower()] = value.strip()
+    return headers
+
+
+def check_headers(args, der, resp, singles):
+    headers = read_headers(args.headers)
+    if headers.get("content-type") != "application/ocsp-response":
+        raise Fail(f"Content-Type is {headers.get('content-type')!r}")
+    cache_control = headers.get("cache-control")
+    expect = args.expect_cache or ("public" if singles else "no-cache")
+    if expect == "no-cache":
+        if cache_control != "max-age=0, no-cache":
+            raise Fail(f"Cache-Control is {cache_control!r}, expected 'max-age=0, no-cache'")
+    elif expect == "no-store":
+        if cache_control != "no-store":
+            raise Fail(f"Cache-Control is {cache_control!r}, expected 'no-store'")
+    else:
+        if not singles:
+            raise Fail("an error response cannot be cacheable")
+        etag = '"' + hashlib.sha256(der).hexdigest() + '"'
+        if headers.get("etag") != etag:
+            raise Fail(f"ETag is {headers.get('etag')!r}, expected the hex SHA-256 of the DER {etag}")
+        this_u, next_u = utc(singles[0], "this_update"), utc(singles[0], "next_update")
+        if headers.get("last-modified") != http_date(this_u):
+            raise Fail(f"Last-Modified is {headers.get('last-modified')!r}, thisUpdate is {http_date(this_u)}")
+        if headers.get("expires") != http_date(next_u):
+            raise Fail(f"Expires is {headers.get('expires')!r}, nextUpdate is {http_date(next_u)}")
+        parts = (cache_control or "").split(", ")
+        if len(parts) != 4 or not parts[0].startswith("max-age=") or parts[1:] != ["public", "no-transform", "must-revalidate"]:
+            raise Fail(f"Cache-Control is {cache_control!r}, expected 'max-age=N, public, no-transform, must-revalidate'")
+        try:
+            max_age = int(parts[0][len("max-age="):])
+        except ValueError:
+            raise Fail(f"Cache-Control max-age is not a number: {cache_control!r}")
+        # The server computed N at its own 'now', at most CLOCK_SKEW before ours.
+        now = datetime.datetime.now(datetime.timezone.utc)
+        deadline = next_u
+        if args.refresh_after is not None:
+            deadline = min(deadline, this_u + datetime.timedelta(seconds=args.refresh_after))
+        def limit(at):
+            seconds = int((deadline - at).total_seconds())
+            if args.max_age_cap is not None:
+                seconds = min(seconds, args.max_age_cap)
+            return seconds
+        highest = limit(now - CLOCK_SKEW)
+        if max_age < 0 or max_age > highest:
+            what = "nextUpdate" + (", the refresh deadline" if args.refresh_after is not None else "")
+            what += ", the cap" if args.max_age_cap is not None else ""
+            raise Fail(f"max-age={max_age} reaches past {what} (at most {highest})")
+        if args.refresh_after is not None and max_age < limit(now) - 1:
+            raise Fail(f"max-age={max_age} is shorter than the caching rules allow ({limit(now)})")
+    print(f"headers: ok (Cache-Control: {cache_control})")
 
 
 def lint(path):
@@ -285,6 +483,8 @@ def judge(args):
             lint(args.response)
         if len(der) > 5:
             raise Fail(f"{status} response carries {len(der)} bytes; expected a bare status (5 bytes)")
+        if args.headers:
+            check_headers(args, der, resp, [])
         return
     issuer = load_cert(args.issuer) if args.issuer else None
     singles = list(resp.responses)
@@ -314,14 +514,33 @@ def judge(args):
                 raise Fail(f"response[{i}] is expired (nextUpdate {next_u})")
         if args.expect_cert_status and s.certificate_status != CERT_STATUSES[args.expect_cert_status]:
             raise Fail(f"response[{i}] (serial {s.serial_number:x}) is {cs}, expected {args.expect_cert_status}")
+        if args.validity is not None and (next_u - this_u).total_seconds() != args.validity:
+            raise Fail(f"response[{i}] validity is {next_u - this_u}, expected {args.validity} s")
+        if s.certificate_status == ocsp.OCSPCertStatus.REVOKED:
+            reason = s.revocation_reason.name if s.revocation_reason else "none"
+            if args.expect_reason and reason != REASONS.get(args.expect_reason, args.expect_reason):
+                raise Fail(f"response[{i}] revocationReason is {reason}, expected {args.expect_reason}")
+            at = utc(s, "revocation_time")
+            if args.expect_revocation_time and at != parse_time(args.expect_revocation_time):
+                raise Fail(f"response[{i}] revocationTime is {at.isoformat()}, expected {args.expect_revocation_time}")
+            if at > this_u:
+                raise Fail(f"response[{i}] revocationTime {at} is after thisUpdate {this_u}")
+        if this_u > utc(resp, "produced_at") or utc(resp, "produced_at") >= next_u:
+            raise Fail(f"response[{i}]: not thisUpdate <= producedAt < nextUpdate")
         if issuer is not None:
             check_certid(s, issuer, i)
+    if args.expect_extended_revoke:
+        check_extended_revoke(resp, singles)
     if args.lint:
         lint(args.response)
     if issuer is not None:
         check_signature(resp, issuer)
     if args.request:
-        check_request_echo(resp, args.request, singles)
+        check_request_echo(der, args.request, args.expect_nonce)
+    elif args.expect_nonce:
+        raise Fail("--expect-nonce needs --request")
+    if args.headers:
+        check_headers(args, der, resp, singles)
 
 
 def main(argv=None):
@@ -331,6 +550,15 @@ def main(argv=None):
     p.add_argument("--request", help="DER OCSPRequest the response answers: check the CertID echo")
     p.add_argument("--expect-status", choices=list(STATUSES), default="successful")
     p.add_argument("--expect-cert-status", choices=list(CERT_STATUSES))
+    p.add_argument("--expect-nonce", action="store_true", help="the request's nonce must be echoed (needs --request)")
+    p.add_argument("--expect-extended-revoke", action="store_true", help="the RFC 6960 'revoked' for an unissued serial")
+    p.add_argument("--expect-reason", help="revocationReason of revoked answers (RFC 5280 name; none = omitted)")
+    p.add_argument("--expect-revocation-time", help="revocationTime of revoked answers (RFC 3339)")
+    p.add_argument("--validity", type=int, help="nextUpdate - thisUpdate in seconds")
+    p.add_argument("--headers", help="HTTP response headers, one 'Name: value' per line")
+    p.add_argument("--expect-cache", choices=["public", "no-cache", "no-store"], help="with --headers")
+    p.add_argument("--max-age-cap", type=int, help="with --headers: max-age never above SECS")
+    p.add_argument("--refresh-after", type=int, help="with --headers: max-age never past thisUpdate + SECS")
     p.add_argument("--lint", action="store_true", help="run pkilint; any finding fails")
     p.add_argument("--no-time-check", action="store_true", help="skip thisUpdate/nextUpdate vs. now checks")
     args = p.parse_args(argv)
