@@ -115,7 +115,7 @@ enum Freshness {
     Refresh,
     /// Must not be served.
     Unusable,
-    /// Notifications are not flowing; serve only after Postgres confirms the status.
+    /// The change feed is not proven alive; serve only after the primary confirms it.
     Verify,
 }
 
@@ -242,7 +242,10 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
             }
         }
 
-        let answer = match self.single_flight(id.clone(), issuer.clone(), cert).await {
+        let produced = self.single_flight(id.clone(), issuer.clone(), cert).await;
+        // Read again: a change heard while this miss was in flight makes date validators suspect.
+        let changed_at = self.changes.latest(id.issuer_id, &id.serial).map(|c| c.heard_at);
+        match produced {
             Ok(Produced::Response { response, cacheable }) => {
                 let caching = if cacheable { Caching::Public } else { Caching::NoCache };
                 Answer::Response { response, caching, changed_at }
@@ -252,14 +255,6 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
                 Some(response) => Answer::Response { response, caching: Caching::Public, changed_at },
                 None => Answer::Error(failure.status),
             },
-        };
-        // A change heard while this request was in flight: its date validators are suspect.
-        match answer {
-            Answer::Response { response, caching, .. } => {
-                let changed_at = self.changes.latest(id.issuer_id, &id.serial).map(|c| c.heard_at);
-                Answer::Response { response, caching, changed_at }
-            }
-            refusal => refusal,
         }
     }
 

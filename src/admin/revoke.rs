@@ -14,7 +14,7 @@
 //!
 //! A revoke of many serials uses set-based statements (`serial = ANY($n)`, `unnest`) rather
 //! than one round trip per serial; per row the effect is that of the per-serial
-//! `UPDATE ... WHERE reason IS NULL RETURNING changed_at`.
+//! `UPDATE ... WHERE reason IS NULL`.
 //!
 //! A certificate already revoked is skipped and reported, not an error, and keeps its
 //! original reason and time, with one exception (BR 4.9.1.1): `--reason keyCompromise` turns
@@ -97,9 +97,8 @@ struct Planned<'a> {
 
 /// Writes the audit rows and the pending purges of `planned`, inside `tx`.
 ///
-/// Runs before the status UPDATE, so that the UPDATE (which sets `changed_at`) is as close to
-/// COMMIT as possible: between a row's `changed_at` and the commit, readers still see the old
-/// status, and responders must cover that window with their margin.
+/// Runs before the status UPDATE, so that `changed_at` (kept for operators and for the
+/// responders' catch-up window) is as close to COMMIT as it can be.
 async fn record_planned(
     tx: &Transaction<'_>,
     issuer_id: i32,
