@@ -88,7 +88,7 @@ fn conflict(origins: &Origins, key: &str, url: &str) -> ConfigError {
 fn postgres_with_password(origins: &Origins, key: &str, url: &str, password: &str) -> Result<String, ConfigError> {
     let parsed: tokio_postgres::Config =
         url.parse().map_err(|e| origins.invalid(key, format!("{}: {e}", not_postgres(url))))?;
-    if parsed.get_password().is_some() {
+    if parsed.get_password().is_some_and(|p| !p.is_empty()) {
         return Err(conflict(origins, key, url));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {

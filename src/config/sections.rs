@@ -60,10 +60,6 @@ impl DatabaseConfig {
             &self.read_url
         }
     }
-
-    pub fn connect_timeout(&self) -> Duration {
-        Duration::from_millis(self.connect_timeout_ms)
-    }
 }
 
 impl Default for DatabaseConfig {
@@ -105,12 +101,6 @@ pub struct RedisConfig {
     pub password_file: String,
     /// Milliseconds, like `database.connect_timeout_ms`.
     pub timeout_ms: u64,
-}
-
-impl RedisConfig {
-    pub fn timeout(&self) -> Duration {
-        Duration::from_millis(self.timeout_ms)
-    }
 }
 
 impl Default for RedisConfig {
