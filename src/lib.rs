@@ -41,7 +41,9 @@
 //! - [`server`]: `jitocsp serve` wiring, the metrics/health/readiness listener.
 //! - [`admin`]: the admin CLI (issuers, import, revoke, unrevoke, status, purge, audit).
 //! - [`migrate`]: applies `sql/`. [`issuer`]: reading certificates, CertID hashes.
-//! - [`config`]: the TOML file and its environment overrides. [`metrics`]: metric names.
+//! - [`config`]: the TOML file overlaid by the environment into serde section structs
+//!   (`config/sections.rs`), password files and URL redaction (`secrets.rs`), range and
+//!   BR 4.9.10 checks (`validate.rs`). [`metrics`]: metric names.
 //!
 //! ## One request, start to end
 //!

@@ -50,10 +50,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::from(2);
-        }
+        Err(error) => return ExitCode::from(report(&error, 2) as u8),
     };
     init_logging(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -97,9 +94,22 @@ fn main() -> ExitCode {
     ExitCode::from(code as u8)
 }
 
-/// Prints an error (whose message already names its cause); returns the exit code.
-fn report(error: &dyn std::error::Error, code: i32) -> i32 {
-    eprintln!("error: {error}");
+/// Prints an error and its chain of causes on one line; returns the exit code. Some messages
+/// already quote their cause ("postgres: {0}"), so a cause whose text is already shown is not
+/// repeated.
+fn report(error: &(dyn std::error::Error + 'static), code: i32) -> i32 {
+    let mut message = String::new();
+    for cause in anyhow::Chain::new(error) {
+        let text = cause.to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    eprintln!("error: {message}");
     code
 }
 

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use super::{CacheError, ResponseCache};
 
 /// Which Redis topology to talk to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RedisMode {
     Single,

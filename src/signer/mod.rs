@@ -55,25 +55,14 @@ pub trait Signer: Send + Sync {
 }
 
 /// Which implementation signs with software P-256 keys (`signing.p256_backend`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum P256Backend {
     /// ring: assembly-backed, constant-time (BoringSSL's P-256).
     #[default]
     Ring,
     /// RustCrypto `p256`: pure Rust, constant-time.
     P256,
-}
-
-impl P256Backend {
-    pub const NAMES: &'static [&'static str] = &["ring", "p256"];
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "ring" => Some(P256Backend::Ring),
-            "p256" => Some(P256Backend::P256),
-            _ => None,
-        }
-    }
 }
 
 /// How signers are opened: the `[signing]` settings that concern them.

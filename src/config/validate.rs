@@ -1,0 +1,183 @@
+//! Checks that need more than a key's type: ranges, formats, and the CA/Browser Forum
+//! Baseline Requirements' limits on validity and refresh.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::secrets::{not_postgres, redact_url};
+use super::{Config, ConfigError, Origins};
+
+/// CA/Browser Forum Baseline Requirements 4.9.10 count the validity interval inclusively
+/// (nextUpdate - thisUpdate + 1 s): at least eight hours...
+pub const MIN_VALIDITY: Duration = Duration::from_secs(8 * 3600 - 1);
+/// ...and at most ten days.
+pub const MAX_VALIDITY: Duration = Duration::from_secs(10 * 24 * 3600 - 1);
+
+/// The latest `responses.refresh_after` that BR 4.9.10 allows for `validity`: with an
+/// interval of 16 hours or more, the refresh comes at least eight hours before nextUpdate and
+/// no later than four days after thisUpdate; with a shorter one, at least half the interval
+/// before nextUpdate.
+pub fn max_refresh_after(validity: Duration) -> Duration {
+    let interval = validity + Duration::from_secs(1);
+    if interval >= Duration::from_secs(16 * 3600) {
+        (validity - Duration::from_secs(8 * 3600)).min(Duration::from_secs(4 * 24 * 3600))
+    } else {
+        validity.saturating_sub(interval / 2)
+    }
+}
+
+fn show(d: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(d)
+}
+
+pub(super) fn validate(c: &Config, o: &Origins) -> Result<(), ConfigError> {
+    // [server]
+    for (key, v) in [("server.listen", &c.server.listen), ("server.metrics_listen", &c.server.metrics_listen)] {
+        if v.parse::<SocketAddr>().is_err() {
+            return Err(o.invalid(key, format!("{v:?} is not an IP:port socket address (e.g. \"127.0.0.1:8080\")")));
+        }
+    }
+    if c.server.listen == c.server.metrics_listen && !c.server.listen.ends_with(":0") {
+        let m = &c.server.metrics_listen;
+        return Err(
+            o.invalid("server.metrics_listen", format!("{m:?} is also server.listen; metrics need their own address"))
+        );
+    }
+    let p = &c.server.path_prefix;
+    if !p.is_empty()
+        && (!p.starts_with('/') || p.ends_with('/') || p.contains(['?', '#']) || p.contains(char::is_whitespace))
+    {
+        let message = format!("{p:?} must be empty or start with '/' and not end with '/' (e.g. \"/ocsp\")");
+        return Err(o.invalid("server.path_prefix", message));
+    }
+
+    // [database]
+    check_postgres_url(o, "database.url", &c.database.url, false)?;
+    check_postgres_url(o, "database.read_url", &c.database.read_url, true)?;
+    if c.database.pool_size < 1 {
+        return Err(o.invalid("database.pool_size", "must be at least 1"));
+    }
+    if c.database.connect_timeout_ms < 1 {
+        return Err(o.invalid("database.connect_timeout_ms", "must be at least 1 (milliseconds)"));
+    }
+
+    // [redis]
+    check_redis_url(o, "redis.url", &c.redis.url)?;
+    for node in &c.redis.nodes {
+        check_redis_url(o, "redis.nodes", node)?;
+    }
+    if c.redis.timeout_ms < 1 {
+        return Err(o.invalid("redis.timeout_ms", "must be at least 1 (milliseconds)"));
+    }
+
+    // [cache]
+    let kp = &c.cache.key_prefix;
+    if kp.is_empty() || kp.contains(['{', '}']) || kp.contains(char::is_whitespace) {
+        return Err(o.invalid(
+            "cache.key_prefix",
+            format!("{kp:?} must be non-empty, without '{{', '}}' or whitespace (braces would break Redis Cluster hash tags)"),
+        ));
+    }
+
+    // [responses]
+    let r = &c.responses;
+    if r.validity < MIN_VALIDITY || r.validity > MAX_VALIDITY {
+        let (v, min, max) = (show(r.validity), show(MIN_VALIDITY), show(MAX_VALIDITY));
+        let message = format!("{v} is out of range: must be between {min} and {max} (CA/Browser Forum BR 4.9.10)");
+        return Err(o.invalid("responses.validity", message));
+    }
+    if r.refresh_after.is_zero() || r.refresh_after > max_refresh_after(r.validity) {
+        return Err(o.invalid(
+            "responses.refresh_after",
+            format!(
+                "{} must be greater than 0s and at most {} with responses.validity = {} (set by {}): \
+                 CA/Browser Forum BR 4.9.10 wants a response refreshed at least 8 h before its \
+                 nextUpdate and at most 4 days after its thisUpdate (half the interval before \
+                 nextUpdate when it is under 16 h)",
+                show(r.refresh_after),
+                show(max_refresh_after(r.validity)),
+                show(r.validity),
+                o.of("responses.validity")
+            ),
+        ));
+    }
+    if r.max_age_cap.is_some_and(|cap| cap.is_zero()) {
+        return Err(o.invalid("responses.max_age_cap", "must be greater than 0s, or \"\" for no cap"));
+    }
+
+    // [signing]
+    if c.signing.max_in_flight < 1 {
+        return Err(o.invalid("signing.max_in_flight", "must be at least 1"));
+    }
+    if !(1..=1024).contains(&c.signing.pkcs11_sessions) {
+        return Err(o.invalid("signing.pkcs11_sessions", "must be between 1 and 1024"));
+    }
+    if !(10..=600_000).contains(&c.signing.pkcs11_retry_ms) {
+        return Err(o.invalid("signing.pkcs11_retry_ms", "must be between 10 and 600000"));
+    }
+
+    // [log]
+    if c.log.level.trim().is_empty() {
+        return Err(o.invalid("log.level", "must not be empty (e.g. \"info\")"));
+    }
+    let sample = c.log.request_sample;
+    if !(0.0..=1.0).contains(&sample) {
+        return Err(o.invalid("log.request_sample", format!("{sample} must be between 0.0 and 1.0")));
+    }
+
+    // [cdn]
+    let base = &c.cdn.base_url;
+    if !base.is_empty()
+        && (!(base.starts_with("http://") || base.starts_with("https://"))
+            || base.contains(['?', '#'])
+            || base.contains(char::is_whitespace))
+    {
+        return Err(o.invalid(
+            "cdn.base_url",
+            format!(
+                "{base:?} must be \"\" or an http:// or https:// URL without query (e.g. \"http://ocsp.example.com\")"
+            ),
+        ));
+    }
+    let url = &c.cdn.purge_url;
+    if !url.is_empty() && (!url.starts_with("http://") || url.contains(char::is_whitespace)) {
+        return Err(o.invalid(
+            "cdn.purge_url",
+            format!(
+                "{} must be \"\" or an http:// URL (for an https API, call it from cdn.purge_command, e.g. with curl)",
+                redact_url(url)
+            ),
+        ));
+    }
+    let timeout = c.cdn.purge_timeout;
+    if timeout.is_zero() || timeout > Duration::from_secs(300) {
+        return Err(o.invalid("cdn.purge_timeout", format!("{} must be between 1ms and 5m", show(timeout))));
+    }
+    Ok(())
+}
+
+/// Whatever the Postgres driver parses is accepted: every URL form and key=value strings.
+fn check_postgres_url(o: &Origins, key: &str, url: &str, may_be_empty: bool) -> Result<(), ConfigError> {
+    if url.trim().is_empty() {
+        if may_be_empty {
+            return Ok(());
+        }
+        return Err(o.invalid(key, "must not be empty (e.g. \"postgres://jitocsp@127.0.0.1:5432/jitocsp\")"));
+    }
+    match url.parse::<tokio_postgres::Config>() {
+        Ok(_) => Ok(()),
+        Err(e) => Err(o.invalid(key, format!("{}: {e}", not_postgres(url)))),
+    }
+}
+
+/// A scheme check only: redis-rs would refuse `rediss://` in a build without TLS here, where
+/// the cache layer reports it at connection time.
+fn check_redis_url(o: &Origins, key: &str, url: &str) -> Result<(), ConfigError> {
+    match url::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "redis" | "rediss" | "redis+unix" | "unix") => Ok(()),
+        _ => Err(o.invalid(
+            key,
+            format!("{:?} is not a Redis URL (redis://, rediss://, redis+unix:// or unix://)", redact_url(url)),
+        )),
+    }
+}
