@@ -164,28 +164,7 @@ fn a_lagging_replica_never_answers_good_for_a_revoked_certificate() {
         "the standby must still say good, or this test proves nothing"
     );
     // Several CertIDs in one request are read and signed fresh: the same rule.
-    let both = {
-        let out = pki.file("both.req");
-        let ca = pki.file("ca.pem");
-        let output = run(
-            "openssl",
-            &[
-                "ocsp",
-                "-issuer",
-                ca.to_str().unwrap(),
-                "-cert",
-                cert.to_str().unwrap(),
-                "-cert",
-                other.to_str().unwrap(),
-                "-no_nonce",
-                "-reqout",
-                out.to_str().unwrap(),
-            ],
-            pki.path(),
-        );
-        assert!(output.status.success());
-        std::fs::read(out).unwrap()
-    };
+    let both = pki.request_certs(&[&cert, &other], "-sha1");
     let response = server.post(&both).body;
     assert_eq!(status_in(&pki, &response, &cert), "revoked");
     assert_eq!(status_in(&pki, &response, &other), "good");

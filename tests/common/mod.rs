@@ -132,22 +132,18 @@ impl Pki {
 
     /// A DER OCSP request for `cert`, made by openssl (`-sha256` etc. via `digest`).
     pub fn request(&self, cert: &Path, digest: &str) -> Vec<u8> {
+        self.request_certs(&[cert], digest)
+    }
+
+    /// One DER OCSP request with a CertID for each of `certs`, made by openssl.
+    pub fn request_certs(&self, certs: &[&Path], digest: &str) -> Vec<u8> {
         let out = self.file(&format!("{}.req", unique("q")));
-        must(
-            "openssl",
-            &[
-                "ocsp",
-                "-issuer",
-                "ca.pem",
-                digest,
-                "-cert",
-                cert.to_str().unwrap(),
-                "-no_nonce",
-                "-reqout",
-                out.to_str().unwrap(),
-            ],
-            self.path(),
-        );
+        let mut args = vec!["ocsp", "-issuer", "ca.pem", digest];
+        for cert in certs {
+            args.extend_from_slice(&["-cert", cert.to_str().unwrap()]);
+        }
+        args.extend_from_slice(&["-no_nonce", "-reqout", out.to_str().unwrap()]);
+        must("openssl", &args, self.path());
         std::fs::read(out).unwrap()
     }
 }
