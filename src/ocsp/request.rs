@@ -333,12 +333,28 @@ pub(crate) mod tests {
         let mut trailing = der.clone();
         trailing.push(0);
         assert_eq!(parse(&trailing).unwrap_err(), Malformed::TrailingData(1));
-        // Every single-byte corruption either decodes to something checked or is refused.
+        // Every single-byte corruption is refused, or decodes to one well-formed SHA-1 CertID
+        // (a corrupted hash byte is just another issuer's question). Structure bytes (tags,
+        // lengths, the algorithm) are all refused, and so is the serial, which turns negative.
+        let mut refused = Vec::new();
         for i in 0..der.len() {
             let mut corrupt = der.clone();
             corrupt[i] ^= 0xff;
-            let _ = parse(&corrupt);
+            match parse(&corrupt) {
+                Err(_) => refused.push(i),
+                Ok(request) => {
+                    assert_eq!(request.certs.len(), 1, "corruption at {i} changed the CertID count");
+                    let id = &request.certs[0].cert_id;
+                    assert_eq!(
+                        (id.issuer_name_hash.len(), id.issuer_key_hash.len()),
+                        (20, 20),
+                        "corruption at {i} accepted with other hash lengths"
+                    );
+                }
+            }
         }
+        let accepted = der.len() - refused.len();
+        assert_eq!(accepted, 20 + 20, "only the 40 hash bytes may change (refused: {refused:?})");
     }
 
     fn extension(oid: &'static rasn::types::Oid, critical: bool, value: &[u8]) -> Extension {
