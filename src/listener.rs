@@ -58,7 +58,7 @@ pub async fn run<C: ResponseCache, S: StatusStore>(
     window: Duration,
 ) {
     loop {
-        let error = listen_once(&database_url, &responder, window).await;
+        let Err(error) = listen(&database_url, &responder, window).await;
         tracing::warn!(%error, "status-change feed lost; serving only confirmed responses until it is back");
         responder.changes().feed.lost();
         metrics::gauge!(m::LISTENER_CONNECTED).set(0.0);
@@ -73,17 +73,6 @@ async fn bounded<T>(
     step: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
 ) -> Result<T, ListenError> {
     tokio::time::timeout(FEED_DEADLINE, step).await.map_err(|_| ListenError::Timeout(what))?.map_err(Into::into)
-}
-
-async fn listen_once<C: ResponseCache, S: StatusStore>(
-    database_url: &str,
-    responder: &Arc<Responder<C, S>>,
-    window: Duration,
-) -> ListenError {
-    match listen(database_url, responder, window).await {
-        Ok(never) => match never {},
-        Err(error) => error,
-    }
 }
 
 async fn listen<C: ResponseCache, S: StatusStore>(
