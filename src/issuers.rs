@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::issuer::{certid_hashes_of, parse_cert, CertIdHashes};
 use crate::ocsp::request::RequestedCert;
 use crate::ocsp::HashAlgorithm;
 use crate::signer::{self, Signer, SignerOptions};
+use crate::x509::{certid_hashes_of, parse_cert, CertIdHashes};
 
 /// One issuing CA, ready to answer for.
 pub struct Issuer {

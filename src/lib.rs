@@ -70,22 +70,18 @@
 
 pub mod admin;
 pub mod cache;
-pub mod changes;
 pub mod config;
+pub mod db;
 pub mod entry;
-pub mod hooks;
+pub mod feed;
 pub mod http;
-pub mod issuer;
 pub mod issuers;
-pub mod listener;
 pub mod metrics;
-pub mod migrate;
-pub mod notify;
 pub mod ocsp;
 pub mod pipeline;
-pub mod purges;
+pub mod purge;
 pub mod serial;
 pub mod server;
 pub mod signer;
-pub mod signing;
 pub mod store;
+pub mod x509;

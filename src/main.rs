@@ -62,7 +62,7 @@ fn main() -> ExitCode {
     };
     let code = runtime.block_on(async move {
         match cli.command {
-            Command::Migrate => match jitocsp::migrate::run(&config.database.url).await {
+            Command::Migrate => match jitocsp::db::migrate::run(&config.database.url).await {
                 Ok(applied) if applied.is_empty() => {
                     println!("schema is up to date");
                     0

@@ -15,7 +15,7 @@
 //!
 //! Status reads go to the read replica, and fall back to the primary when the replica cannot
 //! be shown to be current enough (`Responder::read_statuses`): when it lags more than
-//! [`crate::changes::MAX_REPLICA_LAG`], when its row is older than a change already heard of,
+//! [`crate::feed::log::MAX_REPLICA_LAG`], when its row is older than a change already heard of,
 //! or when the change feed is down (then nothing says which changes it may be missing).
 //!
 //! Misses for the same certificate are coalesced: the first starts a flight (one Postgres
@@ -35,20 +35,21 @@ use bytes::Bytes;
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 
+use crate::cache::keys::purge_tag;
 use crate::cache::keys::response_key;
 use crate::cache::local::{LocalTier, ResponseId};
 use crate::cache::ResponseCache;
-use crate::changes::{ChangeLog, LatestChange};
 use crate::config::{NoncePolicy, ResponsesConfig, UnissuedPolicy};
 use crate::entry::{CachedResponse, Facts};
-use crate::hooks::purge_tag;
+use crate::feed::listener::Subscriber;
+use crate::feed::log::{ChangeLog, LatestChange};
 use crate::issuers::{Issuer, IssuerSet};
 use crate::metrics as m;
 use crate::ocsp::request::{OcspRequest, RequestedCert};
 use crate::ocsp::response::{assemble, encode_response_data, CertStatusAnswer, SingleAnswer};
 use crate::ocsp::ResponseStatus;
 use crate::serial::Serial;
-use crate::signing::SigningLimiter;
+use crate::signer::limiter::SigningLimiter;
 use crate::store::{CertRecord, ReadFrom, StatusStore};
 
 /// How long a freshly signed response answers misses and Redis failures in-process.
@@ -172,10 +173,6 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
 
     pub fn store(&self) -> &S {
         &self.store
-    }
-
-    pub fn changes(&self) -> &ChangeLog {
-        &self.changes
     }
 
     /// Answers a decoded request.
@@ -405,7 +402,7 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
     }
 
     /// A replica read, or `None` if the replica is a standby that cannot be shown to lag less
-    /// than [`crate::changes::MAX_REPLICA_LAG`].
+    /// than [`crate::feed::log::MAX_REPLICA_LAG`].
     async fn read_from_replica(&self, keys: &[(i32, Serial)]) -> Result<Option<Vec<Option<CertRecord>>>, Failure> {
         let read = self.lookup(keys, ReadFrom::Replica).await?;
         // Without a replica configured, the primary answers "replica" reads: count it as such.
@@ -594,15 +591,9 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
         Answer::Response { response, caching, changed_at }
     }
 
-    /// Forgets this instance's copies of a certificate's responses after a status change.
-    pub fn forget(&self, issuer_id: i32, serial: &Serial) {
-        self.local.remove_certificate(issuer_id, serial);
-        self.recent.remove_certificate(issuer_id, serial);
-    }
-
     /// Periodic upkeep: forgets changes older than any response that could predate them.
     pub fn sweep(&self) {
-        let horizon = self.policy.validity + crate::changes::MAX_REPLICA_LAG;
+        let horizon = self.policy.validity + crate::feed::log::MAX_REPLICA_LAG;
         self.changes.prune(Utc::now().timestamp().saturating_sub(horizon.as_secs() as i64));
     }
 
@@ -626,6 +617,17 @@ struct FlightGuard<'a, C: ResponseCache, S: StatusStore> {
 impl<C: ResponseCache, S: StatusStore> Drop for FlightGuard<'_, C, S> {
     fn drop(&mut self) {
         self.responder.flights.lock().unwrap_or_else(|p| p.into_inner()).remove(self.id);
+    }
+}
+
+impl<C: ResponseCache, S: StatusStore> Subscriber for Responder<C, S> {
+    fn changes(&self) -> &ChangeLog {
+        &self.changes
+    }
+
+    fn forget(&self, issuer_id: i32, serial: &Serial) {
+        self.local.remove_certificate(issuer_id, serial);
+        self.recent.remove_certificate(issuer_id, serial);
     }
 }
 

@@ -15,16 +15,19 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use crate::cache::local::LocalTier;
 use crate::cache::redis::RedisCache;
 use crate::cache::CacheError;
-use crate::changes::ChangeLog;
 use crate::config::Config;
+use crate::feed::listener;
+use crate::feed::listener::Subscriber;
+use crate::feed::log::ChangeLog;
 use crate::http::{self, OcspService};
 use crate::issuers::{IssuerLoadError, IssuerSet};
+use crate::metrics as m;
 use crate::pipeline::Responder;
-use crate::signing::SigningLimiter;
+use crate::purge::{cdn, pending};
+use crate::signer::limiter::SigningLimiter;
 use crate::store::batch::Batching;
 use crate::store::postgres::PgStore;
 use crate::store::{StatusStore, StoreError};
-use crate::{hooks, listener, metrics as m, purges};
 
 /// The responder as `serve` runs it: Redis and Postgres.
 pub type LiveResponder = Responder<RedisCache, Batching<PgStore>>;
@@ -72,7 +75,7 @@ pub async fn build_responder(config: &Config) -> Result<Arc<LiveResponder>, Serv
         PgStore::new(&config.database.url, Some(config.database.read_url()), config.database.pool_size, timeout)?,
         config.database.pool_size,
     );
-    let client = crate::migrate::connect(&config.database.url).await?;
+    let client = crate::db::connect(&config.database.url).await?;
     let issuers = IssuerSet::load(&client, &(&config.signing).into()).await?;
     drop(client);
     if issuers.is_empty() {
@@ -112,10 +115,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
 
     // The listener needs the primary: replicas do not deliver notifications.
     tokio::spawn(listener::run(config.database.url.clone(), responder.clone(), config.responses.validity));
-    tokio::spawn(purges::run(primary.clone(), responder.cache().clone(), config.cache.key_prefix.clone()));
+    tokio::spawn(pending::run(primary.clone(), responder.cache().clone(), config.cache.key_prefix.clone()));
     if config.cdn.enabled() {
         tracing::info!(base_url = %config.cdn.base_url, "CDN purge hook configured; retrying owed purges");
-        tokio::spawn(hooks::run(primary, config.cdn.clone()));
+        tokio::spawn(cdn::run(primary, config.cdn.clone()));
     }
     metrics::gauge!(m::SIGNER_MAX_IN_FLIGHT).set(config.signing.max_in_flight as f64);
     metrics::gauge!(m::SIGNER_MAX_WAITING).set(config.signing.max_waiting as f64);

@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use jitocsp::notify::{StatusChange, CHANNEL};
+use jitocsp::feed::payload::{StatusChange, CHANNEL};
 use jitocsp::serial::Serial;
 use tokio_postgres::{AsyncMessage, NoTls};
 
@@ -139,7 +139,7 @@ impl Fixture {
     }
 
     async fn db(&self) -> tokio_postgres::Client {
-        jitocsp::migrate::connect(&self.site.database_url).await.expect("connect to Postgres")
+        jitocsp::db::connect(&self.site.database_url).await.expect("connect to Postgres")
     }
 
     fn path(&self, file: &str) -> PathBuf {
@@ -263,7 +263,7 @@ async fn remove_issuers(names: &[&str]) {
 
 /// The shared test database.
 async fn db() -> tokio_postgres::Client {
-    jitocsp::migrate::connect(&env().database_url).await.expect("connect to Postgres")
+    jitocsp::db::connect(&env().database_url).await.expect("connect to Postgres")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -298,7 +298,7 @@ async fn concurrent_migrates_on_a_fresh_database() {
         })
         .collect();
     let outputs: Vec<Output> = runs.into_iter().map(|r| r.join().unwrap()).collect();
-    let fresh = jitocsp::migrate::connect(&url).await.unwrap();
+    let fresh = jitocsp::db::connect(&url).await.unwrap();
     let versions: Vec<i32> = fresh
         .query("SELECT version FROM schema_migrations ORDER BY version", &[])
         .await
@@ -313,7 +313,7 @@ async fn concurrent_migrates_on_a_fresh_database() {
     }
     let applied = outputs.iter().filter(|o| text(&o.stdout).contains("applied migrations")).count();
     assert_eq!(applied, 1, "exactly one run applies the schema");
-    let known: Vec<i32> = jitocsp::migrate::MIGRATIONS.iter().map(|(v, _, _)| *v).collect();
+    let known: Vec<i32> = jitocsp::db::migrate::MIGRATIONS.iter().map(|(v, _, _)| *v).collect();
     assert_eq!(versions, known);
 }
 

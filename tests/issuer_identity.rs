@@ -29,7 +29,7 @@ fn query(dir: &Path, server: &Server, issuer: &str, cert: &str, digest: &str) ->
 /// harness runs its own runtime.)
 fn query_db(sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Vec<tokio_postgres::Row> {
     block_on(async {
-        let client = jitocsp::migrate::connect(&database_url()).await.expect("connect to Postgres");
+        let client = jitocsp::db::connect(&database_url()).await.expect("connect to Postgres");
         client.query(sql, params).await.unwrap()
     })
 }
@@ -68,8 +68,7 @@ fn renewed_ca_with_the_same_subject_and_key_is_refused_and_its_leaves_are_answer
     );
     assert_ne!(std::fs::read(d.join("ca.pem")).unwrap(), std::fs::read(d.join("ca-renewed.pem")).unwrap());
     let hashes =
-        jitocsp::issuer::certid_hashes(&jitocsp::issuer::load_pem_or_der(d.join("ca-renewed.pem")).unwrap()[0])
-            .unwrap();
+        jitocsp::x509::certid_hashes(&jitocsp::x509::load_pem_or_der(d.join("ca-renewed.pem")).unwrap()[0]).unwrap();
     let same_certid = || {
         query_db(
             "SELECT name, cert_der FROM issuers WHERE name_hash_sha1 = $1 AND key_hash_sha1 = $2 ORDER BY id",

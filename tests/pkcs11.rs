@@ -403,7 +403,7 @@ fn bench_signers() {
             pkcs11_retry: Duration::from_secs(1),
             p256_backend: P256Backend::Ring,
         };
-        let signer = signer::open_with(&hsm.uri("bench", None), &options).unwrap();
+        let signer = signer::open(&hsm.uri("bench", None), &options).unwrap();
         let per_second = rate(signer, sessions * 2);
         report.push(format!(
             "pkcs11 pool P-256, {sessions} session(s), {:>2} in flight: {per_second:>9.0} sig/s",
@@ -420,7 +420,7 @@ fn bench_signers() {
         ("software RSA-2048 (ring)", rsa.file("ca.key"), P256Backend::Ring),
     ] {
         let options = SignerOptions { pkcs11_sessions: 1, pkcs11_retry: Duration::from_secs(1), p256_backend: backend };
-        let signer = signer::open_with(&format!("file:{}", key.display()), &options).unwrap();
+        let signer = signer::open(&format!("file:{}", key.display()), &options).unwrap();
         report.push(format!("{what:<26} 1 task:      {:>9.0} sig/s", rate(signer.clone(), 1)));
         report.push(format!("{what:<26} 2 tasks:     {:>9.0} sig/s", rate(signer, 2)));
     }

@@ -12,7 +12,7 @@
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context as _};
-use jitocsp::issuer::CertIdHashes;
+use jitocsp::x509::CertIdHashes;
 use p256::ecdsa::VerifyingKey;
 use x509_parser::prelude::FromDer as _;
 
@@ -53,9 +53,9 @@ impl Issuer {
     pub fn load(spec: &str, position: usize, seed: u64) -> anyhow::Result<Issuer> {
         let (name, path) =
             spec.split_once('=').ok_or_else(|| anyhow!("--issuer {spec:?}: expected NAME=CA_CERT_PATH"))?;
-        let certs = jitocsp::issuer::load_pem_or_der(Path::new(path))?;
+        let certs = jitocsp::x509::load_pem_or_der(Path::new(path))?;
         let der = certs.first().ok_or_else(|| anyhow!("{path}: no certificate"))?;
-        let hashes = jitocsp::issuer::certid_hashes(der)?;
+        let hashes = jitocsp::x509::certid_hashes(der)?;
         let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der)
             .map_err(|e| anyhow!("{path}: not a certificate: {e}"))?;
         let key = VerifyingKey::from_sec1_bytes(&cert.public_key().subject_public_key.data)

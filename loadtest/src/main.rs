@@ -759,7 +759,7 @@ async fn capacity(args: CapacityArgs) -> anyhow::Result<()> {
 
 /// A corpus with one made-up issuer, for static-file runs that never build an OCSP request.
 fn placeholder_corpus() -> anyhow::Result<Corpus> {
-    let hashes = jitocsp::issuer::CertIdHashes {
+    let hashes = jitocsp::x509::CertIdHashes {
         name_sha1: [0; 20],
         key_sha1: [0; 20],
         name_sha256: [0; 32],

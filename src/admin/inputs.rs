@@ -11,8 +11,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use super::AdminError;
-use crate::issuer::{load_pem_or_der, parse_cert};
 use crate::serial::Serial;
+use crate::x509::{load_pem_or_der, parse_cert};
 
 /// Where a serial came from, for error messages.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -26,8 +26,8 @@ use tokio_postgres::error::SqlState;
 
 use super::{actor, connect, db, AdminError, IssuerAddArgs};
 use crate::config::Config;
-use crate::issuer::{certid_hashes_of, load_pem_or_der, parse_cert, verify_issued_by};
 use crate::signer::{self, SignerError};
+use crate::x509::{certid_hashes_of, load_pem_or_der, parse_cert, verify_issued_by};
 
 fn one_cert(path: &std::path::Path, role: &str) -> Result<Vec<u8>, AdminError> {
     let mut certs = load_pem_or_der(path)?;
@@ -103,7 +103,7 @@ pub async fn add(args: IssuerAddArgs, config: &Config) -> Result<(), AdminError>
         }
     };
 
-    let signer = signer::open(&args.signer).map_err(|e| match e {
+    let signer = signer::open(&args.signer, &(&config.signing).into()).map_err(|e| match e {
         SignerError::Open { .. } if args.signer.starts_with("pkcs11:") => {
             AdminError::Operational(format!("--signer: {e}"))
         }

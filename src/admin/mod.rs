@@ -35,7 +35,7 @@ use clap::{ArgGroup, Args, Subcommand};
 use tokio_postgres::Client;
 
 use crate::config::Config;
-use crate::issuer::IssuerError;
+use crate::x509::IssuerError;
 
 /// `jitocsp admin <command>`.
 #[derive(Debug, Clone, Subcommand)]
@@ -179,29 +179,10 @@ impl AdminError {
     }
 }
 
-/// Full text of a Postgres error (the plain `Display` says only "db error").
-pub(crate) fn pg_detail(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        let mut text = format!("{}: {}", db.severity(), db.message());
-        if let Some(detail) = db.detail() {
-            text.push_str(&format!(" ({detail})"));
-        }
-        text
-    } else {
-        let mut text = e.to_string();
-        let mut source = std::error::Error::source(e);
-        while let Some(s) = source {
-            text.push_str(&format!(": {s}"));
-            source = s.source();
-        }
-        text
-    }
-}
-
 /// Maps a Postgres error to [`AdminError::Database`], saying what was being done.
 pub(crate) fn db(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> AdminError {
     let what = what.into();
-    move |e| AdminError::Database { what, detail: pg_detail(&e) }
+    move |e| AdminError::Database { what, detail: crate::db::error_text(&e) }
 }
 
 /// Who is making the change, for the audit log.
@@ -216,11 +197,11 @@ pub fn actor() -> String {
 /// Connects to the primary database, bounded by `database.connect_timeout_ms`.
 pub(crate) async fn connect(config: &Config) -> Result<Client, AdminError> {
     let timeout = Duration::from_millis(config.database.connect_timeout_ms.max(1000));
-    match tokio::time::timeout(timeout, crate::migrate::connect(&config.database.url)).await {
+    match tokio::time::timeout(timeout, crate::db::connect(&config.database.url)).await {
         Ok(Ok(client)) => Ok(client),
         Ok(Err(e)) => Err(AdminError::Database {
             what: "cannot connect to Postgres (database.url)".into(),
-            detail: pg_detail(&e),
+            detail: crate::db::error_text(&e),
         }),
         Err(_) => Err(AdminError::Database {
             what: "cannot connect to Postgres (database.url)".into(),

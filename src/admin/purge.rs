@@ -23,8 +23,8 @@ use crate::cache::ResponseCache;
 use crate::config::Config;
 use crate::serial::Serial;
 
-use crate::purges::settle;
-pub use crate::purges::PurgeTarget;
+use crate::purge::pending::settle;
+pub use crate::purge::pending::PurgeTarget;
 
 /// Shortest Redis timeout the admin tool uses, whatever `redis.timeout_ms` says: the tool
 /// runs once, not on the request path, and a purge that gives up too early leaves work.
@@ -61,13 +61,13 @@ pub async fn purge(config: &Config, client: &Client, targets: &[PurgeTarget]) ->
     let (done, left): (Vec<_>, Vec<_>) = targets.iter().enumerate().partition(|(i, _)| purged[*i]);
     let done: Vec<&PurgeTarget> = done.into_iter().map(|(_, t)| t).collect();
     let left: Vec<&PurgeTarget> = left.into_iter().map(|(_, t)| t).collect();
-    if let Err(e) = settle(client, &done, None).await.map_err(|e| super::pg_detail(&e)) {
+    if let Err(e) = settle(client, &done, None).await.map_err(|e| crate::db::error_text(&e)) {
         eprintln!("warning: Redis keys deleted, but the pending_purges rows could not be removed ({e}); responders will purge again, harmlessly");
     }
     match error {
         None => PurgeOutcome::Done { purged: done.len() },
         Some(error) => {
-            if let Err(e) = settle(client, &left, Some(&error)).await.map_err(|e| super::pg_detail(&e)) {
+            if let Err(e) = settle(client, &left, Some(&error)).await.map_err(|e| crate::db::error_text(&e)) {
                 eprintln!("warning: could not record the failed purge attempt: {e}");
             }
             PurgeOutcome::Failed { purged: done.len(), pending: left.len(), error }

@@ -31,9 +31,9 @@ use super::inputs::{parse_at, parse_serial, read_cert_file, read_serials_file, O
 use super::purge::{self, PurgeTarget};
 use super::{actor, connect, db, find_issuer, AdminError, CertArgs, IssuerRow, RevokeArgs};
 use crate::config::Config;
-use crate::hooks;
-use crate::notify::{StatusChange, CHANNEL};
+use crate::feed::payload::{StatusChange, CHANNEL};
 use crate::ocsp::RevocationReason;
+use crate::purge::cdn;
 use crate::serial::Serial;
 
 /// How many unknown serials an error message lists by name.
@@ -132,7 +132,7 @@ async fn record_planned(
 }
 
 /// With a CDN purge hook configured, records one `cdn_purges` row per changed certificate
-/// inside `tx` (see `crate::hooks`). Returns the rows' ids.
+/// inside `tx` (see `crate::purge::cdn`). Returns the rows' ids.
 async fn record_cdn_purges(
     tx: &Transaction<'_>,
     config: &Config,
@@ -143,7 +143,7 @@ async fn record_cdn_purges(
     if !config.cdn.enabled() {
         return Ok(Vec::new());
     }
-    hooks::enqueue(tx, &config.cdn, issuer.id, &issuer.name, &issuer.cert_der, action, serials)
+    cdn::enqueue(tx, &config.cdn, issuer.id, &issuer.name, &issuer.cert_der, action, serials)
         .await
         .map_err(|detail| AdminError::Database { what: "recording the CDN purges".into(), detail })
 }
@@ -154,11 +154,11 @@ async fn deliver_cdn_purges(client: &tokio_postgres::Client, config: &Config, id
     if ids.is_empty() {
         return;
     }
-    if ids.len() > hooks::ADMIN_INLINE_LIMIT {
+    if ids.len() > cdn::ADMIN_INLINE_LIMIT {
         println!("CDN purge: {} purges queued; running responders deliver them", ids.len());
         return;
     }
-    match hooks::deliver(client, &config.cdn, ids).await {
+    match cdn::deliver(client, &config.cdn, ids).await {
         Ok(d) if d.failed == 0 && d.done == ids.len() => println!("CDN purge: done ({} certificate(s))", d.done),
         Ok(d) => {
             let left = ids.len() - d.done;

@@ -1,4 +1,5 @@
-//! Redis key layout, shared by the responder (which writes) and the admin CLI (which purges).
+//! Cache keys: the Redis key layout, shared by the responder (which writes) and the admin CLI
+//! (which purges), and the CDN's purge tag.
 //!
 //! A response echoes the request's CertID byte for byte, so one certificate has up to four
 //! distinct cached responses: SHA-1 or SHA-256 CertID, each with the hash AlgorithmIdentifier's
@@ -6,39 +7,33 @@
 //! All four share a Redis Cluster hash tag, `{issuer:serial}`, so one DEL removes them all
 //! even in cluster mode.
 
+use crate::ocsp::request::CertIdVariant;
 use crate::serial::Serial;
 
-/// How the request's CertID was hashed, and how its AlgorithmIdentifier was spelled.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum CertIdVariant {
-    Sha1Null,
-    Sha1Absent,
-    Sha256Null,
-    Sha256Absent,
-}
-
-impl CertIdVariant {
-    pub const ALL: [CertIdVariant; 4] =
-        [CertIdVariant::Sha1Null, CertIdVariant::Sha1Absent, CertIdVariant::Sha256Null, CertIdVariant::Sha256Absent];
-
-    fn suffix(self) -> &'static str {
-        match self {
-            CertIdVariant::Sha1Null => "1n",
-            CertIdVariant::Sha1Absent => "1a",
-            CertIdVariant::Sha256Null => "2n",
-            CertIdVariant::Sha256Absent => "2a",
-        }
+/// The key suffix of one CertID form.
+fn suffix(variant: CertIdVariant) -> &'static str {
+    match variant {
+        CertIdVariant::Sha1Null => "1n",
+        CertIdVariant::Sha1Absent => "1a",
+        CertIdVariant::Sha256Null => "2n",
+        CertIdVariant::Sha256Absent => "2a",
     }
 }
 
 /// The Redis key of one cached response: `{prefix}:{<issuer_id>:<serialhex>}:<variant>`.
 pub fn response_key(prefix: &str, issuer_id: i32, serial: &Serial, variant: CertIdVariant) -> String {
-    format!("{prefix}:{{{issuer_id}:{serial}}}:{}", variant.suffix())
+    format!("{prefix}:{{{issuer_id}:{serial}}}:{}", suffix(variant))
 }
 
 /// Every key that may hold a response for this certificate: what a purge deletes.
 pub fn all_response_keys(prefix: &str, issuer_id: i32, serial: &Serial) -> Vec<String> {
     CertIdVariant::ALL.iter().map(|v| response_key(prefix, issuer_id, serial, *v)).collect()
+}
+
+/// The purge tag of a certificate: the `Cache-Tag` header value the responder sends with its
+/// responses, and what the CDN purge hook is given (see [`crate::purge::cdn`]).
+pub fn purge_tag(issuer_name: &str, serial: &Serial) -> String {
+    format!("{issuer_name}:{serial}")
 }
 
 #[cfg(test)]

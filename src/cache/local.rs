@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use quick_cache::sync::Cache;
 
-use super::keys::CertIdVariant;
 use crate::entry::CachedResponse;
+use crate::ocsp::request::CertIdVariant;
 use crate::serial::Serial;
 
 /// Identifies one cached response: the certificate and the CertID form it answers.

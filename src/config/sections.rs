@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::redact_url;
 use crate::cache::redis::RedisMode;
-use crate::signer::P256Backend;
+use crate::signer::{P256Backend, SignerOptions};
 
 /// `[server]`: the HTTP listeners.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -232,6 +232,16 @@ impl Default for SigningConfig {
     }
 }
 
+impl From<&SigningConfig> for SignerOptions {
+    fn from(c: &SigningConfig) -> Self {
+        SignerOptions {
+            pkcs11_sessions: c.pkcs11_sessions,
+            pkcs11_retry: Duration::from_millis(c.pkcs11_retry_ms),
+            p256_backend: c.p256_backend,
+        }
+    }
+}
+
 /// `[log]`.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -259,7 +269,7 @@ pub enum LogFormat {
 }
 
 /// `[cdn]`: telling the CDN in front of jitocsp to drop a certificate's responses when its
-/// status changes (see `crate::hooks`).
+/// status changes (see `crate::purge::cdn`).
 #[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CdnConfig {

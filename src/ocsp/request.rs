@@ -26,8 +26,21 @@ use rasn_ocsp::CertId;
 use rasn_pkix::{Extension, Extensions};
 
 use super::{oids, HashAlgorithm};
-use crate::cache::keys::CertIdVariant;
 use crate::serial::{Serial, SerialError};
+
+/// How the request's CertID was hashed, and how its AlgorithmIdentifier was spelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CertIdVariant {
+    Sha1Null,
+    Sha1Absent,
+    Sha256Null,
+    Sha256Absent,
+}
+
+impl CertIdVariant {
+    pub const ALL: [CertIdVariant; 4] =
+        [CertIdVariant::Sha1Null, CertIdVariant::Sha1Absent, CertIdVariant::Sha256Null, CertIdVariant::Sha256Absent];
+}
 
 /// Most CertIDs answered in one request. Browsers send one; this bounds the work (Postgres
 /// reads and response size) a single request can cause.

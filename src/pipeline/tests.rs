@@ -13,14 +13,14 @@ use rasn_ocsp::{BasicOcspResponse, CertStatus, OcspResponse, OcspResponseStatus}
 use super::*;
 use crate::cache::CacheError;
 use crate::config::ResponsesConfig;
-use crate::issuer::certid_hashes;
+use crate::feed::payload::StatusChange;
 use crate::issuers::Issuer;
-use crate::notify::StatusChange;
 use crate::ocsp::request::tests::encode_request;
 use crate::ocsp::{request, HashAlgorithm, RevocationReason};
 use crate::signer::software::SoftwareSigner;
 use crate::signer::{Signer, SignerError};
 use crate::store::{CertRecord, Revocation, StatusRead, StoreError};
+use crate::x509::certid_hashes;
 
 const CA_DER: &[u8] = include_bytes!("../../tests/fixtures/unit-ca.der");
 

@@ -8,6 +8,7 @@
 //! 2048 bits (sha256WithRSAEncryption, PKCS#1 v1.5). See `docs/signers.md`.
 
 pub mod algorithm;
+pub mod limiter;
 pub mod pkcs11;
 pub mod software;
 pub mod uri;
@@ -75,22 +76,6 @@ pub struct SignerOptions {
     pub p256_backend: P256Backend,
 }
 
-impl Default for SignerOptions {
-    fn default() -> Self {
-        SignerOptions::from(&crate::config::SigningConfig::default())
-    }
-}
-
-impl From<&crate::config::SigningConfig> for SignerOptions {
-    fn from(c: &crate::config::SigningConfig) -> Self {
-        SignerOptions {
-            pkcs11_sessions: c.pkcs11_sessions,
-            pkcs11_retry: Duration::from_millis(c.pkcs11_retry_ms),
-            p256_backend: c.p256_backend,
-        }
-    }
-}
-
 /// Stands in for a signer that could not be opened, so that the other issuers are still
 /// served and this one's cached responses too: its misses get tryLater, and `/readyz` names
 /// it, until the responder is restarted with the key in place.
@@ -127,14 +112,9 @@ impl Signer for UnavailableSigner {
     }
 }
 
-/// Opens the signer named by `spec` with default options, requiring that it can sign now
-/// (the admin CLI checks the key against the certificate).
-pub fn open(spec: &str) -> Result<Arc<dyn Signer>, SignerError> {
-    open_with(spec, &SignerOptions::default())
-}
-
-/// As [`open`], with the given options.
-pub fn open_with(spec: &str, options: &SignerOptions) -> Result<Arc<dyn Signer>, SignerError> {
+/// Opens the signer named by `spec`, requiring that it can sign now (the admin CLI checks
+/// the key against the certificate before it registers an issuer).
+pub fn open(spec: &str, options: &SignerOptions) -> Result<Arc<dyn Signer>, SignerError> {
     open_inner(spec, options, true)
 }
 

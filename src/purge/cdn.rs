@@ -1,7 +1,7 @@
 //! The CDN purge hook: when a certificate's status changes, tell the CDN to drop what it has
 //! cached for it.
 //!
-//! The origin never serves an outdated answer after a change (see [`crate::changes`]), but a
+//! The origin never serves an outdated answer after a change (see [`crate::feed::log`]), but a
 //! CDN keeps its copy until the copy's max-age runs out. With a hook configured (`[cdn]` in the
 //! configuration), every change also owes the CDN a purge:
 //!
@@ -35,10 +35,11 @@ use futures_util::future::join_all;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::GenericClient;
 
+use crate::cache::keys::purge_tag;
 use crate::config::CdnConfig;
-use crate::issuer::CertIdHashes;
 use crate::metrics as m;
 use crate::serial::Serial;
+use crate::x509::CertIdHashes;
 
 /// How often a responder looks for due purges.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -51,12 +52,6 @@ const BATCH: i64 = 16;
 pub const ADMIN_INLINE_LIMIT: usize = 100;
 /// Characters of a failing hook's output kept in `last_error` and logs.
 const ERROR_CHARS: usize = 500;
-
-/// The purge tag of a certificate: the `Cache-Tag` header value the responder sends with its
-/// responses, and what the purge hook is given.
-pub fn purge_tag(issuer_name: &str, serial: &Serial) -> String {
-    format!("{issuer_name}:{serial}")
-}
 
 /// DER `OCSPRequest` for one CertID, no nonce, no extensions: what OpenSSL (`-no_nonce`),
 /// browsers and TLS servers that staple send, and so what CDNs cache under its GET URL.
@@ -125,7 +120,7 @@ pub async fn enqueue(
     if serials.is_empty() {
         return Ok(Vec::new());
     }
-    let hashes = crate::issuer::certid_hashes(issuer_cert_der).map_err(|e| e.to_string())?;
+    let hashes = crate::x509::certid_hashes(issuer_cert_der).map_err(|e| e.to_string())?;
     let bytes: Vec<&[u8]> = serials.iter().map(|s| s.as_bytes()).collect();
     let tags: Vec<String> = serials.iter().map(|s| purge_tag(issuer_name, s)).collect();
     let urls: Vec<String> = serials.iter().map(|s| get_urls(&cdn.base_url, &hashes, s).join("\n")).collect();
@@ -138,7 +133,7 @@ pub async fn enqueue(
             &[&issuer_id, &bytes, &tags, &urls, &action],
         )
         .await
-        .map_err(|e| crate::admin::pg_detail(&e))?;
+        .map_err(|e| crate::db::error_text(&e))?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
@@ -392,10 +387,10 @@ pub async fn deliver(client: &impl GenericClient, cdn: &CdnConfig, ids: &[i64]) 
     if ids.is_empty() || !cdn.enabled() {
         return Ok(delivery);
     }
-    let jobs = claim(client, Some(ids), ids.len() as i64, lease(cdn)).await.map_err(|e| crate::admin::pg_detail(&e))?;
+    let jobs = claim(client, Some(ids), ids.len() as i64, lease(cdn)).await.map_err(|e| crate::db::error_text(&e))?;
     let results = join_all(jobs.iter().map(|job| call_hooks(cdn, job))).await;
     for (job, result) in jobs.iter().zip(results) {
-        settle(client, job, &result).await.map_err(|e| crate::admin::pg_detail(&e))?;
+        settle(client, job, &result).await.map_err(|e| crate::db::error_text(&e))?;
         match result {
             Ok(()) => delivery.done += 1,
             Err(e) => {
@@ -415,13 +410,13 @@ fn lease(cdn: &CdnConfig) -> Duration {
 /// attempted.
 pub async fn retry_once(pool: &Pool, cdn: &CdnConfig) -> Result<usize, String> {
     let client = pool.get().await.map_err(|e| e.to_string())?;
-    let jobs = claim(&**client, None, BATCH, lease(cdn)).await.map_err(|e| crate::admin::pg_detail(&e))?;
+    let jobs = claim(&**client, None, BATCH, lease(cdn)).await.map_err(|e| crate::db::error_text(&e))?;
     let results = join_all(jobs.iter().map(|job| call_hooks(cdn, job))).await;
     for (job, result) in jobs.iter().zip(&results) {
-        settle(&**client, job, result).await.map_err(|e| crate::admin::pg_detail(&e))?;
+        settle(&**client, job, result).await.map_err(|e| crate::db::error_text(&e))?;
     }
     let pending: i64 =
-        client.query_one("SELECT count(*) FROM cdn_purges", &[]).await.map_err(|e| crate::admin::pg_detail(&e))?.get(0);
+        client.query_one("SELECT count(*) FROM cdn_purges", &[]).await.map_err(|e| crate::db::error_text(&e))?.get(0);
     metrics::gauge!(m::CDN_PURGES_PENDING).set(pending as f64);
     Ok(jobs.len())
 }

@@ -9,9 +9,9 @@
 //! notification to a channel only this instance listens on, through the same connection.
 //! Postgres delivers notifications in commit order, so when a heartbeat sent at `t` comes
 //! back, every change committed before `t` has been heard: that is the feed's proof of life
-//! ([`crate::changes::FeedHealth`]). The same query reads the primary's WAL position, which
+//! ([`crate::feed::log::FeedHealth`]). The same query reads the primary's WAL position, which
 //! bounds how far a replica read may lag. A heartbeat that does not come back within
-//! [`crate::changes::FEED_DEADLINE`] closes the connection and starts again; meanwhile the
+//! [`crate::feed::log::FEED_DEADLINE`] closes the connection and starts again; meanwhile the
 //! pipeline serves only responses the primary confirms. TCP keepalives and a TCP user timeout
 //! on the connection make the kernel notice a dead peer too.
 
@@ -23,13 +23,11 @@ use futures_util::{stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, NoTls};
 
-use crate::cache::ResponseCache;
-use crate::changes::FEED_DEADLINE;
+use crate::feed::log::{ChangeLog, FEED_DEADLINE};
+use crate::feed::payload::{StatusChange, CHANNEL};
 use crate::metrics as m;
-use crate::notify::{StatusChange, CHANNEL};
-use crate::pipeline::Responder;
 use crate::serial::Serial;
-use crate::store::{Lsn, StatusStore};
+use crate::store::Lsn;
 
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 /// How often the feed proves itself alive.
@@ -37,6 +35,14 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// The `application_name` of the listening connection, so operators (and fault tests) can
 /// tell it from the pool's connections in `pg_stat_activity`.
 pub const APPLICATION_NAME: &str = "jitocsp-listener";
+
+/// What the listener keeps informed: a responder, which remembers the changes it hears (and
+/// the feed's proof of life) and drops its own copies of a changed certificate's responses.
+pub trait Subscriber: Send + Sync + 'static {
+    fn changes(&self) -> &ChangeLog;
+    /// Forgets this instance's copies of a certificate's responses after a status change.
+    fn forget(&self, issuer_id: i32, serial: &Serial);
+}
 
 /// Why a listening connection ended.
 #[derive(Debug, thiserror::Error)]
@@ -52,11 +58,7 @@ pub enum ListenError {
 }
 
 /// Runs forever: listen, apply, prove, reconnect.
-pub async fn run<C: ResponseCache, S: StatusStore>(
-    database_url: String,
-    responder: Arc<Responder<C, S>>,
-    window: Duration,
-) {
+pub async fn run<R: Subscriber>(database_url: String, responder: Arc<R>, window: Duration) {
     loop {
         let Err(error) = listen(&database_url, &responder, window).await;
         tracing::warn!(%error, "status-change feed lost; serving only confirmed responses until it is back");
@@ -75,9 +77,9 @@ async fn bounded<T>(
     tokio::time::timeout(FEED_DEADLINE, step).await.map_err(|_| ListenError::Timeout(what))?.map_err(Into::into)
 }
 
-async fn listen<C: ResponseCache, S: StatusStore>(
+async fn listen<R: Subscriber>(
     database_url: &str,
-    responder: &Arc<Responder<C, S>>,
+    responder: &Arc<R>,
     window: Duration,
 ) -> Result<std::convert::Infallible, ListenError> {
     let mut config: tokio_postgres::Config = database_url.parse()?;
@@ -124,7 +126,7 @@ async fn listen<C: ResponseCache, S: StatusStore>(
     .await?;
     for row in &rows {
         let Ok(serial) = Serial::from_signed_be(row.get::<_, &[u8]>(1)) else { continue };
-        apply(responder, &StatusChange { issuer_id: row.get(0), serial, revoked: row.get(2), version: row.get(3) });
+        apply(&**responder, &StatusChange { issuer_id: row.get(0), serial, revoked: row.get(2), version: row.get(3) });
     }
     tracing::info!(recent_changes = rows.len(), "listening for status changes");
 
@@ -138,14 +140,14 @@ async fn listen<C: ResponseCache, S: StatusStore>(
             message = notifications.recv() => {
                 let Some((channel, payload)) = message else { return Err(ListenError::Closed) };
                 if channel == heartbeat_channel {
-                    heartbeat_returned(responder, &payload);
+                    heartbeat_returned(&**responder, &payload);
                 } else if channel == CHANNEL {
                     match StatusChange::parse(&payload) {
                         Ok(change) => {
                             metrics::counter!(m::NOTIFICATIONS).increment(1);
                             tracing::info!(issuer_id = change.issuer_id, serial = %change.serial,
                                 revoked = change.revoked, version = change.version, "status change");
-                            apply(responder, &change);
+                            apply(&**responder, &change);
                         }
                         Err(error) => tracing::error!(%error, "ignoring notification"),
                     }
@@ -168,16 +170,12 @@ async fn listen<C: ResponseCache, S: StatusStore>(
 /// Sends a heartbeat every [`HEARTBEAT_INTERVAL`]: a notification to this instance's own
 /// channel carrying its send time, and a read of the primary's WAL position. Ends if a
 /// heartbeat cannot even be sent in time; the listener then notices the missing proof.
-async fn heartbeats<C: ResponseCache, S: StatusStore>(
-    client: Arc<tokio_postgres::Client>,
-    channel: String,
-    responder: Arc<Responder<C, S>>,
-) {
+async fn heartbeats<R: Subscriber>(client: Arc<tokio_postgres::Client>, channel: String, responder: Arc<R>) {
     let mut interval = tokio::time::interval(HEARTBEAT_INTERVAL);
     loop {
         interval.tick().await;
         let sent = Instant::now();
-        let payload = crate::changes::FeedHealth::stamp(sent).to_string();
+        let payload = crate::feed::log::FeedHealth::stamp(sent).to_string();
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&channel, &payload];
         let query = client.query_one("SELECT pg_notify($1, $2), pg_current_wal_lsn()::text", &params);
         match tokio::time::timeout(FEED_DEADLINE, query).await {
@@ -198,9 +196,9 @@ async fn heartbeats<C: ResponseCache, S: StatusStore>(
     }
 }
 
-fn heartbeat_returned<C: ResponseCache, S: StatusStore>(responder: &Responder<C, S>, payload: &str) {
+fn heartbeat_returned<R: Subscriber>(responder: &R, payload: &str) {
     let feed = &responder.changes().feed;
-    match payload.parse().ok().and_then(crate::changes::FeedHealth::unstamp) {
+    match payload.parse().ok().and_then(crate::feed::log::FeedHealth::unstamp) {
         Some(sent) => {
             let was_live = feed.is_live();
             feed.prove(sent);
@@ -221,7 +219,7 @@ fn own_channel_suffix() -> String {
 }
 
 /// Records a change as heard now and drops this instance's copies of its responses.
-fn apply<C: ResponseCache, S: StatusStore>(responder: &Responder<C, S>, change: &StatusChange) {
+fn apply<R: Subscriber>(responder: &R, change: &StatusChange) {
     responder.changes().record(change, Utc::now().timestamp());
     responder.forget(change.issuer_id, &change.serial);
 }

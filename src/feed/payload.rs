@@ -4,7 +4,7 @@
 //! `NOTIFY jitocsp_status, '<payload>'` for each changed certificate. Postgres delivers the
 //! notification to every listening responder only if and when that transaction commits, so a
 //! responder never hears of a change that did not happen. Responders drop their own copies of
-//! the response and remember the change (see [`crate::changes::ChangeLog`]), so that a cached
+//! the response and remember the change (see [`crate::feed::log::ChangeLog`]), so that a cached
 //! response whose status was read before the change (at a lower status version) is never
 //! served again, even if the Redis purge was lost or the read came from a lagging replica.
 

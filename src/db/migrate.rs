@@ -7,14 +7,16 @@
 //! `migrate` runs (say, two hosts deploying at once): the second waits, then finds nothing
 //! left to do. Running `migrate` again is always safe.
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
+
+use super::connect;
 
 /// Every migration, in the order it is applied. Versions are the file's number; a new
 /// migration gets the next number and is appended here.
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[
-    (1, "0001_init.sql", include_str!("../sql/0001_init.sql")),
-    (2, "0002_cdn_purges.sql", include_str!("../sql/0002_cdn_purges.sql")),
-    (3, "0003_status_versions.sql", include_str!("../sql/0003_status_versions.sql")),
+    (1, "0001_init.sql", include_str!("../../sql/0001_init.sql")),
+    (2, "0002_cdn_purges.sql", include_str!("../../sql/0002_cdn_purges.sql")),
+    (3, "0003_status_versions.sql", include_str!("../../sql/0003_status_versions.sql")),
 ];
 
 /// Advisory lock key that `migrate` holds while it works ("jitocsp" in ASCII, as a bigint).
@@ -43,18 +45,6 @@ impl MigrateError {
     pub fn exit_code(&self) -> i32 {
         1
     }
-}
-
-/// Connects to Postgres without TLS and drives the connection on a background task.
-/// The connection task ends (logging why at debug level) when the client is dropped.
-pub async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "postgres connection ended");
-        }
-    });
-    Ok(client)
 }
 
 /// Applies every migration not yet recorded. Returns the versions applied by this call

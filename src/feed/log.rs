@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::notify::StatusChange;
+use crate::feed::payload::StatusChange;
 use crate::serial::Serial;
 use crate::store::Lsn;
 
