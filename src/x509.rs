@@ -24,7 +24,7 @@ pub struct CertIdHashes {
 
 /// A certificate could not be read or is not a certificate. Always the operator's input.
 #[derive(Debug, thiserror::Error)]
-pub enum IssuerError {
+pub enum CertificateError {
     /// (The I/O error is part of the message, not a `source`, so it is printed once.)
     #[error("cannot read {path}: {error}", path = .path.display())]
     Read { path: PathBuf, error: std::io::Error },
@@ -37,19 +37,19 @@ pub enum IssuerError {
 }
 
 /// Parses one DER certificate, requiring that nothing follows it.
-pub fn parse_cert<'a>(der: &'a [u8], what: &str) -> Result<X509Certificate<'a>, IssuerError> {
+pub fn parse_cert<'a>(der: &'a [u8], what: &str) -> Result<X509Certificate<'a>, CertificateError> {
     match X509Certificate::from_der(der) {
         Ok(([], cert)) => Ok(cert),
-        Ok((rest, _)) => Err(IssuerError::NotACertificate {
+        Ok((rest, _)) => Err(CertificateError::NotACertificate {
             what: what.to_owned(),
             reason: format!("{} trailing bytes after the certificate", rest.len()),
         }),
-        Err(e) => Err(IssuerError::NotACertificate { what: what.to_owned(), reason: e.to_string() }),
+        Err(e) => Err(CertificateError::NotACertificate { what: what.to_owned(), reason: e.to_string() }),
     }
 }
 
 /// Computes the CertID hashes (RFC 6960 4.1.1) of the issuer certificate `cert_der`.
-pub fn certid_hashes(cert_der: &[u8]) -> Result<CertIdHashes, IssuerError> {
+pub fn certid_hashes(cert_der: &[u8]) -> Result<CertIdHashes, CertificateError> {
     let cert = parse_cert(cert_der, "issuer certificate")?;
     Ok(certid_hashes_of(&cert))
 }
@@ -70,24 +70,24 @@ pub fn certid_hashes_of(cert: &X509Certificate<'_>) -> CertIdHashes {
 /// Reads every certificate in `path`: PEM (any number of `CERTIFICATE` blocks; other blocks
 /// such as keys are ignored) or a single DER certificate. Each returned DER is checked to
 /// parse as an X.509 certificate; an error names the file and, for PEM, the block number.
-pub fn load_pem_or_der(path: impl AsRef<Path>) -> Result<Vec<Vec<u8>>, IssuerError> {
+pub fn load_pem_or_der(path: impl AsRef<Path>) -> Result<Vec<Vec<u8>>, CertificateError> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|error| IssuerError::Read { path: path.to_owned(), error })?;
+    let bytes = std::fs::read(path).map_err(|error| CertificateError::Read { path: path.to_owned(), error })?;
     certs_from_bytes(&bytes, path)
 }
 
 /// As [`load_pem_or_der`], for bytes already read; `path` only names them in errors.
-pub fn certs_from_bytes(bytes: &[u8], path: &Path) -> Result<Vec<Vec<u8>>, IssuerError> {
+pub fn certs_from_bytes(bytes: &[u8], path: &Path) -> Result<Vec<Vec<u8>>, CertificateError> {
     let looks_pem = bytes.windows(11).any(|w| w == b"-----BEGIN ");
     if !looks_pem {
         if bytes.is_empty() {
-            return Err(IssuerError::NoCertificate { path: path.to_owned() });
+            return Err(CertificateError::NoCertificate { path: path.to_owned() });
         }
         parse_cert(bytes, &path.display().to_string())?;
         return Ok(vec![bytes.to_vec()]);
     }
     let blocks =
-        pem::parse_many(bytes).map_err(|e| IssuerError::Pem { path: path.to_owned(), reason: e.to_string() })?;
+        pem::parse_many(bytes).map_err(|e| CertificateError::Pem { path: path.to_owned(), reason: e.to_string() })?;
     let mut certs = Vec::new();
     for (i, block) in blocks.iter().enumerate() {
         if block.tag() != "CERTIFICATE" {
@@ -98,7 +98,7 @@ pub fn certs_from_bytes(bytes: &[u8], path: &Path) -> Result<Vec<Vec<u8>>, Issue
         certs.push(block.contents().to_vec());
     }
     if certs.is_empty() {
-        return Err(IssuerError::NoCertificate { path: path.to_owned() });
+        return Err(CertificateError::NoCertificate { path: path.to_owned() });
     }
     Ok(certs)
 }
@@ -266,14 +266,14 @@ mod tests {
 
         let err = load_pem_or_der(d.join("leaf.key")).unwrap_err();
         assert!(err.to_string().contains("leaf.key"), "{err}");
-        assert!(matches!(err, IssuerError::NoCertificate { .. }));
+        assert!(matches!(err, CertificateError::NoCertificate { .. }));
         let err = load_pem_or_der(d.join("leaf.csr")).unwrap_err();
-        assert!(matches!(err, IssuerError::NoCertificate { .. }), "{err}");
+        assert!(matches!(err, CertificateError::NoCertificate { .. }), "{err}");
         let err = load_pem_or_der(d.join("missing.pem")).unwrap_err();
         assert!(err.to_string().contains("missing.pem"), "{err}");
         std::fs::write(d.join("junk.der"), b"\x30\x03\x02\x01\x01").unwrap();
         let err = load_pem_or_der(d.join("junk.der")).unwrap_err();
-        assert!(matches!(err, IssuerError::NotACertificate { .. }), "{err}");
+        assert!(matches!(err, CertificateError::NotACertificate { .. }), "{err}");
         assert!(err.to_string().contains("junk.der"), "{err}");
     }
 }

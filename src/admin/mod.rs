@@ -35,7 +35,7 @@ use clap::{ArgGroup, Args, Subcommand};
 use tokio_postgres::Client;
 
 use crate::config::Config;
-use crate::x509::IssuerError;
+use crate::x509::CertificateError;
 
 /// `jitocsp admin <command>`.
 #[derive(Debug, Clone, Subcommand)]
@@ -153,7 +153,7 @@ pub enum AdminError {
     Input(String),
     /// A certificate file could not be read or parsed.
     #[error(transparent)]
-    Certificate(#[from] IssuerError),
+    Certificate(#[from] CertificateError),
     /// Postgres failed.
     #[error("{what}: {detail}")]
     Database { what: String, detail: String },
