@@ -80,6 +80,7 @@ pub mod metrics;
 pub mod ocsp;
 pub mod pipeline;
 pub mod purge;
+pub mod secret_file;
 pub mod serial;
 pub mod server;
 pub mod signer;

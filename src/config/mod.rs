@@ -92,8 +92,13 @@ pub enum ConfigError {
     #[error("{key} (set by {origin}): {message}")]
     Invalid { key: String, origin: String, message: String },
 
-    #[error("{key} (set by {origin}): cannot read password file {}", path.display())]
-    PasswordFile { key: String, origin: String, path: PathBuf, source: std::io::Error },
+    #[error("{key} (set by {origin}): {source}")]
+    PasswordFile {
+        key: String,
+        origin: String,
+        #[source]
+        source: crate::secret_file::SecretFileError,
+    },
 }
 
 /// Where a value came from, for error messages.

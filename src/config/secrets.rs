@@ -4,7 +4,7 @@
 //! The URLs stay strings (the form the connection code takes), but they are parsed here by
 //! the `url` crate and the Postgres driver's own parser rather than by hand.
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 
@@ -65,10 +65,9 @@ fn read_password_file(origins: &Origins, key: &str, path: &str) -> Result<Option
     if path.is_empty() {
         return Ok(None);
     }
-    let contents = std::fs::read_to_string(path).map_err(|source| ConfigError::PasswordFile {
+    let contents = crate::secret_file::read_to_string(Path::new(path)).map_err(|source| ConfigError::PasswordFile {
         key: key.to_string(),
         origin: origins.of(key).to_string(),
-        path: PathBuf::from(path),
         source,
     })?;
     match contents.trim() {

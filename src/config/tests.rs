@@ -14,6 +14,13 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
+/// A file only its owner may read, as a password file must be.
+fn write_secret(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = write(dir, name, text);
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    path
+}
+
 fn load_text(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "jitocsp.toml", text);
@@ -340,8 +347,8 @@ fn other_validation() {
 #[test]
 fn password_file_read() {
     let dir = tempfile::tempdir().unwrap();
-    let db_pw = write(dir.path(), "db", "s3cr3t/@:!\n");
-    let redis_pw = write(dir.path(), "redis", "  r-pass \n");
+    let db_pw = write_secret(dir.path(), "db", "s3cr3t/@:!\n");
+    let redis_pw = write_secret(dir.path(), "redis", "  r-pass \n");
     let text = format!(
         "[database]\nurl = \"postgres://jitocsp@db:5432/jitocsp\"\nread_url = \"postgres://jitocsp@replica/jitocsp\"\npassword_file = \"{}\"\n\
          [redis]\nurl = \"redis://jitocsp@cache:6379\"\nnodes = [\"a:1\", \"redis://b:2\"]\npassword_file = \"{}\"\n",
@@ -386,15 +393,21 @@ fn password_file_read() {
     .to_string();
     assert!(e.contains("already contains a password") && !e.contains("zebra9"), "{e}");
     // Empty file.
-    let empty = write(dir.path(), "empty", "\n");
+    let empty = write_secret(dir.path(), "empty", "\n");
     let e = load_text(&format!("[redis]\npassword_file = \"{}\"\n", empty.display()), &[]).unwrap_err();
     assert!(e.to_string().contains("redis.password_file"), "{e}");
+    // A file that others may read: refused, naming the file and its mode, not the password.
+    let open = write(dir.path(), "open", "s3cr3t-open\n");
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let e = load_text(&format!("[database]\npassword_file = \"{}\"\n", open.display()), &[]).unwrap_err().to_string();
+    assert!(e.contains("database.password_file") && e.contains(&open.display().to_string()), "{e}");
+    assert!(e.contains("mode 0644") && !e.contains("s3cr3t-open"), "{e}");
 }
 
 #[test]
 fn debug_does_not_leak_the_password() {
     let dir = tempfile::tempdir().unwrap();
-    let pw = write(dir.path(), "pw", "hunter2\n");
+    let pw = write_secret(dir.path(), "pw", "hunter2\n");
     let c = Config::load_inner(
         None,
         env(&[
