@@ -2,7 +2,7 @@
 # scripts/test.sh — the one command that runs every test.
 #   1. starts project-local Postgres + Redis (scripts/services.sh up) and loads .local/env
 #   2. installs missing tools: openssl, curl (apt), python cryptography + pkilint (pip)
-#   3. cargo fmt --check, cargo clippy -D warnings (fail fast)
+#   3. cargo fmt --check, cargo clippy -D warnings, cargo deny (fail fast)
 #   4. self-test of the external OCSP judge (tests/judges/selftest.py)
 #   5. cargo test --workspace --all-targets -- --test-threads=2 (tests/operate.rs also runs
 #      scripts/check-deploy.sh: nginx -t, systemd-analyze verify, redis.conf)
@@ -76,6 +76,20 @@ cargo fmt --all -- --check
 
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo deny (deny.toml: licenses, bans, sources; advisories when the database is at hand)"
+command -v cargo-deny >/dev/null || cargo install --locked cargo-deny@0.20.2
+cargo deny --offline check licenses bans sources
+# The RustSec database is fetched from github.com; on a machine that cannot reach it the last
+# copy fetched is used, and without any copy the check is reported as not done.
+timeout 60 cargo deny fetch db >/dev/null 2>&1 || true
+advisory_db="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/advisory-dbs/advisory-db-* 2>/dev/null | head -n 1 || true)"
+if [ -n "$advisory_db" ]; then
+    echo "advisory database: $(git -C "$advisory_db" log -1 --format='%h of %cs' 2>/dev/null || echo "$advisory_db")" >&2
+    cargo deny --offline check advisories
+else
+    echo "advisories: NOT CHECKED (the RustSec database could not be fetched from github.com)" >&2
+fi
 
 step "judge self-test"
 "$PYTHON" tests/judges/selftest.py
