@@ -69,6 +69,7 @@
 //! status read from a lagging replica can never be served afterwards.
 
 pub mod admin;
+pub mod audit;
 pub mod cache;
 pub mod config;
 pub mod db;

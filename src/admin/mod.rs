@@ -139,6 +139,10 @@ pub struct AuditArgs {
     /// How many of the newest entries to show.
     #[arg(long, value_name = "N", default_value_t = 50)]
     pub limit: i64,
+    /// Check the whole hash chain instead: exit 0 and print its head if every row is intact,
+    /// exit 1 naming the first row that was changed, deleted or reordered.
+    #[arg(long, conflicts_with = "limit")]
+    pub verify: bool,
 }
 
 /// Why an admin command failed. [`AdminError::exit_code`] maps it to the process status.
@@ -163,6 +167,9 @@ pub enum AdminError {
     /// Any other operational failure (a signer that cannot be reached, stdin unreadable).
     #[error("{0}")]
     Operational(String),
+    /// `audit --verify` found the chain broken, or could not read it.
+    #[error("the audit log does not verify")]
+    Audit(#[from] crate::audit::VerifyError),
 }
 
 impl AdminError {
@@ -170,7 +177,10 @@ impl AdminError {
     pub fn exit_code(&self) -> i32 {
         match self {
             AdminError::Input(_) | AdminError::Certificate(_) => 2,
-            AdminError::Database { .. } | AdminError::Cache { .. } | AdminError::Operational(_) => 1,
+            AdminError::Database { .. }
+            | AdminError::Cache { .. }
+            | AdminError::Operational(_)
+            | AdminError::Audit(_) => 1,
         }
     }
 
@@ -288,6 +298,8 @@ mod tests {
         assert!(parse(&["status", "--issuer", "a", "--serial", "01"]).is_ok());
         assert!(parse(&["purge", "--issuer", "a", "--serial", "01"]).is_ok());
         assert!(parse(&["audit", "--limit", "3"]).is_ok());
+        assert!(parse(&["audit", "--verify"]).is_ok());
+        assert!(parse(&["audit", "--verify", "--limit", "3"]).is_err());
     }
 
     #[test]

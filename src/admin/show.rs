@@ -143,6 +143,17 @@ async fn key_ttls(config: &Config, keys: &[String]) -> Result<Vec<i64>, String> 
 }
 
 pub async fn audit(args: AuditArgs, config: &Config) -> Result<(), AdminError> {
+    if args.verify {
+        let client = connect(config).await?;
+        let verified = crate::audit::verify(&client).await?;
+        println!(
+            "audit log verified: {} rows, chain intact; head: position {}, sha256 {}",
+            verified.rows,
+            verified.head_seq,
+            hex::encode(verified.head_hash)
+        );
+        return Ok(());
+    }
     if args.limit < 1 {
         return Err(AdminError::input(format!("--limit {} must be at least 1", args.limit)));
     }
