@@ -65,6 +65,8 @@ pub fn install_metrics() -> Result<PrometheusHandle, ServeError> {
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).map_err(|e| ServeError::Metrics(e.to_string()))?;
     metrics::gauge!(m::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    metrics::counter!(m::SLOW_BODIES).absolute(0);
+    metrics::gauge!(m::HTTP_CONNECTIONS).set(0.0);
     Ok(handle)
 }
 
@@ -144,12 +146,20 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             refresh_after: config.responses.refresh_after,
         },
         request_sample: config.log.request_sample,
+        body_timeout: config.server.body_timeout,
     });
-    let mut ocsp_server = HttpServer::new(move || App::new().configure(http::configure(service.clone())));
-    if config.server.workers > 0 {
-        ocsp_server = ocsp_server.workers(config.server.workers);
-    }
-    let ocsp_server = ocsp_server
+    let workers = match config.server.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    // actix counts connections per worker; `server.max_connections` is per instance.
+    let ocsp_server = HttpServer::new(move || App::new().configure(http::configure(service.clone())))
+        .workers(workers)
+        .max_connections(config.server.max_connections.div_ceil(workers))
+        .client_request_timeout(config.server.header_timeout)
+        .on_connect(|_, extensions| {
+            extensions.insert(m::OpenConnection::opened());
+        })
         .bind(&config.server.listen)
         .map_err(|source| ServeError::Bind { addr: config.server.listen.clone(), source })?
         .run();
