@@ -47,7 +47,7 @@ use crate::issuers::{Issuer, IssuerSet};
 use crate::metrics as m;
 use crate::ocsp::request::{OcspRequest, RequestedCert};
 use crate::ocsp::response::{assemble, encode_response_data, CertStatusAnswer, SingleAnswer};
-use crate::ocsp::ResponseStatus;
+use crate::ocsp::OcspErrorStatus;
 use crate::serial::Serial;
 use crate::signer::limiter::SigningLimiter;
 use crate::store::{CertRecord, ReadFrom, StatusStore};
@@ -68,7 +68,7 @@ pub enum Answer {
         /// then cannot tell a copy with the old status from this one (see `http::headers`).
         changed_at: Option<i64>,
     },
-    Error(ResponseStatus),
+    Error(OcspErrorStatus),
 }
 
 /// How shared caches (the CDN) may keep a successful response.
@@ -87,13 +87,13 @@ pub enum Caching {
 #[derive(Clone, Debug, thiserror::Error)]
 #[error("{status:?}: {reason}")]
 pub struct Failure {
-    pub status: ResponseStatus,
+    pub status: OcspErrorStatus,
     pub reason: Arc<str>,
 }
 
 impl Failure {
     fn try_later(reason: impl std::fmt::Display) -> Self {
-        Failure { status: ResponseStatus::TryLater, reason: reason.to_string().into() }
+        Failure { status: OcspErrorStatus::TryLater, reason: reason.to_string().into() }
     }
 }
 
@@ -101,7 +101,7 @@ impl Failure {
 #[derive(Clone, Debug)]
 enum Produced {
     Response { response: Arc<CachedResponse>, cacheable: bool },
-    Refused(ResponseStatus),
+    Refused(OcspErrorStatus),
 }
 
 type FlightResult = Result<Produced, Failure>;
@@ -189,7 +189,7 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
     /// One CertID, no nonce: the cacheable case, which is nearly all traffic.
     async fn answer_one(self: &Arc<Self>, cert: RequestedCert) -> Answer {
         let Some(issuer) = self.issuers.find(&cert) else {
-            return Answer::Error(ResponseStatus::Unauthorized);
+            return Answer::Error(OcspErrorStatus::Unauthorized);
         };
         let id = ResponseId { issuer_id: issuer.id, serial: cert.serial.clone(), variant: cert.variant };
         let now = Utc::now().timestamp();
@@ -316,7 +316,7 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
                     let flight = async move {
                         task.await.unwrap_or_else(|e| {
                             Err(Failure {
-                                status: ResponseStatus::InternalError,
+                                status: OcspErrorStatus::InternalError,
                                 reason: format!("signing task failed: {e}").into(),
                             })
                         })
@@ -454,17 +454,17 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
         &self,
         record: Option<&CertRecord>,
         now: DateTime<Utc>,
-    ) -> Result<CertStatusAnswer, ResponseStatus> {
+    ) -> Result<CertStatusAnswer, OcspErrorStatus> {
         let Some(record) = record else {
             return match self.policy.unissued {
-                UnissuedPolicy::Unauthorized => Err(ResponseStatus::Unauthorized),
+                UnissuedPolicy::Unauthorized => Err(OcspErrorStatus::Unauthorized),
                 UnissuedPolicy::Unknown => Ok(CertStatusAnswer::Unknown),
                 UnissuedPolicy::Revoked => Ok(CertStatusAnswer::Unissued),
             };
         };
         let grace = TimeDelta::from_std(self.policy.expired_grace).unwrap_or(TimeDelta::zero());
         if now > record.not_after + grace {
-            return Err(ResponseStatus::Unauthorized);
+            return Err(OcspErrorStatus::Unauthorized);
         }
         Ok(match record.revocation {
             // A revocation time ahead of this responder's clock (clock skew with Postgres) is
@@ -532,7 +532,7 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
     pub async fn answer_fresh(&self, request: OcspRequest) -> Answer {
         let nonce = match (&request.nonce, self.policy.nonce) {
             (Some(nonce), NoncePolicy::Echo) if !nonce.is_acceptable() => {
-                return Answer::Error(ResponseStatus::MalformedRequest);
+                return Answer::Error(OcspErrorStatus::MalformedRequest);
             }
             (Some(nonce), NoncePolicy::Echo) => Some(nonce.extn_value.as_ref()),
             _ => None,
@@ -540,10 +540,10 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
         // One response has one signer: every CertID must name the same issuer.
         let mut issuers = request.certs.iter().map(|cert| self.issuers.find(cert));
         let Some(Some(issuer)) = issuers.next() else {
-            return Answer::Error(ResponseStatus::Unauthorized);
+            return Answer::Error(OcspErrorStatus::Unauthorized);
         };
         if !issuers.all(|other| other.is_some_and(|o| o.id == issuer.id)) {
-            return Answer::Error(ResponseStatus::Unauthorized);
+            return Answer::Error(OcspErrorStatus::Unauthorized);
         }
         let keys: Vec<(i32, Serial)> = request.certs.iter().map(|c| (issuer.id, c.serial.clone())).collect();
         let records = match self.read_statuses(&keys).await {

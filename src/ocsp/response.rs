@@ -12,7 +12,7 @@ use rasn_ocsp::{CertId, CertStatus, ResponderId, ResponseData, RevokedInfo, Sing
 use rasn_pkix::{CrlReason, Extension};
 
 use super::der::{self, tlv_len, write_header};
-use super::{oids, ResponseStatus, RevocationReason};
+use super::{oids, OcspErrorStatus, RevocationReason};
 
 /// The status of one certificate, as it goes into a SingleResponse.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,15 +157,12 @@ pub fn assemble(tbs_response_data: &[u8], signature_algorithm: &[u8], signature:
 }
 
 /// The unsigned `OCSPResponse` for an error status.
-pub fn error_response(status: ResponseStatus) -> &'static [u8] {
+pub fn error_response(status: OcspErrorStatus) -> &'static [u8] {
     match status {
-        ResponseStatus::MalformedRequest => &[0x30, 0x03, 0x0a, 0x01, 0x01],
-        ResponseStatus::InternalError => &[0x30, 0x03, 0x0a, 0x01, 0x02],
-        ResponseStatus::TryLater => &[0x30, 0x03, 0x0a, 0x01, 0x03],
-        ResponseStatus::Unauthorized => &[0x30, 0x03, 0x0a, 0x01, 0x06],
-        // A successful response always has a body; asking for its error form is a bug, and
-        // internalError is the honest answer to it.
-        ResponseStatus::Successful => &[0x30, 0x03, 0x0a, 0x01, 0x02],
+        OcspErrorStatus::MalformedRequest => &[0x30, 0x03, 0x0a, 0x01, 0x01],
+        OcspErrorStatus::InternalError => &[0x30, 0x03, 0x0a, 0x01, 0x02],
+        OcspErrorStatus::TryLater => &[0x30, 0x03, 0x0a, 0x01, 0x03],
+        OcspErrorStatus::Unauthorized => &[0x30, 0x03, 0x0a, 0x01, 0x06],
     }
 }
 
@@ -270,10 +267,10 @@ mod tests {
     #[test]
     fn error_responses_decode_to_their_status() {
         for (status, expected) in [
-            (ResponseStatus::MalformedRequest, OcspResponseStatus::MalformedRequest),
-            (ResponseStatus::InternalError, OcspResponseStatus::InternalError),
-            (ResponseStatus::TryLater, OcspResponseStatus::TryLater),
-            (ResponseStatus::Unauthorized, OcspResponseStatus::Unauthorized),
+            (OcspErrorStatus::MalformedRequest, OcspResponseStatus::MalformedRequest),
+            (OcspErrorStatus::InternalError, OcspResponseStatus::InternalError),
+            (OcspErrorStatus::TryLater, OcspResponseStatus::TryLater),
+            (OcspErrorStatus::Unauthorized, OcspResponseStatus::Unauthorized),
         ] {
             let decoded: OcspResponse = rasn::der::decode(error_response(status)).unwrap();
             assert_eq!(decoded.status, expected);
