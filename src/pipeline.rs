@@ -95,6 +95,11 @@ impl Failure {
     fn try_later(reason: impl std::fmt::Display) -> Self {
         Failure { status: OcspErrorStatus::TryLater, reason: reason.to_string().into() }
     }
+
+    /// A bug, not a passing condition: asking again would not help.
+    fn internal_error(reason: impl std::fmt::Display) -> Self {
+        Failure { status: OcspErrorStatus::InternalError, reason: reason.to_string().into() }
+    }
 }
 
 /// The result of a flight: a response, or a definite refusal (no signature made).
@@ -314,12 +319,7 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
                         result
                     });
                     let flight = async move {
-                        task.await.unwrap_or_else(|e| {
-                            Err(Failure {
-                                status: OcspErrorStatus::InternalError,
-                                reason: format!("signing task failed: {e}").into(),
-                            })
-                        })
+                        task.await.unwrap_or_else(|e| Err(Failure::internal_error(format!("signing task failed: {e}"))))
                     }
                     .boxed()
                     .shared();
@@ -497,7 +497,10 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
             metrics::counter!(m::SIGNER_OVERLOADED).increment(1);
             Failure::try_later(overloaded)
         })?;
-        let tbs = encode_response_data(&issuer.responder_key_hash, now, answers, nonce);
+        let tbs = encode_response_data(&issuer.responder_key_hash, now, answers, nonce).map_err(|error| {
+            tracing::error!(%error, issuer = %issuer.name, "cannot encode the response: nothing signed");
+            Failure::internal_error(error)
+        })?;
         let started = Instant::now();
         let signer = issuer.signer.describe().to_owned();
         let signature = issuer.signer.sign(&tbs).await.map_err(|error| {

@@ -315,7 +315,17 @@ fn bench_signers() {
     std::env::set_var(SoftHsm::PIN_VAR, &hsm.pin);
     let pki = Pki::new();
     hsm.import("bench", "b0", &pki.file("ca.key"));
-    let message = vec![0x5au8; 400]; // about the size of a ResponseData
+    // A real ResponseData: signers sign nothing else.
+    let request = jitocsp::ocsp::request::parse(&pki.request_serial("b001", "-sha256")).unwrap();
+    let now = chrono::Utc::now();
+    let answer = jitocsp::ocsp::response::SingleAnswer {
+        cert_id: &request.certs[0].cert_id,
+        status: jitocsp::ocsp::response::CertStatusAnswer::Good,
+        this_update: now,
+        next_update: now,
+    };
+    let tbs = Arc::new(jitocsp::ocsp::response::encode_response_data(&[9; 20], now, &[answer], None).unwrap());
+    let message = tbs.as_bytes().to_vec();
     let mut report = Vec::new();
 
     // Raw: N threads, each with its own session, C_Sign(CKM_ECDSA) over a SHA-256 digest in a
@@ -378,11 +388,11 @@ fn bench_signers() {
             let started = Instant::now();
             let tasks: Vec<_> = (0..concurrency)
                 .map(|_| {
-                    let (signer, message) = (signer.clone(), message.clone());
+                    let (signer, tbs) = (signer.clone(), tbs.clone());
                     tokio::spawn(async move {
                         let mut count = 0u64;
                         while started.elapsed() < window {
-                            signer.sign(&message).await.unwrap();
+                            signer.sign(&tbs).await.unwrap();
                             count += 1;
                         }
                         count

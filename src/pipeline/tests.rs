@@ -16,6 +16,7 @@ use crate::config::ResponsesConfig;
 use crate::feed::payload::StatusChange;
 use crate::issuers::Issuer;
 use crate::ocsp::request::tests::encode_request;
+use crate::ocsp::response::TbsResponseData;
 use crate::ocsp::{request, HashAlgorithm, RevocationReason};
 use crate::signer::software::SoftwareSigner;
 use crate::signer::{Signer, SignerError};
@@ -107,12 +108,12 @@ impl Signer for CountingSigner {
     fn public_key_spki_der(&self) -> &[u8] {
         self.inner.public_key_spki_der()
     }
-    fn sign<'a>(&'a self, message: &'a [u8]) -> BoxFuture<'a, Result<Vec<u8>, SignerError>> {
+    fn sign<'a>(&'a self, tbs: &'a TbsResponseData) -> BoxFuture<'a, Result<Vec<u8>, SignerError>> {
         if self.broken.load(Ordering::SeqCst) {
             return Box::pin(std::future::ready(Err(SignerError::Sign("token removed".into()))));
         }
         self.signatures.fetch_add(1, Ordering::SeqCst);
-        self.inner.sign(message)
+        self.inner.sign(tbs)
     }
     fn describe(&self) -> &str {
         "counting"

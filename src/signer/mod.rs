@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
+use crate::ocsp::response::TbsResponseData;
+
 /// Why a signer could not be opened or could not sign.
 #[derive(Debug, thiserror::Error)]
 pub enum SignerError {
@@ -41,8 +43,9 @@ pub trait Signer: Send + Sync {
     fn algorithm_der(&self) -> &[u8];
     /// DER SubjectPublicKeyInfo of the key, to check it against the certificate it signs for.
     fn public_key_spki_der(&self) -> &[u8];
-    /// Signs `message` (DER ResponseData); returns the BIT STRING contents of the signature.
-    fn sign<'a>(&'a self, message: &'a [u8]) -> BoxFuture<'a, Result<Vec<u8>, SignerError>>;
+    /// Signs the DER ResponseData; returns the BIT STRING contents of the signature. Nothing
+    /// but an encoded ResponseData can be handed to a signer.
+    fn sign<'a>(&'a self, tbs: &'a TbsResponseData) -> BoxFuture<'a, Result<Vec<u8>, SignerError>>;
     /// A short human description for logs and metrics (never key material).
     fn describe(&self) -> &str;
     /// Whether the signer can sign now, for `/readyz`.
@@ -99,7 +102,7 @@ impl Signer for UnavailableSigner {
         &[]
     }
 
-    fn sign<'a>(&'a self, _message: &'a [u8]) -> BoxFuture<'a, Result<Vec<u8>, SignerError>> {
+    fn sign<'a>(&'a self, _tbs: &'a TbsResponseData) -> BoxFuture<'a, Result<Vec<u8>, SignerError>> {
         Box::pin(std::future::ready(Err(self.check().err().unwrap_or(SignerError::Sign(self.reason.clone())))))
     }
 

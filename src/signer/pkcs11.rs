@@ -50,6 +50,7 @@ use super::algorithm::{self, Curve, KeyKind};
 use super::uri::{PinSource, Pkcs11Uri};
 use super::{Signer, SignerError, SignerOptions};
 use crate::metrics as m;
+use crate::ocsp::response::TbsResponseData;
 
 /// How long a request waits for a session's answer before tryLater (RFC 6960 responders must
 /// answer within 10 s: Baseline Requirements 4.10.2). The session stays busy until the token
@@ -729,14 +730,14 @@ impl Signer for Pkcs11Signer {
         self.shared.identity.get().map(|i| i.spki.as_slice()).unwrap_or(&[])
     }
 
-    fn sign<'a>(&'a self, message: &'a [u8]) -> BoxFuture<'a, Result<Vec<u8>, SignerError>> {
+    fn sign<'a>(&'a self, tbs: &'a TbsResponseData) -> BoxFuture<'a, Result<Vec<u8>, SignerError>> {
         if let Some(problem) = self.shared.refusal() {
             return Box::pin(std::future::ready(Err(SignerError::Sign(format!(
                 "PKCS#11 token unavailable: {problem}"
             )))));
         }
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let sent = self.jobs.send(Job { message: message.to_vec(), reply });
+        let sent = self.jobs.send(Job { message: tbs.as_bytes().to_vec(), reply });
         Box::pin(async move {
             sent.map_err(|_| SignerError::Sign("PKCS#11 session threads are gone".into()))?;
             match tokio::time::timeout(SIGN_TIMEOUT, answer).await {
