@@ -497,13 +497,13 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
             metrics::counter!(m::SIGNER_OVERLOADED).increment(1);
             Failure::try_later(overloaded)
         })?;
-        let tbs = encode_response_data(&issuer.responder_key_hash, now, answers, nonce).map_err(|error| {
+        let tbs = encode_response_data(issuer.responder_key_hash(), now, answers, nonce).map_err(|error| {
             tracing::error!(%error, issuer = %issuer.name, "cannot encode the response: nothing signed");
             Failure::internal_error(error)
         })?;
         let started = Instant::now();
-        let signer = issuer.signer.describe().to_owned();
-        let signature = issuer.signer.sign(&tbs).await.map_err(|error| {
+        let signer = issuer.signer().describe().to_owned();
+        let signature = issuer.signer().sign(&tbs).await.map_err(|error| {
             metrics::counter!(m::SIGNATURE_ERRORS, "issuer" => issuer.name.clone(), "signer" => signer.clone())
                 .increment(1);
             tracing::error!(%error, issuer = %issuer.name, signer, "signing failed");
@@ -512,8 +512,8 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
         metrics::histogram!(m::SIGNATURE_SECONDS, "issuer" => issuer.name.clone(), "signer" => signer.clone())
             .record(started.elapsed().as_secs_f64());
         metrics::counter!(m::SIGNATURES, "issuer" => issuer.name.clone(), "signer" => signer).increment(1);
-        let certs: Vec<&[u8]> = issuer.included_certs.iter().map(Bytes::as_ref).collect();
-        Ok(Bytes::from(assemble(&tbs, issuer.signer.algorithm_der(), &signature, &certs)))
+        let certs: Vec<&[u8]> = issuer.included_certs().iter().map(Bytes::as_ref).collect();
+        Ok(Bytes::from(assemble(&tbs, issuer.signer().algorithm_der(), &signature, &certs)))
     }
 
     /// Writes a fresh response to Redis (until its nextUpdate) and the local tier. A Redis

@@ -138,7 +138,7 @@ fn harness(policy: ResponsesConfig) -> Harness {
         signatures: signatures.clone(),
         broken: signer_broken.clone(),
     };
-    let issuer = Issuer::new(ISSUER_ID, "unit".into(), CA_DER, None, Arc::new(signer)).unwrap();
+    let issuer = Issuer::with_signer(ISSUER_ID, "unit".into(), CA_DER, None, Arc::new(signer)).unwrap();
     let changes = Arc::new(ChangeLog::default());
     changes.feed.prove(std::time::Instant::now());
     let responder = Arc::new(Responder::new(

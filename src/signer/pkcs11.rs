@@ -17,9 +17,10 @@
 //!   touching the token, and one session retries every `signing.pkcs11_retry_ms`, so signing
 //!   resumes without a restart when the token is back. While up, an idle pool probes its key
 //!   at the same interval, so `/readyz` notices an outage without traffic.
-//! - A token that is absent at start-up does not stop the responder: the signer starts down
-//!   and recovers the same way. The key found on the token must be the key of the signing
-//!   certificate ([`Signer::expect_public_key`]) and stays the same key for the process's life.
+//! - The signer is opened for the key of the signing certificate: the key found on the token
+//!   must be that key, at opening (else [`SignerError::KeyMismatch`]) and at every session
+//!   opened later (else the signer is down). A token that is absent at start-up does not stop
+//!   the responder: the signer starts down and recovers the same way.
 //! - The PIN comes from `pin-source` (environment or file), is read at each login and kept
 //!   only in a zeroizing `SecretString`; it is never logged.
 //! - A PIN the token refuses (CKR_PIN_INCORRECT, _LOCKED, _LEN_RANGE, _EXPIRED, _INVALID) is
@@ -192,7 +193,7 @@ fn short(error: &CkError) -> String {
     }
 }
 
-/// What the key is, fixed for the process's life once known.
+/// The key the signer was opened for: the signing certificate's.
 struct Identity {
     kind: KeyKind,
     spki: Vec<u8>,
@@ -211,8 +212,7 @@ struct Shared {
     module_path: PathBuf,
     description: String,
     retry: Duration,
-    identity: OnceLock<Identity>,
-    expected_spki: OnceLock<Vec<u8>>,
+    identity: Identity,
     health: Mutex<Health>,
     sessions_open: AtomicUsize,
     /// The token was found at least once: if it disappears, re-initializing the module soon
@@ -352,10 +352,32 @@ impl Conn {
     }
 }
 
+/// Why no session could be made ready to sign.
+enum Unready {
+    /// The token holds another key than the signing certificate's under the URI's name.
+    WrongKey(String),
+    /// Anything else: the module, the token, the login, the key lookup.
+    Down(String),
+}
+
+impl From<String> for Unready {
+    fn from(problem: String) -> Self {
+        Unready::Down(problem)
+    }
+}
+
+impl std::fmt::Display for Unready {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unready::WrongKey(problem) | Unready::Down(problem) => f.write_str(problem),
+        }
+    }
+}
+
 /// Opens a session on the token, logs in if needed, finds the key and checks it. When no
 /// token matches, the module is re-initialized (at most once per retry interval, and at most
 /// once a second) and the token looked for again.
-fn connect(shared: &Arc<Shared>) -> Result<Conn, String> {
+fn connect(shared: &Arc<Shared>) -> Result<Conn, Unready> {
     let module = module(&shared.module_path)?;
     let mut reset = false;
     loop {
@@ -374,7 +396,7 @@ fn connect(shared: &Arc<Shared>) -> Result<Conn, String> {
                     reset = true;
                     continue;
                 }
-                return Err(problem);
+                return Err(problem.into());
             }
         };
         let session =
@@ -394,7 +416,7 @@ fn connect(shared: &Arc<Shared>) -> Result<Conn, String> {
 }
 
 /// Logs in if needed, finds the key, checks it is the expected one, picks the mechanism.
-fn prepare(shared: &Shared, module: &Module, slot: Slot, session: &Session) -> Result<(ObjectHandle, Plan), String> {
+fn prepare(shared: &Shared, module: &Module, slot: Slot, session: &Session) -> Result<(ObjectHandle, Plan), Unready> {
     let state = session.get_session_info().map_err(|e| format!("session info: {}", short(&e)))?.session_state();
     if matches!(state, SessionState::RoPublic | SessionState::RwPublic) {
         let token = module.context.get_token_info(slot).ok();
@@ -407,17 +429,11 @@ fn prepare(shared: &Shared, module: &Module, slot: Slot, session: &Session) -> R
         }
     }
     let (key, kind, spki) = find_key(session, &shared.uri)?;
-    if let Some(expected) = shared.expected_spki.get() {
-        if *expected != spki {
-            return Err(format!(
-                "the key {} on the token is not the key of the signing certificate",
-                shared.uri.key_description()
-            ));
-        }
-    }
-    let identity = shared.identity.get_or_init(|| Identity { kind, spki: spki.clone() });
-    if identity.spki != spki {
-        return Err(format!("the key {} on the token changed while running", shared.uri.key_description()));
+    if spki != shared.identity.spki {
+        return Err(Unready::WrongKey(format!(
+            "the key {} on the token is not the key of the signing certificate",
+            shared.uri.key_description()
+        )));
     }
     let plan = match kind {
         KeyKind::Ec(curve) => Plan::Ecdsa(curve),
@@ -623,7 +639,7 @@ fn idle(shared: &Arc<Shared>, conn: &mut Option<Conn>) {
             *conn = Some(fresh);
             shared.mark_up();
         }
-        Err(problem) => shared.mark_down(&problem),
+        Err(problem) => shared.mark_down(&problem.to_string()),
     }
 }
 
@@ -642,7 +658,7 @@ fn sign_job(shared: &Arc<Shared>, conn: &mut Option<Conn>, message: &[u8]) -> Re
                     shared.mark_up();
                 }
                 Err(problem) => {
-                    shared.mark_down(&problem);
+                    shared.mark_down(&problem.to_string());
                     let after = if failure.is_empty() { String::new() } else { format!(" (after {failure})") };
                     return Err(SignerError::Sign(format!("PKCS#11 token unavailable: {problem}{after}")));
                 }
@@ -671,13 +687,17 @@ pub struct Pkcs11Signer {
 }
 
 impl Pkcs11Signer {
-    /// Opens the signer. With `strict` (the admin CLI), the token must be there and the key
-    /// found; otherwise (serving) a signer that cannot reach its token yet starts down and
-    /// keeps trying. A malformed URI is always an error.
-    pub fn open(spec: &str, options: &SignerOptions, strict: bool) -> Result<Self, SignerError> {
+    /// Opens the signer for the key `expected_spki` (DER SubjectPublicKeyInfo). With `strict`
+    /// (the admin CLI), the token must be there and the key found; otherwise (serving) a
+    /// signer that cannot reach its token yet starts down and keeps trying. A malformed URI,
+    /// and a token found holding another key, are always errors.
+    pub fn open(spec: &str, expected_spki: &[u8], options: &SignerOptions, strict: bool) -> Result<Self, SignerError> {
         let open_error = |reason: String| SignerError::Open { spec: spec.to_owned(), reason };
         let invalid = |reason: String| SignerError::Invalid { spec: spec.to_owned(), reason };
         let uri = Pkcs11Uri::parse(spec).map_err(invalid)?;
+        // A certificate key no signer supports cannot be the key of one.
+        let kind =
+            KeyKind::from_spki(expected_spki).ok_or_else(|| SignerError::KeyMismatch { spec: spec.to_owned() })?;
         let module_path = uri.module().map_err(open_error)?;
         let (sender, receiver) = mpsc::channel();
         let shared = Arc::new(Shared {
@@ -685,8 +705,7 @@ impl Pkcs11Signer {
             module_path,
             uri,
             retry: options.pkcs11_retry.max(Duration::from_millis(10)),
-            identity: OnceLock::new(),
-            expected_spki: OnceLock::new(),
+            identity: Identity { kind, spki: expected_spki.to_vec() },
             health: Mutex::new(Health::default()),
             sessions_open: AtomicUsize::new(0),
             seen_token: AtomicBool::new(false),
@@ -699,9 +718,10 @@ impl Pkcs11Signer {
                 shared.start_workers(Some(conn)).map_err(open_error)?;
                 shared.mark_up();
             }
-            Err(problem) if strict => return Err(open_error(problem)),
+            Err(Unready::WrongKey(_)) => return Err(SignerError::KeyMismatch { spec: spec.to_owned() }),
+            Err(problem) if strict => return Err(open_error(problem.to_string())),
             Err(problem) => {
-                shared.mark_down(&problem);
+                shared.mark_down(&problem.to_string());
                 // One thread retries; the others start once the token is reached.
                 let mut started = shared.workers_started.lock().unwrap_or_else(|e| e.into_inner());
                 let worker_shared = shared.clone();
@@ -723,11 +743,11 @@ impl Pkcs11Signer {
 
 impl Signer for Pkcs11Signer {
     fn algorithm_der(&self) -> &[u8] {
-        self.shared.identity.get().map(|i| i.kind.algorithm_der()).unwrap_or(&[])
+        self.shared.identity.kind.algorithm_der()
     }
 
     fn public_key_spki_der(&self) -> &[u8] {
-        self.shared.identity.get().map(|i| i.spki.as_slice()).unwrap_or(&[])
+        &self.shared.identity.spki
     }
 
     fn sign<'a>(&'a self, tbs: &'a TbsResponseData) -> BoxFuture<'a, Result<Vec<u8>, SignerError>> {
@@ -756,21 +776,6 @@ impl Signer for Pkcs11Signer {
         match &self.shared.health().problem {
             None => Ok(()),
             Some(problem) => Err(SignerError::Sign(format!("PKCS#11 token unavailable: {problem}"))),
-        }
-    }
-
-    fn expect_public_key(&self, spki: &[u8]) {
-        let _ = self.shared.expected_spki.set(spki.to_vec());
-        if let Some(kind) = KeyKind::from_spki(spki) {
-            // Known before the token is reached, so responses name the right algorithm.
-            let _ = self.shared.identity.set(Identity { kind, spki: spki.to_vec() });
-        }
-        let identity = self.shared.identity.get().map(|i| i.spki.as_slice());
-        if identity.is_some_and(|found| found != spki) {
-            self.shared.mark_down(&format!(
-                "the key {} on the token is not the key of the signing certificate",
-                self.shared.uri.key_description()
-            ));
         }
     }
 }
