@@ -197,17 +197,12 @@ pub(crate) mod tests {
     use chrono::TimeZone;
     use rasn_ocsp::{BasicOcspResponse, OcspResponse, OcspResponseStatus};
 
-    /// A real ResponseData (one good answer), for signer tests.
-    pub(crate) fn sample_tbs() -> TbsResponseData {
+    /// A real ResponseData with one answer, `status`, produced now.
+    pub(crate) fn one_answer(status: CertStatusAnswer) -> TbsResponseData {
         let request = encode_request(HashAlgorithm::Sha256, false, &[1; 32], &[2; 32], &[&[5]], None);
         let request = crate::ocsp::request::parse(&request).unwrap();
         let now = Utc::now();
-        let answers = [SingleAnswer {
-            cert_id: &request.certs[0].cert_id,
-            status: CertStatusAnswer::Good,
-            this_update: now,
-            next_update: now,
-        }];
+        let answers = [SingleAnswer { cert_id: &request.certs[0].cert_id, status, this_update: now, next_update: now }];
         encode_response_data(&[9; 20], now, &answers, None).unwrap()
     }
 
@@ -287,16 +282,7 @@ pub(crate) mod tests {
 
     #[test]
     fn unissued_gets_epoch_hold_and_the_extended_revoke_extension() {
-        let request = encode_request(HashAlgorithm::Sha256, false, &[1; 32], &[2; 32], &[&[5]], None);
-        let request = crate::ocsp::request::parse(&request).unwrap();
-        let now = Utc::now();
-        let answers = [SingleAnswer {
-            cert_id: &request.certs[0].cert_id,
-            status: CertStatusAnswer::Unissued,
-            this_update: now,
-            next_update: now,
-        }];
-        let tbs = encode_response_data(&[9; 20], now, &answers, None).unwrap();
+        let tbs = one_answer(CertStatusAnswer::Unissued);
         let data: ResponseData = rasn::der::decode(tbs.as_bytes()).unwrap();
         let CertStatus::Revoked(info) = &data.responses[0].cert_status else { panic!("not revoked") };
         assert_eq!(info.revocation_time.timestamp(), 0);

@@ -274,7 +274,7 @@ mod tests {
                 KeyKind::Rsa { bits: 2048 },
             ),
         ];
-        let tbs = crate::ocsp::response::tests::sample_tbs();
+        let tbs = crate::ocsp::response::tests::one_answer(crate::ocsp::response::CertStatusAnswer::Good);
         std::fs::write(d.join("msg"), tbs.as_bytes()).unwrap();
         for (name, genargs, convert, kind) in cases {
             let file = format!("{name}.pem");

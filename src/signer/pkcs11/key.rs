@@ -153,35 +153,25 @@ fn find_key(session: &Session, uri: &Pkcs11Uri) -> Result<(ObjectHandle, KeyKind
         .ok_or("the key has no CKA_KEY_TYPE")?;
     let public = session.find_objects(&key_template(uri, ObjectClass::PUBLIC_KEY)).unwrap_or_default();
     let public_or_private = public.first().copied().unwrap_or(key);
+    let read_public = |types: &[AttributeType]| {
+        session
+            .get_attributes(public_or_private, types)
+            .map_err(|e| format!("reading the public key of {what}: {}", short(&e)))
+    };
     if key_type == KeyType::EC {
-        let attributes = session
-            .get_attributes(public_or_private, &[AttributeType::EcParams, AttributeType::EcPoint])
-            .map_err(|e| format!("reading the public key of {what}: {}", short(&e)))?;
-        let (mut params, mut point) = (None, None);
-        for attribute in attributes {
-            match attribute {
-                Attribute::EcParams(p) => params = Some(p),
-                Attribute::EcPoint(p) => point = Some(p),
-                _ => {}
-            }
-        }
+        let attributes = read_public(&[AttributeType::EcParams, AttributeType::EcPoint])?;
+        let params = attributes.iter().find_map(|a| if let Attribute::EcParams(p) = a { Some(p) } else { None });
+        let point = attributes.iter().find_map(|a| if let Attribute::EcPoint(p) = a { Some(p) } else { None });
         let params = params.ok_or_else(|| format!("no public key object {what} with CKA_EC_PARAMS"))?;
-        let curve = Curve::from_ec_params(&params).ok_or("EC key on a curve other than P-256 or P-384")?;
+        let curve = Curve::from_ec_params(params).ok_or("EC key on a curve other than P-256 or P-384")?;
         let point = point.ok_or_else(|| format!("no public key object {what} with CKA_EC_POINT"))?;
-        let point = algorithm::ec_point_from_attribute(&point, curve).ok_or("malformed CKA_EC_POINT")?;
+        let point = algorithm::ec_point_from_attribute(point, curve).ok_or("malformed CKA_EC_POINT")?;
         Ok((key, KeyKind::Ec(curve), algorithm::ec_spki(curve, &point)))
     } else if key_type == KeyType::RSA {
-        let attributes = session
-            .get_attributes(public_or_private, &[AttributeType::Modulus, AttributeType::PublicExponent])
-            .map_err(|e| format!("reading the public key of {what}: {}", short(&e)))?;
-        let (mut modulus, mut exponent) = (None, None);
-        for attribute in attributes {
-            match attribute {
-                Attribute::Modulus(m) => modulus = Some(m),
-                Attribute::PublicExponent(e) => exponent = Some(e),
-                _ => {}
-            }
-        }
+        let attributes = read_public(&[AttributeType::Modulus, AttributeType::PublicExponent])?;
+        let modulus = attributes.iter().find_map(|a| if let Attribute::Modulus(m) = a { Some(m) } else { None });
+        let exponent =
+            attributes.iter().find_map(|a| if let Attribute::PublicExponent(e) = a { Some(e) } else { None });
         let (Some(modulus), Some(exponent)) = (modulus, exponent) else {
             return Err(format!("no readable CKA_MODULUS / CKA_PUBLIC_EXPONENT for {what}"));
         };
@@ -189,7 +179,7 @@ fn find_key(session: &Session, uri: &Pkcs11Uri) -> Result<(ObjectHandle, KeyKind
         if bits < 2048 {
             return Err(format!("RSA key of {bits} bits: at least 2048 are required"));
         }
-        Ok((key, KeyKind::Rsa { bits }, algorithm::rsa_spki(&modulus, &exponent)))
+        Ok((key, KeyKind::Rsa { bits }, algorithm::rsa_spki(modulus, exponent)))
     } else {
         Err(format!("key {what} is of type {key_type}: expected EC (P-256, P-384) or RSA"))
     }
