@@ -86,7 +86,7 @@ pub async fn build_responder(config: &Config) -> Result<Arc<LiveResponder>, Serv
         );
     }
     for issuer in issuers.iter() {
-        tracing::info!(issuer = %issuer.name, id = issuer.id, signer = issuer.signer.describe(), "serving issuer");
+        tracing::info!(issuer = %issuer.name, id = issuer.id, signer = issuer.signer().describe(), "serving issuer");
     }
     let cache = RedisCache::connect(
         config.redis.mode,
@@ -211,7 +211,7 @@ async fn readiness(probes: web::Data<Probes>) -> HttpResponse {
         problems.push(format!("redis: {e}"));
     }
     for issuer in responder.issuers().iter() {
-        if let Err(e) = issuer.signer.check() {
+        if let Err(e) = issuer.signer().check() {
             problems.push(format!("issuer {}: {e}", issuer.name));
         }
     }

@@ -315,7 +315,21 @@ fn bench_signers() {
     std::env::set_var(SoftHsm::PIN_VAR, &hsm.pin);
     let pki = Pki::new();
     hsm.import("bench", "b0", &pki.file("ca.key"));
-    let message = vec![0x5au8; 400]; // about the size of a ResponseData
+    // A real ResponseData: signers sign nothing else.
+    let request = jitocsp::ocsp::request::parse(&pki.request_serial("b001", "-sha256")).unwrap();
+    let now = chrono::Utc::now();
+    let answer = jitocsp::ocsp::response::SingleAnswer {
+        cert_id: &request.certs[0].cert_id,
+        status: jitocsp::ocsp::response::CertStatusAnswer::Good,
+        this_update: now,
+        next_update: now,
+    };
+    let tbs = Arc::new(jitocsp::ocsp::response::encode_response_data(&[9; 20], now, &[answer], None).unwrap());
+    let message = tbs.as_bytes().to_vec();
+    // Signers are opened for the key they must hold.
+    let spki = |key: &std::path::Path| {
+        run("openssl", &["pkey", "-in", key.to_str().unwrap(), "-pubout", "-outform", "DER"], pki.path()).stdout
+    };
     let mut report = Vec::new();
 
     // Raw: N threads, each with its own session, C_Sign(CKM_ECDSA) over a SHA-256 digest in a
@@ -378,11 +392,11 @@ fn bench_signers() {
             let started = Instant::now();
             let tasks: Vec<_> = (0..concurrency)
                 .map(|_| {
-                    let (signer, message) = (signer.clone(), message.clone());
+                    let (signer, tbs) = (signer.clone(), tbs.clone());
                     tokio::spawn(async move {
                         let mut count = 0u64;
                         while started.elapsed() < window {
-                            signer.sign(&message).await.unwrap();
+                            signer.sign(&tbs).await.unwrap();
                             count += 1;
                         }
                         count
@@ -403,7 +417,7 @@ fn bench_signers() {
             pkcs11_retry: Duration::from_secs(1),
             p256_backend: P256Backend::Ring,
         };
-        let signer = signer::open(&hsm.uri("bench", None), &options).unwrap();
+        let signer = signer::open(&hsm.uri("bench", None), &spki(&pki.file("ca.key")), &options).unwrap();
         let per_second = rate(signer, sessions * 2);
         report.push(format!(
             "pkcs11 pool P-256, {sessions} session(s), {:>2} in flight: {per_second:>9.0} sig/s",
@@ -420,7 +434,7 @@ fn bench_signers() {
         ("software RSA-2048 (ring)", rsa.file("ca.key"), P256Backend::Ring),
     ] {
         let options = SignerOptions { pkcs11_sessions: 1, pkcs11_retry: Duration::from_secs(1), p256_backend: backend };
-        let signer = signer::open(&format!("file:{}", key.display()), &options).unwrap();
+        let signer = signer::open(&format!("file:{}", key.display()), &spki(&key), &options).unwrap();
         report.push(format!("{what:<26} 1 task:      {:>9.0} sig/s", rate(signer.clone(), 1)));
         report.push(format!("{what:<26} 2 tasks:     {:>9.0} sig/s", rate(signer, 2)));
     }

@@ -103,25 +103,23 @@ pub async fn add(args: IssuerAddArgs, config: &Config) -> Result<(), AdminError>
         }
     };
 
-    let signer = signer::open(&args.signer, &(&config.signing).into()).map_err(|e| match e {
-        SignerError::Open { .. } if args.signer.starts_with("pkcs11:") => {
-            AdminError::Operational(format!("--signer: {e}"))
-        }
-        other => AdminError::input(format!("--signer: {other}")),
-    })?;
     let (signing_cert_der, signing_what) = match &responder_der {
         Some(der) => (der.as_slice(), "--responder-cert"),
         None => (ca_der.as_slice(), "--cert"),
     };
     let signing_cert = parse_cert(signing_cert_der, signing_what)?;
-    if signer.public_key_spki_der() != signing_cert.public_key().raw {
-        return Err(AdminError::input(format!(
+    signer::open(&args.signer, signing_cert.public_key().raw, &(&config.signing).into()).map_err(|e| match e {
+        SignerError::KeyMismatch { .. } => AdminError::input(format!(
             "--signer {}: its public key is not the key of {signing_what} ({}); \
              responses signed with it would not verify",
             args.signer,
             signing_cert.subject()
-        )));
-    }
+        )),
+        SignerError::Open { .. } if args.signer.starts_with("pkcs11:") => {
+            AdminError::Operational(format!("--signer: {e}"))
+        }
+        other => AdminError::input(format!("--signer: {other}")),
+    })?;
 
     let mut client = connect(config).await?;
     let tx = client.transaction().await.map_err(db("starting a transaction"))?;

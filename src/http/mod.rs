@@ -17,7 +17,7 @@ use futures_util::StreamExt;
 
 use crate::cache::ResponseCache;
 use crate::metrics::{self as m, RequestMetrics};
-use crate::ocsp::{request, ResponseStatus};
+use crate::ocsp::{request, OcspErrorStatus, ResponseStatus};
 use crate::pipeline::{Answer, Responder};
 use crate::store::StatusStore;
 
@@ -74,18 +74,18 @@ async fn handle<C: ResponseCache, S: StatusStore>(
             Ok(parsed) => service.responder.answer(parsed).await,
             Err(e) => {
                 tracing::debug!(error = %e, "malformed request");
-                Answer::Error(ResponseStatus::MalformedRequest)
+                Answer::Error(OcspErrorStatus::MalformedRequest)
             }
         },
         Err(http_status) => {
             service.metrics.request(method_index, ResponseStatus::MalformedRequest, started.elapsed().as_secs_f64());
             log_request(service.request_sample, &method, ResponseStatus::MalformedRequest, None, started);
-            return headers::error(http_status, ResponseStatus::MalformedRequest);
+            return headers::error(http_status, OcspErrorStatus::MalformedRequest);
         }
     };
     let now = chrono::Utc::now().timestamp();
     let outcome = match &answer {
-        Answer::Error(status) => *status,
+        Answer::Error(status) => ResponseStatus::from(*status),
         Answer::Response { response, .. } => {
             service.metrics.response_age(now.saturating_sub(response.facts.this_update) as f64);
             ResponseStatus::Successful

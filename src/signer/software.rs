@@ -20,6 +20,7 @@ use ring::signature::{self as rs, EcdsaKeyPair, KeyPair, RsaKeyPair};
 
 use super::algorithm::{self, Curve, KeyKind};
 use super::{P256Backend, Signer, SignerError};
+use crate::ocsp::response::TbsResponseData;
 
 const OID_EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
 const OID_RSA_ENCRYPTION: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
@@ -125,11 +126,6 @@ impl SoftwareSigner {
     pub fn kind(&self) -> KeyKind {
         self.kind
     }
-
-    /// Signs synchronously, on the calling thread (benchmarks and the async wrapper).
-    pub fn sign_now(&self, message: &[u8]) -> Result<Vec<u8>, SignerError> {
-        sign_with(&self.key, &self.rng, message)
-    }
 }
 
 fn rsa_key(pair: RsaKeyPair) -> (Key, KeyKind) {
@@ -219,18 +215,18 @@ impl Signer for SoftwareSigner {
         &self.spki_der
     }
 
-    fn sign<'a>(&'a self, message: &'a [u8]) -> BoxFuture<'a, Result<Vec<u8>, SignerError>> {
+    fn sign<'a>(&'a self, tbs: &'a TbsResponseData) -> BoxFuture<'a, Result<Vec<u8>, SignerError>> {
         if let Key::RingRsa(_) = *self.key {
             let key = self.key.clone();
             let rng = self.rng.clone();
-            let message = message.to_vec();
+            let message = tbs.as_bytes().to_vec();
             return Box::pin(async move {
                 tokio::task::spawn_blocking(move || sign_with(&key, &rng, &message))
                     .await
                     .map_err(|e| SignerError::Sign(format!("signing task failed: {e}")))?
             });
         }
-        Box::pin(std::future::ready(self.sign_now(message)))
+        Box::pin(std::future::ready(sign_with(&self.key, &self.rng, tbs.as_bytes())))
     }
 
     fn describe(&self) -> &str {
@@ -278,8 +274,8 @@ mod tests {
                 KeyKind::Rsa { bits: 2048 },
             ),
         ];
-        let message = b"the exact DER of a ResponseData";
-        std::fs::write(d.join("msg"), message).unwrap();
+        let tbs = crate::ocsp::response::tests::one_answer(crate::ocsp::response::CertStatusAnswer::Good);
+        std::fs::write(d.join("msg"), tbs.as_bytes()).unwrap();
         for (name, genargs, convert, kind) in cases {
             let file = format!("{name}.pem");
             let mut args = vec!["genpkey", "-out", &file];
@@ -298,7 +294,7 @@ mod tests {
                 assert_eq!(signer.algorithm_der(), kind.algorithm_der());
                 let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
                 let rt = &rt;
-                let signature = rt.block_on(signer.sign(message)).unwrap();
+                let signature = rt.block_on(signer.sign(&tbs)).unwrap();
                 std::fs::write(d.join("sig"), &signature).unwrap();
                 let digest = if *kind == KeyKind::Ec(Curve::P384) { "-sha384" } else { "-sha256" };
                 openssl(
