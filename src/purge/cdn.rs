@@ -37,6 +37,7 @@ use tokio_postgres::GenericClient;
 
 use crate::cache::keys::purge_tag;
 use crate::config::CdnConfig;
+use crate::db::{cdn_purges, PgError};
 use crate::metrics as m;
 use crate::serial::Serial;
 use crate::x509::CertIdHashes;
@@ -106,6 +107,19 @@ pub fn get_urls(base_url: &str, hashes: &CertIdHashes, serial: &Serial) -> Vec<S
     urls
 }
 
+/// Why purges could not be recorded or delivered (the hooks' own failures are data, see
+/// [`Delivery`]).
+#[derive(Debug, thiserror::Error)]
+pub enum CdnError {
+    /// The issuer's stored certificate, needed for the GET URLs, cannot be read.
+    #[error(transparent)]
+    IssuerCertificate(#[from] crate::x509::CertificateError),
+    #[error(transparent)]
+    Database(#[from] PgError),
+    #[error(transparent)]
+    Pool(#[from] deadpool_postgres::PoolError),
+}
+
 /// Records, inside the change's transaction `tx`, one purge per certificate in `serials` of
 /// the issuer whose certificate is `issuer_cert_der`. Returns the new rows' ids.
 pub async fn enqueue(
@@ -116,25 +130,15 @@ pub async fn enqueue(
     issuer_cert_der: &[u8],
     action: &str,
     serials: &[&Serial],
-) -> Result<Vec<i64>, String> {
+) -> Result<Vec<i64>, CdnError> {
     if serials.is_empty() {
         return Ok(Vec::new());
     }
-    let hashes = crate::x509::certid_hashes(issuer_cert_der).map_err(|e| e.to_string())?;
+    let hashes = crate::x509::certid_hashes(issuer_cert_der)?;
     let bytes: Vec<&[u8]> = serials.iter().map(|s| s.as_bytes()).collect();
     let tags: Vec<String> = serials.iter().map(|s| purge_tag(issuer_name, s)).collect();
     let urls: Vec<String> = serials.iter().map(|s| get_urls(&cdn.base_url, &hashes, s).join("\n")).collect();
-    let rows = tx
-        .query(
-            "INSERT INTO cdn_purges (issuer_id, serial, tag, urls, action) \
-             SELECT $1, u.serial, u.tag, string_to_array(u.urls, E'\\n'), $5 \
-             FROM unnest($2::bytea[], $3::text[], $4::text[]) WITH ORDINALITY AS u(serial, tag, urls, n) \
-             ORDER BY u.n RETURNING id",
-            &[&issuer_id, &bytes, &tags, &urls, &action],
-        )
-        .await
-        .map_err(|e| crate::db::error_text(&e))?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    Ok(cdn_purges::insert(tx, issuer_id, &bytes, &tags, &urls, action).await.map_err(PgError::from)?)
 }
 
 /// One purge to deliver.
@@ -170,24 +174,12 @@ async fn claim(
     only: Option<&[i64]>,
     limit: i64,
     lease: Duration,
-) -> Result<Vec<PurgeJob>, tokio_postgres::Error> {
-    let rows = client
-        .query(
-            "UPDATE cdn_purges p SET lease_until = now() + make_interval(secs => $1), attempts = p.attempts + 1 \
-             WHERE p.id IN (SELECT id FROM cdn_purges \
-                 WHERE next_attempt_at <= now() AND (lease_until IS NULL OR lease_until < now()) \
-                   AND ($2::int8[] IS NULL OR id = ANY($2)) \
-                 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) \
-             RETURNING p.id, p.tag, p.urls, p.action, p.attempts",
-            &[&lease.as_secs_f64(), &only, &limit],
-        )
-        .await?;
-    let mut jobs: Vec<PurgeJob> = rows
-        .iter()
-        .map(|r| PurgeJob { id: r.get(0), tag: r.get(1), urls: r.get(2), action: r.get(3), attempts: r.get(4) })
-        .collect();
-    jobs.sort_by_key(|j| j.id);
-    Ok(jobs)
+) -> Result<Vec<PurgeJob>, PgError> {
+    let claimed = cdn_purges::claim(client, only, limit, lease).await?;
+    Ok(claimed
+        .into_iter()
+        .map(|c| PurgeJob { id: c.id, tag: c.tag, urls: c.urls, action: c.action, attempts: c.attempts })
+        .collect())
 }
 
 /// Backoff before attempt `attempts + 1`: 1 s, 2 s, 4 s, ... at most [`MAX_BACKOFF`].
@@ -197,23 +189,11 @@ pub fn backoff(attempts: i32) -> Duration {
 }
 
 /// Settles one delivered job: deleted on success, rescheduled with backoff on failure.
-async fn settle(
-    client: &impl GenericClient,
-    job: &PurgeJob,
-    result: &Result<(), String>,
-) -> Result<(), tokio_postgres::Error> {
+async fn settle(client: &impl GenericClient, job: &PurgeJob, result: &Result<(), String>) -> Result<(), PgError> {
     match result {
-        Ok(()) => client.execute("DELETE FROM cdn_purges WHERE id = $1", &[&job.id]).await?,
-        Err(error) => {
-            client
-                .execute(
-                    "UPDATE cdn_purges SET lease_until = NULL, last_error = $2, \
-                     next_attempt_at = now() + make_interval(secs => $3) WHERE id = $1",
-                    &[&job.id, error, &backoff(job.attempts).as_secs_f64()],
-                )
-                .await?
-        }
-    };
+        Ok(()) => cdn_purges::delete(client, job.id).await?,
+        Err(error) => cdn_purges::reschedule(client, job.id, error, backoff(job.attempts)).await?,
+    }
     Ok(())
 }
 
@@ -382,15 +362,15 @@ pub struct Delivery {
 
 /// Calls the hooks for the purges `ids` now (the admin CLI, right after its commit): claims
 /// them, calls, settles. Purges someone else holds a lease on are left to them.
-pub async fn deliver(client: &impl GenericClient, cdn: &CdnConfig, ids: &[i64]) -> Result<Delivery, String> {
+pub async fn deliver(client: &impl GenericClient, cdn: &CdnConfig, ids: &[i64]) -> Result<Delivery, CdnError> {
     let mut delivery = Delivery::default();
     if ids.is_empty() || !cdn.enabled() {
         return Ok(delivery);
     }
-    let jobs = claim(client, Some(ids), ids.len() as i64, lease(cdn)).await.map_err(|e| crate::db::error_text(&e))?;
+    let jobs = claim(client, Some(ids), ids.len() as i64, lease(cdn)).await?;
     let results = join_all(jobs.iter().map(|job| call_hooks(cdn, job))).await;
     for (job, result) in jobs.iter().zip(results) {
-        settle(client, job, &result).await.map_err(|e| crate::db::error_text(&e))?;
+        settle(client, job, &result).await?;
         match result {
             Ok(()) => delivery.done += 1,
             Err(e) => {
@@ -408,15 +388,14 @@ fn lease(cdn: &CdnConfig) -> Duration {
 
 /// One responder pass: claims due purges, calls the hooks, settles. Returns how many were
 /// attempted.
-pub async fn retry_once(pool: &Pool, cdn: &CdnConfig) -> Result<usize, String> {
-    let client = pool.get().await.map_err(|e| e.to_string())?;
-    let jobs = claim(&**client, None, BATCH, lease(cdn)).await.map_err(|e| crate::db::error_text(&e))?;
+pub async fn retry_once(pool: &Pool, cdn: &CdnConfig) -> Result<usize, CdnError> {
+    let client = pool.get().await?;
+    let jobs = claim(&**client, None, BATCH, lease(cdn)).await?;
     let results = join_all(jobs.iter().map(|job| call_hooks(cdn, job))).await;
     for (job, result) in jobs.iter().zip(&results) {
-        settle(&**client, job, result).await.map_err(|e| crate::db::error_text(&e))?;
+        settle(&**client, job, result).await?;
     }
-    let pending: i64 =
-        client.query_one("SELECT count(*) FROM cdn_purges", &[]).await.map_err(|e| crate::db::error_text(&e))?.get(0);
+    let pending = cdn_purges::count(&**client).await.map_err(PgError::from)?;
     metrics::gauge!(m::CDN_PURGES_PENDING).set(pending as f64);
     Ok(jobs.len())
 }
