@@ -5,7 +5,7 @@
 //! CDN keeps its copy until the copy's max-age runs out. With a hook configured (`[cdn]` in the
 //! configuration), every change also owes the CDN a purge:
 //!
-//! 1. `admin revoke` / `admin unrevoke` insert one `cdn_purges` row per changed certificate
+//! 1. A status change ([`crate::status`]) inserts one `cdn_purges` row per changed certificate
 //!    ([`enqueue`]) **in the change's own transaction**: the purge is owed if and only if the
 //!    change committed, and it survives the admin process exiting or crashing right after.
 //!    The row holds what the hook is given: the purge tag (the `Cache-Tag` header value,
@@ -189,62 +189,106 @@ pub fn backoff(attempts: i32) -> Duration {
 }
 
 /// Settles one delivered job: deleted on success, rescheduled with backoff on failure.
-async fn settle(client: &impl GenericClient, job: &PurgeJob, result: &Result<(), String>) -> Result<(), PgError> {
+async fn settle(client: &impl GenericClient, job: &PurgeJob, result: &Result<(), HookFailure>) -> Result<(), PgError> {
     match result {
         Ok(()) => cdn_purges::delete(client, job.id).await?,
-        Err(error) => cdn_purges::reschedule(client, job.id, error, backoff(job.attempts)).await?,
+        Err(error) => cdn_purges::reschedule(client, job.id, &error.to_string(), backoff(job.attempts)).await?,
     }
     Ok(())
 }
 
+/// Why one hook call failed. The text is stored in `cdn_purges.last_error` and logged as one
+/// line, so each variant's text includes its cause.
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error("cannot run sh: {0}")]
+    Spawn(std::io::Error),
+    #[error("waiting for the command: {0}")]
+    Wait(std::io::Error),
+    #[error("hook task failed: {0}")]
+    Task(tokio::task::JoinError),
+    #[error("timed out after {0:?}")]
+    CommandTimeout(Duration),
+    /// `output` is the end of what the command wrote to stderr.
+    #[error("exited with {status}{}{output}", if .output.is_empty() { "" } else { ": " })]
+    Exit { status: std::process::ExitStatus, output: String },
+    #[error("only http:// URLs are supported")]
+    NotHttp,
+    #[error("connect {host}: {error}")]
+    Connect { host: String, error: std::io::Error },
+    #[error("sending to {host}: {error}")]
+    Send { host: String, error: std::io::Error },
+    #[error("reading from {host}: {error}")]
+    Receive { host: String, error: std::io::Error },
+    #[error("{host} answered HTTP {status}")]
+    Status { host: String, status: u16 },
+    #[error("{host} sent no HTTP status line")]
+    NoStatusLine { host: String },
+    #[error("no answer within {0:?}")]
+    HttpTimeout(Duration),
+}
+
+/// The hooks that failed for one purge.
+#[derive(Debug)]
+pub struct HookFailure {
+    pub command: Option<HookError>,
+    pub url: Option<HookError>,
+}
+
+impl std::fmt::Display for HookFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.command, &self.url) {
+            (Some(c), Some(u)) => write!(f, "purge_command: {c}; purge_url: {u}"),
+            (Some(c), None) => write!(f, "purge_command: {c}"),
+            (None, Some(u)) => write!(f, "purge_url: {u}"),
+            (None, None) => f.write_str("no hook failed"),
+        }
+    }
+}
+
+impl std::error::Error for HookFailure {}
+
 /// Calls every configured hook for `job`. Ok only if all succeeded.
-pub async fn call_hooks(cdn: &CdnConfig, job: &PurgeJob) -> Result<(), String> {
-    let mut errors = Vec::new();
+pub async fn call_hooks(cdn: &CdnConfig, job: &PurgeJob) -> Result<(), HookFailure> {
+    let mut failure = HookFailure { command: None, url: None };
     if !cdn.purge_command.is_empty() {
         let started = Instant::now();
         let result = run_command(cdn, job).await;
-        record("command", started, &result);
-        if let Err(e) = result {
-            errors.push(format!("purge_command: {e}"));
-        }
+        record("command", started, result.is_ok());
+        failure.command = result.err();
     }
     if !cdn.purge_url.is_empty() {
         let started = Instant::now();
         let result = post_json(&cdn.purge_url, &job.json(), cdn.purge_timeout).await;
-        record("http", started, &result);
-        if let Err(e) = result {
-            errors.push(format!("purge_url: {e}"));
-        }
+        record("http", started, result.is_ok());
+        failure.url = result.err();
     }
-    if errors.is_empty() {
+    if failure.command.is_none() && failure.url.is_none() {
         tracing::info!(tag = %job.tag, urls = job.urls.len(), attempt = job.attempts, action = %job.action,
             "CDN purge done");
         Ok(())
     } else {
-        let error = errors.join("; ");
-        tracing::warn!(tag = %job.tag, attempt = job.attempts, action = %job.action, %error,
+        tracing::warn!(tag = %job.tag, attempt = job.attempts, action = %job.action, error = %failure,
             retry_in = ?backoff(job.attempts), "CDN purge failed; will retry");
-        Err(error)
+        Err(failure)
     }
 }
 
-fn record(hook: &'static str, started: Instant, result: &Result<(), String>) {
-    let outcome = if result.is_ok() { "done" } else { "failed" };
+fn record(hook: &'static str, started: Instant, ok: bool) {
+    let outcome = if ok { "done" } else { "failed" };
     metrics::counter!(m::CDN_PURGES, "hook" => hook, "result" => outcome).increment(1);
     metrics::histogram!(m::CDN_PURGE_SECONDS, "hook" => hook).record(started.elapsed().as_secs_f64());
 }
 
 /// Runs `cdn.purge_command` with `sh -c` (in a blocking thread), killing it at the timeout.
-async fn run_command(cdn: &CdnConfig, job: &PurgeJob) -> Result<(), String> {
+async fn run_command(cdn: &CdnConfig, job: &PurgeJob) -> Result<(), HookError> {
     let command = cdn.purge_command.clone();
     let timeout = cdn.purge_timeout;
     let job = job.clone();
-    tokio::task::spawn_blocking(move || run_command_blocking(&command, &job, timeout))
-        .await
-        .map_err(|e| format!("hook task failed: {e}"))?
+    tokio::task::spawn_blocking(move || run_command_blocking(&command, &job, timeout)).await.map_err(HookError::Task)?
 }
 
-fn run_command_blocking(command: &str, job: &PurgeJob, timeout: Duration) -> Result<(), String> {
+fn run_command_blocking(command: &str, job: &PurgeJob, timeout: Duration) -> Result<(), HookError> {
     let (issuer, serial) = job.tag.rsplit_once(':').unwrap_or((&job.tag, ""));
     let mut child = Command::new("sh")
         .arg("-c")
@@ -261,7 +305,7 @@ fn run_command_blocking(command: &str, job: &PurgeJob, timeout: Duration) -> Res
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot run sh: {e}"))?;
+        .map_err(HookError::Spawn)?;
     if let Some(mut stdin) = child.stdin.take() {
         // A command that does not read stdin closes the pipe: not an error.
         let _ = stdin.write_all(job.json().as_bytes());
@@ -281,10 +325,10 @@ fn run_command_blocking(command: &str, job: &PurgeJob, timeout: Duration) -> Res
             Ok(None) if started.elapsed() >= timeout => {
                 let _ = child.kill();
                 let _ = child.wait();
-                break Err(format!("timed out after {timeout:?}"));
+                break Err(HookError::CommandTimeout(timeout));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => break Err(format!("waiting for the command: {e}")),
+            Err(e) => break Err(HookError::Wait(e)),
         }
     };
     // A background process of the command may hold stderr open: do not wait for it long.
@@ -292,24 +336,24 @@ fn run_command_blocking(command: &str, job: &PurgeJob, timeout: Duration) -> Res
     match status? {
         status if status.success() => Ok(()),
         status => {
-            let tail: String =
+            let output: String =
                 output.trim().chars().rev().take(ERROR_CHARS).collect::<Vec<_>>().into_iter().rev().collect();
-            Err(format!("exited with {status}{}{tail}", if tail.is_empty() { "" } else { ": " }))
+            Err(HookError::Exit { status, output })
         }
     }
 }
 
 /// POSTs `body` (JSON) to an `http://` URL; Ok on any 2xx status.
-async fn post_json(url: &str, body: &str, timeout: Duration) -> Result<(), String> {
+async fn post_json(url: &str, body: &str, timeout: Duration) -> Result<(), HookError> {
     match tokio::time::timeout(timeout, post_json_inner(url, body)).await {
         Ok(result) => result,
-        Err(_) => Err(format!("no answer within {timeout:?}")),
+        Err(_) => Err(HookError::HttpTimeout(timeout)),
     }
 }
 
-async fn post_json_inner(url: &str, body: &str) -> Result<(), String> {
+async fn post_json_inner(url: &str, body: &str) -> Result<(), HookError> {
     use base64::Engine as _;
-    let rest = url.strip_prefix("http://").ok_or("only http:// URLs are supported")?;
+    let rest = url.strip_prefix("http://").ok_or(HookError::NotHttp)?;
     let (authority, path) = rest.find('/').map_or((rest, "/"), |i| (&rest[..i], &rest[i..]));
     let (userinfo, host) = authority.rsplit_once('@').map_or((None, authority), |(u, h)| (Some(u), h));
     let address = if host.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) && !host.ends_with(']') {
@@ -317,7 +361,9 @@ async fn post_json_inner(url: &str, body: &str) -> Result<(), String> {
     } else {
         format!("{host}:80")
     };
-    let mut stream = tokio::net::TcpStream::connect(&address).await.map_err(|e| format!("connect {host}: {e}"))?;
+    let mut stream = tokio::net::TcpStream::connect(&address)
+        .await
+        .map_err(|error| HookError::Connect { host: host.to_owned(), error })?;
     let mut request = format!(
         "POST {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: jitocsp/{}\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n",
@@ -331,12 +377,12 @@ async fn post_json_inner(url: &str, body: &str) -> Result<(), String> {
     }
     request.push_str("\r\n");
     request.push_str(body);
-    stream.write_all(request.as_bytes()).await.map_err(|e| format!("sending to {host}: {e}"))?;
+    stream.write_all(request.as_bytes()).await.map_err(|error| HookError::Send { host: host.to_owned(), error })?;
     let mut head = Vec::new();
     let mut buffer = [0u8; 1024];
     // The status line is all that matters; read until it is complete (or the peer closes).
     while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 8192 {
-        let n = stream.read(&mut buffer).await.map_err(|e| format!("reading from {host}: {e}"))?;
+        let n = stream.read(&mut buffer).await.map_err(|error| HookError::Receive { host: host.to_owned(), error })?;
         if n == 0 {
             break;
         }
@@ -346,8 +392,8 @@ async fn post_json_inner(url: &str, body: &str) -> Result<(), String> {
     let line = line.lines().next().unwrap_or("");
     match line.split(' ').nth(1).and_then(|s| s.parse::<u16>().ok()) {
         Some(status) if (200..300).contains(&status) => Ok(()),
-        Some(status) => Err(format!("{host} answered HTTP {status}")),
-        None => Err(format!("{host} sent no HTTP status line")),
+        Some(status) => Err(HookError::Status { host: host.to_owned(), status }),
+        None => Err(HookError::NoStatusLine { host: host.to_owned() }),
     }
 }
 
@@ -356,8 +402,8 @@ async fn post_json_inner(url: &str, body: &str) -> Result<(), String> {
 pub struct Delivery {
     pub done: usize,
     pub failed: usize,
-    /// The first failure's text.
-    pub error: Option<String>,
+    /// The first failure.
+    pub error: Option<HookFailure>,
 }
 
 /// Calls the hooks for the purges `ids` now (the admin CLI, right after its commit): claims
@@ -501,8 +547,13 @@ mod tests {
         let text = std::fs::read_to_string(&out).unwrap();
         assert!(text.starts_with("e1:0abc|http://x/a|http://x/b|0abc\n{"), "{text}");
         let e = run_command_blocking("echo nope >&2; exit 3", &job, Duration::from_secs(5)).unwrap_err();
-        assert!(e.contains("3") && e.contains("nope"), "{e}");
+        assert_eq!(e.to_string(), "exited with exit status: 3: nope");
         let e = run_command_blocking("sleep 5", &job, Duration::from_millis(100)).unwrap_err();
-        assert!(e.contains("timed out"), "{e}");
+        assert!(matches!(e, HookError::CommandTimeout(_)), "{e}");
+        let both = HookFailure { command: Some(e), url: Some(HookError::NotHttp) };
+        assert_eq!(
+            both.to_string(),
+            "purge_command: timed out after 100ms; purge_url: only http:// URLs are supported"
+        );
     }
 }
