@@ -15,27 +15,11 @@ use futures_util::{pin_mut, TryStreamExt};
 use sha2::{Digest, Sha256};
 use tokio_postgres::Client;
 
+use crate::db::audit_log;
+pub use crate::db::audit_log::ChainedRow;
+
 /// The `prev_hash` of the first row.
 pub const GENESIS: [u8; 32] = [0; 32];
-
-/// The raw columns a row's hash covers, as read for verification.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ChainedRow {
-    pub id: i64,
-    pub chain_seq: i64,
-    /// Microseconds since the Unix epoch.
-    pub at_micros: i64,
-    pub actor: String,
-    pub db_role: String,
-    pub action: String,
-    pub issuer_id: Option<i32>,
-    pub serial: Option<Vec<u8>>,
-    /// jsonb in Postgres's canonical text form.
-    pub before: Option<String>,
-    pub after: Option<String>,
-    pub prev_hash: Vec<u8>,
-    pub row_hash: Vec<u8>,
-}
 
 impl ChainedRow {
     /// The bytes the row's hash covers: every field length-prefixed (`<bytes>:<value>;`,
@@ -141,32 +125,11 @@ pub enum VerifyError {
 
 /// Reads the whole audit log in chain order (streamed, not loaded at once) and verifies it.
 pub async fn verify(client: &Client) -> Result<Verified, VerifyError> {
-    let rows = client
-        .query_raw(
-            "SELECT id, chain_seq, (extract(epoch FROM at) * 1000000)::bigint, actor, db_role, action, \
-             issuer_id, serial, before::text, after::text, prev_hash, row_hash \
-             FROM audit_log ORDER BY chain_seq",
-            std::iter::empty::<i32>(),
-        )
-        .await
-        .map_err(VerifyError::Read)?;
+    let rows = audit_log::in_chain_order(client).await.map_err(VerifyError::Read)?;
     pin_mut!(rows);
     let mut walk = Walk::default();
     while let Some(row) = rows.try_next().await.map_err(VerifyError::Read)? {
-        walk.check(&ChainedRow {
-            id: row.get(0),
-            chain_seq: row.get(1),
-            at_micros: row.get(2),
-            actor: row.get(3),
-            db_role: row.get(4),
-            action: row.get(5),
-            issuer_id: row.get(6),
-            serial: row.get(7),
-            before: row.get(8),
-            after: row.get(9),
-            prev_hash: row.get(10),
-            row_hash: row.get(11),
-        })?;
+        walk.check(&row)?;
     }
     Ok(walk.finish())
 }

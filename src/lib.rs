@@ -40,6 +40,7 @@
 //! Around it:
 //! - [`server`]: `jitocsp serve` wiring, the metrics/health/readiness listener.
 //! - [`admin`]: the admin CLI (issuers, import, revoke, unrevoke, status, purge, audit).
+//! - [`status`]: status changes as a library (plan in, outcome out; the transaction rules).
 //! - [`migrate`]: applies `sql/`. [`issuer`]: reading certificates, CertID hashes.
 //! - [`config`]: the TOML file overlaid by the environment into serde section structs
 //!   (`config/sections.rs`), password files and URL redaction (`secrets.rs`), range and
@@ -85,5 +86,6 @@ pub mod secret_file;
 pub mod serial;
 pub mod server;
 pub mod signer;
+pub mod status;
 pub mod store;
 pub mod x509;
