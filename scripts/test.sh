@@ -12,8 +12,10 @@
 # JITOCSP_TEST_STANDBY_URL (the test database on a streaming standby, tests/revocation_truth.rs),
 # JITOCSP_TEST_JUDGE and JITOCSP_TEST_PYTHON (tests/common::judge runs that judge.py with that
 # Python, the one pkilint and cryptography were installed for; a bare `cargo test` falls back
-# to python3 and tests/judges/judge.py) and JITOCSP_ROOT. The open-files limit is raised for
-# the 10,000-connection burst test, which fails (never skips) below it. Extra arguments go to
+# to python3 and tests/judges/judge.py) and JITOCSP_ROOT. They also receive
+# JITOCSP_TEST_REQUIRE_ALL=1: a test whose environment is missing (tests/common/skip.rs), which a
+# bare `cargo test` skips, fails here instead. The open-files limit is raised for the 10,000-
+# connection burst test, which therefore fails (never skips) below it. Extra arguments go to
 # `cargo test` after `--` (e.g. scripts/test.sh revoke_ to filter). Services are left running;
 # stop them with scripts/services.sh down.
 set -euo pipefail
@@ -52,6 +54,8 @@ REDIS_URL="${REDIS_URL%/}/1"
 redis-cli -u "$REDIS_URL" FLUSHDB >/dev/null
 export DATABASE_URL REDIS_URL JITOCSP_TEST_STANDBY_URL
 export JITOCSP_ROOT="$ROOT"
+# Everything above is provided, so no test may skip for want of it.
+export JITOCSP_TEST_REQUIRE_ALL=1
 export JITOCSP_TEST_JUDGE="$ROOT/tests/judges/judge.py"
 
 step "python dependencies"

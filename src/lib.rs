@@ -89,3 +89,9 @@ pub mod signer;
 pub mod status;
 pub mod store;
 pub mod x509;
+
+/// The test-environment probe the integration tests use (tests/common/skip.rs): unit tests
+/// that run openssl skip without it, and fail without it under scripts/test.sh.
+#[cfg(test)]
+#[path = "../tests/common/skip.rs"]
+mod test_env;

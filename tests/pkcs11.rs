@@ -30,6 +30,9 @@ struct Case {
 /// verifies each response, and the signature algorithm matches the key.
 #[test]
 fn responses_signed_through_pkcs11_and_software_keys_verify_with_openssl() {
+    if skip_unless(&[Need::Postgres, Need::Redis, Need::Openssl, Need::SoftHsm2]) {
+        return;
+    }
     let hsm = SoftHsm::new();
     let env = hsm.env();
     let env = env_refs(&env);
@@ -132,6 +135,9 @@ fn responses_signed_through_pkcs11_and_software_keys_verify_with_openssl() {
 /// tryLater, `/readyz` names the issuer; afterwards signing resumes without a restart.
 #[test]
 fn token_outage_serves_cached_answers_answers_misses_try_later_and_recovers() {
+    if skip_unless(&[Need::Postgres, Need::Redis, Need::Openssl, Need::SoftHsm2]) {
+        return;
+    }
     let hsm = SoftHsm::new();
     let env = hsm.env();
     let env = env_refs(&env);
@@ -186,6 +192,9 @@ fn token_outage_serves_cached_answers_answers_misses_try_later_and_recovers() {
 /// appears, without a restart.
 #[test]
 fn token_absent_at_start_up_recovers_without_restart() {
+    if skip_unless(&[Need::Postgres, Need::Redis, Need::Openssl, Need::SoftHsm2]) {
+        return;
+    }
     let hsm = SoftHsm::new();
     let env = hsm.env();
     let env = env_refs(&env);
@@ -243,6 +252,9 @@ fn write_pin(path: &std::path::Path, pin: &str) {
 /// PIN is written to the file, the issuer recovers without a restart.
 #[test]
 fn wrong_pin_is_tried_once_and_again_only_when_the_pin_file_changes() {
+    if skip_unless(&[Need::Postgres, Need::Redis, Need::Openssl, Need::SoftHsm2]) {
+        return;
+    }
     let hsm = SoftHsm::new();
     let conf = hsm.conf.to_str().unwrap().to_owned();
     let pki = Pki::new();
@@ -298,6 +310,9 @@ fn wrong_pin_is_tried_once_and_again_only_when_the_pin_file_changes() {
 #[test]
 #[ignore = "benchmark: scripts/bench-signers.sh"]
 fn bench_signers() {
+    if skip_unless(&[Need::Postgres, Need::Redis, Need::Openssl, Need::SoftHsm2]) {
+        return;
+    }
     use std::sync::Arc;
     use std::time::Instant;
 

@@ -248,6 +248,9 @@ mod tests {
     /// verifies what it signs with the algorithm the signer announces.
     #[test]
     fn openssl_keys_sign_verifiably() {
+        if crate::test_env::skip_unless(&[crate::test_env::Need::Openssl]) {
+            return;
+        }
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         type Case<'a> = (&'a str, &'a [&'a str], Option<&'a [&'a str]>, KeyKind);
@@ -317,6 +320,9 @@ mod tests {
 
     #[test]
     fn refuses_what_it_cannot_use() {
+        if crate::test_env::skip_unless(&[crate::test_env::Need::Openssl]) {
+            return;
+        }
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         openssl(d, &["genpkey", "-algorithm", "ED25519", "-out", "ed.pem"]);
