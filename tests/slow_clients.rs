@@ -68,6 +68,9 @@ fn request_for_a_known_certificate() -> (Pki, PathBuf, Vec<u8>) {
 
 #[test]
 fn a_trickled_body_is_cut_while_other_clients_are_answered() {
+    if skip_unless(&[Need::Postgres, Need::Redis, Need::Openssl]) {
+        return;
+    }
     let (_pki, _leaf, request) = request_for_a_known_certificate();
     let server = Server::start(&[("JITOCSP_SERVER_BODY_TIMEOUT", "2s")]);
     // 200 bytes at one a second would hold the connection for over three minutes.
@@ -85,6 +88,9 @@ fn a_trickled_body_is_cut_while_other_clients_are_answered() {
 
 #[test]
 fn a_trickled_request_head_is_cut() {
+    if skip_unless(&[Need::Postgres, Need::Redis, Need::Openssl]) {
+        return;
+    }
     let server = Server::start(&[("JITOCSP_SERVER_HEADER_TIMEOUT", "2s")]);
     let head = "POST / HTTP/1.1\r\nHost: ocsp.test\r\nX-Slow: ";
     let slow = trickle(server.port, head, 500, Duration::from_secs(1)).join().unwrap();
@@ -98,6 +104,9 @@ fn a_trickled_request_head_is_cut() {
 
 #[test]
 fn connections_beyond_the_bound_wait_until_a_held_one_is_cut() {
+    if skip_unless(&[Need::Postgres, Need::Redis, Need::Openssl]) {
+        return;
+    }
     let (_pki, _leaf, request) = request_for_a_known_certificate();
     let server = Server::start(&[
         ("JITOCSP_SERVER_WORKERS", "1"),
