@@ -485,6 +485,7 @@ fn head_and_conditional_get() {
     let server = Server::start(&[]);
     let path = format!("/{}", b64(&pki.request(&good, "-sha1")));
 
+    let before_get = std::time::Instant::now();
     let get = server.get(&path, &[]);
     assert_eq!(get.status, 200);
     let text = openssl_check_response(&pki, &get.body, &good, "-sha1");
@@ -497,11 +498,25 @@ fn head_and_conditional_get() {
     assert_eq!(get.header("cache-tag"), format!("{issuer}:4001"));
 
     let head = block_on(http(server.port, "HEAD", &path, &[], &[])).unwrap();
+    let seconds_between = before_get.elapsed().as_secs() + 1;
     assert_eq!(head.status, 200);
     assert!(head.body.is_empty());
-    for name in ["etag", "cache-control", "last-modified", "expires", "content-type"] {
+    for name in ["etag", "last-modified", "expires", "content-type"] {
         assert_eq!(head.header(name), get.header(name), "{name}");
     }
+    // max-age counts down to a fixed deadline: the HEAD, sent later, may see it a whole
+    // second (or more, on a slow machine) closer, and never further away.
+    let max_age = |r: &HttpResponse| -> u64 {
+        let value = r.header("cache-control").trim_start_matches("max-age=");
+        value.split(',').next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("max-age in {value:?}"))
+    };
+    let (get_age, head_age) = (max_age(&get), max_age(&head));
+    assert!(
+        head_age <= get_age && get_age - head_age <= seconds_between,
+        "HEAD max-age {head_age} vs GET max-age {get_age}, {seconds_between} s apart at most"
+    );
+    let directives = |r: &HttpResponse| r.header("cache-control").split_once(',').map(|(_, rest)| rest.to_owned());
+    assert_eq!(directives(&head), directives(&get));
 
     let not_modified = server.get(&path, &[("If-None-Match", &etag)]);
     assert_eq!(not_modified.status, 304);

@@ -113,12 +113,6 @@ impl Fixture {
         f
     }
 
-    /// Removes this issuer and everything of it, so repeated runs do not grow the database.
-    /// (Skipped when a test fails: what is left helps to see why.)
-    pub(crate) async fn cleanup(self) {
-        remove_issuers(&[&self.name]).await;
-    }
-
     pub(crate) async fn db(&self) -> tokio_postgres::Client {
         jitocsp::db::connect(&self.site.database_url).await.expect("connect to Postgres")
     }
@@ -226,20 +220,6 @@ pub(crate) fn output_of(mut cmd: Command, stdin: Option<&str>, vars: &[(&str, &s
         });
     }
     child.wait_with_output().unwrap()
-}
-
-pub(crate) async fn remove_issuers(names: &[&str]) {
-    let client = db().await;
-    for table in ["pending_purges", "certificates", "audit_log"] {
-        client
-            .execute(
-                &format!("DELETE FROM {table} WHERE issuer_id IN (SELECT id FROM issuers WHERE name = ANY($1))"),
-                &[&names],
-            )
-            .await
-            .unwrap();
-    }
-    client.execute("DELETE FROM issuers WHERE name = ANY($1)", &[&names]).await.unwrap();
 }
 
 /// The shared test database.

@@ -51,7 +51,6 @@ async fn import_files_and_stdin_idempotently() {
     assert_eq!(f.count("certificates WHERE issuer_id = $1").await, 5);
     assert_eq!(f.state("0d").await, None);
     assert_eq!(f.count("audit_log WHERE issuer_id = $1 AND action = 'import'").await, 3);
-    f.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -69,5 +68,4 @@ async fn import_100k_rows_from_stdin() {
     println!("100k-row stdin import took {:?}: {}", started.elapsed(), out.stdout.trim());
     assert!(out.stdout.contains("100000 inserted"), "{}", out.stdout);
     assert_eq!(f.count("certificates WHERE issuer_id = $1").await, 100_000);
-    f.cleanup().await;
 }

@@ -93,6 +93,4 @@ async fn issuer_add_list_and_refusals() {
 
     f.admin(&["import", "--issuer", "no-such-issuer", "-"], Some("01,2030-01-01T00:00:00Z\n"))
         .fails(2, &["no-such-issuer"]);
-    remove_issuers(&[&delegated]).await;
-    f.cleanup().await;
 }

@@ -80,7 +80,6 @@ async fn revoke_purges_redis_and_notifies() {
     // Status of an unknown serial is not an error; it says so.
     let unknown = f.admin(&["status", "--issuer", &f.name, "--serial", "3cff"], None).ok();
     assert!(unknown.stdout.contains("no row"), "{}", unknown.stdout);
-    f.cleanup().await;
 }
 
 /// Redis down at revocation: a pending purge is recorded and the responder's keys stay; `admin
@@ -126,5 +125,4 @@ async fn revoke_with_redis_down_leaves_a_pending_purge() {
     f.admin(&["purge", "--issuer", &f.name, "--serial", "4d01"], None).ok();
     assert_eq!(off_runtime(|| f.site.redis_keys()), BTreeSet::new(), "the responder's keys are gone");
     assert_eq!(f.count("pending_purges WHERE issuer_id = $1").await, 0);
-    f.cleanup().await;
 }

@@ -73,7 +73,6 @@ async fn revoke_by_serial_serials_file_and_cert_file() {
         .unwrap()
         .get(0);
     assert_eq!(actor, "admin-cli-test");
-    f.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -134,7 +133,6 @@ async fn dry_run_and_bad_input_change_nothing() {
     assert_eq!(f.state("2b02").await, Some((None, false, false)));
     assert_eq!(f.count("audit_log WHERE issuer_id = $1 AND action = 'revoke'").await, 0);
     assert_eq!(f.count("pending_purges WHERE issuer_id = $1").await, 0);
-    f.cleanup().await;
 }
 
 /// Releasing a hold deletes the keys a responder wrote while the certificate was on hold.
@@ -178,7 +176,6 @@ async fn unrevoke_only_from_certificate_hold() {
     // Revocable again after the hold was released.
     f.revoke("5e01", "superseded").ok();
     assert_eq!(f.state("5e01").await, Some((Some(4), true, true)));
-    f.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -200,5 +197,4 @@ async fn audit_lists_the_changes() {
         mine[2]
     );
     f.admin(&["audit", "--limit", "0"], None).fails(2, &["--limit"]);
-    f.cleanup().await;
 }
