@@ -25,7 +25,7 @@ use hyper_util::rt::TokioIo;
 use rand::{Rng as _, SeedableRng as _};
 use rand_distr::Distribution as _;
 
-use crate::corpus::{ocsp_request, Corpus, HashAlg, Status};
+use crate::corpus::{Corpus, HashAlg, Status};
 use crate::verify::{generalized_time, judge, Verdict};
 
 /// Requests that take longer than this are failures ("timeout"): the CA/B Forum limit (BR 4.10.2).
@@ -299,8 +299,7 @@ impl Ctx {
         let (method, uri, body, cert_id, expected, issuer) = match job.ask {
             Ask::Ocsp { issuer, index, alg, post } => {
                 let iss = &self.corpus.issuers[issuer as usize];
-                let cert_id = iss.cert_id(index, alg);
-                let der = ocsp_request(&cert_id);
+                let crate::corpus::OcspAsk { cert_id, der } = iss.request(index, alg);
                 let expected = self.corpus.status(issuer as usize, index);
                 if post {
                     let path = if self.target.prefix.is_empty() { "/".to_owned() } else { self.target.prefix.clone() };

@@ -222,7 +222,7 @@ fn main() {
             Command::PrintPath { corpus, index } => {
                 let corpus = load_corpus(&corpus)?;
                 anyhow::ensure!(index < corpus.count, "--index must be below --count");
-                let der = corpus::ocsp_request(&corpus.issuers[0].cert_id(index, HashAlg::Sha1));
+                let der = corpus.issuers[0].request(index, HashAlg::Sha1).der;
                 println!("{}", gen::get_path("", &der));
                 Ok(())
             }
@@ -418,7 +418,7 @@ async fn cache_drop(args: CacheDropArgs) -> anyhow::Result<()> {
         if let Some((dir, levels)) = &cdn_cache {
             // Prove the purge computes the paths nginx uses: the most popular URL must be cached.
             let iss = &corpus.issuers[0];
-            let uri = gen::get_path(&target.prefix, &corpus::ocsp_request(&iss.cert_id(0, HashAlg::Sha1)));
+            let uri = gen::get_path(&target.prefix, &iss.request(0, HashAlg::Sha1).der);
             let file = cdn::cache_file(dir, levels, &cdn::cache_key(&uri));
             anyhow::ensure!(
                 file.is_file(),
