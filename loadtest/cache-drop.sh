@@ -90,11 +90,18 @@ fi
 
 step "services"
 bash scripts/services.sh ensure-cmd openssl openssl curl curl python3 python3 nginx nginx
-bash scripts/services.sh up
-# shellcheck source=/dev/null
-. "$ROOT/.local/env"
 # The load test has its own database on the same Postgres, so test data and load data never mix.
-LT_DATABASE_URL="${DATABASE_URL%/*}/jitocsp_loadtest"
+# JITOCSP_LOADTEST_DATABASE_URL and JITOCSP_LOADTEST_REDIS_URL, when both set, name services
+# already running (one database per engineer on a shared machine), and none is started.
+if [ -n "${JITOCSP_LOADTEST_DATABASE_URL:-}" ] && [ -n "${JITOCSP_LOADTEST_REDIS_URL:-}" ]; then
+    LT_DATABASE_URL="$JITOCSP_LOADTEST_DATABASE_URL"
+    REDIS_URL="$JITOCSP_LOADTEST_REDIS_URL"
+else
+    bash scripts/services.sh up
+    # shellcheck source=/dev/null
+    . "$ROOT/.local/env"
+    LT_DATABASE_URL="${DATABASE_URL%/*}/jitocsp_loadtest"
+fi
 export REDIS_URL
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
@@ -124,7 +131,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-step "database jitocsp_loadtest"
+step "database ${LT_DATABASE_URL##*/}"
 DATABASE_URL="$LT_DATABASE_URL" "$LT" create-database
 DATABASE_URL="$LT_DATABASE_URL" "$BIN" migrate >/dev/null
 
