@@ -33,6 +33,8 @@
 #   --check                  verify the report (every step with figures, every answer
 #                            verified, success >= --min-success [0.999]); exit 1 if not
 #   --no-build               use the existing target/release binaries
+# Environment: JITOCSP_LOADTEST_DATABASE_URL and JITOCSP_LOADTEST_REDIS_URL (both) use those
+# services instead of starting the project-local ones and the jitocsp_loadtest database.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
@@ -40,7 +42,7 @@ cd "$ROOT"
 
 die() { printf 'cache-drop: error: %s\n' "$*" >&2; exit 2; }
 step() { printf '==> %s\n' "$*" >&2; }
-usage() { sed -n '2,37p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,39p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 MODE="" FULL_RATE="" STEP_SECONDS="" OUT=""
 COUNT=20000 REVOKED=0.05 REDIS=cold FRACTIONS="1/16,1/8,1/4,1/2,1" ARRIVAL=constant

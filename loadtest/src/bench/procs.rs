@@ -219,7 +219,8 @@ fn is_root() -> bool {
 /// `openssl ocsp` answering from `index.txt`, signing with the CA key, 2 processes. A fresh
 /// one per run (see [`Server::drop`]); it is ready when `probe` (a request path) is answered.
 /// `-resp_no_certs -resp_key_id` make its answers what jitocsp's are (ResponderID byKey, no
-/// certificates); `-nmin 1` gives them a nextUpdate.
+/// certificates); `-nmin 10` gives them a nextUpdate far enough ahead for the
+/// verifier, which allows 60 s of clock skew.
 pub fn openssl_ocsp(work: &Path, addr: SocketAddr, ca: &Path, key: &Path, probe: &str) -> anyhow::Result<Server> {
     let mut command = Command::new("openssl");
     command
@@ -231,7 +232,7 @@ pub fn openssl_ocsp(work: &Path, addr: SocketAddr, ca: &Path, key: &Path, probe:
         .arg(key)
         .arg("-CA")
         .arg(ca)
-        .args(["-multi", "2", "-nmin", "1", "-resp_no_certs", "-resp_key_id"]);
+        .args(["-multi", "2", "-nmin", "10", "-resp_no_certs", "-resp_key_id"]);
     let mut server = Server::spawn("openssl ocsp", command, work.join("openssl-ocsp.log"), true)?;
     server.wait_ready(addr, probe, Duration::from_secs(60))?;
     Ok(server)
