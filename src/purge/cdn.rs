@@ -39,6 +39,7 @@ use crate::cache::keys::purge_tag;
 use crate::config::CdnConfig;
 use crate::db::{cdn_purges, PgError};
 use crate::metrics as m;
+use crate::ocsp::request::{CertIdParts, CertIdVariant};
 use crate::serial::Serial;
 use crate::x509::CertIdHashes;
 
@@ -54,37 +55,6 @@ pub const ADMIN_INLINE_LIMIT: usize = 100;
 /// Characters of a failing hook's output kept in `last_error` and logs.
 const ERROR_CHARS: usize = 500;
 
-/// DER `OCSPRequest` for one CertID, no nonce, no extensions: what OpenSSL (`-no_nonce`),
-/// browsers and TLS servers that staple send, and so what CDNs cache under its GET URL.
-/// `sha256` chooses the CertID hash; the AlgorithmIdentifier parameters are NULL.
-pub fn ocsp_request_der(hashes: &CertIdHashes, serial: &Serial, sha256: bool) -> Vec<u8> {
-    const SHA1_ALG: &[u8] = &[0x30, 0x09, 0x06, 0x05, 0x2b, 0x0e, 0x03, 0x02, 0x1a, 0x05, 0x00];
-    const SHA256_ALG: &[u8] =
-        &[0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00];
-    let (alg, name, key): (&[u8], &[u8], &[u8]) = if sha256 {
-        (SHA256_ALG, &hashes.name_sha256, &hashes.key_sha256)
-    } else {
-        (SHA1_ALG, &hashes.name_sha1, &hashes.key_sha1)
-    };
-    let mut cert_id = alg.to_vec();
-    tlv(&mut cert_id, 0x04, name);
-    tlv(&mut cert_id, 0x04, key);
-    tlv(&mut cert_id, 0x02, serial.as_bytes());
-    // OCSPRequest { TBSRequest { requestList SEQUENCE OF { Request { CertID { ... } } } } }
-    let mut der = cert_id;
-    for _ in 0..5 {
-        let mut outer = Vec::with_capacity(der.len() + 4);
-        tlv(&mut outer, 0x30, &der);
-        der = outer;
-    }
-    der
-}
-
-fn tlv(out: &mut Vec<u8>, tag: u8, content: &[u8]) {
-    crate::ocsp::der::write_header(out, tag, content.len());
-    out.extend_from_slice(content);
-}
-
 /// The GET URLs under which a CDN may hold responses about a certificate: for SHA-1 and
 /// SHA-256 CertIDs, `base_url/` + the standard base64 of the request, raw and (when it
 /// differs) percent-encoded (`+` `/` `=` as `%2B` `%2F` `%3D`), as clients send either.
@@ -96,8 +66,11 @@ pub fn get_urls(base_url: &str, hashes: &CertIdHashes, serial: &Serial) -> Vec<S
     }
     let base = base_url.trim_end_matches('/');
     let mut urls = Vec::with_capacity(4);
-    for sha256 in [false, true] {
-        let b64 = base64::engine::general_purpose::STANDARD.encode(ocsp_request_der(hashes, serial, sha256));
+    // What OpenSSL (`-no_nonce`), browsers and stapling servers send: one CertID with NULL
+    // hash parameters, no nonce.
+    for variant in [CertIdVariant::Sha1Null, CertIdVariant::Sha256Null] {
+        let der = crate::ocsp::request::encode(&[CertIdParts::new(hashes, variant, serial.as_bytes())], None);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
         let encoded = b64.replace('+', "%2B").replace('/', "%2F").replace('=', "%3D");
         urls.push(format!("{base}/{b64}"));
         if encoded != b64 {
@@ -476,32 +449,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn request_der_is_a_plain_ocsp_request() {
-        let serial = Serial::from_hex("0abc").unwrap();
-        let der = ocsp_request_der(&hashes_for_test(), &serial, false);
-        // 5 nested SEQUENCEs, then the SHA-1 AlgorithmIdentifier with NULL parameters.
-        assert_eq!(&der[..2], &[0x30, (der.len() - 2) as u8]);
-        assert_eq!(&der[10..21], &[0x30, 0x09, 0x06, 0x05, 0x2b, 0x0e, 0x03, 0x02, 0x1a, 0x05, 0x00]);
-        assert!(der.ends_with(&[0x02, 0x02, 0x0a, 0xbc]));
-        let parsed = crate::ocsp::request::parse(&der).expect("our own request parses");
-        assert_eq!(parsed.certs.len(), 1);
-        assert_eq!(parsed.certs[0].serial, serial);
-        assert!(parsed.nonce.is_none());
-        let der256 = ocsp_request_der(&hashes_for_test(), &serial, true);
-        assert_eq!(crate::ocsp::request::parse(&der256).unwrap().certs[0].serial, serial);
-    }
-
-    #[test]
     fn urls_cover_both_hashes_and_both_encodings() {
+        use base64::Engine as _;
         let serial = Serial::from_hex("0abc").unwrap();
         assert!(get_urls("", &hashes_for_test(), &serial).is_empty());
         let urls = get_urls("http://ocsp.example.com/ocsp/", &hashes_for_test(), &serial);
         assert!(urls.len() >= 2 && urls.len() <= 4, "{urls:?}");
         assert!(urls.iter().all(|u| u.starts_with("http://ocsp.example.com/ocsp/M")), "{urls:?}");
+        let mut variants = Vec::new();
         for u in &urls {
             let tail = &u["http://ocsp.example.com/ocsp/".len()..];
             assert!(!tail.contains('/') || !tail.contains('%'), "one form or the other: {u}");
+            let b64 = tail.replace("%2B", "+").replace("%2F", "/").replace("%3D", "=");
+            let der = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+            let request = crate::ocsp::request::parse(&der).expect("our own request parses");
+            assert_eq!((request.certs.len(), &request.certs[0].serial), (1, &serial));
+            assert!(request.nonce.is_none());
+            variants.push(request.certs[0].variant);
         }
+        assert!(variants.contains(&CertIdVariant::Sha1Null) && variants.contains(&CertIdVariant::Sha256Null));
     }
 
     #[test]
