@@ -262,6 +262,10 @@ pg_stop() {
 # replication, so tests can point `database.read_url` at a real replica and pause its replay
 # (`SELECT pg_wal_replay_pause()`, granted to the test role) to make it lag.
 REPL_USER=jitocsp_replicator
+# The primary keeps the WAL the standby has not received yet in this slot, so a standby that
+# falls behind (a test pauses it, the machine is busy) catches up instead of finding the
+# segments it needs removed. max_slot_wal_keep_size bounds what a dead standby can pin.
+REPL_SLOT=jitocsp_standby
 
 standby_paths() {
     pg_paths
@@ -274,11 +278,14 @@ sb_ctl() { pg_as "$PGBIN/pg_ctl" -D "$SBDATA" "$@"; }
 
 standby_pid_alive() { postmaster_alive "$SBDATA"; }
 
-# True once the standby is up, in recovery and streaming from the primary.
+# True once the standby is up, in recovery, and the primary is streaming to it through its
+# slot (a standby that once received WAL but lost the stream is not "streaming").
 standby_streaming() {
     [ "$(PGPASSWORD="$DB_PASS" "$PGBIN/psql" -X -qtA -h 127.0.0.1 -p "$STANDBY_PORT" -U "$DB_USER" -d "$DB_NAME" \
-        -c "SELECT pg_is_in_recovery() AND pg_last_wal_receive_lsn() IS NOT NULL" \
-        2>/dev/null)" = "t" ]
+        -c "SELECT pg_is_in_recovery()" 2>/dev/null)" = "t" ] \
+        && [ "$(psql_admin -tA -c "SELECT count(*) FROM pg_stat_replication r JOIN pg_replication_slots s \
+                ON s.active_pid = r.pid WHERE s.slot_name = '$REPL_SLOT' AND r.state = 'streaming'" \
+                2>/dev/null)" = "1" ]
 }
 
 standby_make() {
@@ -287,8 +294,11 @@ standby_make() {
     mkdir -p "$SBDATA"
     if is_root; then chown "$PG_OS_USER": "$SBDATA"; fi
     chmod 0700 "$SBDATA"
+    # The slot of an earlier standby goes with it (the standby is stopped: it is inactive).
+    psql_admin -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+        WHERE slot_name = '$REPL_SLOT'" >/dev/null
     pg_as env PGPASSWORD="$DB_PASS" "$PGBIN/pg_basebackup" -h 127.0.0.1 -p "$PG_PORT" -U "$REPL_USER" \
-        -D "$SBDATA" -R -X stream -c fast >/dev/null 2>"$SBLOG.basebackup" \
+        -D "$SBDATA" -R -C -S "$REPL_SLOT" -X stream -c fast >/dev/null 2>"$SBLOG.basebackup" \
         || { cat "$SBLOG.basebackup" >&2; die "pg_basebackup failed"; }
     pg_as tee -a "$SBDATA/postgresql.conf" >/dev/null <<EOF
 
@@ -333,6 +343,9 @@ SELECT 'CREATE ROLE $REPL_USER REPLICATION LOGIN' WHERE NOT EXISTS (SELECT 1 FRO
 \gexec
 ALTER ROLE $REPL_USER WITH REPLICATION LOGIN PASSWORD '$DB_PASS';
 EOF
+    if [ "$(psql_admin -tA -c "SHOW max_slot_wal_keep_size")" != "4GB" ]; then
+        psql_admin -c "ALTER SYSTEM SET max_slot_wal_keep_size = '4GB'" -c "SELECT pg_reload_conf()" >/dev/null
+    fi
     # Function privileges live in each database; template1 passes them on to databases
     # created later (the tests' own).
     local db
@@ -342,8 +355,10 @@ EOF
     done
     local attempt i
     for attempt in 1 2; do
-        # A standby of an earlier cluster (or a broken one) is made anew.
-        if [ ! -f "$SBDATA/standby.signal" ] || [ "$attempt" -eq 2 ]; then
+        # A standby of an earlier cluster, one without the slot (made before it existed, or
+        # whose slot was dropped), or a broken one is made anew.
+        if [ ! -f "$SBDATA/standby.signal" ] || ! grep -qs "primary_slot_name = '$REPL_SLOT'" \
+            "$SBDATA/postgresql.auto.conf" || [ "$attempt" -eq 2 ]; then
             standby_stop_
             standby_make
         fi
