@@ -91,7 +91,6 @@ openssl ecparam -name prime256v1 -genkey -noout -out "$WORK/ca.sec1" 2>/dev/null
 openssl pkcs8 -topk8 -nocrypt -in "$WORK/ca.sec1" -out "$WORK/ca.key"
 openssl req -x509 -new -key "$WORK/ca.key" -subj "/CN=jitocsp bench CA $STAMP" -days 30 -out "$WORK/ca.pem" \
     -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign,digitalSignature 2>/dev/null
-chmod 0644 "$WORK/ca.key"
 "$BIN/jitocsp" migrate >/dev/null
 "$BIN/jitocsp" admin issuer add --name "$ISSUER" --cert "$WORK/ca.pem" --signer "file:$WORK/ca.key" >/dev/null
 ISSUER_ADDED=1

@@ -241,8 +241,12 @@ fn scraped(server: &Server, name: &str, labels: &[&str]) -> Option<f64> {
 /// Replaces the file at once, so the responder never reads a half-written PIN (which would cost
 /// a login attempt on a real token).
 fn write_pin(path: &std::path::Path, pin: &str) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let next = path.with_extension("next");
-    std::fs::write(&next, format!("{pin}\n")).unwrap();
+    // Owner-only, as a PIN file must be (a more open one is refused).
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&next).unwrap();
+    file.write_all(format!("{pin}\n").as_bytes()).unwrap();
     std::fs::rename(&next, path).unwrap();
 }
 

@@ -52,8 +52,10 @@ impl SoftwareSigner {
     /// Reads a PKCS#8, SEC1 or PKCS#1 PEM private key file; P-256 keys use `backend`.
     pub fn from_pem_file_with(path: &str, backend: P256Backend) -> Result<Self, SignerError> {
         let spec = format!("file:{path}");
-        let pem = std::fs::read(path)
-            .map_err(|e| SignerError::Open { spec: spec.clone(), reason: format!("cannot read key file: {e}") })?;
+        let pem = crate::secret_file::read(std::path::Path::new(path)).map_err(|e| SignerError::Open {
+            spec: spec.clone(),
+            reason: format!("key file: {}", crate::secret_file::error_chain(&e)),
+        })?;
         Self::from_pem(&pem, backend, &spec)
     }
 
@@ -242,6 +244,35 @@ mod tests {
     fn openssl(dir: &std::path::Path, args: &[&str]) {
         let out = Command::new("openssl").args(args).current_dir(dir).output().expect("run openssl");
         assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// A throwaway P-256 key, for tests about the key file rather than the key.
+    const TEST_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgKzLPkGlEeXigWNcn
+sVzx3UgXBha1htyuACnOxKO5TdihRANCAAQEPacyfohUKTWzDAZ/WwYoSroiwbka
+4tYt6guuZZfy/JwaCuf+UpO4mWsBTef5oOVaxq8qbzjZvywDHz8GJ4pk
+-----END PRIVATE KEY-----
+";
+
+    #[test]
+    fn a_key_file_others_may_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.key");
+        std::fs::write(&path, TEST_KEY).unwrap();
+        let path_text = path.to_str().unwrap();
+        for (mode, refused) in [(0o644, true), (0o640, true), (0o600, false), (0o400, false)] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            match SoftwareSigner::from_pem_file(path_text) {
+                Ok(_) => assert!(!refused, "mode {mode:o} was accepted"),
+                Err(e) => {
+                    assert!(refused, "mode {mode:o}: {e}");
+                    let text = e.to_string();
+                    assert!(text.contains(path_text) && text.contains(&format!("mode {mode:04o}")), "{text}");
+                    assert!(!text.contains("MIGHAgEA"), "the key never appears in the message: {text}");
+                }
+            }
+        }
     }
 
     /// Every key form openssl writes loads, its SPKI is the one openssl derives, and openssl
