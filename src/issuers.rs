@@ -203,7 +203,7 @@ mod tests {
     use crate::signer::P256Backend;
 
     const CA_DER: &[u8] = include_bytes!("../tests/fixtures/unit-ca.der");
-    const CA_KEY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/unit-ca.key");
+    const CA_KEY: &[u8] = include_bytes!("../tests/fixtures/unit-ca.key");
 
     fn options() -> SignerOptions {
         SignerOptions {
@@ -215,10 +215,15 @@ mod tests {
 
     #[test]
     fn a_signer_for_another_key_is_refused_and_one_that_cannot_be_opened_stands_aside() {
-        let issuer = Issuer::open(1, "unit".into(), CA_DER, None, &format!("file:{CA_KEY}"), &options()).unwrap();
+        // An owner-only copy: git checks the fixture out 0644, which a key file may not be.
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = dir.path().join("ca.key");
+        std::fs::write(&ca_key, CA_KEY).unwrap();
+        std::fs::set_permissions(&ca_key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let issuer =
+            Issuer::open(1, "unit".into(), CA_DER, None, &format!("file:{}", ca_key.display()), &options()).unwrap();
         assert!(issuer.signer().check().is_ok());
 
-        let dir = tempfile::tempdir().unwrap();
         let other = dir.path().join("other.key");
         let made = std::process::Command::new("openssl")
             .args(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out"])

@@ -130,11 +130,16 @@ struct Harness {
 const ISSUER_ID: i32 = 1;
 
 fn harness(policy: ResponsesConfig) -> Harness {
-    let key = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/unit-ca.key");
     let signatures = Arc::new(AtomicUsize::new(0));
     let signer_broken = Arc::new(AtomicBool::new(false));
     let signer = CountingSigner {
-        inner: SoftwareSigner::from_pem_file(key).unwrap(),
+        // From memory: a checked-out key file is 0644, which a key file may not be.
+        inner: SoftwareSigner::from_pem(
+            include_bytes!("../../tests/fixtures/unit-ca.key"),
+            crate::signer::P256Backend::default(),
+            "file:unit-ca.key",
+        )
+        .unwrap(),
         signatures: signatures.clone(),
         broken: signer_broken.clone(),
     };
