@@ -30,6 +30,10 @@ fn verify(site: &Site) -> (i32, String) {
     (output.status.code().unwrap_or(-1), text)
 }
 
+/// Moves the rows at chain positions 2 and 3 into each other's place (run twice, restores).
+const SWAP_SECOND_AND_THIRD: &str = "UPDATE audit_log SET chain_seq = -chain_seq WHERE chain_seq IN (2, 3); \
+     UPDATE audit_log SET chain_seq = 5 + chain_seq WHERE chain_seq IN (-2, -3)";
+
 /// Runs `statements` as the table owner with the append-only triggers off: what an attacker
 /// holding the owner's credentials could do.
 fn tamper(site: &Site, statements: &str) {
@@ -109,19 +113,11 @@ fn verify_names_the_first_changed_deleted_or_reordered_row() {
     assert_eq!(verify(&site).0, 0, "restored");
 
     // Reordered: two rows swap places (their positions swapped too).
-    tamper(
-        &site,
-        "UPDATE audit_log SET chain_seq = -chain_seq WHERE chain_seq IN (2, 3); \
-         UPDATE audit_log SET chain_seq = 5 + chain_seq WHERE chain_seq IN (-2, -3)",
-    );
+    tamper(&site, SWAP_SECOND_AND_THIRD);
     let (code, text) = verify(&site);
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("chain position 2") && text.contains("does not link"), "{text}");
-    tamper(
-        &site,
-        "UPDATE audit_log SET chain_seq = -chain_seq WHERE chain_seq IN (2, 3); \
-         UPDATE audit_log SET chain_seq = 5 + chain_seq WHERE chain_seq IN (-2, -3)",
-    );
+    tamper(&site, SWAP_SECOND_AND_THIRD);
     assert_eq!(verify(&site).0, 0, "restored");
 
     // Deleted: a row in the middle.
@@ -139,11 +135,9 @@ fn rows_written_before_the_chain_existed_join_it_in_order() {
     }
     // A database as the previous release left it: migrations 1-3 and some audit rows.
     let site = Site::with_own_database();
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     site.sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public");
-    for file in ["0001_init.sql", "0002_cdn_purges.sql", "0003_status_versions.sql"] {
-        let sql = std::fs::read_to_string(root.join("sql").join(file)).unwrap();
-        site.sql(&sql);
+    for (_, _, sql) in jitocsp::db::migrate::MIGRATIONS.iter().filter(|(version, _, _)| *version < 4) {
+        site.sql(sql);
     }
     site.sql(
         "CREATE TABLE schema_migrations (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now()); \
