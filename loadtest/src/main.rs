@@ -4,7 +4,7 @@
 //!
 //! Reading order: [`cli`] (the subcommands), [`corpus`] (what is asked), [`gen`] (how requests
 //! are sent and answers recorded), [`verify`] (how answers are checked), then a subcommand:
-//! [`cache_drop`], [`capacity`], [`bench`].
+//! [`cache_drop`], [`capacity`], [`bench`](mod@bench).
 
 mod bench;
 mod cache_drop;
