@@ -19,8 +19,8 @@ use super::{CacheError, ResponseCache};
 #[serde(rename_all = "lowercase")]
 pub enum RedisMode {
     Single,
+    /// Redis Cluster: the sharding engine, with its replicas and failover.
     Cluster,
-    Sharded,
 }
 
 #[derive(Clone)]
@@ -58,11 +58,6 @@ impl RedisCache {
                     .retries(1)
                     .build()?;
                 Connection::Cluster(client.get_async_connection().await?)
-            }
-            RedisMode::Sharded => {
-                return Err(CacheError::Config(
-                    "redis.mode = \"sharded\" is not available in this version; use \"single\" or \"cluster\"".into(),
-                ))
             }
         };
         Ok(RedisCache { connection })
