@@ -16,59 +16,13 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Restarts killed cluster nodes, however the test ends.
-struct RestartCluster;
-
-impl Drop for RestartCluster {
-    fn drop(&mut self) {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh");
-        let output = std::process::Command::new("bash").args([script, "cluster-up"]).output();
-        if !output.as_ref().is_ok_and(|o| o.status.success()) && !std::thread::panicking() {
-            panic!("scripts/services.sh cluster-up could not restore the cluster: {output:?}");
-        }
-    }
-}
-
-fn redis_cli(port: &str, args: &[&str]) -> String {
-    let output = std::process::Command::new("redis-cli").args(["-p", port]).args(args).output().expect("redis-cli");
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// (port, pid) of a primary that serves slots, other than the node at `seed_port`.
-fn a_primary_other_than(seed_port: &str) -> (String, u32) {
-    let nodes = redis_cli(seed_port, &["cluster", "nodes"]);
-    let port = nodes
-        .lines()
-        .filter(|l| l.contains("master") && !l.contains("fail") && l.split(' ').count() > 8)
-        .filter_map(|l| l.split(' ').nth(1)?.split('@').next()?.rsplit(':').next().map(str::to_owned))
-        .find(|p| p != seed_port)
-        .expect("a primary other than the seed");
-    let info = redis_cli(&port, &["info", "server"]);
-    let pid = info
-        .lines()
-        .find_map(|l| l.strip_prefix("process_id:"))
-        .and_then(|p| p.trim().parse().ok())
-        .expect("the primary's process id");
-    (port, pid)
-}
-
-/// Whether the cluster has marked the node at `port` as failed (its replica then takes over).
-fn marked_failed(seed_port: &str, port: &str) -> bool {
-    let needle = format!("127.0.0.1:{port}@");
-    redis_cli(seed_port, &["cluster", "nodes"]).lines().any(|l| l.contains(&needle) && l.contains("fail"))
-}
-
-fn cluster_ok(seed_port: &str) -> bool {
-    redis_cli(seed_port, &["cluster", "info"]).lines().any(|l| l.trim() == "cluster_state:ok")
-}
-
 #[test]
 fn a_primary_killed_under_load_costs_no_wrong_answer_and_readiness_recovers() {
     if skip_unless(&[Need::Postgres, Need::Openssl, Need::RedisCluster, Need::Program("redis-cli")]) {
         return;
     }
-    let seeds = std::env::var("JITOCSP_TEST_REDIS_CLUSTER").unwrap();
-    let seed_port = seeds.split(',').next().and_then(|s| s.rsplit(':').next()).unwrap().to_owned();
+    let seeds = cluster_seeds();
+    let seed_port = seeds[0].rsplit(':').next().unwrap().to_owned();
     // A database of its own: /readyz then judges only this test's issuer.
     let site = Site::with_own_database();
     let pki = Arc::new(Pki::new());
@@ -76,8 +30,8 @@ fn a_primary_killed_under_load_costs_no_wrong_answer_and_readiness_recovers() {
     let certs: Vec<PathBuf> = (0..24).map(|i| pki.leaf(&format!("c{i}"), &format!("c1{i:02x}"))).collect();
     let paths: Vec<&str> = certs.iter().map(|c| c.to_str().unwrap()).collect();
     site.jitocsp_ok(&[&["admin", "import", "--issuer", &issuer][..], &paths].concat(), &[]);
-    let first_seed = format!("redis://{}", seeds.split(',').next().unwrap());
-    let nodes = seeds.split(',').map(|s| format!("redis://{s}")).collect::<Vec<_>>().join(",");
+    let first_seed = format!("redis://{}", seeds[0]);
+    let nodes = seeds.iter().map(|s| format!("redis://{s}")).collect::<Vec<_>>().join(",");
     let server = Arc::new(site.serve(&[
         ("REDIS_URL", &first_seed),
         ("JITOCSP_REDIS_MODE", "cluster"),
@@ -115,11 +69,11 @@ fn a_primary_killed_under_load_costs_no_wrong_answer_and_readiness_recovers() {
     };
 
     std::thread::sleep(Duration::from_secs(1));
-    let _restart = RestartCluster;
-    let (killed_port, pid) = a_primary_other_than(&seed_port);
-    assert!(std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
+    let _restart = Restore(&["cluster-up"]);
+    let (killed_port, pid) = cluster_primary_other_than(&seed_port);
+    kill_9(pid);
     let killed = Instant::now();
-    while !cluster_ok(&seed_port) || !marked_failed(&seed_port, &killed_port) {
+    while !cluster_ok(&seed_port) || !cluster_node_failed(&seed_port, &killed_port) {
         assert!(killed.elapsed() < Duration::from_secs(30), "the cluster did not fail over within 30 s");
         std::thread::sleep(Duration::from_millis(200));
     }

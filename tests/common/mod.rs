@@ -4,6 +4,7 @@
 //! the pieces it needs (skip.rs).
 #![allow(dead_code, unused_imports)] // each test file uses a part of the harness
 
+mod cluster;
 mod der;
 mod judge;
 mod pki;
@@ -13,6 +14,7 @@ mod site;
 mod skip;
 mod softhsm;
 
+pub use cluster::*;
 pub use der::*;
 pub use judge::*;
 pub use pki::*;
