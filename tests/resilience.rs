@@ -150,6 +150,7 @@ fn a_mass_revocation_past_the_change_log_limit_serves_no_stale_good() {
     std::fs::write(&file, others.join("\n")).unwrap();
     let file = file.to_str().unwrap();
     site.jitocsp_ok(&["admin", "revoke", "--issuer", &issuer, "--serials-file", file, "--reason", "superseded"], &[]);
+    let _ = std::fs::remove_file(file);
     server.wait_until(Duration::from_secs(30), |s| s.metric("jitocsp_status_change_floor_active", &[]) == 1.0);
     // The limit, plus the map of latest changes (an eighth of a limit this small).
     assert!(server.metric("jitocsp_status_changes_remembered", &[]) <= 1125.0);

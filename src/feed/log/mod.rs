@@ -43,7 +43,9 @@
 //! cached response below the floor for a certificate the filter may hold is
 //! [`Verdict::Confirm`]: served only once the primary says the row is still at the
 //! response's version. That costs a Postgres point read per such hit, instead of a wrong
-//! answer; `/readyz` and the `jitocsp_status_change_floor_active` gauge say so.
+//! answer; `/readyz` and the `jitocsp_status_change_floor_active` gauge say so. A reconnect of
+//! the feed hears the forgotten changes again in its catch-up and remembers them anew,
+//! pushing older ones out: the floor may then last up to a validity period longer.
 
 mod filter;
 mod runs;
