@@ -23,8 +23,9 @@
 //! two bytes of index and filter (measured in docs/benchmarks.md). The key is a keyed hash (SipHash, with a random key per process) of the issuer and serial, not
 //! the serial. Two certificates may share a key; the log then answers for both with the
 //! higher of their versions, which can only refuse a response that could have been served
-//! (it is read and signed again from Postgres), never serve one that should not be. With
-//! 64-bit keys and millions of changes, that is about one lookup in 10^12.
+//! (the other certificate's is read and signed again from Postgres on each request until the
+//! change is past the horizon), never serve one that should not be. With 64-bit keys and
+//! millions of changes, that is about one lookup in 10^12.
 //!
 //! The latest changes go to a small map; every few thousand it is frozen into an immutable
 //! run sorted by key, with an index by the key's top bits (`runs`). The upkeep merges
@@ -63,7 +64,7 @@ use crate::feed::payload::StatusChange;
 use crate::serial::Serial;
 use crate::store::Lsn;
 use filter::Filter;
-use runs::{Key, Run, State};
+use runs::{Key, Recent, Run, State};
 
 /// How old the feed's last proof of life may be before cached responses need confirming by
 /// the primary. With the listener's one-second heartbeat, a change committed while the feed
@@ -138,6 +139,8 @@ impl ReadStart {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Heard {
     latest: Option<LatestChange>,
+    /// By when `latest` had been heard, on [`FeedHealth`]'s millisecond clock.
+    latest_heard_by: u64,
     /// The floor, if this certificate may be among the forgotten changes.
     floor: Option<Floor>,
 }
@@ -160,10 +163,13 @@ impl Heard {
     }
 
     /// Whether a status row read at `version`, by a read that began at `began`, reflects
-    /// every change heard of: none remembered above it, and none forgotten above it that was
-    /// heard after the read began (one heard before, a primary read reflects).
+    /// every change heard of: none above it heard after the read began. One heard before, a
+    /// primary read reflects, and a replica's row was checked against it (with
+    /// [`ReadStart::UNKNOWN`], which counts every change); so a remembered change above a
+    /// primary row heard before the read is another certificate's that shares the key, and
+    /// the row is signed rather than refused for good.
     pub fn read_is_current(&self, version: i64, began: ReadStart) -> bool {
-        self.latest.is_none_or(|change| change.version <= version)
+        self.latest.is_none_or(|change| change.version <= version || self.latest_heard_by < began.0)
             && self.floor.is_none_or(|floor| floor.version <= version || floor.heard_by < began.0)
     }
 
@@ -251,12 +257,16 @@ impl<S: BuildHasher> ChangeLog<S> {
         let key = self.key(change.issuer_id, &change.serial);
         // A catch-up after a reconnect hears every recent change again: those already
         // remembered cost nothing, and do not push others out.
-        if self.read().find(key).is_some_and(|known| known.version >= change.version) {
+        if self.read().find(key).is_some_and(|known| known.change.version >= change.version) {
             return;
         }
+        let heard = Recent {
+            change: LatestChange { version: change.version, heard_at },
+            heard_by: millis_since_epoch(Instant::now()),
+        };
         let full = {
             let mut state = self.write();
-            let full = state.insert(key, LatestChange { version: change.version, heard_at }, self.freeze_at);
+            let full = state.insert(key, heard, self.freeze_at);
             if full {
                 state.freeze(millis_since_epoch(Instant::now()));
             }
@@ -275,7 +285,12 @@ impl<S: BuildHasher> ChangeLog<S> {
         }
         let key = self.key(issuer_id, serial);
         let state = self.read();
-        Heard { latest: state.find(key), floor: state.floor_for(key) }
+        let found = state.find(key);
+        Heard {
+            latest: found.map(|f| f.change),
+            latest_heard_by: found.map_or(0, |f| f.heard_by),
+            floor: state.floor_for(key),
+        }
     }
 
     /// Periodic upkeep: forgets what was heard of before `before` (Unix seconds), merges

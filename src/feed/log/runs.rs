@@ -14,6 +14,14 @@ use std::sync::Arc;
 use super::filter::Filter;
 use super::{Floor, LatestChange};
 
+/// A change in the map: its version, when it was heard (Unix seconds), and that moment on
+/// `FeedHealth`'s millisecond clock.
+#[derive(Clone, Copy)]
+pub(super) struct Recent {
+    pub change: LatestChange,
+    pub heard_by: u64,
+}
+
 /// A certificate's key: a keyed 64-bit hash of its issuer and serial (see `ChangeLog::key`).
 pub(super) type Key = u64;
 
@@ -156,7 +164,7 @@ pub(super) struct Rebuild {
 #[derive(Default)]
 pub(super) struct State {
     /// The changes heard since the last freeze, with their own `heard_at`.
-    recent: HashMap<Key, LatestChange, BuildHasherDefault<KeyHasher>>,
+    recent: HashMap<Key, Recent, BuildHasherDefault<KeyHasher>>,
     /// No change in `recent` was heard before this (`i64::MAX` when it is empty): pruning
     /// looks into the map only when something in it may have expired.
     recent_oldest: i64,
@@ -181,19 +189,26 @@ impl State {
         State { recent_oldest: i64::MAX, ..State::default() }
     }
 
-    /// The highest version remembered for `key`, with the newest `heard_at` of the places it
-    /// was found in (a run's is its newest change's: later, so never a 304 too many).
-    pub(super) fn find(&self, key: Key) -> Option<LatestChange> {
+    /// The highest version remembered for `key`, with the newest `heard_at` and `heard_by`
+    /// of the places it was found in (a run's are its newest change's: later, so never a 304
+    /// or a signature too many).
+    pub(super) fn find(&self, key: Key) -> Option<Recent> {
         if !self.present.as_ref().is_some_and(|present| present.may_hold(key)) {
             return None;
         }
         let mut found = self.recent.get(&key).copied();
         for run in &self.runs {
             if let Some(version) = run.version(key) {
-                let heard_at = run.newest_heard_at;
+                let (heard_at, heard_by) = (run.newest_heard_at, run.heard_by);
                 found = Some(match found {
-                    Some(f) => LatestChange { version: f.version.max(version), heard_at: f.heard_at.max(heard_at) },
-                    None => LatestChange { version, heard_at },
+                    Some(f) => Recent {
+                        change: LatestChange {
+                            version: f.change.version.max(version),
+                            heard_at: f.change.heard_at.max(heard_at),
+                        },
+                        heard_by: f.heard_by.max(heard_by),
+                    },
+                    None => Recent { change: LatestChange { version, heard_at }, heard_by },
                 });
             }
         }
@@ -206,14 +221,15 @@ impl State {
     }
 
     /// Remembers a change in the map; returns whether the map has reached `freeze_at`.
-    pub(super) fn insert(&mut self, key: Key, change: LatestChange, freeze_at: usize) -> bool {
+    pub(super) fn insert(&mut self, key: Key, heard: Recent, freeze_at: usize) -> bool {
+        let change = heard.change;
         match self.recent.entry(key) {
-            Entry::Occupied(mut known) if known.get().version < change.version => {
-                known.insert(change);
+            Entry::Occupied(mut known) if known.get().change.version < change.version => {
+                known.insert(heard);
             }
             Entry::Occupied(_) => return false,
             Entry::Vacant(slot) => {
-                slot.insert(change);
+                slot.insert(heard);
                 self.remembered += 1;
             }
         }
@@ -235,7 +251,7 @@ impl State {
         let mut newest_heard_at = i64::MIN;
         let mut max_version = i64::MIN;
         let mut entries = Vec::with_capacity(self.recent.len());
-        for (key, change) in self.recent.drain() {
+        for (key, Recent { change, .. }) in self.recent.drain() {
             newest_heard_at = newest_heard_at.max(change.heard_at);
             max_version = max_version.max(change.version);
             entries.push((key, change.version));
@@ -319,9 +335,9 @@ impl State {
         let mut dropped = expired.iter().map(|run| run.len()).sum::<usize>();
         if self.recent_oldest < before {
             let len = self.recent.len();
-            self.recent.retain(|_, change| change.heard_at >= before);
+            self.recent.retain(|_, recent| recent.change.heard_at >= before);
             dropped += len - self.recent.len();
-            self.recent_oldest = self.recent.values().map(|change| change.heard_at).min().unwrap_or(i64::MAX);
+            self.recent_oldest = self.recent.values().map(|recent| recent.change.heard_at).min().unwrap_or(i64::MAX);
         }
         self.remembered -= dropped;
         self.dropped += dropped;

@@ -31,13 +31,15 @@ fn a_read_below_a_heard_change_is_refused_whatever_its_status() {
     let log = ChangeLog::default();
     let serial = Serial::from_hex("abcd").unwrap();
     assert_eq!(log.heard(1, &serial), Heard::default(), "nothing heard: no lock taken, nothing known");
+    let before = ReadStart::now();
     log.record(&change(1, "abcd", true, 7), 100);
     let heard = log.heard(1, &serial);
     assert_eq!(heard.cached(0), Verdict::Refused, "read before the change");
     assert_eq!(heard.cached(6), Verdict::Refused, "read one version before the change");
     assert_eq!(heard.cached(7), Verdict::Allowed, "read at the change");
     assert_eq!(heard.cached(9), Verdict::Allowed, "read after a later change of the row");
-    assert!(!heard.read_is_current(6, ReadStart::now()));
+    assert!(!heard.read_is_current(6, before), "a read begun before the change was heard");
+    assert!(!heard.read_is_current(6, ReadStart::UNKNOWN), "a replica's read");
     assert!(heard.read_is_current(7, ReadStart::UNKNOWN));
     assert_eq!(log.heard(2, &serial).cached(0), Verdict::Allowed, "another issuer's certificate");
     assert_eq!(log.heard(1, &Serial::from_hex("abce").unwrap()).cached(0), Verdict::Allowed);
@@ -126,6 +128,12 @@ fn certificates_sharing_a_key_are_answered_with_the_higher_version() {
     assert_eq!(b.cached(3), Verdict::Refused, "more conservative: read again from Postgres");
     assert_eq!(b.cached(7), Verdict::Allowed);
     assert_eq!(log.summary().remembered, 1);
+    assert!(!b.read_is_current(3, ReadStart::UNKNOWN), "a replica's row: read again from the primary");
+    std::thread::sleep(Duration::from_millis(2));
+    assert!(
+        b.read_is_current(3, ReadStart::now()),
+        "a primary read begun after the change: signed, not refused for good"
+    );
 }
 
 #[test]
