@@ -65,6 +65,13 @@ pub const LISTENER_CONNECTED: &str = "jitocsp_listener_connected";
 pub const FEED_PROOF_AGE_SECONDS: &str = "jitocsp_feed_proof_age_seconds";
 /// Times the feed was given up and reconnected.
 pub const LISTENER_RECONNECTS: &str = "jitocsp_listener_reconnects_total";
+/// Status changes this responder remembers (sampled when /metrics is scraped), and the most
+/// it remembers (`responses.max_remembered_changes`).
+pub const CHANGES_REMEMBERED: &str = "jitocsp_status_changes_remembered";
+pub const CHANGES_REMEMBERED_MAX: &str = "jitocsp_status_changes_remembered_max";
+/// 1 while changes forgotten past that limit are within a validity period: cached responses
+/// that may predate them are served only after the primary confirms them.
+pub const CHANGE_FLOOR_ACTIVE: &str = "jitocsp_status_change_floor_active";
 /// Status reads, by `server` (replica, primary) and `why` (routine, replica_lagging,
 /// replica_behind_change, feed_down, confirm).
 pub const STATUS_READS: &str = "jitocsp_status_reads_total";

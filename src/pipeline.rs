@@ -10,8 +10,10 @@
 //! Every cached response passes `Responder::freshness` before it is served: never past its
 //! nextUpdate, never for a certificate expired beyond the grace, never if a status change with
 //! a higher version than the row it was signed from has been heard of, only after the primary
-//! confirms it while the change feed is not proven alive, and re-signed once older than
-//! `refresh_after` (the old one is still served if re-signing fails, as it is still valid).
+//! confirms it while the change feed is not proven alive or while it may be older than a change
+//! this responder had to forget (the change log was full: see [`crate::feed::log`]), and
+//! re-signed once older than `refresh_after` (the old one is still served if re-signing fails,
+//! as it is still valid).
 //!
 //! Status reads go to the read replica, and fall back to the primary when the replica cannot
 //! be shown to be current enough (`Responder::read_statuses`): when it lags more than
@@ -42,7 +44,7 @@ use crate::cache::ResponseCache;
 use crate::config::{NoncePolicy, ResponsesConfig, UnissuedPolicy};
 use crate::entry::{CachedResponse, Facts};
 use crate::feed::listener::Subscriber;
-use crate::feed::log::{ChangeLog, LatestChange};
+use crate::feed::log::{ChangeLog, Heard, ReadStart, Verdict};
 use crate::issuers::{Issuer, IssuerSet, LiveIssuers};
 use crate::metrics as m;
 use crate::ocsp::request::{OcspRequest, RequestedCert};
@@ -121,8 +123,21 @@ enum Freshness {
     Refresh,
     /// Must not be served.
     Unusable,
-    /// The change feed is not proven alive; serve only after the primary confirms it.
-    Verify,
+    /// Served (or, if due, refreshed) only once the primary confirms that the row is still at
+    /// the response's version.
+    Verify(Unproven),
+}
+
+/// Why a cached response needs the primary's confirmation, which decides what happens when
+/// Postgres cannot give it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unproven {
+    /// The change feed is not proven alive: nothing says a change was missed, so a valid
+    /// response is served if Postgres cannot say (invariant 3).
+    FeedDown,
+    /// It may be older than a change this responder forgot, as its change log was full: a
+    /// known unknown, so not served unless confirmed.
+    BelowFloor,
 }
 
 /// Answers OCSP requests. Generic over the cache and the store so tests can swap them.
@@ -198,11 +213,11 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
         };
         let id = ResponseId { issuer_id: issuer.id, serial: cert.serial.clone(), variant: cert.variant };
         let now = Utc::now().timestamp();
-        let latest = self.changes.latest(id.issuer_id, &id.serial);
-        let changed_at = latest.map(|c| c.heard_at);
+        let heard = self.changes.heard(id.issuer_id, &id.serial);
+        let changed_at = heard.changed_at();
 
         if let Some(response) = self.local.get(&id) {
-            if self.freshness(latest, &response, now) == Freshness::Serve {
+            if self.freshness(&heard, &response, now) == Freshness::Serve {
                 self.hits.local_hit.increment(1);
                 return Answer::Response { response, caching: Caching::Public, changed_at };
             }
@@ -216,21 +231,25 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
         self.hits.redis_get_seconds.record(started.elapsed().as_secs_f64());
         match lookup {
             Ok(Some(value)) => match CachedResponse::from_bytes(value).map(Arc::new) {
-                Some(response) => match self.freshness(latest, &response, now) {
+                Some(response) => match self.freshness(&heard, &response, now) {
                     Freshness::Serve => {
                         self.hits.redis_hit.increment(1);
                         self.local.insert(id, response.clone());
                         return Answer::Response { response, caching: Caching::Public, changed_at };
                     }
-                    Freshness::Verify if self.confirmed_by_primary(&id, &response).await => {
+                    Freshness::Verify(why) if self.confirmed_by_primary(&id, &response, why).await => {
                         metrics::counter!(m::CACHE_LOOKUPS, "tier" => "redis", "result" => "verified").increment(1);
-                        return Answer::Response { response, caching: Caching::Public, changed_at };
+                        if !self.due_for_refresh(&response, now) {
+                            return Answer::Response { response, caching: Caching::Public, changed_at };
+                        }
+                        // Confirmed, and due for re-signing: it is the fallback, as for Refresh.
+                        still_valid = Some(response);
                     }
                     Freshness::Refresh => {
                         metrics::counter!(m::CACHE_LOOKUPS, "tier" => "redis", "result" => "stale").increment(1);
                         still_valid = Some(response);
                     }
-                    Freshness::Verify | Freshness::Unusable => {
+                    Freshness::Verify(_) | Freshness::Unusable => {
                         metrics::counter!(m::CACHE_LOOKUPS, "tier" => "redis", "result" => "unusable").increment(1);
                     }
                 },
@@ -246,7 +265,7 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
 
         let produced = self.single_flight(id.clone(), issuer.clone(), cert).await;
         // Read again: a change heard while this miss was in flight makes date validators suspect.
-        let changed_at = self.changes.latest(id.issuer_id, &id.serial).map(|c| c.heard_at);
+        let changed_at = self.changes.heard(id.issuer_id, &id.serial).changed_at();
         match produced {
             Ok(Produced::Response { response, cacheable }) => {
                 let caching = if cacheable { Caching::Public } else { Caching::NoCache };
@@ -260,32 +279,46 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
         }
     }
 
-    /// Whether a cached response may be served at `now` (seconds since the epoch), given the
-    /// latest change heard of for its certificate.
-    fn freshness(&self, latest: Option<LatestChange>, response: &CachedResponse, now: i64) -> Freshness {
+    /// Whether a cached response may be served at `now` (seconds since the epoch), given what
+    /// was heard of its certificate.
+    fn freshness(&self, heard: &Heard, response: &CachedResponse, now: i64) -> Freshness {
         if now >= response.facts.next_update
             || now > response.facts.not_after.saturating_add(self.policy.expired_grace.as_secs() as i64)
-            || latest.is_some_and(|change| change.version > response.facts.status_version)
         {
             return Freshness::Unusable;
         }
-        if !self.changes.feed.is_live() {
-            return Freshness::Verify;
+        match heard.cached(response.facts.status_version) {
+            Verdict::Refused => return Freshness::Unusable,
+            Verdict::Confirm => return Freshness::Verify(Unproven::BelowFloor),
+            Verdict::Allowed => {}
         }
-        if now >= response.facts.this_update.saturating_add(self.policy.refresh_after.as_secs() as i64) {
+        if !self.changes.feed.is_live() {
+            return Freshness::Verify(Unproven::FeedDown);
+        }
+        if self.due_for_refresh(response, now) {
             return Freshness::Refresh;
         }
         Freshness::Serve
     }
 
-    /// While the change feed is not proven alive: is this response signed from the row's
-    /// current version, by the primary? If Postgres cannot say, the response is served: it is
-    /// valid, and invariant 3 prefers a valid cached response to an error when the database is
-    /// down.
-    async fn confirmed_by_primary(&self, id: &ResponseId, response: &CachedResponse) -> bool {
-        match self.read_status(id.issuer_id, &id.serial).await {
-            Ok(record) => record.is_some_and(|r| r.version == response.facts.status_version),
-            Err(_) => true,
+    fn due_for_refresh(&self, response: &CachedResponse, now: i64) -> bool {
+        now >= response.facts.this_update.saturating_add(self.policy.refresh_after.as_secs() as i64)
+    }
+
+    /// Does the primary say this response is signed from the row's current version? If
+    /// Postgres cannot say, a response unproven only because the feed is down is served: it
+    /// is valid, and invariant 3 prefers a valid cached response to an error when the database
+    /// is down; one that may be older than a forgotten change is not.
+    async fn confirmed_by_primary(&self, id: &ResponseId, response: &CachedResponse, why: Unproven) -> bool {
+        let label = match why {
+            Unproven::FeedDown => "feed_down",
+            Unproven::BelowFloor => "confirm",
+        };
+        match self.read_from(&[(id.issuer_id, id.serial.clone())], ReadFrom::Primary, label).await {
+            Ok(records) => {
+                records.first().and_then(Option::as_ref).is_some_and(|r| r.version == response.facts.status_version)
+            }
+            Err(_) => why == Unproven::FeedDown,
         }
     }
 
@@ -294,9 +327,9 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
         let flight = {
             let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
             let now = Utc::now().timestamp();
-            let latest = self.changes.latest(id.issuer_id, &id.serial);
+            let heard = self.changes.heard(id.issuer_id, &id.serial);
             let recent =
-                self.recent.get(&id).filter(|response| self.freshness(latest, response, now) == Freshness::Serve);
+                self.recent.get(&id).filter(|response| self.freshness(&heard, response, now) == Freshness::Serve);
             if let Some(response) = recent {
                 metrics::counter!(m::CACHE_LOOKUPS, "tier" => "recent", "result" => "hit").increment(1);
                 return Ok(Produced::Response { response, cacheable: true });
@@ -344,6 +377,7 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
     async fn produce(&self, issuer: &Issuer, cert: &RequestedCert, id: &ResponseId) -> FlightResult {
         // A status change heard while signing means the read may predate it: read again.
         for _ in 0..3 {
+            let began = ReadStart::now();
             let record = self.read_status(issuer.id, &cert.serial).await?;
             let now = Utc::now();
             let status = match self.status_answer(record.as_ref(), now) {
@@ -354,7 +388,7 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
             let answer = SingleAnswer { cert_id: &cert.cert_id, status, this_update, next_update };
             let der = self.sign(issuer, &[answer], None, now).await?;
             let status_version = record.as_ref().map_or(0, |r| r.version);
-            if !self.changes.allows(issuer.id, &cert.serial, status_version) {
+            if !self.changes.heard(issuer.id, &cert.serial).read_is_current(status_version, began) {
                 continue;
             }
             let not_after = record.as_ref().map_or(i64::MAX, |r| r.not_after.timestamp());
@@ -391,9 +425,11 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
             Some(records) => records,
             None => return self.read_from(keys, ReadFrom::Primary, "replica_lagging").await,
         };
-        // A row older than a change heard of: the replica has not replayed that change yet.
+        // A row older than a change heard of: the replica has not replayed that change yet. Or
+        // older than a forgotten one: nothing says when the replica's read began.
         let behind = keys.iter().zip(&records).any(|((issuer_id, serial), record)| {
-            !self.changes.allows(*issuer_id, serial, record.as_ref().map_or(0, |r| r.version))
+            let version = record.as_ref().map_or(0, |r| r.version);
+            !self.changes.heard(*issuer_id, serial).read_is_current(version, ReadStart::UNKNOWN)
         });
         if behind {
             return self.read_from(keys, ReadFrom::Primary, "replica_behind_change").await;
@@ -530,10 +566,17 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
         self.local.insert(id.clone(), response.clone());
     }
 
-    /// Periodic upkeep: forgets changes older than any response that could predate them.
+    /// Periodic upkeep of the change log: forgets changes older than any response that could
+    /// predate them, and merges its runs.
     pub fn sweep(&self) {
-        let horizon = self.policy.validity + crate::feed::log::MAX_REPLICA_LAG;
-        self.changes.prune(Utc::now().timestamp().saturating_sub(horizon.as_secs() as i64));
+        let horizon = self.change_horizon().as_secs() as i64;
+        self.changes.upkeep(Utc::now().timestamp().saturating_sub(horizon));
+    }
+
+    /// How long a change is remembered after it was heard of: as long as a response read
+    /// before it can be valid, and a replica read predate it.
+    pub fn change_horizon(&self) -> Duration {
+        self.policy.validity + crate::feed::log::MAX_REPLICA_LAG
     }
 
     /// Signing capacity in use, for metrics and readiness.

@@ -100,7 +100,7 @@ pub async fn build_responder(config: &Config) -> Result<Arc<LiveResponder>, Serv
         LocalTier::new(config.cache.local_entries),
         cache,
         store,
-        Arc::new(ChangeLog::default()),
+        Arc::new(ChangeLog::new(config.responses.max_remembered_changes)),
         SigningLimiter::new(config.signing.max_in_flight, config.signing.max_waiting),
         config.responses.clone(),
         config.cache.key_prefix.clone(),
@@ -128,6 +128,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     }
     metrics::gauge!(m::SIGNER_MAX_IN_FLIGHT).set(config.signing.max_in_flight as f64);
     metrics::gauge!(m::SIGNER_MAX_WAITING).set(config.signing.max_waiting as f64);
+    metrics::gauge!(m::CHANGES_REMEMBERED_MAX).set(config.responses.max_remembered_changes as f64);
     let upkeep = {
         let responder = responder.clone();
         let handle = metrics_handle.clone();
@@ -135,7 +136,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             let mut interval = tokio::time::interval(Duration::from_secs(1));
             loop {
                 interval.tick().await;
-                responder.sweep();
+                // Merging the change log's runs after a mass revocation is CPU work: off the
+                // runtime's threads.
+                let sweeper = responder.clone();
+                let _ = tokio::task::spawn_blocking(move || sweeper.sweep()).await;
                 handle.run_upkeep();
             }
         })
@@ -201,10 +205,14 @@ async fn render_metrics(probes: web::Data<Probes>) -> HttpResponse {
     // Gauges of instantaneous state are sampled now, so a scrape sees the current values.
     metrics::gauge!(m::SIGNER_IN_FLIGHT).set(probes.responder.signing_in_flight() as f64);
     metrics::gauge!(m::SIGNER_WAITING).set(probes.responder.signing_waiting() as f64);
+    let changes = probes.responder.changes().summary();
+    metrics::gauge!(m::CHANGES_REMEMBERED).set(changes.remembered as f64);
+    metrics::gauge!(m::CHANGE_FLOOR_ACTIVE).set(if changes.floor.is_some() { 1.0 } else { 0.0 });
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(probes.metrics.render())
 }
 
-/// 200 when every dependency answers, 503 naming those that do not.
+/// 200 when every dependency answers, 503 naming those that do not. Either way, a line for
+/// what degrades performance without making answers wrong.
 async fn readiness(probes: web::Data<Probes>) -> HttpResponse {
     let responder = &probes.responder;
     let mut problems = Vec::new();
@@ -228,9 +236,28 @@ async fn readiness(probes: web::Data<Probes>) -> HttpResponse {
              after the primary confirms them"
         ));
     }
+    let notes: String = change_log_note(responder).map(|note| note + "\n").unwrap_or_default();
     if problems.is_empty() {
-        HttpResponse::Ok().body(format!("ready: {} issuer(s)\n", issuers.len()))
+        HttpResponse::Ok().body(format!("ready: {} issuer(s)\n{notes}", issuers.len()))
     } else {
-        HttpResponse::ServiceUnavailable().body(problems.join("\n") + "\n")
+        HttpResponse::ServiceUnavailable().body(problems.join("\n") + "\n" + &notes)
     }
+}
+
+/// While the change log is past its limit: what it forgot, what that costs, and until when.
+fn change_log_note(responder: &LiveResponder) -> Option<String> {
+    let summary = responder.changes().summary();
+    let floor = summary.floor?;
+    let time = |t: i64| chrono::DateTime::from_timestamp(t, 0).map_or(t.to_string(), |t| t.to_rfc3339());
+    let until = floor.heard_at.saturating_add(responder.change_horizon().as_secs() as i64);
+    Some(format!(
+        "status-change log full ({} changes remembered, responses.max_remembered_changes = {}): changes heard up to \
+         {} were forgotten, so cached responses signed before status version {} are served only after the primary \
+         confirms them (a Postgres read per hit), until {}",
+        summary.remembered,
+        summary.limit,
+        time(floor.heard_at),
+        floor.version,
+        time(until)
+    ))
 }

@@ -120,6 +120,59 @@ fn revocation_holds_when_the_purge_fails() {
     assert!(status_of(&server, &pki, &sha1, &cert).contains(": revoked"));
 }
 
+/// Issue 12: a mass revocation beyond `responses.max_remembered_changes` is not remembered in
+/// full, but a responder never serves the stale "good" a lost purge left behind: the
+/// forgotten changes raise a floor, and a cached response below it is served only once the
+/// primary confirms it. `/readyz` stays ready and says so; the gauges show it.
+#[test]
+fn a_mass_revocation_past_the_change_log_limit_serves_no_stale_good() {
+    if skip_unless(&[Need::Postgres, Need::Redis, Need::Openssl]) {
+        return;
+    }
+    let site = Site::with_own_database();
+    let pki = Pki::new();
+    let issuer = site.add_issuer(&pki);
+    let cert = pki.leaf("cert", "6301");
+    site.jitocsp_ok(&["admin", "import", "--issuer", &issuer, cert.to_str().unwrap()], &[]);
+    let others: Vec<String> = (0..1500).map(|n| format!("64{n:04x}")).collect();
+    site.import_serials(&issuer, &others.iter().map(String::as_str).collect::<Vec<_>>(), "2099-01-01T00:00:00Z");
+    let server = site.serve(&[("JITOCSP_RESPONSES_MAX_REMEMBERED_CHANGES", "1000")]);
+    let request = pki.request(&cert, "-sha1");
+    assert!(status_of(&server, &pki, &request, &cert).contains(": good"));
+    let mut good = Default::default();
+    server.wait_until(Duration::from_secs(10), |_| {
+        good = site.redis_entries();
+        !good.is_empty()
+    });
+
+    site.jitocsp_ok(&["admin", "revoke", "--issuer", &issuer, "--serial", "6301", "--reason", "keyCompromise"], &[]);
+    let file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-serials.txt", site.key_prefix));
+    std::fs::write(&file, others.join("\n")).unwrap();
+    let file = file.to_str().unwrap();
+    site.jitocsp_ok(&["admin", "revoke", "--issuer", &issuer, "--serials-file", file, "--reason", "superseded"], &[]);
+    let _ = std::fs::remove_file(file);
+    server.wait_until(Duration::from_secs(30), |s| s.metric("jitocsp_status_change_floor_active", &[]) == 1.0);
+    // The limit, plus the map of latest changes (an eighth of a limit this small).
+    assert!(server.metric("jitocsp_status_changes_remembered", &[]) <= 1125.0);
+    assert_eq!(server.metric("jitocsp_status_changes_remembered_max", &[]), 1000.0);
+
+    // The change to 6301 was heard first, so it is among those forgotten. Put its old "good"
+    // back in Redis, as a purge lost or raced would have left it.
+    block_on(async {
+        let client = redis::Client::open(site.redis_url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        for (key, value) in &good {
+            let () = redis::cmd("SET").arg(key).arg(value).query_async(&mut conn).await.unwrap();
+        }
+    });
+    let confirmed = server.metric("jitocsp_status_reads_total", &["server=\"primary\"", "why=\"confirm\""]);
+    assert!(status_of(&server, &pki, &request, &cert).contains(": revoked"), "the stale good was served");
+    assert!(server.metric("jitocsp_status_reads_total", &["server=\"primary\"", "why=\"confirm\""]) > confirmed);
+    let (code, ready) = metrics_endpoint(&server, "/readyz");
+    assert_eq!(code, 200, "degraded, not unready: {ready}");
+    assert!(ready.contains("status-change log full") && ready.contains("max_remembered_changes = 1000"), "{ready}");
+}
+
 /// Invariant 3: flushing Redis costs signatures, not answers; with Redis down, answers come
 /// from Postgres and the signer (or the responses signed seconds ago, kept in-process); once
 /// Redis is back it serves again. Every answer is verified, and every request is accounted

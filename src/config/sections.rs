@@ -177,6 +177,10 @@ pub struct ResponsesConfig {
     #[serde(with = "duration")]
     pub expired_grace: Duration,
     pub nonce: NoncePolicy,
+    /// Status changes each responder remembers (16 bytes each) for a validity period; past
+    /// that the oldest are forgotten, and cached responses that may predate them are served
+    /// only after the primary confirms them (see `crate::feed::log`).
+    pub max_remembered_changes: usize,
 }
 
 impl Default for ResponsesConfig {
@@ -188,6 +192,7 @@ impl Default for ResponsesConfig {
             unissued: UnissuedPolicy::Unauthorized,
             expired_grace: Duration::ZERO,
             nonce: NoncePolicy::Ignore,
+            max_remembered_changes: crate::feed::log::DEFAULT_MAX_REMEMBERED,
         }
     }
 }

@@ -55,6 +55,7 @@ fn defaults() {
     assert_eq!(c.responses.unissued, UnissuedPolicy::Unauthorized);
     assert_eq!(c.responses.expired_grace, Duration::ZERO);
     assert_eq!(c.responses.nonce, NoncePolicy::Ignore);
+    assert_eq!(c.responses.max_remembered_changes, 2_000_000);
     assert_eq!(c.signing.max_in_flight, 64);
     assert_eq!(c.signing.max_waiting, 1024);
     assert_eq!(c.log.format, LogFormat::Text);
@@ -120,6 +121,7 @@ fn full_file_round_trip() {
         unissued = "revoked"
         expired_grace = "30d"
         nonce = "echo"
+        max_remembered_changes = 5000000
         [signing]
         max_in_flight = 8
         max_waiting = 0
@@ -157,6 +159,7 @@ fn full_file_round_trip() {
     assert_eq!(c.responses.unissued, UnissuedPolicy::Revoked);
     assert_eq!(c.responses.expired_grace, Duration::from_secs(30 * 86400));
     assert_eq!(c.responses.nonce, NoncePolicy::Echo);
+    assert_eq!(c.responses.max_remembered_changes, 5_000_000);
     assert_eq!(c.signing.max_in_flight, 8);
     assert_eq!(c.signing.max_waiting, 0);
     assert_eq!(c.log.format, LogFormat::Json);
@@ -433,4 +436,14 @@ fn debug_does_not_leak_the_password() {
     // Nor do validation errors.
     let e = err_text("", &[("REDIS_URL", "http://u:hunter2@h")]);
     assert!(e.contains("redis.url") && e.contains("REDIS_URL") && !e.contains("hunter2"), "{e}");
+}
+
+#[test]
+fn max_remembered_changes_is_bounded() {
+    let c = load_text("", &[("JITOCSP_RESPONSES_MAX_REMEMBERED_CHANGES", "1000")]).unwrap();
+    assert_eq!(c.responses.max_remembered_changes, 1000);
+    for v in ["0", "999", "1000000001"] {
+        let e = err_text(&format!("[responses]\nmax_remembered_changes = {v}\n"), &[]);
+        assert!(e.contains("responses.max_remembered_changes") && e.contains("16 bytes"), "{e}");
+    }
 }

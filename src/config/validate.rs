@@ -13,6 +13,12 @@ pub const MIN_VALIDITY: Duration = Duration::from_secs(8 * 3600 - 1);
 /// ...and at most ten days.
 pub const MAX_VALIDITY: Duration = Duration::from_secs(10 * 24 * 3600 - 1);
 
+/// Bounds of `responses.max_remembered_changes`: below a thousand, any routine batch of
+/// revocations would put the responders on the degraded path; above a billion (16 GiB),
+/// likely a typo.
+const MIN_REMEMBERED: usize = 1_000;
+const MAX_REMEMBERED: usize = 1_000_000_000;
+
 /// The latest `responses.refresh_after` that BR 4.9.10 allows for `validity`: with an
 /// interval of 16 hours or more, the refresh comes at least eight hours before nextUpdate and
 /// no later than four days after thisUpdate; with a shorter one, at least half the interval
@@ -113,6 +119,16 @@ pub(super) fn validate(c: &Config, o: &Origins) -> Result<(), ConfigError> {
     }
     if r.max_age_cap.is_some_and(|cap| cap.is_zero()) {
         return Err(o.invalid("responses.max_age_cap", "must be greater than 0s, or \"\" for no cap"));
+    }
+    if !(MIN_REMEMBERED..=MAX_REMEMBERED).contains(&r.max_remembered_changes) {
+        return Err(o.invalid(
+            "responses.max_remembered_changes",
+            format!(
+                "{} must be between {MIN_REMEMBERED} and {MAX_REMEMBERED} (16 bytes of memory each; past it, cached \
+                 responses that may predate a forgotten change need a Postgres read each)",
+                r.max_remembered_changes
+            ),
+        ));
     }
 
     // [signing]

@@ -144,7 +144,7 @@ fn harness(policy: ResponsesConfig) -> Harness {
         broken: signer_broken.clone(),
     };
     let issuer = Issuer::with_signer(ISSUER_ID, "unit".into(), CA_DER, None, Arc::new(signer)).unwrap();
-    let changes = Arc::new(ChangeLog::default());
+    let changes = Arc::new(ChangeLog::new(policy.max_remembered_changes));
     changes.feed.prove(std::time::Instant::now());
     let responder = Arc::new(Responder::new(
         IssuerSet::new(vec![issuer]),
@@ -452,4 +452,50 @@ async fn revocation_time_never_follows_this_update() {
     let CertStatus::Revoked(info) = &single.cert_status else { panic!("{single:?}") };
     assert!(info.revocation_time <= single.this_update, "{:?} > {:?}", info.revocation_time, single.this_update);
     assert_eq!(info.revocation_reason, None, "unspecified is expressed by omitting the reason (BR 7.2.2)");
+}
+
+#[tokio::test]
+async fn past_the_change_log_limit_a_response_older_than_a_forgotten_change_is_confirmed_with_the_store() {
+    // A log that remembers 8 changes: a mass revocation of 16 more forgets the first.
+    let h = harness(ResponsesConfig { max_remembered_changes: 8, ..Default::default() });
+    h.add("2201", in_days(30), None);
+    h.add("2202", in_days(30), None);
+    assert_eq!(statuses(&h.ask("2201").await).0, vec![CertStatus::Good]);
+    assert_eq!(statuses(&h.ask("2202").await).0, vec![CertStatus::Good]);
+    // 2201 is revoked; its cached "good" stays in Redis, as after a lost purge.
+    let revoked = || Some(Revocation { at: Utc::now(), reason: RevocationReason::KeyCompromise });
+    h.change("2201", in_days(30), revoked());
+    for n in 0..16 {
+        let serial = format!("23{n:02x}");
+        h.add(&serial, in_days(30), None);
+        h.change(&serial, in_days(30), revoked());
+    }
+    let summary = h.changes.summary();
+    assert!(summary.remembered <= 8, "{summary:?}");
+    assert_eq!(h.changes.heard(ISSUER_ID, &Serial::from_hex("2201").unwrap()).latest(), None, "forgotten");
+
+    let primary_reads = || h.responder.store.primary_reads.load(Ordering::SeqCst);
+    let before = primary_reads();
+    assert!(matches!(statuses(&h.ask("2201").await).0[0], CertStatus::Revoked(_)), "not the cached good");
+    assert!(primary_reads() > before, "the cached response was checked against the primary");
+    assert!(h.changes.summary().floor.is_some(), "forgotten, but not silently");
+    assert_eq!(statuses(&h.ask("2202").await).0, vec![CertStatus::Good], "never changed: served");
+    // The re-signed revoked response is at the row's version, above the floor: served as is.
+    let (signatures, before) = (h.signatures(), primary_reads());
+    assert!(matches!(statuses(&h.ask("2201").await).0[0], CertStatus::Revoked(_)));
+    assert_eq!((h.signatures(), primary_reads()), (signatures, before));
+}
+
+#[tokio::test]
+async fn below_the_floor_a_cached_response_is_not_served_when_postgres_cannot_confirm_it() {
+    let h = harness(ResponsesConfig { max_remembered_changes: 8, ..Default::default() });
+    h.add("2401", in_days(30), None);
+    statuses(&h.ask("2401").await);
+    h.change("2401", in_days(30), Some(Revocation { at: Utc::now(), reason: RevocationReason::KeyCompromise }));
+    for n in 0..16 {
+        h.change(&format!("25{n:02x}"), in_days(30), None);
+    }
+    assert_eq!(h.changes.heard(ISSUER_ID, &Serial::from_hex("2401").unwrap()).latest(), None, "forgotten");
+    h.responder.store.down.store(true, Ordering::SeqCst);
+    assert_eq!(error(&h.ask("2401").await), OcspErrorStatus::TryLater, "a known unknown is not served");
 }
