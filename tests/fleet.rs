@@ -10,7 +10,8 @@
 //! counted by fault and cause, and stop once it is over.
 //!
 //! It kills a node of the shared Redis Cluster and restarts the shared Postgres, so it lives
-//! in a test binary of its own; both are restored however it ends.
+//! in a test binary of its own; both are restored however it ends. The long form repeats it on
+//! new fleets: `JITOCSP_FLEET_ROUNDS=10 scripts/test.sh a_fleet_under_faults`.
 
 mod common;
 
@@ -225,6 +226,22 @@ fn a_fleet_under_faults_never_answers_a_stale_good() {
         return;
     }
     let _restore = Restore(&["up", "standby-up", "cluster-up"]);
+    // The long form: JITOCSP_FLEET_ROUNDS=N runs the whole sequence N times, each on a new
+    // fleet (the services restored in between).
+    let rounds: u32 = std::env::var("JITOCSP_FLEET_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(1);
+    for round in 1..=rounds {
+        eprintln!("fleet: round {round} of {rounds}");
+        one_round();
+        if round < rounds {
+            for command in ["up", "standby-up", "cluster-up"] {
+                services(command);
+            }
+        }
+    }
+}
+
+/// Builds a fleet, runs the faults under load, checks every answer.
+fn one_round() {
     let site = Site::with_own_database();
     let database = site.database_url.rsplit_once('/').map(|(_, db)| db.to_owned()).unwrap();
     let replica = with_database(&std::env::var("JITOCSP_TEST_STANDBY_URL").unwrap(), &database);
