@@ -44,6 +44,8 @@
 //! - [`config`]: the TOML file overlaid by the environment into serde section structs
 //!   (`config/sections.rs`), password files and URL redaction (`secrets.rs`), range and
 //!   BR 4.9.10 checks (`validate.rs`). [`metrics`]: metric names.
+//! - [`tls`]: the rustls client settings (CA, client certificate) shared by Postgres and
+//!   Redis; [`db::tls`] reads `sslmode` and makes the Postgres connector.
 //!
 //! ## One request, start to end
 //!
@@ -85,4 +87,5 @@ pub mod serial;
 pub mod server;
 pub mod signer;
 pub mod store;
+pub mod tls;
 pub mod x509;

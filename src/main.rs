@@ -62,17 +62,19 @@ fn main() -> ExitCode {
     };
     let code = runtime.block_on(async move {
         match cli.command {
-            Command::Migrate => match jitocsp::db::migrate::run(&config.database.url).await {
-                Ok(applied) if applied.is_empty() => {
-                    println!("schema is up to date");
-                    0
+            Command::Migrate => {
+                match jitocsp::db::migrate::run(&config.database.url, &config.database.tls_files()).await {
+                    Ok(applied) if applied.is_empty() => {
+                        println!("schema is up to date");
+                        0
+                    }
+                    Ok(applied) => {
+                        println!("applied migrations {applied:?}");
+                        0
+                    }
+                    Err(error) => report(&error, error.exit_code()),
                 }
-                Ok(applied) => {
-                    println!("applied migrations {applied:?}");
-                    0
-                }
-                Err(error) => report(&error, error.exit_code()),
-            },
+            }
             Command::Serve { listen, metrics_listen } => {
                 if let Some(listen) = listen {
                     config.server.listen = listen;

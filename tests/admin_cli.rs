@@ -139,7 +139,7 @@ impl Fixture {
     }
 
     async fn db(&self) -> tokio_postgres::Client {
-        jitocsp::db::connect(&self.site.database_url).await.expect("connect to Postgres")
+        jitocsp::db::connect(&self.site.database_url, &Default::default()).await.expect("connect to Postgres")
     }
 
     fn path(&self, file: &str) -> PathBuf {
@@ -263,7 +263,7 @@ async fn remove_issuers(names: &[&str]) {
 
 /// The shared test database.
 async fn db() -> tokio_postgres::Client {
-    jitocsp::db::connect(&env().database_url).await.expect("connect to Postgres")
+    jitocsp::db::connect(&env().database_url, &Default::default()).await.expect("connect to Postgres")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -298,7 +298,7 @@ async fn concurrent_migrates_on_a_fresh_database() {
         })
         .collect();
     let outputs: Vec<Output> = runs.into_iter().map(|r| r.join().unwrap()).collect();
-    let fresh = jitocsp::db::connect(&url).await.unwrap();
+    let fresh = jitocsp::db::connect(&url, &Default::default()).await.unwrap();
     let versions: Vec<i32> = fresh
         .query("SELECT version FROM schema_migrations ORDER BY version", &[])
         .await

@@ -197,12 +197,11 @@ pub fn actor() -> String {
 /// Connects to the primary database, bounded by `database.connect_timeout_ms`.
 pub(crate) async fn connect(config: &Config) -> Result<Client, AdminError> {
     let timeout = Duration::from_millis(config.database.connect_timeout_ms.max(1000));
-    match tokio::time::timeout(timeout, crate::db::connect(&config.database.url)).await {
+    match tokio::time::timeout(timeout, crate::db::connect(&config.database.url, &config.database.tls_files())).await {
         Ok(Ok(client)) => Ok(client),
-        Ok(Err(e)) => Err(AdminError::Database {
-            what: "cannot connect to Postgres (database.url)".into(),
-            detail: crate::db::error_text(&e),
-        }),
+        Ok(Err(e)) => {
+            Err(AdminError::Database { what: "cannot connect to Postgres (database.url)".into(), detail: e.text() })
+        }
         Err(_) => Err(AdminError::Database {
             what: "cannot connect to Postgres (database.url)".into(),
             detail: format!("no answer within {timeout:?}"),

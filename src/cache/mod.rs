@@ -18,6 +18,8 @@ pub enum CacheError {
     Redis(#[from] ::redis::RedisError),
     #[error("cache configuration: {0}")]
     Config(String),
+    #[error("redis TLS set-up: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A shared store of encoded responses, keyed by `keys::response_key`.

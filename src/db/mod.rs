@@ -6,13 +6,37 @@
 //! way errors are told are decided once.
 
 pub mod migrate;
+pub mod tls;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
-/// Connects to Postgres without TLS and drives the connection on a background task.
-/// The connection task ends (logging why at debug level) when the client is dropped.
-pub async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+use crate::tls::TlsFiles;
+
+/// Why [`connect`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Setup(#[from] tls::PgTlsError),
+    #[error(transparent)]
+    Postgres(#[from] tokio_postgres::Error),
+}
+
+impl ConnectError {
+    /// The whole text, as [`error_text`] gives it for a Postgres error.
+    pub fn text(&self) -> String {
+        match self {
+            ConnectError::Postgres(e) => error_text(e),
+            ConnectError::Setup(e) => chain_text(e),
+        }
+    }
+}
+
+/// Connects to Postgres (over TLS when `url`'s `sslmode` asks for it, see [`tls`]) and
+/// drives the connection on a background task. The connection task ends (logging why at
+/// debug level) when the client is dropped.
+pub async fn connect(url: &str, files: &TlsFiles) -> Result<Client, ConnectError> {
+    let target = tls::PgTarget::new(url, files)?;
+    let (client, connection) = target.config.connect(target.tls).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "postgres connection ended");
@@ -31,12 +55,17 @@ pub fn error_text(e: &tokio_postgres::Error) -> String {
         }
         text
     } else {
-        let mut text = e.to_string();
-        let mut source = std::error::Error::source(e);
-        while let Some(s) = source {
-            text.push_str(&format!(": {s}"));
-            source = s.source();
-        }
-        text
+        chain_text(e)
     }
+}
+
+/// An error and its causes, joined by ": ".
+fn chain_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
 }
