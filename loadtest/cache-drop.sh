@@ -33,6 +33,8 @@
 #   --check                  verify the report (every step with figures, every answer
 #                            verified, success >= --min-success [0.999]); exit 1 if not
 #   --no-build               use the existing target/release binaries
+# Environment: JITOCSP_LOADTEST_DATABASE_URL and JITOCSP_LOADTEST_REDIS_URL (both) use those
+# services instead of starting the project-local ones and the jitocsp_loadtest database.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
@@ -40,7 +42,7 @@ cd "$ROOT"
 
 die() { printf 'cache-drop: error: %s\n' "$*" >&2; exit 2; }
 step() { printf '==> %s\n' "$*" >&2; }
-usage() { sed -n '2,37p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,39p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 MODE="" FULL_RATE="" STEP_SECONDS="" OUT=""
 COUNT=20000 REVOKED=0.05 REDIS=cold FRACTIONS="1/16,1/8,1/4,1/2,1" ARRIVAL=constant
@@ -90,11 +92,18 @@ fi
 
 step "services"
 bash scripts/services.sh ensure-cmd openssl openssl curl curl python3 python3 nginx nginx
-bash scripts/services.sh up
-# shellcheck source=/dev/null
-. "$ROOT/.local/env"
 # The load test has its own database on the same Postgres, so test data and load data never mix.
-LT_DATABASE_URL="${DATABASE_URL%/*}/jitocsp_loadtest"
+# JITOCSP_LOADTEST_DATABASE_URL and JITOCSP_LOADTEST_REDIS_URL, when both set, name services
+# already running (one database per engineer on a shared machine), and none is started.
+if [ -n "${JITOCSP_LOADTEST_DATABASE_URL:-}" ] && [ -n "${JITOCSP_LOADTEST_REDIS_URL:-}" ]; then
+    LT_DATABASE_URL="$JITOCSP_LOADTEST_DATABASE_URL"
+    REDIS_URL="$JITOCSP_LOADTEST_REDIS_URL"
+else
+    bash scripts/services.sh up
+    # shellcheck source=/dev/null
+    . "$ROOT/.local/env"
+    LT_DATABASE_URL="${DATABASE_URL%/*}/jitocsp_loadtest"
+fi
 export REDIS_URL
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
@@ -124,7 +133,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-step "database jitocsp_loadtest"
+step "database ${LT_DATABASE_URL##*/}"
 DATABASE_URL="$LT_DATABASE_URL" "$LT" create-database
 DATABASE_URL="$LT_DATABASE_URL" "$BIN" migrate >/dev/null
 

@@ -33,7 +33,7 @@ PG_PORT="${JITOCSP_PG_PORT:-54329}"
 STANDBY_PORT="${JITOCSP_STANDBY_PORT:-54330}"
 REDIS_PORT="${JITOCSP_REDIS_PORT:-63799}"
 REDIS_TLS_PORT="${JITOCSP_REDIS_TLS_PORT:-$((REDIS_PORT + 1))}"
-TLS_DIR="$LOCAL/tls"
+TLS_DIR="$LOCAL/tls" # beside the cluster: see tls_paths
 REDIS_DIR="$LOCAL/redis"
 REDIS_CONF="$REDIS_DIR/redis.conf"
 DB_NAME=jitocsp
@@ -105,13 +105,46 @@ pg_as() {
     fi
 }
 
+# The data directory of the live cluster that serves PG_PORT, if any: the postmaster whose
+# `-D` directory's postmaster.pid names it and the port.
+pg_cluster_on_port() {
+    local comm pid dir
+    for comm in /proc/[0-9]*/comm; do
+        [ "$(cat "$comm" 2>/dev/null)" = postgres ] || continue
+        pid="${comm#/proc/}"
+        pid="${pid%/comm}"
+        dir="$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | sed -n '/^-D$/{n;p;q}')" || continue
+        [ -n "$dir" ] && [ -r "$dir/postmaster.pid" ] || continue
+        if [ "$(sed -n 1p "$dir/postmaster.pid")" = "$pid" ] && [ "$(sed -n 4p "$dir/postmaster.pid")" = "$PG_PORT" ]; then
+            readlink -f "$dir"
+            return 0
+        fi
+    done
+    return 1
+}
+
 # Decide where the cluster lives. Normally .local/pg; when the postgres user cannot
 # traverse the checkout (e.g. a clone under /root, mode 700) the cluster goes to
-# /var/tmp/jitocsp-pg-<hash> and .local/pg is a symlink to it.
+# /var/tmp/jitocsp-pg-<hash> and .local/pg is a symlink to it. When another checkout's
+# cluster (a git worktree of the same repository) already serves PG_PORT, that one is used:
+# its data directory, socket and log; the worktrees share the services rather than each
+# making a cluster that could not take the port.
+PG_ADOPTED_LOGGED=0
 pg_paths() {
     mkdir -p "$LOCAL"
     chmod 0755 "$LOCAL" 2>/dev/null || true
-    local base
+    local base running
+    if running="$(pg_cluster_on_port)" && [ "$running" != "$(readlink -f "$LOCAL/pg")" ]; then
+        PGDATA="$running"
+        base="$(dirname "$PGDATA")"
+        PGSOCK="$(sed -n 5p "$PGDATA/postmaster.pid")"
+        PGLOG="$base/pg.log"
+        if [ "$PG_ADOPTED_LOGGED" -eq 0 ]; then
+            log "postgres on 127.0.0.1:$PG_PORT is the cluster in $PGDATA (another checkout's); using it"
+            PG_ADOPTED_LOGGED=1
+        fi
+        return 0
+    fi
     if [ -L "$LOCAL/pg" ]; then
         PGDATA="$(readlink -f "$LOCAL/pg")"
         base="$(dirname "$PGDATA")"
@@ -267,10 +300,19 @@ pg_stop() {
 
 # ---------------------------------------------------------------- TLS
 
+# The test CA lives beside the cluster (in .local/tls for the checkout's own), so every
+# checkout that shares the services (see pg_paths) verifies them with the one CA they serve.
+tls_paths() {
+    ensure_pg_installed
+    pg_paths
+    TLS_DIR="$(dirname "$PGDATA")/tls"
+}
+
 # The test CA and server certificate: made when missing, not verifiable, or within a day of
 # expiry, and kept otherwise (so `up` changes nothing on a second run).
 tls_certs() {
     ensure_cmd openssl openssl
+    tls_paths
     mkdir -p "$TLS_DIR"
     if [ -f "$TLS_DIR/ca.key" ] && [ -f "$TLS_DIR/server.key" ] \
         && openssl verify -CAfile "$TLS_DIR/ca.pem" "$TLS_DIR/server.pem" >/dev/null 2>&1 \
@@ -335,6 +377,10 @@ pg_tls() {
 # replication, so tests can point `database.read_url` at a real replica and pause its replay
 # (`SELECT pg_wal_replay_pause()`, granted to the test role) to make it lag.
 REPL_USER=jitocsp_replicator
+# The primary keeps the WAL the standby has not received yet in this slot, so a standby that
+# falls behind (a test pauses it, the machine is busy) catches up instead of finding the
+# segments it needs removed. max_slot_wal_keep_size bounds what a dead standby can pin.
+REPL_SLOT=jitocsp_standby
 
 standby_paths() {
     pg_paths
@@ -347,11 +393,14 @@ sb_ctl() { pg_as "$PGBIN/pg_ctl" -D "$SBDATA" "$@"; }
 
 standby_pid_alive() { postmaster_alive "$SBDATA"; }
 
-# True once the standby is up, in recovery and streaming from the primary.
+# True once the standby is up, in recovery, and the primary is streaming to it through its
+# slot (a standby that once received WAL but lost the stream is not "streaming").
 standby_streaming() {
     [ "$(PGPASSWORD="$DB_PASS" "$PGBIN/psql" -X -qtA -h 127.0.0.1 -p "$STANDBY_PORT" -U "$DB_USER" -d "$DB_NAME" \
-        -c "SELECT pg_is_in_recovery() AND pg_last_wal_receive_lsn() IS NOT NULL" \
-        2>/dev/null)" = "t" ]
+        -c "SELECT pg_is_in_recovery()" 2>/dev/null)" = "t" ] \
+        && [ "$(psql_admin -tA -c "SELECT count(*) FROM pg_stat_replication r JOIN pg_replication_slots s \
+                ON s.active_pid = r.pid WHERE s.slot_name = '$REPL_SLOT' AND r.state = 'streaming'" \
+                2>/dev/null)" = "1" ]
 }
 
 standby_make() {
@@ -360,8 +409,11 @@ standby_make() {
     mkdir -p "$SBDATA"
     if is_root; then chown "$PG_OS_USER": "$SBDATA"; fi
     chmod 0700 "$SBDATA"
+    # The slot of an earlier standby goes with it (the standby is stopped: it is inactive).
+    psql_admin -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+        WHERE slot_name = '$REPL_SLOT'" >/dev/null
     pg_as env PGPASSWORD="$DB_PASS" "$PGBIN/pg_basebackup" -h 127.0.0.1 -p "$PG_PORT" -U "$REPL_USER" \
-        -D "$SBDATA" -R -X stream -c fast >/dev/null 2>"$SBLOG.basebackup" \
+        -D "$SBDATA" -R -C -S "$REPL_SLOT" -X stream -c fast >/dev/null 2>"$SBLOG.basebackup" \
         || { cat "$SBLOG.basebackup" >&2; die "pg_basebackup failed"; }
     pg_as tee -a "$SBDATA/postgresql.conf" >/dev/null <<EOF
 
@@ -406,6 +458,9 @@ SELECT 'CREATE ROLE $REPL_USER REPLICATION LOGIN' WHERE NOT EXISTS (SELECT 1 FRO
 \gexec
 ALTER ROLE $REPL_USER WITH REPLICATION LOGIN PASSWORD '$DB_PASS';
 EOF
+    if [ "$(psql_admin -tA -c "SHOW max_slot_wal_keep_size")" != "4GB" ]; then
+        psql_admin -c "ALTER SYSTEM SET max_slot_wal_keep_size = '4GB'" -c "SELECT pg_reload_conf()" >/dev/null
+    fi
     # Function privileges live in each database; template1 passes them on to databases
     # created later (the tests' own).
     local db
@@ -415,8 +470,10 @@ EOF
     done
     local attempt i
     for attempt in 1 2; do
-        # A standby of an earlier cluster (or a broken one) is made anew.
-        if [ ! -f "$SBDATA/standby.signal" ] || [ "$attempt" -eq 2 ]; then
+        # A standby of an earlier cluster, one without the slot (made before it existed, or
+        # whose slot was dropped), or a broken one is made anew.
+        if [ ! -f "$SBDATA/standby.signal" ] || ! grep -qs "primary_slot_name = '$REPL_SLOT'" \
+            "$SBDATA/postgresql.auto.conf" || [ "$attempt" -eq 2 ]; then
             standby_stop_
             standby_make
         fi

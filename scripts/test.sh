@@ -2,7 +2,7 @@
 # scripts/test.sh — the one command that runs every test.
 #   1. starts project-local Postgres + Redis (scripts/services.sh up) and loads .local/env
 #   2. installs missing tools: openssl, curl (apt), python cryptography + pkilint (pip)
-#   3. cargo fmt --check, cargo clippy -D warnings (fail fast)
+#   3. cargo fmt --check, cargo clippy -D warnings, cargo deny (fail fast)
 #   4. self-test of the external OCSP judge (tests/judges/selftest.py)
 #   5. cargo test --workspace --all-targets -- --test-threads=2 (tests/operate.rs also runs
 #      scripts/check-deploy.sh: nginx -t, systemd-analyze verify, redis.conf)
@@ -12,8 +12,10 @@
 # JITOCSP_TEST_STANDBY_URL (the test database on a streaming standby, tests/revocation_truth.rs),
 # JITOCSP_TEST_JUDGE and JITOCSP_TEST_PYTHON (tests/common::judge runs that judge.py with that
 # Python, the one pkilint and cryptography were installed for; a bare `cargo test` falls back
-# to python3 and tests/judges/judge.py) and JITOCSP_ROOT. The open-files limit is raised for
-# the 10,000-connection burst test, which fails (never skips) below it. Extra arguments go to
+# to python3 and tests/judges/judge.py) and JITOCSP_ROOT. They also receive
+# JITOCSP_TEST_REQUIRE_ALL=1: a test whose environment is missing (tests/common/skip.rs), which a
+# bare `cargo test` skips, fails here instead. The open-files limit is raised for the 10,000-
+# connection burst test, which therefore fails (never skips) below it. Extra arguments go to
 # `cargo test` after `--` (e.g. scripts/test.sh revoke_ to filter). Services are left running;
 # stop them with scripts/services.sh down.
 set -euo pipefail
@@ -52,6 +54,8 @@ REDIS_URL="${REDIS_URL%/}/1"
 redis-cli -u "$REDIS_URL" FLUSHDB >/dev/null
 export DATABASE_URL REDIS_URL JITOCSP_TEST_STANDBY_URL
 export JITOCSP_ROOT="$ROOT"
+# Everything above is provided, so no test may skip for want of it.
+export JITOCSP_TEST_REQUIRE_ALL=1
 export JITOCSP_TEST_JUDGE="$ROOT/tests/judges/judge.py"
 
 step "python dependencies"
@@ -76,6 +80,20 @@ cargo fmt --all -- --check
 
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo deny (deny.toml: licenses, bans, sources; advisories when the database is at hand)"
+command -v cargo-deny >/dev/null || cargo install --locked cargo-deny@0.20.2
+cargo deny --offline check licenses bans sources
+# The RustSec database is fetched from github.com; on a machine that cannot reach it the last
+# copy fetched is used, and without any copy the check is reported as not done.
+timeout 60 cargo deny fetch db >/dev/null 2>&1 || true
+advisory_db="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/advisory-dbs/advisory-db-* 2>/dev/null | head -n 1 || true)"
+if [ -n "$advisory_db" ]; then
+    echo "advisory database: $(git -C "$advisory_db" log -1 --format='%h of %cs' 2>/dev/null || echo "$advisory_db")" >&2
+    cargo deny --offline check advisories
+else
+    echo "advisories: NOT CHECKED (the RustSec database could not be fetched from github.com)" >&2
+fi
 
 step "judge self-test"
 "$PYTHON" tests/judges/selftest.py

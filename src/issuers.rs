@@ -10,20 +10,24 @@ use bytes::Bytes;
 
 use crate::ocsp::request::RequestedCert;
 use crate::ocsp::HashAlgorithm;
-use crate::signer::{self, Signer, SignerOptions};
+use crate::signer::{self, Signer, SignerError, SignerOptions, UnavailableSigner};
 use crate::x509::{certid_hashes_of, parse_cert, CertIdHashes};
 
 /// One issuing CA, ready to answer for.
+///
+/// Its signer holds the key of its signing certificate (the CA's, or the delegated
+/// responder's): it was opened for that key, or checked against it, or it is an
+/// [`UnavailableSigner`] that holds no key and never signs. Hence the private fields: an
+/// issuer is only made by [`Issuer::open`] or [`Issuer::with_signer`].
 pub struct Issuer {
     pub id: i32,
     pub name: String,
     pub hashes: CertIdHashes,
-    /// ResponderID byKey: SHA-1 of the signing certificate's public key (the issuer's, or the
-    /// delegated responder's).
-    pub responder_key_hash: [u8; 20],
-    pub signer: Arc<dyn Signer>,
+    /// ResponderID byKey: SHA-1 of the signing certificate's public key.
+    responder_key_hash: [u8; 20],
+    signer: Arc<dyn Signer>,
     /// Certificates included in every response: the delegated responder certificate, if any.
-    pub included_certs: Vec<Bytes>,
+    included_certs: Vec<Bytes>,
 }
 
 /// Why the issuers could not be loaded. Fatal at start-up: serving without a configured
@@ -37,14 +41,49 @@ pub enum IssuerLoadError {
 }
 
 impl Issuer {
-    /// Builds an issuer from its stored certificate(s) and opens its signer, checking that
-    /// the signer's key is the one in the signing certificate.
-    pub fn new(
+    /// Builds an issuer from its stored certificate(s) and opens its signer (`spec`) for the
+    /// key of the signing certificate. A signer holding another key is an error; one that
+    /// cannot be opened is replaced by an [`UnavailableSigner`], so that the other issuers
+    /// are still served.
+    pub fn open(
+        id: i32,
+        name: String,
+        cert_der: &[u8],
+        responder_cert_der: Option<&[u8]>,
+        spec: &str,
+        options: &SignerOptions,
+    ) -> Result<Self, IssuerLoadError> {
+        Self::build(id, name, cert_der, responder_cert_der, |spki| {
+            match signer::open_for_serving(spec, spki, options) {
+                Err(error) if !matches!(error, SignerError::KeyMismatch { .. }) => {
+                    Ok(Arc::new(UnavailableSigner::new(spec, &error)))
+                }
+                opened => opened,
+            }
+        })
+    }
+
+    /// As [`Issuer::open`], with a signer opened already (a test's wrapper): refused unless
+    /// it holds the key of the signing certificate.
+    pub fn with_signer(
         id: i32,
         name: String,
         cert_der: &[u8],
         responder_cert_der: Option<&[u8]>,
         signer: Arc<dyn Signer>,
+    ) -> Result<Self, IssuerLoadError> {
+        let spec = signer.describe().to_owned();
+        Self::build(id, name, cert_der, responder_cert_der, |spki| signer::holding(&spec, signer, spki))
+    }
+
+    /// Parses the certificates and gets the signer from `open`, given the signing
+    /// certificate's SubjectPublicKeyInfo.
+    fn build(
+        id: i32,
+        name: String,
+        cert_der: &[u8],
+        responder_cert_der: Option<&[u8]>,
+        open: impl FnOnce(&[u8]) -> Result<Arc<dyn Signer>, SignerError>,
     ) -> Result<Self, IssuerLoadError> {
         let invalid = |reason: String| IssuerLoadError::Invalid { name: name.clone(), reason };
         let cert = parse_cert(cert_der, "issuer certificate").map_err(|e| invalid(e.to_string()))?;
@@ -53,14 +92,13 @@ impl Issuer {
             Some(der) => parse_cert(der, "responder certificate").map_err(|e| invalid(e.to_string()))?,
             None => cert,
         };
-        if signer.check().is_ok() && signing_cert.tbs_certificate.subject_pki.raw != signer.public_key_spki_der() {
-            return Err(invalid(format!(
-                "the key of signer {} is not the key of the {} certificate",
-                signer.describe(),
+        let signer = open(signing_cert.tbs_certificate.subject_pki.raw).map_err(|error| match error {
+            SignerError::KeyMismatch { spec } => invalid(format!(
+                "the key of signer {spec} is not the key of the {} certificate",
                 if responder_cert_der.is_some() { "responder" } else { "issuer" }
-            )));
-        }
-        signer.expect_public_key(signing_cert.tbs_certificate.subject_pki.raw);
+            )),
+            other => invalid(other.to_string()),
+        })?;
         let responder_key_hash = certid_hashes_of(&signing_cert).key_sha1;
         Ok(Issuer {
             id,
@@ -70,6 +108,18 @@ impl Issuer {
             signer,
             included_certs: responder_cert_der.map(Bytes::copy_from_slice).into_iter().collect(),
         })
+    }
+
+    pub fn signer(&self) -> &dyn Signer {
+        self.signer.as_ref()
+    }
+
+    pub fn responder_key_hash(&self) -> &[u8; 20] {
+        &self.responder_key_hash
+    }
+
+    pub fn included_certs(&self) -> &[Bytes] {
+        &self.included_certs
     }
 
     fn matches(&self, cert: &RequestedCert) -> bool {
@@ -111,15 +161,14 @@ impl IssuerSet {
             client.query("SELECT id, name, cert_der, responder_cert_der, signer FROM issuers ORDER BY id", &[]).await?;
         let mut issuers = Vec::with_capacity(rows.len());
         for row in rows {
-            let name: String = row.get(1);
             let spec: String = row.get(4);
-            let signer = signer::open_for_serving(&spec, options);
-            if let Err(error) = signer.check() {
-                tracing::error!(issuer = %name, %error, "signer unavailable: this issuer's misses will get tryLater");
-            }
             let cert_der: Vec<u8> = row.get(2);
             let responder_der: Option<Vec<u8>> = row.get(3);
-            issuers.push(Issuer::new(row.get(0), name, &cert_der, responder_der.as_deref(), signer)?);
+            let issuer = Issuer::open(row.get(0), row.get(1), &cert_der, responder_der.as_deref(), &spec, options)?;
+            if let Err(error) = issuer.signer.check() {
+                tracing::error!(issuer = %issuer.name, %error, "signer unavailable: this issuer's misses will get tryLater");
+            }
+            issuers.push(issuer);
         }
         let hashes: Vec<&CertIdHashes> = issuers.iter().map(|issuer| &issuer.hashes).collect();
         for (i, earlier) in shadowed(&hashes) {
@@ -151,6 +200,52 @@ impl IssuerSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::signer::P256Backend;
+
+    const CA_DER: &[u8] = include_bytes!("../tests/fixtures/unit-ca.der");
+    const CA_KEY: &[u8] = include_bytes!("../tests/fixtures/unit-ca.key");
+
+    fn options() -> SignerOptions {
+        SignerOptions {
+            pkcs11_sessions: 1,
+            pkcs11_retry: std::time::Duration::from_secs(1),
+            p256_backend: P256Backend::Ring,
+        }
+    }
+
+    #[test]
+    fn a_signer_for_another_key_is_refused_and_one_that_cannot_be_opened_stands_aside() {
+        // An owner-only copy: git checks the fixture out 0644, which a key file may not be.
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = dir.path().join("ca.key");
+        std::fs::write(&ca_key, CA_KEY).unwrap();
+        std::fs::set_permissions(&ca_key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let issuer =
+            Issuer::open(1, "unit".into(), CA_DER, None, &format!("file:{}", ca_key.display()), &options()).unwrap();
+        assert!(issuer.signer().check().is_ok());
+
+        let other = dir.path().join("other.key");
+        let made = std::process::Command::new("openssl")
+            .args(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out"])
+            .arg(&other)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let spec = format!("file:{}", other.display());
+        let Err(IssuerLoadError::Invalid { reason, .. }) =
+            Issuer::open(1, "unit".into(), CA_DER, None, &spec, &options())
+        else {
+            panic!("a signer for another key was accepted");
+        };
+        assert!(reason.contains("not the key of the issuer certificate"), "{reason}");
+        let opened = crate::signer::software::SoftwareSigner::from_pem_file(other.to_str().unwrap()).unwrap();
+        assert!(Issuer::with_signer(1, "unit".into(), CA_DER, None, Arc::new(opened)).is_err());
+
+        // Cannot be opened: served without it (misses get tryLater), not a start-up failure.
+        let missing = format!("file:{}", dir.path().join("missing.key").display());
+        let issuer = Issuer::open(1, "unit".into(), CA_DER, None, &missing, &options()).unwrap();
+        assert!(issuer.signer().check().is_err());
+    }
 
     #[test]
     fn issuers_with_the_same_certid_are_found() {

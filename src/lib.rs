@@ -7,43 +7,61 @@
 //!
 //! ## Map (read this first)
 //!
+//! A newcomer reads, in this order: this map, [`pipeline`] (the whole request decision in one
+//! file), [`feed::log`] (why a revoked certificate is never answered "good"), and
+//! [`status`] (how a status changes). Everything else is one concept per module.
+//!
 //! Protocol, no I/O:
-//! - [`ocsp`]: decode requests ([`ocsp::request`]), encode and assemble responses
-//!   ([`ocsp::response`]), the few DER primitives ([`ocsp::der`]) and OIDs ([`ocsp::oids`]).
+//! - [`ocsp`]: decode and encode requests ([`ocsp::request`]), encode and assemble
+//!   responses ([`ocsp::response`]), the few DER primitives ([`ocsp::der`]) and OIDs
+//!   ([`ocsp::oids`]).
 //! - [`serial`]: the one canonical form of a serial number (Postgres key, Redis key, hex).
 //! - [`entry`]: a signed response as cached, with its ETag and times precomputed.
+//! - [`x509`]: reading issuer certificates and computing their CertID hashes.
 //!
 //! The request path:
 //! - [`http`]: the OCSP listener (GET path decoding in [`http::get`], caching headers and
 //!   304s in [`http::headers`]).
 //! - [`pipeline`]: **the whole decision in one file**: issuer match, local tier, Redis,
 //!   single flight, Postgres, signing, Redis write, and what to do when any of them fails.
+//!   Requests that cannot share a cached response (several CertIDs, a nonce) are
+//!   `pipeline/fresh.rs`.
 //! - [`issuers`]: the issuers served, matched by precomputed CertID hashes.
 //! - [`cache`]: the [`cache::ResponseCache`] trait, its Redis implementation
-//!   ([`cache::redis`]), the local tier ([`cache::local`]) and the key layout
+//!   ([`cache::redis`]), the local tier ([`cache::local`]) and the key and purge-tag layout
 //!   ([`cache::keys`]).
-//! - [`store`]: the [`store::StatusStore`] trait and its Postgres implementation.
-//! - [`signer`]: the [`signer::Signer`] trait and the software signer; [`signing`] bounds
-//!   how many signatures run and wait at once.
+//! - [`store`]: the [`store::StatusStore`] trait and its Postgres implementation (point
+//!   reads batched by [`store::batch`]).
+//! - [`signer`]: the [`signer::Signer`] trait, opened from a spec with the public key it
+//!   must match: a key file ([`signer::software`]) or an HSM ([`signer::pkcs11`]: session
+//!   pool, key lookup, module registry); [`signer::limiter`] bounds how many signatures
+//!   run and wait at once.
 //!
 //! Keeping caches honest:
-//! - [`notify`]: the payload of the `jitocsp_status` Postgres notification.
-//! - [`listener`]: hears committed changes and applies them, and proves once a second that
-//!   it still hears them (a heartbeat through the same connection); [`changes`] remembers
-//!   the changes by status version, so that no response signed from a row older than a change
-//!   is served after it, and holds the feed's proof of life and the primary's WAL positions
-//!   that bound replica reads.
-//! - [`purges`]: the pending-purge bookkeeping (one settle rule for the CLI and the
-//!   responders) and the retry of Redis purges that a revocation could not complete.
-//! - [`hooks`]: the CDN purge hook: purges owed by status changes, called and retried.
+//! - [`feed`]: the status-change feed. [`feed::payload`] is the `jitocsp_status`
+//!   notification; [`feed::listener`] hears committed changes, applies them, and proves once
+//!   a second that it still hears them (a heartbeat through the same connection);
+//!   [`feed::log`] remembers the changes by status version, so that no response signed from
+//!   a row older than a change is served after it, and holds the feed's proof of life and
+//!   the primary's WAL positions that bound replica reads.
+//! - [`purge`]: deleting copies a change made wrong: Redis keys and the `pending_purges`
+//!   bookkeeping with its retry ([`purge::pending`]), and the CDN purge hook
+//!   ([`purge::cdn`]).
+//!
+//! Changing a status:
+//! - [`status`]: import, revoke, unrevoke and the keyCompromise reason change as a library
+//!   (plan in, outcome out; the transaction rules are documented there).
+//! - [`admin`]: the operator's CLI; it parses, builds a plan, and prints the outcome.
+//! - [`audit`]: the audit trail's hash chain and `admin audit --verify`.
+//! - [`db`]: Postgres connections outside the responders' pools, the migrations
+//!   ([`db::migrate`]), and the SQL, one submodule per table.
 //!
 //! Around it:
 //! - [`server`]: `jitocsp serve` wiring, the metrics/health/readiness listener.
-//! - [`admin`]: the admin CLI (issuers, import, revoke, unrevoke, status, purge, audit).
-//! - [`migrate`]: applies `sql/`. [`issuer`]: reading certificates, CertID hashes.
 //! - [`config`]: the TOML file overlaid by the environment into serde section structs
 //!   (`config/sections.rs`), password files and URL redaction (`secrets.rs`), range and
-//!   BR 4.9.10 checks (`validate.rs`). [`metrics`]: metric names.
+//!   BR 4.9.10 checks (`validate.rs`). [`secret_file`]: secrets are read only from files
+//!   their owner alone can read. [`metrics`]: metric names.
 //! - [`tls`]: the rustls client settings (CA, client certificate) shared by Postgres and
 //!   Redis; [`db::tls`] reads `sslmode` and makes the Postgres connector.
 //!
@@ -71,6 +89,7 @@
 //! status read from a lagging replica can never be served afterwards.
 
 pub mod admin;
+pub mod audit;
 pub mod cache;
 pub mod config;
 pub mod db;
@@ -86,6 +105,13 @@ pub mod secret_file;
 pub mod serial;
 pub mod server;
 pub mod signer;
+pub mod status;
 pub mod store;
 pub mod tls;
 pub mod x509;
+
+/// The test-environment probe the integration tests use (tests/common/skip.rs): unit tests
+/// that run openssl skip without it, and fail without it under scripts/test.sh.
+#[cfg(test)]
+#[path = "../tests/common/skip.rs"]
+mod test_env;

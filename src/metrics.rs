@@ -68,6 +68,10 @@ pub const LISTENER_RECONNECTS: &str = "jitocsp_listener_reconnects_total";
 /// Status reads, by `server` (replica, primary) and `why` (routine, replica_lagging,
 /// replica_behind_change, feed_down, confirm).
 pub const STATUS_READS: &str = "jitocsp_status_reads_total";
+/// Connections open on the OCSP listener (bounded by `server.max_connections`).
+pub const HTTP_CONNECTIONS: &str = "jitocsp_http_connections";
+/// POST bodies that did not arrive within `server.body_timeout` (answered 408, closed).
+pub const SLOW_BODIES: &str = "jitocsp_slow_bodies_total";
 /// Build information (value 1), by `version`.
 pub const BUILD_INFO: &str = "jitocsp_build_info";
 
@@ -143,5 +147,22 @@ impl HitMetrics {
             redis_miss: metrics::counter!(CACHE_LOOKUPS, "tier" => "redis", "result" => "miss"),
             redis_get_seconds: metrics::histogram!(REDIS_SECONDS, "op" => "get"),
         }
+    }
+}
+
+/// Counts one open OCSP connection for as long as it lives: actix keeps it in the
+/// connection's extensions, which are dropped when the connection closes.
+pub struct OpenConnection(());
+
+impl OpenConnection {
+    pub fn opened() -> Self {
+        metrics::gauge!(HTTP_CONNECTIONS).increment(1.0);
+        OpenConnection(())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        metrics::gauge!(HTTP_CONNECTIONS).decrement(1.0);
     }
 }

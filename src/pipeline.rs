@@ -25,7 +25,7 @@
 //! timeout turning into another signature.
 //!
 //! Requests that cannot share a cached response (several CertIDs, or a nonce to echo) are
-//! answered by [`Responder::answer_fresh`]: read, sign, never cached.
+//! answered by [`Responder::answer_fresh`] (in `pipeline/fresh.rs`): read, sign, never cached.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -47,7 +47,7 @@ use crate::issuers::{Issuer, IssuerSet};
 use crate::metrics as m;
 use crate::ocsp::request::{OcspRequest, RequestedCert};
 use crate::ocsp::response::{assemble, encode_response_data, CertStatusAnswer, SingleAnswer};
-use crate::ocsp::ResponseStatus;
+use crate::ocsp::OcspErrorStatus;
 use crate::serial::Serial;
 use crate::signer::limiter::SigningLimiter;
 use crate::store::{CertRecord, ReadFrom, StatusStore};
@@ -68,7 +68,7 @@ pub enum Answer {
         /// then cannot tell a copy with the old status from this one (see `http::headers`).
         changed_at: Option<i64>,
     },
-    Error(ResponseStatus),
+    Error(OcspErrorStatus),
 }
 
 /// How shared caches (the CDN) may keep a successful response.
@@ -87,13 +87,18 @@ pub enum Caching {
 #[derive(Clone, Debug, thiserror::Error)]
 #[error("{status:?}: {reason}")]
 pub struct Failure {
-    pub status: ResponseStatus,
+    pub status: OcspErrorStatus,
     pub reason: Arc<str>,
 }
 
 impl Failure {
     fn try_later(reason: impl std::fmt::Display) -> Self {
-        Failure { status: ResponseStatus::TryLater, reason: reason.to_string().into() }
+        Failure { status: OcspErrorStatus::TryLater, reason: reason.to_string().into() }
+    }
+
+    /// A bug, not a passing condition: asking again would not help.
+    fn internal_error(reason: impl std::fmt::Display) -> Self {
+        Failure { status: OcspErrorStatus::InternalError, reason: reason.to_string().into() }
     }
 }
 
@@ -101,7 +106,7 @@ impl Failure {
 #[derive(Clone, Debug)]
 enum Produced {
     Response { response: Arc<CachedResponse>, cacheable: bool },
-    Refused(ResponseStatus),
+    Refused(OcspErrorStatus),
 }
 
 type FlightResult = Result<Produced, Failure>;
@@ -189,7 +194,7 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
     /// One CertID, no nonce: the cacheable case, which is nearly all traffic.
     async fn answer_one(self: &Arc<Self>, cert: RequestedCert) -> Answer {
         let Some(issuer) = self.issuers.find(&cert) else {
-            return Answer::Error(ResponseStatus::Unauthorized);
+            return Answer::Error(OcspErrorStatus::Unauthorized);
         };
         let id = ResponseId { issuer_id: issuer.id, serial: cert.serial.clone(), variant: cert.variant };
         let now = Utc::now().timestamp();
@@ -314,12 +319,7 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
                         result
                     });
                     let flight = async move {
-                        task.await.unwrap_or_else(|e| {
-                            Err(Failure {
-                                status: ResponseStatus::InternalError,
-                                reason: format!("signing task failed: {e}").into(),
-                            })
-                        })
+                        task.await.unwrap_or_else(|e| Err(Failure::internal_error(format!("signing task failed: {e}"))))
                     }
                     .boxed()
                     .shared();
@@ -454,17 +454,17 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
         &self,
         record: Option<&CertRecord>,
         now: DateTime<Utc>,
-    ) -> Result<CertStatusAnswer, ResponseStatus> {
+    ) -> Result<CertStatusAnswer, OcspErrorStatus> {
         let Some(record) = record else {
             return match self.policy.unissued {
-                UnissuedPolicy::Unauthorized => Err(ResponseStatus::Unauthorized),
+                UnissuedPolicy::Unauthorized => Err(OcspErrorStatus::Unauthorized),
                 UnissuedPolicy::Unknown => Ok(CertStatusAnswer::Unknown),
                 UnissuedPolicy::Revoked => Ok(CertStatusAnswer::Unissued),
             };
         };
         let grace = TimeDelta::from_std(self.policy.expired_grace).unwrap_or(TimeDelta::zero());
         if now > record.not_after + grace {
-            return Err(ResponseStatus::Unauthorized);
+            return Err(OcspErrorStatus::Unauthorized);
         }
         Ok(match record.revocation {
             // A revocation time ahead of this responder's clock (clock skew with Postgres) is
@@ -497,10 +497,13 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
             metrics::counter!(m::SIGNER_OVERLOADED).increment(1);
             Failure::try_later(overloaded)
         })?;
-        let tbs = encode_response_data(&issuer.responder_key_hash, now, answers, nonce);
+        let tbs = encode_response_data(issuer.responder_key_hash(), now, answers, nonce).map_err(|error| {
+            tracing::error!(%error, issuer = %issuer.name, "cannot encode the response: nothing signed");
+            Failure::internal_error(error)
+        })?;
         let started = Instant::now();
-        let signer = issuer.signer.describe().to_owned();
-        let signature = issuer.signer.sign(&tbs).await.map_err(|error| {
+        let signer = issuer.signer().describe().to_owned();
+        let signature = issuer.signer().sign(&tbs).await.map_err(|error| {
             metrics::counter!(m::SIGNATURE_ERRORS, "issuer" => issuer.name.clone(), "signer" => signer.clone())
                 .increment(1);
             tracing::error!(%error, issuer = %issuer.name, signer, "signing failed");
@@ -509,8 +512,8 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
         metrics::histogram!(m::SIGNATURE_SECONDS, "issuer" => issuer.name.clone(), "signer" => signer.clone())
             .record(started.elapsed().as_secs_f64());
         metrics::counter!(m::SIGNATURES, "issuer" => issuer.name.clone(), "signer" => signer).increment(1);
-        let certs: Vec<&[u8]> = issuer.included_certs.iter().map(Bytes::as_ref).collect();
-        Ok(Bytes::from(assemble(&tbs, issuer.signer.algorithm_der(), &signature, &certs)))
+        let certs: Vec<&[u8]> = issuer.included_certs().iter().map(Bytes::as_ref).collect();
+        Ok(Bytes::from(assemble(&tbs, issuer.signer().algorithm_der(), &signature, &certs)))
     }
 
     /// Writes a fresh response to Redis (until its nextUpdate) and the local tier. A Redis
@@ -525,70 +528,6 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
         }
         metrics::histogram!(m::REDIS_SECONDS, "op" => "set").record(started.elapsed().as_secs_f64());
         self.local.insert(id.clone(), response.clone());
-    }
-
-    /// Several CertIDs, or a nonce to echo: read all statuses in one query, sign one
-    /// response, cache nothing.
-    pub async fn answer_fresh(&self, request: OcspRequest) -> Answer {
-        let nonce = match (&request.nonce, self.policy.nonce) {
-            (Some(nonce), NoncePolicy::Echo) if !nonce.is_acceptable() => {
-                return Answer::Error(ResponseStatus::MalformedRequest);
-            }
-            (Some(nonce), NoncePolicy::Echo) => Some(nonce.extn_value.as_ref()),
-            _ => None,
-        };
-        // One response has one signer: every CertID must name the same issuer.
-        let mut issuers = request.certs.iter().map(|cert| self.issuers.find(cert));
-        let Some(Some(issuer)) = issuers.next() else {
-            return Answer::Error(ResponseStatus::Unauthorized);
-        };
-        if !issuers.all(|other| other.is_some_and(|o| o.id == issuer.id)) {
-            return Answer::Error(ResponseStatus::Unauthorized);
-        }
-        let keys: Vec<(i32, Serial)> = request.certs.iter().map(|c| (issuer.id, c.serial.clone())).collect();
-        let records = match self.read_statuses(&keys).await {
-            Ok(records) => records,
-            Err(failure) => return Answer::Error(failure.status),
-        };
-        let now = Utc::now();
-        let mut answers = Vec::with_capacity(records.len());
-        for (cert, record) in request.certs.iter().zip(&records) {
-            match self.status_answer(record.as_ref(), now) {
-                Ok(status) => {
-                    let (this_update, next_update) = self.validity_window(now, &status);
-                    answers.push(SingleAnswer { cert_id: &cert.cert_id, status, this_update, next_update });
-                }
-                Err(refusal) => return Answer::Error(refusal),
-            }
-        }
-        let der = match self.sign(issuer, &answers, nonce, now).await {
-            Ok(der) => der,
-            Err(failure) => return Answer::Error(failure.status),
-        };
-        let all_issued = records.iter().all(Option::is_some);
-        let caching = match (nonce, all_issued) {
-            (Some(_), _) => Caching::NoStore,
-            (None, false) => Caching::NoCache,
-            (None, true) => Caching::Public,
-        };
-        let revoked = answers.iter().any(|a| matches!(a.status, CertStatusAnswer::Revoked { .. }));
-        // Several answers may have several thisUpdates: the headers take the earliest (the
-        // oldest knowledge in it) and the earliest nextUpdate.
-        let facts = Facts {
-            revoked,
-            status_version: 0,
-            this_update: answers.iter().map(|a| a.this_update.timestamp()).min().unwrap_or(now.timestamp()),
-            next_update: answers.iter().map(|a| a.next_update.timestamp()).min().unwrap_or(now.timestamp()),
-            not_after: i64::MAX,
-        };
-        let tags = request.certs.iter().map(|c| purge_tag(&issuer.name, &c.serial)).collect::<Vec<_>>().join(", ");
-        let response = Arc::new(CachedResponse::new(der, facts, &tags));
-        let changed_at = keys
-            .iter()
-            .filter_map(|(issuer_id, serial)| self.changes.latest(*issuer_id, serial))
-            .map(|c| c.heard_at)
-            .max();
-        Answer::Response { response, caching, changed_at }
     }
 
     /// Periodic upkeep: forgets changes older than any response that could predate them.
@@ -631,5 +570,6 @@ impl<C: ResponseCache, S: StatusStore> Subscriber for Responder<C, S> {
     }
 }
 
+mod fresh;
 #[cfg(test)]
 mod tests;

@@ -48,6 +48,15 @@ pub fn read(path: &Path) -> Result<Vec<u8>, SecretFileError> {
     Ok(contents)
 }
 
+/// The error with its cause, on one line ("cannot read /x: No such file or directory"),
+/// for callers whose errors are plain text.
+pub fn error_chain(error: &SecretFileError) -> String {
+    match std::error::Error::source(error) {
+        Some(cause) => format!("{error}: {cause}"),
+        None => error.to_string(),
+    }
+}
+
 /// As [`read`], for a text secret (a password or a PIN).
 pub fn read_to_string(path: &Path) -> Result<String, SecretFileError> {
     String::from_utf8(read(path)?).map_err(|_| SecretFileError::NotUtf8 { path: path.to_path_buf() })

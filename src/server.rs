@@ -65,6 +65,8 @@ pub fn install_metrics() -> Result<PrometheusHandle, ServeError> {
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).map_err(|e| ServeError::Metrics(e.to_string()))?;
     metrics::gauge!(m::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    metrics::counter!(m::SLOW_BODIES).absolute(0);
+    metrics::gauge!(m::HTTP_CONNECTIONS).set(0.0);
     Ok(handle)
 }
 
@@ -90,7 +92,7 @@ pub async fn build_responder(config: &Config) -> Result<Arc<LiveResponder>, Serv
         );
     }
     for issuer in issuers.iter() {
-        tracing::info!(issuer = %issuer.name, id = issuer.id, signer = issuer.signer.describe(), "serving issuer");
+        tracing::info!(issuer = %issuer.name, id = issuer.id, signer = issuer.signer().describe(), "serving issuer");
     }
     let cache = RedisCache::connect(
         config.redis.mode,
@@ -156,12 +158,20 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             refresh_after: config.responses.refresh_after,
         },
         request_sample: config.log.request_sample,
+        body_timeout: config.server.body_timeout,
     });
-    let mut ocsp_server = HttpServer::new(move || App::new().configure(http::configure(service.clone())));
-    if config.server.workers > 0 {
-        ocsp_server = ocsp_server.workers(config.server.workers);
-    }
-    let ocsp_server = ocsp_server
+    let workers = match config.server.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    // actix counts connections per worker; `server.max_connections` is per instance.
+    let ocsp_server = HttpServer::new(move || App::new().configure(http::configure(service.clone())))
+        .workers(workers)
+        .max_connections(config.server.max_connections.div_ceil(workers))
+        .client_request_timeout(config.server.header_timeout)
+        .on_connect(|_, extensions| {
+            extensions.insert(m::OpenConnection::opened());
+        })
         .bind(&config.server.listen)
         .map_err(|source| ServeError::Bind { addr: config.server.listen.clone(), source })?
         .run();
@@ -213,7 +223,7 @@ async fn readiness(probes: web::Data<Probes>) -> HttpResponse {
         problems.push(format!("redis: {e}"));
     }
     for issuer in responder.issuers().iter() {
-        if let Err(e) = issuer.signer.check() {
+        if let Err(e) = issuer.signer().check() {
             problems.push(format!("issuer {}: {e}", issuer.name));
         }
     }

@@ -240,16 +240,25 @@ mod tests {
 
     #[test]
     fn hashes_match_openssl_ocsp_request_ec() {
+        if crate::test_env::skip_unless(&[crate::test_env::Need::Openssl]) {
+            return;
+        }
         check_against_openssl(&["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]);
     }
 
     #[test]
     fn hashes_match_openssl_ocsp_request_rsa() {
+        if crate::test_env::skip_unless(&[crate::test_env::Need::Openssl]) {
+            return;
+        }
         check_against_openssl(&["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]);
     }
 
     #[test]
     fn der_and_multi_pem_files_load() {
+        if crate::test_env::skip_unless(&[crate::test_env::Need::Openssl]) {
+            return;
+        }
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         make_chain(d, &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]);

@@ -30,6 +30,9 @@ struct Case {
 /// verifies each response, and the signature algorithm matches the key.
 #[test]
 fn responses_signed_through_pkcs11_and_software_keys_verify_with_openssl() {
+    if skip_unless(&[Need::Postgres, Need::Redis, Need::Openssl, Need::SoftHsm2]) {
+        return;
+    }
     let hsm = SoftHsm::new();
     let env = hsm.env();
     let env = env_refs(&env);
@@ -132,6 +135,9 @@ fn responses_signed_through_pkcs11_and_software_keys_verify_with_openssl() {
 /// tryLater, `/readyz` names the issuer; afterwards signing resumes without a restart.
 #[test]
 fn token_outage_serves_cached_answers_answers_misses_try_later_and_recovers() {
+    if skip_unless(&[Need::Postgres, Need::Redis, Need::Openssl, Need::SoftHsm2]) {
+        return;
+    }
     let hsm = SoftHsm::new();
     let env = hsm.env();
     let env = env_refs(&env);
@@ -186,6 +192,9 @@ fn token_outage_serves_cached_answers_answers_misses_try_later_and_recovers() {
 /// appears, without a restart.
 #[test]
 fn token_absent_at_start_up_recovers_without_restart() {
+    if skip_unless(&[Need::Postgres, Need::Redis, Need::Openssl, Need::SoftHsm2]) {
+        return;
+    }
     let hsm = SoftHsm::new();
     let env = hsm.env();
     let env = env_refs(&env);
@@ -232,8 +241,12 @@ fn scraped(server: &Server, name: &str, labels: &[&str]) -> Option<f64> {
 /// Replaces the file at once, so the responder never reads a half-written PIN (which would cost
 /// a login attempt on a real token).
 fn write_pin(path: &std::path::Path, pin: &str) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let next = path.with_extension("next");
-    std::fs::write(&next, format!("{pin}\n")).unwrap();
+    // Owner-only, as a PIN file must be (a more open one is refused).
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&next).unwrap();
+    file.write_all(format!("{pin}\n").as_bytes()).unwrap();
     std::fs::rename(&next, path).unwrap();
 }
 
@@ -243,6 +256,9 @@ fn write_pin(path: &std::path::Path, pin: &str) {
 /// PIN is written to the file, the issuer recovers without a restart.
 #[test]
 fn wrong_pin_is_tried_once_and_again_only_when_the_pin_file_changes() {
+    if skip_unless(&[Need::Postgres, Need::Redis, Need::Openssl, Need::SoftHsm2]) {
+        return;
+    }
     let hsm = SoftHsm::new();
     let conf = hsm.conf.to_str().unwrap().to_owned();
     let pki = Pki::new();
@@ -298,6 +314,9 @@ fn wrong_pin_is_tried_once_and_again_only_when_the_pin_file_changes() {
 #[test]
 #[ignore = "benchmark: scripts/bench-signers.sh"]
 fn bench_signers() {
+    if skip_unless(&[Need::Postgres, Need::Redis, Need::Openssl, Need::SoftHsm2]) {
+        return;
+    }
     use std::sync::Arc;
     use std::time::Instant;
 
@@ -315,7 +334,21 @@ fn bench_signers() {
     std::env::set_var(SoftHsm::PIN_VAR, &hsm.pin);
     let pki = Pki::new();
     hsm.import("bench", "b0", &pki.file("ca.key"));
-    let message = vec![0x5au8; 400]; // about the size of a ResponseData
+    // A real ResponseData: signers sign nothing else.
+    let request = jitocsp::ocsp::request::parse(&pki.request_serial("b001", "-sha256")).unwrap();
+    let now = chrono::Utc::now();
+    let answer = jitocsp::ocsp::response::SingleAnswer {
+        cert_id: &request.certs[0].cert_id,
+        status: jitocsp::ocsp::response::CertStatusAnswer::Good,
+        this_update: now,
+        next_update: now,
+    };
+    let tbs = Arc::new(jitocsp::ocsp::response::encode_response_data(&[9; 20], now, &[answer], None).unwrap());
+    let message = tbs.as_bytes().to_vec();
+    // Signers are opened for the key they must hold.
+    let spki = |key: &std::path::Path| {
+        run("openssl", &["pkey", "-in", key.to_str().unwrap(), "-pubout", "-outform", "DER"], pki.path()).stdout
+    };
     let mut report = Vec::new();
 
     // Raw: N threads, each with its own session, C_Sign(CKM_ECDSA) over a SHA-256 digest in a
@@ -378,11 +411,11 @@ fn bench_signers() {
             let started = Instant::now();
             let tasks: Vec<_> = (0..concurrency)
                 .map(|_| {
-                    let (signer, message) = (signer.clone(), message.clone());
+                    let (signer, tbs) = (signer.clone(), tbs.clone());
                     tokio::spawn(async move {
                         let mut count = 0u64;
                         while started.elapsed() < window {
-                            signer.sign(&message).await.unwrap();
+                            signer.sign(&tbs).await.unwrap();
                             count += 1;
                         }
                         count
@@ -403,7 +436,7 @@ fn bench_signers() {
             pkcs11_retry: Duration::from_secs(1),
             p256_backend: P256Backend::Ring,
         };
-        let signer = signer::open(&hsm.uri("bench", None), &options).unwrap();
+        let signer = signer::open(&hsm.uri("bench", None), &spki(&pki.file("ca.key")), &options).unwrap();
         let per_second = rate(signer, sessions * 2);
         report.push(format!(
             "pkcs11 pool P-256, {sessions} session(s), {:>2} in flight: {per_second:>9.0} sig/s",
@@ -420,7 +453,7 @@ fn bench_signers() {
         ("software RSA-2048 (ring)", rsa.file("ca.key"), P256Backend::Ring),
     ] {
         let options = SignerOptions { pkcs11_sessions: 1, pkcs11_retry: Duration::from_secs(1), p256_backend: backend };
-        let signer = signer::open(&format!("file:{}", key.display()), &options).unwrap();
+        let signer = signer::open(&format!("file:{}", key.display()), &spki(&key), &options).unwrap();
         report.push(format!("{what:<26} 1 task:      {:>9.0} sig/s", rate(signer.clone(), 1)));
         report.push(format!("{what:<26} 2 tasks:     {:>9.0} sig/s", rate(signer, 2)));
     }

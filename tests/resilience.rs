@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -19,6 +18,9 @@ fn status_of(server: &Server, pki: &Pki, request: &[u8], cert: &std::path::Path)
 /// tiers holding "good". The instances and the admin CLI share one configuration.
 #[test]
 fn revocation_is_visible_at_once_on_every_instance() {
+    if skip_unless(&[Need::Postgres, Need::Redis, Need::Openssl]) {
+        return;
+    }
     let site = Site::new();
     let pki = Pki::new();
     let issuer = site.add_issuer(&pki);
@@ -55,6 +57,9 @@ fn revocation_is_visible_at_once_on_every_instance() {
 /// with its own key prefix).
 #[test]
 fn revocation_holds_when_the_purge_fails() {
+    if skip_unless(&[Need::Postgres, Need::Redis, Need::Openssl]) {
+        return;
+    }
     let site = Site::with_own_database();
     let pki = Pki::new();
     let issuer = site.add_issuer(&pki);
@@ -115,57 +120,15 @@ fn revocation_holds_when_the_purge_fails() {
     assert!(status_of(&server, &pki, &sha1, &cert).contains(": revoked"));
 }
 
-/// A private Redis for tests that stop it.
-struct PrivateRedis {
-    child: Option<Child>,
-    port: u16,
-}
-
-impl PrivateRedis {
-    fn start(port: u16) -> PrivateRedis {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (scripts/services.sh installs it)");
-        let redis = PrivateRedis { child: Some(child), port };
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(10), "private redis did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn flush(&self) {
-        let output = Command::new("redis-cli").args(["-p", &self.port.to_string(), "FLUSHALL"]).output().unwrap();
-        assert!(output.status.success());
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 /// Invariant 3: flushing Redis costs signatures, not answers; with Redis down, answers come
 /// from Postgres and the signer (or the responses signed seconds ago, kept in-process); once
 /// Redis is back it serves again. Every answer is verified, and every request is accounted
 /// for: served from Redis, from the in-process copy, or read and signed.
 #[test]
 fn losing_redis_loses_nothing() {
+    if skip_unless(&[Need::Postgres, Need::Openssl, Need::Program("redis-server"), Need::Program("redis-cli")]) {
+        return;
+    }
     let mut redis = PrivateRedis::start(free_port());
     let site = Site::with_redis(&redis.url());
     let pki = Pki::new();
@@ -237,13 +200,6 @@ fn losing_redis_loses_nothing() {
     drop(redis);
 }
 
-/// The soft limit of open files of this process (which the server inherits).
-fn open_files_limit() -> u64 {
-    let limits = std::fs::read_to_string("/proc/self/limits").expect("/proc/self/limits");
-    let line = limits.lines().find(|l| l.starts_with("Max open files")).expect("Max open files");
-    line.split_whitespace().nth(3).and_then(|v| v.parse().ok()).unwrap_or(u64::MAX)
-}
-
 /// 10,000 simultaneous requests for one uncached certificate: every one is answered at its
 /// first attempt (no retries that could hide refused connections), all with the same verified
 /// answer, for one Postgres read and one signature.
@@ -251,13 +207,11 @@ fn open_files_limit() -> u64 {
 fn a_burst_for_one_certificate_costs_one_read_and_one_signature() {
     const BURST: usize = 10_000;
     // This process holds BURST client sockets and the server (which inherits the limit) BURST
-    // more. Too low a limit would fail requests for a reason that is not the responder's.
-    let limit = open_files_limit();
-    assert!(
-        limit >= BURST as u64 + 1024,
-        "ulimit -n is {limit}; this test needs at least {} (scripts/test.sh raises it)",
-        BURST + 1024
-    );
+    // more. Too low a limit would fail requests for a reason that is not the responder's
+    // (scripts/test.sh raises it).
+    if skip_unless(&[Need::Postgres, Need::Redis, Need::Openssl, Need::OpenFiles(BURST as u64 + 1024)]) {
+        return;
+    }
     let pki = Pki::new();
     let issuer = add_issuer(&pki);
     let cert = pki.leaf("popular", "8001");

@@ -45,10 +45,12 @@ impl Services {
 
     /// The configuration, as environment overrides, that reaches `site`'s database and Redis
     /// over TLS verified against `ca`: its URL with `sslmode=verify-full` (the host, 127.0.0.1,
-    /// is in the server certificate), and the Redis TLS port.
+    /// is in the server certificate), and the Redis TLS port. `channel_binding=require` makes
+    /// the login fail unless the connector's tls-server-end-point binding is the server's.
     fn env(&self, site: &Site, ca: &str) -> Vec<(String, String)> {
         let pg = &site.database_url;
-        let pg_url = format!("{pg}{}sslmode=verify-full", if pg.contains('?') { '&' } else { '?' });
+        let pg_url =
+            format!("{pg}{}sslmode=verify-full&channel_binding=require", if pg.contains('?') { '&' } else { '?' });
         vec![
             ("JITOCSP_DATABASE_URL".into(), pg_url),
             ("JITOCSP_DATABASE_TLS_CA_FILE".into(), ca.into()),

@@ -69,7 +69,8 @@ GRANT SELECT, UPDATE, DELETE ON pending_purges, cdn_purges TO jitocsp_responder;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO jitocsp_admin;
 GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO jitocsp_admin;
 -- ...except that the audit log is append-only: what was done cannot be undone or hidden
--- with the same credentials. (Pruning old audit rows is for the table owner.)
+-- with the same credentials. (Triggers refuse UPDATE, DELETE and TRUNCATE for every role
+-- too, and the rows are hash-chained: `jitocsp admin audit --verify`; sql/0004.)
 REVOKE UPDATE, DELETE ON audit_log FROM jitocsp_admin;
 
 -- Tables that later migrations create (as the role running this file) are readable and

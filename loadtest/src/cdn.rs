@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use md5::{Digest as _, Md5};
 
-use crate::corpus::{ocsp_request, purge_slice, Corpus};
+use crate::corpus::{purge_slice, Corpus};
 use crate::gen::{get_path, Requested};
 
 /// Where nginx keeps one URL's cached response.
@@ -73,7 +73,7 @@ pub fn purge(
             return;
         }
         result.urls += 1;
-        let uri = get_path(prefix, &ocsp_request(&iss.cert_id(index, alg)));
+        let uri = get_path(prefix, &iss.request(index, alg).der);
         if std::fs::remove_file(cache_file(dir, levels, &cache_key(&uri))).is_ok() {
             result.removed += 1;
         }

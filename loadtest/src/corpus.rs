@@ -12,6 +12,7 @@
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context as _};
+use jitocsp::ocsp::request::{self, CertIdParts, CertIdVariant};
 use jitocsp::x509::CertIdHashes;
 use p256::ecdsa::VerifyingKey;
 use x509_parser::prelude::FromDer as _;
@@ -37,6 +38,15 @@ pub enum Status {
 pub enum HashAlg {
     Sha1,
     Sha256,
+}
+
+impl HashAlg {
+    pub fn variant(self) -> CertIdVariant {
+        match self {
+            HashAlg::Sha1 => CertIdVariant::Sha1Null,
+            HashAlg::Sha256 => CertIdVariant::Sha256Null,
+        }
+    }
 }
 
 /// One issuer of the corpus: its name in jitocsp, CertID hashes and public key.
@@ -79,56 +89,19 @@ impl Issuer {
         s
     }
 
-    /// The CertID of certificate `index`, DER, exactly as a response must echo it.
-    pub fn cert_id(&self, index: u64, alg: HashAlg) -> Vec<u8> {
+    /// The request about certificate `index` (one CertID, no nonce: what browsers and CDNs
+    /// send), and its CertID, DER, exactly as a response must echo it.
+    pub fn request(&self, index: u64, alg: HashAlg) -> OcspAsk {
         let serial = self.serial(index);
-        let mut body = Vec::with_capacity(110);
-        match alg {
-            HashAlg::Sha1 => {
-                body.extend_from_slice(&[0x30, 0x09, 0x06, 0x05, 0x2b, 0x0e, 0x03, 0x02, 0x1a, 0x05, 0x00]);
-                tlv(&mut body, 0x04, &self.hashes.name_sha1);
-                tlv(&mut body, 0x04, &self.hashes.key_sha1);
-            }
-            HashAlg::Sha256 => {
-                body.extend_from_slice(&[
-                    0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00,
-                ]);
-                tlv(&mut body, 0x04, &self.hashes.name_sha256);
-                tlv(&mut body, 0x04, &self.hashes.key_sha256);
-            }
-        }
-        tlv(&mut body, 0x02, &serial);
-        let mut out = Vec::with_capacity(body.len() + 4);
-        tlv(&mut out, 0x30, &body);
-        out
+        let id = CertIdParts::new(&self.hashes, alg.variant(), &serial);
+        OcspAsk { cert_id: id.to_der(), der: request::encode(&[id], None) }
     }
 }
 
-/// An OCSPRequest with one CertID, no extensions, no signature: what browsers and CDNs send.
-pub fn ocsp_request(cert_id: &[u8]) -> Vec<u8> {
-    let mut request = Vec::with_capacity(cert_id.len() + 4);
-    tlv(&mut request, 0x30, cert_id); // Request
-    let mut list = Vec::with_capacity(request.len() + 4);
-    tlv(&mut list, 0x30, &request); // requestList
-    let mut tbs = Vec::with_capacity(list.len() + 4);
-    tlv(&mut tbs, 0x30, &list); // TBSRequest
-    let mut out = Vec::with_capacity(tbs.len() + 4);
-    tlv(&mut out, 0x30, &tbs); // OCSPRequest
-    out
-}
-
-/// Appends a DER TLV.
-pub fn tlv(out: &mut Vec<u8>, tag: u8, value: &[u8]) {
-    out.push(tag);
-    let len = value.len();
-    if len < 0x80 {
-        out.push(len as u8);
-    } else if len <= 0xff {
-        out.extend_from_slice(&[0x81, len as u8]);
-    } else {
-        out.extend_from_slice(&[0x82, (len >> 8) as u8, len as u8]);
-    }
-    out.extend_from_slice(value);
+/// One OCSP request and the CertID its answer must echo.
+pub struct OcspAsk {
+    pub cert_id: Vec<u8>,
+    pub der: Vec<u8>,
 }
 
 /// The population: issuers, certificates per issuer, revoked share, and the seed that fixes them.
@@ -205,8 +178,9 @@ mod tests {
     fn requests_parse_with_the_responders_decoder() {
         let issuer = test_issuer(0);
         for alg in [HashAlg::Sha1, HashAlg::Sha256] {
-            let der = ocsp_request(&issuer.cert_id(5, alg));
-            let parsed = jitocsp::ocsp::request::parse(&der).expect("jitocsp parses our request");
+            let ask = issuer.request(5, alg);
+            let parsed = jitocsp::ocsp::request::parse(&ask.der).expect("jitocsp parses our request");
+            assert!(ask.der.windows(ask.cert_id.len()).any(|w| w == ask.cert_id), "the CertID is the request's");
             assert_eq!(parsed.certs.len(), 1);
             assert_eq!(parsed.certs[0].serial, Serial::from_signed_be(&issuer.serial(5)).unwrap());
             let (name, key) = (parsed.certs[0].issuer_name_hash(), parsed.certs[0].issuer_key_hash());

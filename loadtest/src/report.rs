@@ -239,11 +239,17 @@ pub fn load_average() -> String {
 }
 
 pub fn write_all(report: &Report, dir: &Path) -> anyhow::Result<()> {
+    write_json_and_text(dir, report, &text(report))?;
+    svg(report, &dir.join("report.svg")).map_err(|e| anyhow::anyhow!("writing report.svg: {e}"))?;
+    Ok(())
+}
+
+/// Writes `DIR/report.json` and `DIR/report.txt` (every subcommand's report has both).
+pub fn write_json_and_text(dir: &Path, report: &impl Serialize, text: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let json = serde_json::to_string_pretty(report)?;
-    std::fs::write(dir.join("report.json"), json).context("writing report.json")?;
-    std::fs::write(dir.join("report.txt"), text(report)).context("writing report.txt")?;
-    svg(report, &dir.join("report.svg")).map_err(|e| anyhow::anyhow!("writing report.svg: {e}"))?;
+    std::fs::write(dir.join("report.json"), json + "\n").context("writing report.json")?;
+    std::fs::write(dir.join("report.txt"), text).context("writing report.txt")?;
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 //! (Redis hit ratio, signatures/s, Postgres reads/s), not only what the client saw.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty};
@@ -19,6 +19,11 @@ pub struct Counters {
     pub redis_lookups: f64,
     pub requests: f64,
     pub try_later: f64,
+    pub local_hits: f64,
+    pub successful: f64,
+    pub signer_overloaded: f64,
+    pub redis_errors: f64,
+    pub db_errors: f64,
 }
 
 /// Sum of every sample of metric `name` whose label set contains all `labels`.
@@ -40,6 +45,11 @@ pub fn parse(text: &str) -> Counters {
         redis_lookups: sum(text, m::CACHE_LOOKUPS, &["tier=\"redis\""]),
         requests: sum(text, m::REQUESTS, &[]),
         try_later: sum(text, m::REQUESTS, &["outcome=\"tryLater\""]),
+        local_hits: sum(text, m::CACHE_LOOKUPS, &["tier=\"local\"", "result=\"hit\""]),
+        successful: sum(text, m::REQUESTS, &["outcome=\"successful\""]),
+        signer_overloaded: sum(text, m::SIGNER_OVERLOADED, &[]),
+        redis_errors: sum(text, m::REDIS_ERRORS, &[]),
+        db_errors: sum(text, m::DB_ERRORS, &[]),
     }
 }
 
@@ -94,6 +104,32 @@ pub fn delta(a: &Sample, b: &Sample) -> Delta {
     }
 }
 
+/// Samples the responder's counters (and our CPU) at the given offsets from `t0`.
+pub fn spawn_sampler(addr: Option<SocketAddr>, t0: Instant, times: Vec<f64>) -> tokio::task::JoinHandle<Vec<Sample>> {
+    tokio::spawn(async move {
+        let mut samples = Vec::new();
+        for t in times {
+            tokio::time::sleep_until((t0 + Duration::from_secs_f64(t)).into()).await;
+            let counters = match addr {
+                Some(a) => match fetch(a).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("metrics: {e:#}");
+                        continue;
+                    }
+                },
+                None => Counters::default(),
+            };
+            samples.push(Sample { at: t0.elapsed().as_secs_f64(), counters, cpu: crate::gen::process_cpu_seconds() });
+        }
+        samples
+    })
+}
+
+pub fn nearest(samples: &[Sample], t: f64) -> Option<&Sample> {
+    samples.iter().min_by(|a, b| (a.at - t).abs().total_cmp(&(b.at - t).abs()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +148,6 @@ mod tests {
             jitocsp_db_reads_total 2\n";
         let c = parse(text);
         assert_eq!((c.signatures, c.db_reads, c.redis_hits, c.redis_lookups), (7.0, 2.0, 8.0, 10.0));
-        assert_eq!((c.requests, c.try_later), (100.0, 5.0));
+        assert_eq!((c.requests, c.try_later, c.successful, c.local_hits), (100.0, 5.0, 95.0, 50.0));
     }
 }

@@ -5,6 +5,8 @@
 use p256::ecdsa::signature::Verifier as _;
 use p256::ecdsa::{Signature, VerifyingKey};
 
+use jitocsp::ocsp::der::read_tlv;
+
 use crate::corpus::Status;
 
 /// What one answer turned out to be.
@@ -24,24 +26,10 @@ struct Tlv<'a> {
     raw: &'a [u8],
 }
 
-/// Reads one TLV (definite lengths up to 3 octets), returning it and what follows.
+/// Reads one TLV (definite lengths), returning it and what follows.
 fn read(input: &[u8]) -> Result<(Tlv<'_>, &[u8]), &'static str> {
-    let tag = *input.first().ok_or("truncated DER")?;
-    let first = *input.get(1).ok_or("truncated DER")?;
-    let (len, header): (usize, usize) = match first {
-        n if n < 0x80 => (n as usize, 2),
-        0x81 => (*input.get(2).ok_or("truncated DER")? as usize, 3),
-        0x82 => {
-            ((*input.get(2).ok_or("truncated DER")? as usize) << 8 | *input.get(3).ok_or("truncated DER")? as usize, 4)
-        }
-        0x83 => {
-            let b = input.get(2..5).ok_or("truncated DER")?;
-            ((b[0] as usize) << 16 | (b[1] as usize) << 8 | b[2] as usize, 5)
-        }
-        _ => return Err("unsupported DER length"),
-    };
-    let end = header.checked_add(len).filter(|e| *e <= input.len()).ok_or("truncated DER")?;
-    Ok((Tlv { tag, value: &input[header..end], raw: &input[..end] }, &input[end..]))
+    let (tag, value, rest) = read_tlv(input).ok_or("truncated DER")?;
+    Ok((Tlv { tag, value, raw: &input[..input.len() - rest.len()] }, rest))
 }
 
 fn expect<'a>(input: &'a [u8], tag: u8, what: &'static str) -> Result<(Tlv<'a>, &'a [u8]), &'static str> {
@@ -185,7 +173,7 @@ pub fn generalized_time(unix_secs: i64) -> [u8; 15] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::corpus::tlv;
+    use jitocsp::ocsp::der::push_tlv as tlv;
     use p256::ecdsa::signature::Signer as _;
     use p256::ecdsa::SigningKey;
 

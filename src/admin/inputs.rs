@@ -12,32 +12,9 @@ use chrono::{DateTime, Utc};
 
 use super::AdminError;
 use crate::serial::Serial;
+pub use crate::status::import::ImportRow;
+pub use crate::status::Origin;
 use crate::x509::{load_pem_or_der, parse_cert};
-
-/// Where a serial came from, for error messages.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Origin {
-    Argument,
-    /// `source` is shared by every line of one input, so a million lines cost one name.
-    Line {
-        source: Arc<str>,
-        line: usize,
-    },
-    Cert {
-        file: String,
-        index: usize,
-    },
-}
-
-impl std::fmt::Display for Origin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Origin::Argument => f.write_str("--serial"),
-            Origin::Line { source, line } => write!(f, "{source} line {line}"),
-            Origin::Cert { file, index } => write!(f, "{file} certificate {index}"),
-        }
-    }
-}
 
 /// Parses a serial typed by the operator; the error names the input and the source.
 pub fn parse_serial(input: &str, origin: &Origin) -> Result<Serial, AdminError> {
@@ -105,14 +82,6 @@ pub fn read_serials_file(path: &Path) -> Result<Vec<(Serial, Origin)>, AdminErro
         return Err(AdminError::input(format!("{name} contains no serial")));
     }
     Ok(out)
-}
-
-/// One certificate to import.
-#[derive(Clone, Debug)]
-pub struct ImportRow {
-    pub serial: Serial,
-    pub not_after: DateTime<Utc>,
-    pub origin: Origin,
 }
 
 /// Parses the stdin import form: `SERIALHEX,NOTAFTER_RFC3339` per line; blank lines and `#`

@@ -26,6 +26,7 @@ use tokio_postgres::error::SqlState;
 
 use super::{actor, connect, db, AdminError, IssuerAddArgs};
 use crate::config::Config;
+use crate::db::{audit_log, issuers};
 use crate::signer::{self, SignerError};
 use crate::x509::{certid_hashes_of, load_pem_or_der, parse_cert, verify_issued_by};
 
@@ -103,75 +104,43 @@ pub async fn add(args: IssuerAddArgs, config: &Config) -> Result<(), AdminError>
         }
     };
 
-    let signer = signer::open(&args.signer, &(&config.signing).into()).map_err(|e| match e {
-        SignerError::Open { .. } if args.signer.starts_with("pkcs11:") => {
-            AdminError::Operational(format!("--signer: {e}"))
-        }
-        other => AdminError::input(format!("--signer: {other}")),
-    })?;
     let (signing_cert_der, signing_what) = match &responder_der {
         Some(der) => (der.as_slice(), "--responder-cert"),
         None => (ca_der.as_slice(), "--cert"),
     };
     let signing_cert = parse_cert(signing_cert_der, signing_what)?;
-    if signer.public_key_spki_der() != signing_cert.public_key().raw {
-        return Err(AdminError::input(format!(
+    signer::open(&args.signer, signing_cert.public_key().raw, &(&config.signing).into()).map_err(|e| match e {
+        SignerError::KeyMismatch { .. } => AdminError::input(format!(
             "--signer {}: its public key is not the key of {signing_what} ({}); \
              responses signed with it would not verify",
             args.signer,
             signing_cert.subject()
-        )));
-    }
+        )),
+        SignerError::Open { .. } if args.signer.starts_with("pkcs11:") => {
+            AdminError::Operational(format!("--signer: {e}"))
+        }
+        other => AdminError::input(format!("--signer: {other}")),
+    })?;
 
     let mut client = connect(config).await?;
     let tx = client.transaction().await.map_err(db("starting a transaction"))?;
     // Serialises `issuer add` so that two of them cannot both pass the identity check below
     // and insert the same CertID. This mode does not conflict with the row locks that
     // imports and revocations take through their foreign keys, nor with readers.
-    tx.batch_execute("LOCK TABLE issuers IN SHARE ROW EXCLUSIVE MODE").await.map_err(db("locking issuers"))?;
-    if let Some(row) = tx
-        .query_opt("SELECT name FROM issuers WHERE cert_der = $1", &[&ca_der])
-        .await
-        .map_err(db("checking for the certificate"))?
-    {
-        let existing: String = row.get(0);
+    issuers::lock_for_add(&tx).await.map_err(db("locking issuers"))?;
+    if let Some(existing) = issuers::name_by_cert(&tx, &ca_der).await.map_err(db("checking for the certificate"))? {
         return Err(AdminError::input(format!(
             "--cert {cert_path}: this certificate is already registered as issuer {existing:?}"
         )));
     }
-    if let Some(row) = tx
-        .query_opt(
-            "SELECT name FROM issuers \
-             WHERE (name_hash_sha1 = $1 AND key_hash_sha1 = $2) \
-                OR (name_hash_sha256 = $3 AND key_hash_sha256 = $4) \
-             ORDER BY id LIMIT 1",
-            &[&&hashes.name_sha1[..], &&hashes.key_sha1[..], &&hashes.name_sha256[..], &&hashes.key_sha256[..]],
-        )
-        .await
-        .map_err(db("checking for an issuer with the same CertID"))?
+    if let Some(existing) =
+        issuers::name_by_certid(&tx, &hashes).await.map_err(db("checking for an issuer with the same CertID"))?
     {
-        let existing: String = row.get(0);
         return Err(same_certid_refusal(&cert_path, &existing));
     }
-    let inserted = tx
-        .query_one(
-            "INSERT INTO issuers (name, cert_der, name_hash_sha1, key_hash_sha1, \
-                                  name_hash_sha256, key_hash_sha256, signer, responder_cert_der) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
-            &[
-                &name,
-                &ca_der,
-                &&hashes.name_sha1[..],
-                &&hashes.key_sha1[..],
-                &&hashes.name_sha256[..],
-                &&hashes.key_sha256[..],
-                &args.signer,
-                &responder_der,
-            ],
-        )
-        .await;
-    let id: i32 = match inserted {
-        Ok(row) => row.get(0),
+    let inserted = issuers::insert(&tx, &name, &ca_der, &hashes, &args.signer, responder_der.as_deref()).await;
+    let id = match inserted {
+        Ok(id) => id,
         Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
             return Err(AdminError::input(format!("an issuer named {name:?} already exists")))
         }
@@ -186,12 +155,7 @@ pub async fn add(args: IssuerAddArgs, config: &Config) -> Result<(), AdminError>
         "name_hash_sha1": hex::encode(hashes.name_sha1),
         "key_hash_sha1": hex::encode(hashes.key_sha1),
     });
-    tx.execute(
-        "INSERT INTO audit_log (actor, action, issuer_id, after) VALUES ($1, 'issuer add', $2, $3::text::jsonb)",
-        &[&who, &id, &after.to_string()],
-    )
-    .await
-    .map_err(db("writing the audit log"))?;
+    audit_log::insert_issuer_event(&tx, &who, "issuer add", id, &after).await.map_err(db("writing the audit log"))?;
     tx.commit().await.map_err(db("committing"))?;
     tracing::info!(target: "jitocsp::audit", actor = %who, action = "issuer add", issuer = %name, issuer_id = id, signer = %args.signer, "issuer added");
 
@@ -226,25 +190,13 @@ fn same_certid_refusal(cert_path: &str, existing: &str) -> AdminError {
 
 pub async fn list(config: &Config) -> Result<(), AdminError> {
     let client = connect(config).await?;
-    let rows = client
-        .query(
-            "SELECT id, name, signer, cert_der, responder_cert_der IS NOT NULL, created_at \
-             FROM issuers ORDER BY id",
-            &[],
-        )
-        .await
-        .map_err(db("listing issuers"))?;
-    if rows.is_empty() {
+    let listed = issuers::list(&client).await.map_err(db("listing issuers"))?;
+    if listed.is_empty() {
         println!("no issuers (add one with `jitocsp admin issuer add`)");
         return Ok(());
     }
-    for row in rows {
-        let id: i32 = row.get(0);
-        let name: String = row.get(1);
-        let signer: String = row.get(2);
-        let der: Vec<u8> = row.get(3);
-        let delegated: bool = row.get(4);
-        let created: chrono::DateTime<Utc> = row.get(5);
+    for issuer in listed {
+        let issuers::Listed { id, name, signer, cert_der: der, delegated, created_at: created } = issuer;
         let (subject, not_after) = match parse_cert(&der, "stored certificate") {
             Ok(c) => (c.subject().to_string(), c.validity().not_after.to_string()),
             Err(e) => (format!("<{e}>"), String::new()),

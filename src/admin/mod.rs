@@ -1,4 +1,6 @@
-//! `jitocsp admin ...`: the operator's commands. Every status change goes through here.
+//! `jitocsp admin ...`: the operator's commands. They parse and check the operator's input,
+//! build a plan for [`crate::status`] (which makes every status change), and print what it
+//! did.
 //!
 //! Rules every command follows (Boulder's admin-tool lessons, see LESSONS.md):
 //! - **Validate everything before writing anything.** Serials, reasons, times and files are
@@ -25,7 +27,7 @@ mod import;
 mod inputs;
 mod issuers;
 mod purge;
-pub mod revoke;
+mod revoke;
 mod show;
 
 use std::path::PathBuf;
@@ -35,6 +37,8 @@ use clap::{ArgGroup, Args, Subcommand};
 use tokio_postgres::Client;
 
 use crate::config::Config;
+use crate::db::PgError;
+use crate::status::{IssuerRow, StatusError};
 use crate::x509::CertificateError;
 
 /// `jitocsp admin <command>`.
@@ -139,30 +143,55 @@ pub struct AuditArgs {
     /// How many of the newest entries to show.
     #[arg(long, value_name = "N", default_value_t = 50)]
     pub limit: i64,
+    /// Check the whole hash chain instead: exit 0 and print its head if every row is intact,
+    /// exit 1 naming the first row that was changed, deleted or reordered.
+    #[arg(long, conflicts_with = "limit")]
+    pub verify: bool,
 }
 
 /// Why an admin command failed. [`AdminError::exit_code`] maps it to the process status.
 ///
-/// Messages are complete by themselves (the underlying Postgres or Redis error text is part
-/// of the message), so printing `{error}` is enough.
+/// The binary prints the error with its chain of causes (the Postgres server's message and
+/// detail, the Redis error), so each variant says only what was being done.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    /// The operator's input is wrong: bad serial, reason, time, unknown issuer, unknown
-    /// serial, a file that is unreadable or not a certificate, a key that does not match.
+    /// The operator's input is wrong: bad serial, reason, time, unknown issuer, a file that
+    /// is unreadable or not a certificate, a key that does not match.
     #[error("{0}")]
     Input(String),
     /// A certificate file could not be read or parsed.
     #[error(transparent)]
     Certificate(#[from] CertificateError),
+    /// The status change was refused (bad input) or failed (see [`StatusError::is_input`]).
+    #[error(transparent)]
+    Status(#[from] StatusError),
     /// Postgres failed.
-    #[error("{what}: {detail}")]
-    Database { what: String, detail: String },
+    #[error("{what}")]
+    Database {
+        what: String,
+        #[source]
+        source: PgError,
+    },
+    /// No connection to Postgres: TLS could not be set up (a file unreadable, a bad
+    /// `sslmode`) or the server refused or failed it.
+    #[error("cannot connect to Postgres (database.url)")]
+    Connect(#[source] crate::db::ConnectError),
+    /// Postgres did not answer the connection in time.
+    #[error("cannot connect to Postgres (database.url): no answer within {0:?}")]
+    ConnectTimeout(Duration),
     /// Redis failed where the command's purpose is the cache (`purge`).
-    #[error("{what}: {detail}")]
-    Cache { what: String, detail: String },
+    #[error("{what}")]
+    Cache {
+        what: String,
+        #[source]
+        source: crate::cache::CacheError,
+    },
     /// Any other operational failure (a signer that cannot be reached, stdin unreadable).
     #[error("{0}")]
     Operational(String),
+    /// `audit --verify` found the chain broken, or could not read it.
+    #[error("the audit log does not verify")]
+    Audit(#[from] crate::audit::VerifyError),
 }
 
 impl AdminError {
@@ -170,7 +199,14 @@ impl AdminError {
     pub fn exit_code(&self) -> i32 {
         match self {
             AdminError::Input(_) | AdminError::Certificate(_) => 2,
-            AdminError::Database { .. } | AdminError::Cache { .. } | AdminError::Operational(_) => 1,
+            AdminError::Status(e) if e.is_input() => 2,
+            AdminError::Status(_)
+            | AdminError::Database { .. }
+            | AdminError::Connect(_)
+            | AdminError::ConnectTimeout(_)
+            | AdminError::Cache { .. }
+            | AdminError::Operational(_)
+            | AdminError::Audit(_) => 1,
         }
     }
 
@@ -182,7 +218,7 @@ impl AdminError {
 /// Maps a Postgres error to [`AdminError::Database`], saying what was being done.
 pub(crate) fn db(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> AdminError {
     let what = what.into();
-    move |e| AdminError::Database { what, detail: crate::db::error_text(&e) }
+    move |e| AdminError::Database { what, source: e.into() }
 }
 
 /// Who is making the change, for the audit log.
@@ -199,31 +235,15 @@ pub(crate) async fn connect(config: &Config) -> Result<Client, AdminError> {
     let timeout = Duration::from_millis(config.database.connect_timeout_ms.max(1000));
     match tokio::time::timeout(timeout, crate::db::connect(&config.database.url, &config.database.tls_files())).await {
         Ok(Ok(client)) => Ok(client),
-        Ok(Err(e)) => {
-            Err(AdminError::Database { what: "cannot connect to Postgres (database.url)".into(), detail: e.text() })
-        }
-        Err(_) => Err(AdminError::Database {
-            what: "cannot connect to Postgres (database.url)".into(),
-            detail: format!("no answer within {timeout:?}"),
-        }),
+        Ok(Err(e)) => Err(AdminError::Connect(e)),
+        Err(_) => Err(AdminError::ConnectTimeout(timeout)),
     }
-}
-
-/// An issuer row, as the admin commands need it.
-pub(crate) struct IssuerRow {
-    pub id: i32,
-    pub name: String,
-    pub cert_der: Vec<u8>,
 }
 
 /// Looks up an issuer by name; an unknown name is bad input.
 pub(crate) async fn find_issuer(client: &Client, name: &str) -> Result<IssuerRow, AdminError> {
-    let row = client
-        .query_opt("SELECT id, name, cert_der FROM issuers WHERE name = $1", &[&name])
-        .await
-        .map_err(db("looking up the issuer"))?;
-    match row {
-        Some(row) => Ok(IssuerRow { id: row.get(0), name: row.get(1), cert_der: row.get(2) }),
+    match crate::db::issuers::by_name(client, name).await.map_err(db("looking up the issuer"))? {
+        Some(issuer) => Ok(issuer),
         None => Err(AdminError::input(format!(
             "unknown issuer {name:?} (`jitocsp admin issuer list` shows the registered issuers)"
         ))),
@@ -287,12 +307,16 @@ mod tests {
         assert!(parse(&["status", "--issuer", "a", "--serial", "01"]).is_ok());
         assert!(parse(&["purge", "--issuer", "a", "--serial", "01"]).is_ok());
         assert!(parse(&["audit", "--limit", "3"]).is_ok());
+        assert!(parse(&["audit", "--verify"]).is_ok());
+        assert!(parse(&["audit", "--verify", "--limit", "3"]).is_err());
     }
 
     #[test]
     fn exit_codes() {
         assert_eq!(AdminError::input("x").exit_code(), 2);
         assert_eq!(AdminError::Operational("x".into()).exit_code(), 1);
-        assert_eq!(AdminError::Database { what: "a".into(), detail: "b".into() }.exit_code(), 1);
+        assert_eq!(AdminError::ConnectTimeout(Duration::from_secs(1)).exit_code(), 1);
+        assert_eq!(AdminError::from(StatusError::NothingToImport).exit_code(), 2);
+        assert_eq!(AdminError::from(StatusError::RevokedCount { expected: 1, changed: 0 }).exit_code(), 1);
     }
 }

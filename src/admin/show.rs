@@ -8,12 +8,13 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::inputs::{parse_serial, Origin};
-use super::purge::admin_redis_timeout;
 use super::{connect, db, find_issuer, AdminError, AuditArgs, CertArgs};
 use crate::cache::keys::all_response_keys;
 use crate::cache::redis::RedisMode;
 use crate::config::Config;
+use crate::db::{audit_log, certificates, pending_purges};
 use crate::ocsp::RevocationReason;
+use crate::purge::pending::admin_redis_timeout;
 use crate::serial::Serial;
 
 fn time(t: Option<DateTime<Utc>>) -> String {
@@ -24,14 +25,7 @@ pub async fn status(args: CertArgs, config: &Config) -> Result<(), AdminError> {
     let serial = parse_serial(&args.serial, &Origin::Argument)?;
     let client = connect(config).await?;
     let issuer = find_issuer(&client, &args.issuer).await?;
-    let row = client
-        .query_opt(
-            "SELECT not_after, reason, revoked_at, changed_at FROM certificates \
-             WHERE issuer_id = $1 AND serial = $2",
-            &[&issuer.id, &serial.as_bytes()],
-        )
-        .await
-        .map_err(db("reading the certificate"))?;
+    let row = certificates::one(&client, issuer.id, serial.as_bytes()).await.map_err(db("reading the certificate"))?;
     println!("issuer:      {} (id {})", issuer.name, issuer.id);
     println!("serial:      {serial}");
     match &row {
@@ -40,43 +34,34 @@ pub async fn status(args: CertArgs, config: &Config) -> Result<(), AdminError> {
              `responses.unissued` answer, never good)"
         ),
         Some(row) => {
-            let not_after: DateTime<Utc> = row.get(0);
-            let reason: Option<i16> = row.get(1);
-            let revoked_at: Option<DateTime<Utc>> = row.get(2);
-            let changed_at: Option<DateTime<Utc>> = row.get(3);
-            match reason {
+            match row.status.reason {
                 None => println!("status:      good"),
                 Some(_) => println!("status:      revoked"),
             }
-            println!("reason:      {}", reason.map(RevocationReason::describe_code).unwrap_or_else(|| "-".to_owned()));
-            println!("revoked_at:  {}", time(revoked_at));
-            println!("changed_at:  {}", time(changed_at));
+            println!(
+                "reason:      {}",
+                row.status.reason.map(RevocationReason::describe_code).unwrap_or_else(|| "-".to_owned())
+            );
+            println!("revoked_at:  {}", time(row.status.revoked_at));
+            println!("changed_at:  {}", time(row.changed_at));
             println!(
                 "not_after:   {}{}",
-                time(Some(not_after)),
-                if not_after < Utc::now() { " (expired)" } else { "" }
+                time(Some(row.not_after)),
+                if row.not_after < Utc::now() { " (expired)" } else { "" }
             );
         }
     }
-    let pending = client
-        .query_opt(
-            "SELECT since, attempts, last_error FROM pending_purges WHERE issuer_id = $1 AND serial = $2",
-            &[&issuer.id, &serial.as_bytes()],
-        )
+    let pending = pending_purges::for_certificate(&client, issuer.id, serial.as_bytes())
         .await
         .map_err(db("reading pending_purges"))?;
     match pending {
         None => println!("pending purge: none"),
-        Some(p) => {
-            let since: DateTime<Utc> = p.get(0);
-            let attempts: i32 = p.get(1);
-            let last_error: Option<String> = p.get(2);
-            println!(
-                "pending purge: since {}, {attempts} failed attempt(s){}",
-                time(Some(since)),
-                last_error.map(|e| format!(", last error: {e}")).unwrap_or_default()
-            );
-        }
+        Some(p) => println!(
+            "pending purge: since {}, {} failed attempt(s){}",
+            time(Some(p.since)),
+            p.attempts,
+            p.last_error.map(|e| format!(", last error: {e}")).unwrap_or_default()
+        ),
     }
     let keys = all_response_keys(&config.cache.key_prefix, issuer.id, &serial);
     match key_ttls(config, &keys).await {
@@ -145,39 +130,38 @@ async fn key_ttls(config: &Config, keys: &[String]) -> Result<Vec<i64>, String> 
 }
 
 pub async fn audit(args: AuditArgs, config: &Config) -> Result<(), AdminError> {
+    if args.verify {
+        let client = connect(config).await?;
+        let verified = crate::audit::verify(&client).await?;
+        println!(
+            "audit log verified: {} rows, chain intact; head: position {}, sha256 {}",
+            verified.rows,
+            verified.head_seq,
+            hex::encode(verified.head_hash)
+        );
+        return Ok(());
+    }
     if args.limit < 1 {
         return Err(AdminError::input(format!("--limit {} must be at least 1", args.limit)));
     }
     let client = connect(config).await?;
-    let rows = client
-        .query(
-            "SELECT a.id, a.at, a.actor, a.action, i.name, a.serial, a.before::text, a.after::text \
-             FROM audit_log a LEFT JOIN issuers i ON i.id = a.issuer_id \
-             ORDER BY a.id DESC LIMIT $1",
-            &[&args.limit],
-        )
-        .await
-        .map_err(db("reading the audit log"))?;
-    if rows.is_empty() {
+    let entries = audit_log::newest(&client, args.limit).await.map_err(db("reading the audit log"))?;
+    if entries.is_empty() {
         println!("the audit log is empty");
     }
-    for row in rows.iter().rev() {
-        let id: i64 = row.get(0);
-        let at: DateTime<Utc> = row.get(1);
-        let actor: String = row.get(2);
-        let action: String = row.get(3);
-        let issuer: Option<String> = row.get(4);
-        let serial: Option<Vec<u8>> = row.get(5);
-        let before: Option<String> = row.get(6);
-        let after: Option<String> = row.get(7);
-        let serial = serial.map(|s| Serial::from_signed_be(&s).map(|s| s.to_hex()).unwrap_or_else(|_| hex::encode(&s)));
+    for e in entries.iter().rev() {
+        let serial =
+            e.serial.as_ref().map(|s| Serial::from_signed_be(s).map(|s| s.to_hex()).unwrap_or_else(|_| hex::encode(s)));
         println!(
-            "#{id}\t{}\t{actor}\t{action}\tissuer={}\tserial={}\tbefore={}\tafter={}",
-            time(Some(at)),
-            issuer.as_deref().unwrap_or("-"),
+            "#{}\t{}\t{}\t{}\tissuer={}\tserial={}\tbefore={}\tafter={}",
+            e.id,
+            time(Some(e.at)),
+            e.actor,
+            e.action,
+            e.issuer.as_deref().unwrap_or("-"),
             serial.as_deref().unwrap_or("-"),
-            before.as_deref().unwrap_or("-"),
-            after.as_deref().unwrap_or("-"),
+            e.before.as_deref().unwrap_or("-"),
+            e.after.as_deref().unwrap_or("-"),
         );
     }
     Ok(())

@@ -23,6 +23,17 @@ pub struct ServerConfig {
     pub path_prefix: String,
     /// HTTP worker threads; 0 = one per core.
     pub workers: usize,
+    /// Time a client has from connecting (or from its previous request) to the end of its
+    /// request head; a slower one is answered 408 and closed.
+    #[serde(with = "duration")]
+    pub header_timeout: Duration,
+    /// Time a client has to send a POST body once its head has arrived; a slower one is
+    /// answered 408 and closed.
+    #[serde(with = "duration")]
+    pub body_timeout: Duration,
+    /// Connections the OCSP listener holds open at once (per instance, shared out among the
+    /// workers); further ones wait in the kernel's listen backlog until one closes.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -32,6 +43,9 @@ impl Default for ServerConfig {
             metrics_listen: "127.0.0.1:9090".into(),
             path_prefix: String::new(),
             workers: 0,
+            header_timeout: Duration::from_secs(5),
+            body_timeout: Duration::from_secs(5),
+            max_connections: 16_384,
         }
     }
 }

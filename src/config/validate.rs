@@ -54,6 +54,16 @@ pub(super) fn validate(c: &Config, o: &Origins) -> Result<(), ConfigError> {
         return Err(o.invalid("server.path_prefix", message));
     }
 
+    for (key, d) in [("server.header_timeout", c.server.header_timeout), ("server.body_timeout", c.server.body_timeout)]
+    {
+        if d < Duration::from_millis(100) {
+            return Err(o.invalid(key, format!("{} is below 100ms", show(d))));
+        }
+    }
+    if c.server.max_connections < 1 {
+        return Err(o.invalid("server.max_connections", "must be at least 1"));
+    }
+
     // [database]
     let primary_tls = check_postgres_url(o, "database.url", &c.database.url, false)?;
     let replica_tls = check_postgres_url(o, "database.read_url", &c.database.read_url, true)?;

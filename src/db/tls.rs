@@ -1,5 +1,5 @@
 //! Postgres over TLS: how `sslmode` in `database.url` is read, and the rustls connector
-//! (tokio-postgres-rustls) every Postgres connection of jitocsp is made with.
+//! ([`MakeRustlsConnect`]) every Postgres connection of jitocsp is made with.
 //!
 //! `sslmode` is read the strict way: whenever TLS is used, the server's certificate is
 //! verified, chain and host name (libpq's `verify-full`), against `tls_ca_file` or the
@@ -21,9 +21,12 @@
 use std::borrow::Cow;
 
 use tokio_postgres::config::SslMode;
-use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::tls::{TlsError, TlsFiles};
+
+mod connector;
+
+pub use connector::MakeRustlsConnect;
 
 /// Whether a connection uses TLS, from `sslmode`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

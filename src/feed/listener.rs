@@ -120,15 +120,7 @@ async fn listen<R: Subscriber>(
     let heartbeat_channel = format!("jitocsp_alive_{}", own_channel_suffix());
     bounded("LISTEN", client.batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {heartbeat_channel}"))).await?;
     let since = Utc::now() - TimeDelta::from_std(window).unwrap_or(TimeDelta::days(10));
-    let rows = bounded(
-        "the catch-up read",
-        client.query(
-            "SELECT issuer_id, serial, reason IS NOT NULL, coalesce(changed_version, 0) FROM certificates \
-             WHERE changed_at IS NOT NULL AND changed_at > $1",
-            &[&since],
-        ),
-    )
-    .await?;
+    let rows = bounded("the catch-up read", client.query(crate::db::certificates::CHANGES_SINCE, &[&since])).await?;
     for row in &rows {
         let Ok(serial) = Serial::from_signed_be(row.get::<_, &[u8]>(1)) else { continue };
         apply(&**responder, &StatusChange { issuer_id: row.get(0), serial, revoked: row.get(2), version: row.get(3) });

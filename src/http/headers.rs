@@ -9,7 +9,7 @@ use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder};
 
 use crate::entry::CachedResponse;
 use crate::ocsp::response::error_response;
-use crate::ocsp::ResponseStatus;
+use crate::ocsp::OcspErrorStatus;
 use crate::pipeline::{Answer, Caching};
 
 pub const OCSP_RESPONSE: &str = "application/ocsp-response";
@@ -55,7 +55,7 @@ pub fn respond(answer: &Answer, request: &HttpRequest, now: i64, policy: CachePo
 }
 
 /// An OCSP error response (never HTML), uncacheable.
-pub fn error(http_status: StatusCode, status: ResponseStatus) -> HttpResponse {
+pub fn error(http_status: StatusCode, status: OcspErrorStatus) -> HttpResponse {
     HttpResponse::build(http_status)
         .insert_header((header::CONTENT_TYPE, OCSP_RESPONSE))
         .insert_header((header::CACHE_CONTROL, NO_CACHE))
@@ -207,7 +207,8 @@ mod tests {
 
     #[test]
     fn errors_and_nonce_answers_are_not_cacheable() {
-        let r = respond(&Answer::Error(ResponseStatus::TryLater), &TestRequest::default().to_http_request(), 0, POLICY);
+        let r =
+            respond(&Answer::Error(OcspErrorStatus::TryLater), &TestRequest::default().to_http_request(), 0, POLICY);
         assert_eq!(header(&r, "cache-control"), "max-age=0, no-cache");
         assert_eq!(header(&r, "content-type"), OCSP_RESPONSE);
         let (nonce, _) = answer(Caching::NoStore);

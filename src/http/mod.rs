@@ -8,7 +8,7 @@ pub mod get;
 pub mod headers;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::{Method, StatusCode};
@@ -16,8 +16,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 
 use crate::cache::ResponseCache;
-use crate::metrics::RequestMetrics;
-use crate::ocsp::{request, ResponseStatus};
+use crate::metrics::{self as m, RequestMetrics};
+use crate::ocsp::{request, OcspErrorStatus, ResponseStatus};
 use crate::pipeline::{Answer, Responder};
 use crate::store::StatusStore;
 
@@ -33,6 +33,8 @@ pub struct OcspService<C, S> {
     /// Fraction of requests logged (`log.request_sample`); tryLater and internalError answers
     /// are always logged.
     pub request_sample: f64,
+    /// Time a POST body has to arrive (`server.body_timeout`).
+    pub body_timeout: Duration,
 }
 
 /// Registers the OCSP handler as the only service of an actix `App`.
@@ -56,7 +58,7 @@ async fn handle<C: ResponseCache, S: StatusStore>(
             tracing::debug!(error = %e, "undecodable GET");
             StatusCode::OK
         }),
-        Method::POST => read_body(&request, body).await,
+        Method::POST => read_body(&request, body, service.body_timeout).await,
         _ => {
             return HttpResponse::MethodNotAllowed().insert_header((header::ALLOW, "GET, HEAD, POST")).finish();
         }
@@ -72,18 +74,18 @@ async fn handle<C: ResponseCache, S: StatusStore>(
             Ok(parsed) => service.responder.answer(parsed).await,
             Err(e) => {
                 tracing::debug!(error = %e, "malformed request");
-                Answer::Error(ResponseStatus::MalformedRequest)
+                Answer::Error(OcspErrorStatus::MalformedRequest)
             }
         },
         Err(http_status) => {
             service.metrics.request(method_index, ResponseStatus::MalformedRequest, started.elapsed().as_secs_f64());
             log_request(service.request_sample, &method, ResponseStatus::MalformedRequest, None, started);
-            return headers::error(http_status, ResponseStatus::MalformedRequest);
+            return headers::error(http_status, OcspErrorStatus::MalformedRequest);
         }
     };
     let now = chrono::Utc::now().timestamp();
     let outcome = match &answer {
-        Answer::Error(status) => *status,
+        Answer::Error(status) => ResponseStatus::from(*status),
         Answer::Response { response, .. } => {
             service.metrics.response_age(now.saturating_sub(response.facts.this_update) as f64);
             ResponseStatus::Successful
@@ -98,8 +100,21 @@ async fn handle<C: ResponseCache, S: StatusStore>(
     headers::respond(&answer, &request, now, service.cache_policy)
 }
 
-/// Reads a POST body of at most [`MAX_POST_BODY`] bytes; larger ones get 413.
-async fn read_body(request: &HttpRequest, mut body: web::Payload) -> Result<Vec<u8>, StatusCode> {
+/// Reads a POST body of at most [`MAX_POST_BODY`] bytes; larger ones get 413, and one that
+/// has not fully arrived within `timeout` gets 408 (actix bounds only the request head: a
+/// body trickled a byte at a time would otherwise hold its connection for as long as the
+/// client likes). The connection of an unfinished body is closed after the answer.
+async fn read_body(request: &HttpRequest, body: web::Payload, timeout: Duration) -> Result<Vec<u8>, StatusCode> {
+    match tokio::time::timeout(timeout, read_body_unbounded(request, body)).await {
+        Ok(result) => result,
+        Err(_) => {
+            metrics::counter!(m::SLOW_BODIES).increment(1);
+            Err(StatusCode::REQUEST_TIMEOUT)
+        }
+    }
+}
+
+async fn read_body_unbounded(request: &HttpRequest, mut body: web::Payload) -> Result<Vec<u8>, StatusCode> {
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)

@@ -1,8 +1,9 @@
-//! The few DER primitives needed to wrap a signature around already-encoded bytes.
-//!
-//! rasn encodes the `ResponseData`; these functions assemble the envelope around it by
-//! concatenation, so the bytes that were signed are exactly the bytes that are sent.
+//! The few DER primitives the crate writes and reads by hand: the envelope around an
+//! already-encoded `ResponseData` (so the bytes that were signed are exactly the bytes that
+//! are sent), OCSP requests ([`super::request::encode`]) and key and signature encodings.
+//! The one TLV writer of the workspace (the load generator uses it too).
 
+pub const TAG_INTEGER: u8 = 0x02;
 pub const TAG_SEQUENCE: u8 = 0x30;
 pub const TAG_BIT_STRING: u8 = 0x03;
 pub const TAG_OCTET_STRING: u8 = 0x04;
@@ -44,6 +45,19 @@ pub fn write_header(out: &mut Vec<u8>, tag: u8, content_len: usize) {
     write_length(out, content_len);
 }
 
+/// Appends one TLV: tag, definite length, `content`.
+pub fn push_tlv(out: &mut Vec<u8>, tag: u8, content: &[u8]) {
+    write_header(out, tag, content.len());
+    out.extend_from_slice(content);
+}
+
+/// One TLV as a new vector.
+pub fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(tlv_len(content.len()));
+    push_tlv(&mut out, tag, content);
+    out
+}
+
 /// Reads one TLV from the front of `input`: (tag, content, rest). Definite lengths only.
 pub fn read_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&tag, rest) = input.split_first()?;
@@ -78,6 +92,17 @@ mod tests {
             let (tag, content, rest) = read_tlv(&out).unwrap();
             assert_eq!((tag, content.len(), rest.len()), (TAG_OCTET_STRING, len, 0));
         }
+    }
+
+    #[test]
+    fn tlv_writes_header_then_content() {
+        assert_eq!(tlv(TAG_INTEGER, &[0x0a, 0xbc]), [0x02, 0x02, 0x0a, 0xbc]);
+        let long = tlv(TAG_OCTET_STRING, &[7; 300]);
+        assert_eq!(&long[..4], &[0x04, 0x82, 0x01, 0x2c]);
+        assert_eq!(long.len(), tlv_len(300));
+        let mut out = vec![0xff];
+        push_tlv(&mut out, TAG_SEQUENCE, &[]);
+        assert_eq!(out, [0xff, 0x30, 0x00]);
     }
 
     #[test]

@@ -13,7 +13,9 @@ pub mod oids;
 pub mod request;
 pub mod response;
 
-/// The top-level status of an OCSP response (RFC 6960 section 4.2.1).
+/// The top-level status of an OCSP response (RFC 6960 section 4.2.1): how a request ended,
+/// for logs and metrics. An answer that is not a signed response carries an
+/// [`OcspErrorStatus`] instead, in which "successful" cannot be said.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ResponseStatus {
     Successful,
@@ -32,6 +34,28 @@ impl ResponseStatus {
             ResponseStatus::InternalError => "internalError",
             ResponseStatus::TryLater => "tryLater",
             ResponseStatus::Unauthorized => "unauthorized",
+        }
+    }
+}
+
+/// The status of an unsigned error response (RFC 6960 section 4.2.1). "successful" is not
+/// one: a successful response always has a signed body. sigRequired is left out because
+/// jitocsp never requires signed requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OcspErrorStatus {
+    MalformedRequest,
+    InternalError,
+    TryLater,
+    Unauthorized,
+}
+
+impl From<OcspErrorStatus> for ResponseStatus {
+    fn from(status: OcspErrorStatus) -> Self {
+        match status {
+            OcspErrorStatus::MalformedRequest => ResponseStatus::MalformedRequest,
+            OcspErrorStatus::InternalError => ResponseStatus::InternalError,
+            OcspErrorStatus::TryLater => ResponseStatus::TryLater,
+            OcspErrorStatus::Unauthorized => ResponseStatus::Unauthorized,
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Decoding OCSP requests (RFC 6960 section 4.1).
+//! Decoding OCSP requests (RFC 6960 section 4.1), and encoding them as clients do
+//! ([`encode`], for the CDN hook's URLs, the load generator and the tests).
 //!
 //! rasn's decoder is lenient (it accepts some BER), which is fine for reading a request but
 //! means the raw request bytes are never a cache key: everything downstream keys on the
@@ -25,8 +26,10 @@ use rasn::Decode;
 use rasn_ocsp::CertId;
 use rasn_pkix::{Extension, Extensions};
 
+use super::der::{push_tlv, write_header, TAG_INTEGER, TAG_OCTET_STRING, TAG_SEQUENCE};
 use super::{oids, HashAlgorithm};
 use crate::serial::{Serial, SerialError};
+use crate::x509::CertIdHashes;
 
 /// How the request's CertID was hashed, and how its AlgorithmIdentifier was spelled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -40,6 +43,41 @@ pub enum CertIdVariant {
 impl CertIdVariant {
     pub const ALL: [CertIdVariant; 4] =
         [CertIdVariant::Sha1Null, CertIdVariant::Sha1Absent, CertIdVariant::Sha256Null, CertIdVariant::Sha256Absent];
+
+    pub fn new(hash: HashAlgorithm, null_parameters: bool) -> Self {
+        match (hash, null_parameters) {
+            (HashAlgorithm::Sha1, true) => CertIdVariant::Sha1Null,
+            (HashAlgorithm::Sha1, false) => CertIdVariant::Sha1Absent,
+            (HashAlgorithm::Sha256, true) => CertIdVariant::Sha256Null,
+            (HashAlgorithm::Sha256, false) => CertIdVariant::Sha256Absent,
+        }
+    }
+
+    pub fn hash(self) -> HashAlgorithm {
+        match self {
+            CertIdVariant::Sha1Null | CertIdVariant::Sha1Absent => HashAlgorithm::Sha1,
+            CertIdVariant::Sha256Null | CertIdVariant::Sha256Absent => HashAlgorithm::Sha256,
+        }
+    }
+
+    /// Whether the hash AlgorithmIdentifier carries NULL parameters (OpenSSL's spelling).
+    pub fn null_parameters(self) -> bool {
+        matches!(self, CertIdVariant::Sha1Null | CertIdVariant::Sha256Null)
+    }
+
+    /// The hash AlgorithmIdentifier, DER.
+    fn algorithm_identifier(self) -> &'static [u8] {
+        match self {
+            CertIdVariant::Sha1Null => &[0x30, 0x09, 0x06, 0x05, 0x2b, 0x0e, 0x03, 0x02, 0x1a, 0x05, 0x00],
+            CertIdVariant::Sha1Absent => &[0x30, 0x07, 0x06, 0x05, 0x2b, 0x0e, 0x03, 0x02, 0x1a],
+            CertIdVariant::Sha256Null => {
+                &[0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00]
+            }
+            CertIdVariant::Sha256Absent => {
+                &[0x30, 0x0b, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01]
+            }
+        }
+    }
 }
 
 /// Most CertIDs answered in one request. Browsers send one; this bounds the work (Postgres
@@ -176,6 +214,78 @@ pub fn parse(der: &[u8]) -> Result<OcspRequest, Malformed> {
     Ok(OcspRequest { certs, nonce })
 }
 
+/// The parts of one CertID to encode.
+#[derive(Clone, Copy, Debug)]
+pub struct CertIdParts<'a> {
+    pub variant: CertIdVariant,
+    /// Made with the variant's hash algorithm.
+    pub issuer_name_hash: &'a [u8],
+    pub issuer_key_hash: &'a [u8],
+    /// The serialNumber INTEGER's content octets, written as given (for a valid serial,
+    /// [`Serial::as_bytes`]; tests pass invalid ones on purpose).
+    pub serial: &'a [u8],
+}
+
+impl<'a> CertIdParts<'a> {
+    /// The CertID of `serial` under the issuer whose hashes are `hashes`.
+    pub fn new(hashes: &'a CertIdHashes, variant: CertIdVariant, serial: &'a [u8]) -> Self {
+        let (issuer_name_hash, issuer_key_hash): (&[u8], &[u8]) = match variant.hash() {
+            HashAlgorithm::Sha1 => (&hashes.name_sha1, &hashes.key_sha1),
+            HashAlgorithm::Sha256 => (&hashes.name_sha256, &hashes.key_sha256),
+        };
+        CertIdParts { variant, issuer_name_hash, issuer_key_hash, serial }
+    }
+
+    /// Appends the CertID's DER, which a response must echo byte for byte.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let algorithm = self.variant.algorithm_identifier();
+        let content_len = algorithm.len()
+            + super::der::tlv_len(self.issuer_name_hash.len())
+            + super::der::tlv_len(self.issuer_key_hash.len())
+            + super::der::tlv_len(self.serial.len());
+        write_header(out, TAG_SEQUENCE, content_len);
+        out.extend_from_slice(algorithm);
+        push_tlv(out, TAG_OCTET_STRING, self.issuer_name_hash);
+        push_tlv(out, TAG_OCTET_STRING, self.issuer_key_hash);
+        push_tlv(out, TAG_INTEGER, self.serial);
+    }
+
+    pub fn to_der(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(120);
+        self.encode_into(&mut out);
+        out
+    }
+}
+
+/// `[2]` EXPLICIT, the requestExtensions of a TBSRequest.
+const TAG_REQUEST_EXTENSIONS: u8 = 0xa2;
+/// id-pkix-ocsp-nonce, DER (OBJECT IDENTIFIER tag included).
+const NONCE_OID: &[u8] = &[0x06, 0x09, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01, 0x02];
+
+/// Encodes an unsigned OCSPRequest as clients send it: version v1 left at its default, no
+/// requestorName, one Request per CertID without singleRequestExtensions, and `nonce` (the
+/// nonce octets) as a non-critical RFC 9654 nonce extension when given. With one SHA-1 CertID
+/// (NULL parameters) and no nonce this is byte for byte what `openssl ocsp -no_nonce -reqout`
+/// writes: what browsers and stapling servers send, and so what CDNs cache under its GET URL.
+pub fn encode(cert_ids: &[CertIdParts<'_>], nonce: Option<&[u8]>) -> Vec<u8> {
+    let mut requests = Vec::with_capacity(cert_ids.len() * 120);
+    for id in cert_ids {
+        let mut request = Vec::with_capacity(120);
+        id.encode_into(&mut request);
+        push_tlv(&mut requests, TAG_SEQUENCE, &request);
+    }
+    let mut tbs = Vec::with_capacity(requests.len() + 200);
+    push_tlv(&mut tbs, TAG_SEQUENCE, &requests);
+    if let Some(nonce) = nonce {
+        let mut extension = NONCE_OID.to_vec();
+        push_tlv(&mut extension, TAG_OCTET_STRING, &super::der::tlv(TAG_OCTET_STRING, nonce));
+        let extensions = super::der::tlv(TAG_SEQUENCE, &super::der::tlv(TAG_SEQUENCE, &extension));
+        push_tlv(&mut tbs, TAG_REQUEST_EXTENSIONS, &extensions);
+    }
+    let tbs = super::der::tlv(TAG_SEQUENCE, &tbs);
+    super::der::tlv(TAG_SEQUENCE, &tbs)
+}
+
 /// Fails on the first critical extension in `extensions` that is not understood at `place`.
 fn check_critical(extensions: Option<&Extensions>, place: ExtensionPlace) -> Result<(), Malformed> {
     let unknown = extensions.into_iter().flat_map(|e| e.iter()).find(|e| e.critical && !understood(e, place));
@@ -237,12 +347,7 @@ fn check_cert_id(cert_id: CertId) -> Result<RequestedCert, Malformed> {
     if cert_id.issuer_name_hash.len() != hash_len || cert_id.issuer_key_hash.len() != hash_len {
         return Err(Malformed::BadHashLength(hash_len));
     }
-    let variant = match (hash, null_parameters) {
-        (HashAlgorithm::Sha1, true) => CertIdVariant::Sha1Null,
-        (HashAlgorithm::Sha1, false) => CertIdVariant::Sha1Absent,
-        (HashAlgorithm::Sha256, true) => CertIdVariant::Sha256Null,
-        (HashAlgorithm::Sha256, false) => CertIdVariant::Sha256Absent,
-    };
+    let variant = CertIdVariant::new(hash, null_parameters);
     let serial = {
         let (serial_bytes, len) = cert_id.serial_number.to_signed_bytes_be();
         Serial::from_signed_be(&serial_bytes.as_ref()[..len])?
@@ -257,7 +362,8 @@ pub(crate) mod tests {
     use rasn_ocsp::{Request, TbsRequest};
     use rasn_pkix::{AlgorithmIdentifier, Extension};
 
-    /// Encodes a request for `serial` with the given hash algorithm and issuer hashes.
+    /// Encodes a request for `serials` with the given hash algorithm and issuer hashes;
+    /// `nonce_extn_value` is the nonce extension's extnValue (an OCTET STRING).
     pub(crate) fn encode_request(
         hash: HashAlgorithm,
         null_params: bool,
@@ -266,37 +372,103 @@ pub(crate) mod tests {
         serials: &[&[u8]],
         nonce_extn_value: Option<&[u8]>,
     ) -> Vec<u8> {
-        let oid = match hash {
-            HashAlgorithm::Sha1 => oids::SHA1,
-            HashAlgorithm::Sha256 => oids::SHA256,
-        };
-        let request_list = serials
+        let variant = CertIdVariant::new(hash, null_params);
+        let ids: Vec<CertIdParts> = serials
             .iter()
-            .map(|serial| Request {
+            .map(|serial| CertIdParts { variant, issuer_name_hash: name_hash, issuer_key_hash: key_hash, serial })
+            .collect();
+        let nonce = nonce_extn_value.map(|v| match crate::ocsp::der::read_tlv(v) {
+            Some((TAG_OCTET_STRING, nonce, [])) => nonce,
+            _ => panic!("test helper: a nonce extnValue is one OCTET STRING"),
+        });
+        encode(&ids, nonce)
+    }
+
+    /// The same request built with rasn's encoder: an independent check of [`encode`].
+    fn rasn_encode(ids: &[CertIdParts], nonce: Option<&[u8]>) -> Vec<u8> {
+        let request_list = ids
+            .iter()
+            .map(|id| Request {
                 req_cert: CertId {
                     hash_algorithm: AlgorithmIdentifier {
-                        algorithm: ObjectIdentifier::from(oid),
-                        parameters: null_params.then(|| Any::new(vec![0x05, 0x00])),
+                        algorithm: ObjectIdentifier::from(match id.variant.hash() {
+                            HashAlgorithm::Sha1 => oids::SHA1,
+                            HashAlgorithm::Sha256 => oids::SHA256,
+                        }),
+                        parameters: id.variant.null_parameters().then(|| Any::new(vec![0x05, 0x00])),
                     },
-                    issuer_name_hash: OctetString::from_slice(name_hash),
-                    issuer_key_hash: OctetString::from_slice(key_hash),
-                    serial_number: Integer::try_from_signed_bytes(serial, rasn::Codec::Der).unwrap(),
+                    issuer_name_hash: OctetString::from_slice(id.issuer_name_hash),
+                    issuer_key_hash: OctetString::from_slice(id.issuer_key_hash),
+                    serial_number: Integer::try_from_signed_bytes(id.serial, rasn::Codec::Der).unwrap(),
                 },
                 single_request_extensions: None,
             })
             .collect();
-        let request_extensions = nonce_extn_value.map(|v| {
-            rasn_pkix::Extensions::from(vec![Extension {
-                extn_id: ObjectIdentifier::from(oids::OCSP_NONCE),
-                critical: false,
-                extn_value: OctetString::from_slice(v),
-            }])
+        let request_extensions = nonce.map(|n| {
+            let value = rasn::der::encode(&OctetString::from_slice(n)).unwrap();
+            rasn_pkix::Extensions::from(vec![extension(oids::OCSP_NONCE, false, &value)])
         });
         rasn::der::encode(&rasn_ocsp::OcspRequest {
             tbs_request: TbsRequest { version: Integer::ZERO, requestor_name: None, request_list, request_extensions },
             optional_signature: None,
         })
         .unwrap()
+    }
+
+    #[test]
+    fn encode_round_trips_through_parse_for_every_variant() {
+        let hashes = CertIdHashes { name_sha1: [1; 20], key_sha1: [2; 20], name_sha256: [3; 32], key_sha256: [4; 32] };
+        let serials: [&[u8]; 3] = [&[0x0a, 0xbc], &[0x01], &[0x40; 20]];
+        let long_nonce = [7u8; 128];
+        for variant in CertIdVariant::ALL {
+            for n in [1, 3] {
+                for nonce in [None, Some(&[9u8; 16][..]), Some(&long_nonce[..])] {
+                    let ids: Vec<CertIdParts> =
+                        serials[..n].iter().map(|s| CertIdParts::new(&hashes, variant, s)).collect();
+                    let der = encode(&ids, nonce);
+                    assert_eq!(der, rasn_encode(&ids, nonce), "{variant:?} x{n} nonce {:?}", nonce.map(<[u8]>::len));
+                    let request = parse(&der).unwrap();
+                    assert_eq!(request.certs.len(), n);
+                    for (got, id) in request.certs.iter().zip(&ids) {
+                        assert_eq!(got.variant, variant);
+                        assert_eq!(got.hash, variant.hash());
+                        assert_eq!(
+                            (got.issuer_name_hash(), got.issuer_key_hash()),
+                            (id.issuer_name_hash, id.issuer_key_hash)
+                        );
+                        assert_eq!(got.serial.as_bytes(), id.serial);
+                        assert_eq!(rasn::der::encode(&got.cert_id).unwrap(), id.to_der(), "the CertID echoed");
+                    }
+                    match nonce {
+                        None => assert!(request.nonce.is_none()),
+                        Some(nonce) => {
+                            let got = request.nonce.unwrap();
+                            assert_eq!(got.len, Some(nonce.len()));
+                            assert_eq!(&got.extn_value[..], crate::ocsp::der::tlv(TAG_OCTET_STRING, nonce));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `openssl ocsp -issuer tests/fixtures/unit-ca.pem -serial 0x0abc -reqout`, without and
+    /// with a nonce (OpenSSL 3.0).
+    const OPENSSL_REQUEST: &str = "30433041303f303d303b300906052b0e03021a0500041418c2e4a9542c7afbe70abd76be7017a8\
+        69e11315041404fb4abfbc9c1bfa705b0bbee928b6dbc56a3d3e02020abc";
+    const OPENSSL_REQUEST_NONCE: &str = "30683066303f303d303b300906052b0e03021a0500041418c2e4a9542c7afbe70abd76be7\
+        017a869e11315041404fb4abfbc9c1bfa705b0bbee928b6dbc56a3d3e02020abca2233021301f06092b060105050730010204120410\
+        dce048fe8b3365365e964b933c50af41";
+
+    #[test]
+    fn encode_matches_openssl_byte_for_byte() {
+        let ca = include_bytes!("../../tests/fixtures/unit-ca.der");
+        let hashes = crate::x509::certid_hashes(ca).unwrap();
+        let serial = Serial::from_hex("0abc").unwrap();
+        let id = CertIdParts::new(&hashes, CertIdVariant::Sha1Null, serial.as_bytes());
+        assert_eq!(hex::encode(encode(&[id], None)), OPENSSL_REQUEST);
+        let nonce = hex::decode("dce048fe8b3365365e964b933c50af41").unwrap();
+        assert_eq!(hex::encode(encode(&[id], Some(&nonce))), OPENSSL_REQUEST_NONCE);
     }
 
     #[test]

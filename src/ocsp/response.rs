@@ -1,10 +1,12 @@
 //! Encoding OCSP responses (RFC 6960 section 4.2).
 //!
 //! Building a response is two steps with the signature in between:
-//! [`encode_response_data`] gives the DER of `ResponseData`, the signer signs exactly those
-//! bytes, and [`assemble`] wraps them, the algorithm and the signature into a
-//! `BasicOCSPResponse` inside an `OCSPResponse` by concatenation. Nothing that was signed is
-//! ever re-encoded.
+//! [`encode_response_data`] gives the DER of `ResponseData` as a [`TbsResponseData`], the
+//! signer signs exactly those bytes, and [`assemble`] wraps them, the algorithm and the
+//! signature into a `BasicOCSPResponse` inside an `OCSPResponse` by concatenation. Nothing
+//! that was signed is ever re-encoded, and since only the encoder makes a
+//! [`TbsResponseData`], a signer is never handed anything else (an empty message from a
+//! failed encoding, or bytes that are not a ResponseData).
 
 use chrono::{DateTime, FixedOffset, Utc};
 use rasn::types::{Integer, ObjectIdentifier, OctetString};
@@ -12,7 +14,7 @@ use rasn_ocsp::{CertId, CertStatus, ResponderId, ResponseData, RevokedInfo, Sing
 use rasn_pkix::{CrlReason, Extension};
 
 use super::der::{self, tlv_len, write_header};
-use super::{oids, ResponseStatus, RevocationReason};
+use super::{oids, OcspErrorStatus, RevocationReason};
 
 /// The status of one certificate, as it goes into a SingleResponse.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,6 +39,22 @@ pub struct SingleAnswer<'a> {
     pub next_update: DateTime<Utc>,
 }
 
+/// The DER of a `ResponseData` made by [`encode_response_data`]: what a signer signs and
+/// [`assemble`] embeds, byte for byte. It has no other constructor.
+#[derive(Debug)]
+pub struct TbsResponseData(Vec<u8>);
+
+impl TbsResponseData {
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// `ResponseData` could not be encoded: nothing may be signed for this response.
+#[derive(Debug, thiserror::Error)]
+#[error("encoding ResponseData: {0}")]
+pub struct EncodeError(#[source] rasn::error::EncodeError);
+
 /// Encodes `ResponseData` with a byKey responder ID. `nonce` is the request's nonce
 /// extnValue, echoed verbatim when the caller decided to honour it.
 pub fn encode_response_data(
@@ -44,7 +62,7 @@ pub fn encode_response_data(
     produced_at: DateTime<Utc>,
     answers: &[SingleAnswer<'_>],
     nonce: Option<&[u8]>,
-) -> Vec<u8> {
+) -> Result<TbsResponseData, EncodeError> {
     let mut extensions = Vec::new();
     if let Some(value) = nonce {
         extensions.push(Extension {
@@ -67,8 +85,7 @@ pub fn encode_response_data(
         responses: answers.iter().map(single_response).collect(),
         response_extensions: (!extensions.is_empty()).then(|| extensions.into()),
     };
-    // Encoding our own well-formed structure cannot fail: every value is in range.
-    rasn::der::encode(&data).unwrap_or_default()
+    rasn::der::encode(&data).map(TbsResponseData).map_err(EncodeError)
 }
 
 fn single_response(answer: &SingleAnswer<'_>) -> SingleResponse {
@@ -117,12 +134,18 @@ fn crl_reason(reason: RevocationReason) -> Option<CrlReason> {
 /// `OBJECT IDENTIFIER id-pkix-ocsp-basic`, encoded.
 const OCSP_BASIC_OID_DER: &[u8] = &[0x06, 0x09, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01, 0x01];
 
-/// Wraps signed `ResponseData` bytes into a successful `OCSPResponse`.
+/// Wraps signed `ResponseData` into a successful `OCSPResponse`.
 ///
 /// `signature_algorithm` is a DER AlgorithmIdentifier, `signature` the signature value (the
 /// BIT STRING contents without the unused-bits octet), `certs` DER certificates to include
 /// (a delegated responder certificate), in order.
-pub fn assemble(tbs_response_data: &[u8], signature_algorithm: &[u8], signature: &[u8], certs: &[&[u8]]) -> Vec<u8> {
+pub fn assemble(
+    tbs_response_data: &TbsResponseData,
+    signature_algorithm: &[u8],
+    signature: &[u8],
+    certs: &[&[u8]],
+) -> Vec<u8> {
+    let tbs_response_data = tbs_response_data.as_bytes();
     let signature_len = tlv_len(1 + signature.len());
     let certs_seq_len: usize = certs.iter().map(|c| c.len()).sum();
     let certs_len = if certs.is_empty() { 0 } else { tlv_len(tlv_len(certs_seq_len)) };
@@ -157,25 +180,31 @@ pub fn assemble(tbs_response_data: &[u8], signature_algorithm: &[u8], signature:
 }
 
 /// The unsigned `OCSPResponse` for an error status.
-pub fn error_response(status: ResponseStatus) -> &'static [u8] {
+pub fn error_response(status: OcspErrorStatus) -> &'static [u8] {
     match status {
-        ResponseStatus::MalformedRequest => &[0x30, 0x03, 0x0a, 0x01, 0x01],
-        ResponseStatus::InternalError => &[0x30, 0x03, 0x0a, 0x01, 0x02],
-        ResponseStatus::TryLater => &[0x30, 0x03, 0x0a, 0x01, 0x03],
-        ResponseStatus::Unauthorized => &[0x30, 0x03, 0x0a, 0x01, 0x06],
-        // A successful response always has a body; asking for its error form is a bug, and
-        // internalError is the honest answer to it.
-        ResponseStatus::Successful => &[0x30, 0x03, 0x0a, 0x01, 0x02],
+        OcspErrorStatus::MalformedRequest => &[0x30, 0x03, 0x0a, 0x01, 0x01],
+        OcspErrorStatus::InternalError => &[0x30, 0x03, 0x0a, 0x01, 0x02],
+        OcspErrorStatus::TryLater => &[0x30, 0x03, 0x0a, 0x01, 0x03],
+        OcspErrorStatus::Unauthorized => &[0x30, 0x03, 0x0a, 0x01, 0x06],
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::ocsp::request::tests::encode_request;
     use crate::ocsp::HashAlgorithm;
     use chrono::TimeZone;
     use rasn_ocsp::{BasicOcspResponse, OcspResponse, OcspResponseStatus};
+
+    /// A real ResponseData with one answer, `status`, produced now.
+    pub(crate) fn one_answer(status: CertStatusAnswer) -> TbsResponseData {
+        let request = encode_request(HashAlgorithm::Sha256, false, &[1; 32], &[2; 32], &[&[5]], None);
+        let request = crate::ocsp::request::parse(&request).unwrap();
+        let now = Utc::now();
+        let answers = [SingleAnswer { cert_id: &request.certs[0].cert_id, status, this_update: now, next_update: now }];
+        encode_response_data(&[9; 20], now, &answers, None).unwrap()
+    }
 
     #[test]
     fn assembled_response_decodes_and_carries_the_signed_bytes_verbatim() {
@@ -197,7 +226,7 @@ mod tests {
                 next_update: next,
             },
         ];
-        let tbs = encode_response_data(&[9; 20], now, &answers, Some(&[0x04, 0x01, 0x42]));
+        let tbs = encode_response_data(&[9; 20], now, &answers, Some(&[0x04, 0x01, 0x42])).unwrap();
         let algorithm = [0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
         let der = assemble(&tbs, &algorithm, &[0xaa; 70], &[]);
 
@@ -206,7 +235,8 @@ mod tests {
         let bytes = response.bytes.unwrap();
         assert_eq!(bytes.r#type, ObjectIdentifier::from(oids::OCSP_BASIC));
         // The signed ResponseData appears byte for byte inside the response.
-        assert!(bytes.response.windows(tbs.len()).any(|w| w == tbs.as_slice()));
+        let tbs = tbs.as_bytes();
+        assert!(bytes.response.windows(tbs.len()).any(|w| w == tbs));
         let basic: BasicOcspResponse = rasn::der::decode(&bytes.response).unwrap();
         assert_eq!(basic.signature.len(), 70 * 8);
         assert!(basic.certs.is_none());
@@ -223,8 +253,9 @@ mod tests {
     #[test]
     fn included_certificates_close_the_basic_response() {
         let cert = [0x30, 0x03, 0x02, 0x01, 0x01];
-        let without = assemble(&[0x30, 0x00], &[0x30, 0x00], &[1, 2], &[]);
-        let with = assemble(&[0x30, 0x00], &[0x30, 0x00], &[1, 2], &[&cert, &cert]);
+        let empty_sequence = TbsResponseData(vec![0x30, 0x00]);
+        let without = assemble(&empty_sequence, &[0x30, 0x00], &[1, 2], &[]);
+        let with = assemble(&empty_sequence, &[0x30, 0x00], &[1, 2], &[&cert, &cert]);
         assert_eq!(with.len(), without.len() + 4 + 2 * cert.len());
         assert!(with.ends_with(&[0xa0, 0x0c, 0x30, 0x0a, 0x30, 0x03, 0x02, 0x01, 0x01, 0x30, 0x03, 0x02, 0x01, 0x01]));
         let outer = crate::ocsp::der::read_tlv(&with).unwrap();
@@ -242,7 +273,8 @@ mod tests {
             this_update: now,
             next_update: now,
         }];
-        let tbs = encode_response_data(&[9; 20], now, &answers, None);
+        let tbs = encode_response_data(&[9; 20], now, &answers, None).unwrap();
+        let tbs = tbs.as_bytes();
         let needle = b"20260102030405Z";
         assert_eq!(tbs.windows(needle.len()).filter(|w| w == needle).count(), 3, "producedAt, thisUpdate, nextUpdate");
         assert!(!tbs.windows(2).any(|w| w == b"5."));
@@ -250,16 +282,8 @@ mod tests {
 
     #[test]
     fn unissued_gets_epoch_hold_and_the_extended_revoke_extension() {
-        let request = encode_request(HashAlgorithm::Sha256, false, &[1; 32], &[2; 32], &[&[5]], None);
-        let request = crate::ocsp::request::parse(&request).unwrap();
-        let now = Utc::now();
-        let answers = [SingleAnswer {
-            cert_id: &request.certs[0].cert_id,
-            status: CertStatusAnswer::Unissued,
-            this_update: now,
-            next_update: now,
-        }];
-        let data: ResponseData = rasn::der::decode(&encode_response_data(&[9; 20], now, &answers, None)).unwrap();
+        let tbs = one_answer(CertStatusAnswer::Unissued);
+        let data: ResponseData = rasn::der::decode(tbs.as_bytes()).unwrap();
         let CertStatus::Revoked(info) = &data.responses[0].cert_status else { panic!("not revoked") };
         assert_eq!(info.revocation_time.timestamp(), 0);
         assert_eq!(info.revocation_reason, Some(CrlReason::CertificateHold));
@@ -270,10 +294,10 @@ mod tests {
     #[test]
     fn error_responses_decode_to_their_status() {
         for (status, expected) in [
-            (ResponseStatus::MalformedRequest, OcspResponseStatus::MalformedRequest),
-            (ResponseStatus::InternalError, OcspResponseStatus::InternalError),
-            (ResponseStatus::TryLater, OcspResponseStatus::TryLater),
-            (ResponseStatus::Unauthorized, OcspResponseStatus::Unauthorized),
+            (OcspErrorStatus::MalformedRequest, OcspResponseStatus::MalformedRequest),
+            (OcspErrorStatus::InternalError, OcspResponseStatus::InternalError),
+            (OcspErrorStatus::TryLater, OcspResponseStatus::TryLater),
+            (OcspErrorStatus::Unauthorized, OcspResponseStatus::Unauthorized),
         ] {
             let decoded: OcspResponse = rasn::der::decode(error_response(status)).unwrap();
             assert_eq!(decoded.status, expected);

@@ -16,6 +16,7 @@ use crate::config::ResponsesConfig;
 use crate::feed::payload::StatusChange;
 use crate::issuers::Issuer;
 use crate::ocsp::request::tests::encode_request;
+use crate::ocsp::response::TbsResponseData;
 use crate::ocsp::{request, HashAlgorithm, RevocationReason};
 use crate::signer::software::SoftwareSigner;
 use crate::signer::{Signer, SignerError};
@@ -107,12 +108,12 @@ impl Signer for CountingSigner {
     fn public_key_spki_der(&self) -> &[u8] {
         self.inner.public_key_spki_der()
     }
-    fn sign<'a>(&'a self, message: &'a [u8]) -> BoxFuture<'a, Result<Vec<u8>, SignerError>> {
+    fn sign<'a>(&'a self, tbs: &'a TbsResponseData) -> BoxFuture<'a, Result<Vec<u8>, SignerError>> {
         if self.broken.load(Ordering::SeqCst) {
             return Box::pin(std::future::ready(Err(SignerError::Sign("token removed".into()))));
         }
         self.signatures.fetch_add(1, Ordering::SeqCst);
-        self.inner.sign(message)
+        self.inner.sign(tbs)
     }
     fn describe(&self) -> &str {
         "counting"
@@ -129,15 +130,20 @@ struct Harness {
 const ISSUER_ID: i32 = 1;
 
 fn harness(policy: ResponsesConfig) -> Harness {
-    let key = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/unit-ca.key");
     let signatures = Arc::new(AtomicUsize::new(0));
     let signer_broken = Arc::new(AtomicBool::new(false));
     let signer = CountingSigner {
-        inner: SoftwareSigner::from_pem_file(key).unwrap(),
+        // From memory: a checked-out key file is 0644, which a key file may not be.
+        inner: SoftwareSigner::from_pem(
+            include_bytes!("../../tests/fixtures/unit-ca.key"),
+            crate::signer::P256Backend::default(),
+            "file:unit-ca.key",
+        )
+        .unwrap(),
         signatures: signatures.clone(),
         broken: signer_broken.clone(),
     };
-    let issuer = Issuer::new(ISSUER_ID, "unit".into(), CA_DER, None, Arc::new(signer)).unwrap();
+    let issuer = Issuer::with_signer(ISSUER_ID, "unit".into(), CA_DER, None, Arc::new(signer)).unwrap();
     let changes = Arc::new(ChangeLog::default());
     changes.feed.prove(std::time::Instant::now());
     let responder = Arc::new(Responder::new(
@@ -211,7 +217,7 @@ fn single_responses(answer: &Answer) -> Vec<rasn_ocsp::SingleResponse> {
     basic.tbs_response_data.responses
 }
 
-fn error(answer: &Answer) -> ResponseStatus {
+fn error(answer: &Answer) -> OcspErrorStatus {
     match answer {
         Answer::Error(status) => *status,
         other => panic!("expected an error, got {other:?}"),
@@ -233,7 +239,7 @@ async fn a_miss_is_signed_once_then_served_from_redis() {
 #[tokio::test]
 async fn unissued_serials_follow_the_policy_and_are_never_good_or_cached() {
     let h = harness(ResponsesConfig::default());
-    assert_eq!(error(&h.ask("0b01").await), ResponseStatus::Unauthorized);
+    assert_eq!(error(&h.ask("0b01").await), OcspErrorStatus::Unauthorized);
     assert_eq!(h.signatures(), 0, "unauthorized costs no signature");
 
     let h = harness(ResponsesConfig { unissued: UnissuedPolicy::Unknown, ..Default::default() });
@@ -250,7 +256,7 @@ async fn unissued_serials_follow_the_policy_and_are_never_good_or_cached() {
 async fn expired_certificates_get_unauthorized_after_the_grace() {
     let h = harness(ResponsesConfig::default());
     h.add("0c01", in_days(-1), None);
-    assert_eq!(error(&h.ask("0c01").await), ResponseStatus::Unauthorized);
+    assert_eq!(error(&h.ask("0c01").await), OcspErrorStatus::Unauthorized);
     let h = harness(ResponsesConfig { expired_grace: Duration::from_secs(2 * 86400), ..Default::default() });
     h.add("0c01", in_days(-1), None);
     assert_eq!(statuses(&h.ask("0c01").await).0, vec![CertStatus::Good]);
@@ -299,7 +305,7 @@ async fn postgres_down_serves_valid_cached_responses_else_try_later() {
     statuses(&h.ask("1001").await);
     h.responder.store.down.store(true, Ordering::SeqCst);
     assert_eq!(statuses(&h.ask("1001").await).0, vec![CertStatus::Good], "cached and valid");
-    assert_eq!(error(&h.ask("1002").await), ResponseStatus::TryLater, "never a guess");
+    assert_eq!(error(&h.ask("1002").await), OcspErrorStatus::TryLater, "never a guess");
 }
 
 #[tokio::test]
@@ -324,7 +330,7 @@ async fn a_broken_signer_means_try_later_for_misses() {
     let h = harness(ResponsesConfig::default());
     h.add("1201", in_days(30), None);
     h.signer_broken.store(true, Ordering::SeqCst);
-    assert_eq!(error(&h.ask("1201").await), ResponseStatus::TryLater);
+    assert_eq!(error(&h.ask("1201").await), OcspErrorStatus::TryLater);
 }
 
 #[tokio::test]
@@ -346,7 +352,7 @@ async fn nonces_are_echoed_only_when_configured_and_only_if_valid() {
     assert!(response.der.windows(nonce.len()).any(|w| w == nonce), "nonce echoed");
     assert!(h.responder.cache.values.lock().unwrap().is_empty(), "never cached");
     let empty = h.responder.answer(h.request(&["1401"], Some(&[0x04, 0x00]))).await;
-    assert_eq!(error(&empty), ResponseStatus::MalformedRequest);
+    assert_eq!(error(&empty), OcspErrorStatus::MalformedRequest);
 
     let h = harness(ResponsesConfig::default());
     h.add("1401", in_days(30), None);
@@ -370,7 +376,7 @@ async fn several_cert_ids_are_answered_in_one_response_with_one_read() {
     let Answer::Response { response, .. } = &answer else { unreachable!() };
     assert_eq!(response.headers.purge_tag, "unit:1501, unit:1502");
     // One unissued serial among them refuses the whole request (default policy).
-    assert_eq!(error(&h.responder.answer(h.request(&["1501", "15ff"], None)).await), ResponseStatus::Unauthorized);
+    assert_eq!(error(&h.responder.answer(h.request(&["1501", "15ff"], None)).await), OcspErrorStatus::Unauthorized);
 }
 
 #[tokio::test]
@@ -432,7 +438,7 @@ async fn a_panic_while_producing_leaves_no_flight_behind() {
     let h = harness(ResponsesConfig::default());
     h.add("2001", in_days(30), None);
     h.responder.store.panic_once.store(true, Ordering::SeqCst);
-    assert_eq!(error(&h.ask("2001").await), ResponseStatus::InternalError);
+    assert_eq!(error(&h.ask("2001").await), OcspErrorStatus::InternalError);
     assert_eq!(statuses(&h.ask("2001").await).0, vec![CertStatus::Good], "the next request starts a new flight");
 }
 

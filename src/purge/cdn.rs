@@ -5,7 +5,7 @@
 //! CDN keeps its copy until the copy's max-age runs out. With a hook configured (`[cdn]` in the
 //! configuration), every change also owes the CDN a purge:
 //!
-//! 1. `admin revoke` / `admin unrevoke` insert one `cdn_purges` row per changed certificate
+//! 1. A status change ([`crate::status`]) inserts one `cdn_purges` row per changed certificate
 //!    ([`enqueue`]) **in the change's own transaction**: the purge is owed if and only if the
 //!    change committed, and it survives the admin process exiting or crashing right after.
 //!    The row holds what the hook is given: the purge tag (the `Cache-Tag` header value,
@@ -37,7 +37,9 @@ use tokio_postgres::GenericClient;
 
 use crate::cache::keys::purge_tag;
 use crate::config::CdnConfig;
+use crate::db::{cdn_purges, PgError};
 use crate::metrics as m;
+use crate::ocsp::request::{CertIdParts, CertIdVariant};
 use crate::serial::Serial;
 use crate::x509::CertIdHashes;
 
@@ -53,37 +55,6 @@ pub const ADMIN_INLINE_LIMIT: usize = 100;
 /// Characters of a failing hook's output kept in `last_error` and logs.
 const ERROR_CHARS: usize = 500;
 
-/// DER `OCSPRequest` for one CertID, no nonce, no extensions: what OpenSSL (`-no_nonce`),
-/// browsers and TLS servers that staple send, and so what CDNs cache under its GET URL.
-/// `sha256` chooses the CertID hash; the AlgorithmIdentifier parameters are NULL.
-pub fn ocsp_request_der(hashes: &CertIdHashes, serial: &Serial, sha256: bool) -> Vec<u8> {
-    const SHA1_ALG: &[u8] = &[0x30, 0x09, 0x06, 0x05, 0x2b, 0x0e, 0x03, 0x02, 0x1a, 0x05, 0x00];
-    const SHA256_ALG: &[u8] =
-        &[0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00];
-    let (alg, name, key): (&[u8], &[u8], &[u8]) = if sha256 {
-        (SHA256_ALG, &hashes.name_sha256, &hashes.key_sha256)
-    } else {
-        (SHA1_ALG, &hashes.name_sha1, &hashes.key_sha1)
-    };
-    let mut cert_id = alg.to_vec();
-    tlv(&mut cert_id, 0x04, name);
-    tlv(&mut cert_id, 0x04, key);
-    tlv(&mut cert_id, 0x02, serial.as_bytes());
-    // OCSPRequest { TBSRequest { requestList SEQUENCE OF { Request { CertID { ... } } } } }
-    let mut der = cert_id;
-    for _ in 0..5 {
-        let mut outer = Vec::with_capacity(der.len() + 4);
-        tlv(&mut outer, 0x30, &der);
-        der = outer;
-    }
-    der
-}
-
-fn tlv(out: &mut Vec<u8>, tag: u8, content: &[u8]) {
-    crate::ocsp::der::write_header(out, tag, content.len());
-    out.extend_from_slice(content);
-}
-
 /// The GET URLs under which a CDN may hold responses about a certificate: for SHA-1 and
 /// SHA-256 CertIDs, `base_url/` + the standard base64 of the request, raw and (when it
 /// differs) percent-encoded (`+` `/` `=` as `%2B` `%2F` `%3D`), as clients send either.
@@ -95,8 +66,11 @@ pub fn get_urls(base_url: &str, hashes: &CertIdHashes, serial: &Serial) -> Vec<S
     }
     let base = base_url.trim_end_matches('/');
     let mut urls = Vec::with_capacity(4);
-    for sha256 in [false, true] {
-        let b64 = base64::engine::general_purpose::STANDARD.encode(ocsp_request_der(hashes, serial, sha256));
+    // What OpenSSL (`-no_nonce`), browsers and stapling servers send: one CertID with NULL
+    // hash parameters, no nonce.
+    for variant in [CertIdVariant::Sha1Null, CertIdVariant::Sha256Null] {
+        let der = crate::ocsp::request::encode(&[CertIdParts::new(hashes, variant, serial.as_bytes())], None);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
         let encoded = b64.replace('+', "%2B").replace('/', "%2F").replace('=', "%3D");
         urls.push(format!("{base}/{b64}"));
         if encoded != b64 {
@@ -104,6 +78,19 @@ pub fn get_urls(base_url: &str, hashes: &CertIdHashes, serial: &Serial) -> Vec<S
         }
     }
     urls
+}
+
+/// Why purges could not be recorded or delivered (the hooks' own failures are data, see
+/// [`Delivery`]).
+#[derive(Debug, thiserror::Error)]
+pub enum CdnError {
+    /// The issuer's stored certificate, needed for the GET URLs, cannot be read.
+    #[error(transparent)]
+    IssuerCertificate(#[from] crate::x509::CertificateError),
+    #[error(transparent)]
+    Database(#[from] PgError),
+    #[error(transparent)]
+    Pool(#[from] deadpool_postgres::PoolError),
 }
 
 /// Records, inside the change's transaction `tx`, one purge per certificate in `serials` of
@@ -116,25 +103,15 @@ pub async fn enqueue(
     issuer_cert_der: &[u8],
     action: &str,
     serials: &[&Serial],
-) -> Result<Vec<i64>, String> {
+) -> Result<Vec<i64>, CdnError> {
     if serials.is_empty() {
         return Ok(Vec::new());
     }
-    let hashes = crate::x509::certid_hashes(issuer_cert_der).map_err(|e| e.to_string())?;
+    let hashes = crate::x509::certid_hashes(issuer_cert_der)?;
     let bytes: Vec<&[u8]> = serials.iter().map(|s| s.as_bytes()).collect();
     let tags: Vec<String> = serials.iter().map(|s| purge_tag(issuer_name, s)).collect();
     let urls: Vec<String> = serials.iter().map(|s| get_urls(&cdn.base_url, &hashes, s).join("\n")).collect();
-    let rows = tx
-        .query(
-            "INSERT INTO cdn_purges (issuer_id, serial, tag, urls, action) \
-             SELECT $1, u.serial, u.tag, string_to_array(u.urls, E'\\n'), $5 \
-             FROM unnest($2::bytea[], $3::text[], $4::text[]) WITH ORDINALITY AS u(serial, tag, urls, n) \
-             ORDER BY u.n RETURNING id",
-            &[&issuer_id, &bytes, &tags, &urls, &action],
-        )
-        .await
-        .map_err(|e| crate::db::error_text(&e))?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    Ok(cdn_purges::insert(tx, issuer_id, &bytes, &tags, &urls, action).await.map_err(PgError::from)?)
 }
 
 /// One purge to deliver.
@@ -170,24 +147,12 @@ async fn claim(
     only: Option<&[i64]>,
     limit: i64,
     lease: Duration,
-) -> Result<Vec<PurgeJob>, tokio_postgres::Error> {
-    let rows = client
-        .query(
-            "UPDATE cdn_purges p SET lease_until = now() + make_interval(secs => $1), attempts = p.attempts + 1 \
-             WHERE p.id IN (SELECT id FROM cdn_purges \
-                 WHERE next_attempt_at <= now() AND (lease_until IS NULL OR lease_until < now()) \
-                   AND ($2::int8[] IS NULL OR id = ANY($2)) \
-                 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) \
-             RETURNING p.id, p.tag, p.urls, p.action, p.attempts",
-            &[&lease.as_secs_f64(), &only, &limit],
-        )
-        .await?;
-    let mut jobs: Vec<PurgeJob> = rows
-        .iter()
-        .map(|r| PurgeJob { id: r.get(0), tag: r.get(1), urls: r.get(2), action: r.get(3), attempts: r.get(4) })
-        .collect();
-    jobs.sort_by_key(|j| j.id);
-    Ok(jobs)
+) -> Result<Vec<PurgeJob>, PgError> {
+    let claimed = cdn_purges::claim(client, only, limit, lease).await?;
+    Ok(claimed
+        .into_iter()
+        .map(|c| PurgeJob { id: c.id, tag: c.tag, urls: c.urls, action: c.action, attempts: c.attempts })
+        .collect())
 }
 
 /// Backoff before attempt `attempts + 1`: 1 s, 2 s, 4 s, ... at most [`MAX_BACKOFF`].
@@ -197,74 +162,106 @@ pub fn backoff(attempts: i32) -> Duration {
 }
 
 /// Settles one delivered job: deleted on success, rescheduled with backoff on failure.
-async fn settle(
-    client: &impl GenericClient,
-    job: &PurgeJob,
-    result: &Result<(), String>,
-) -> Result<(), tokio_postgres::Error> {
+async fn settle(client: &impl GenericClient, job: &PurgeJob, result: &Result<(), HookFailure>) -> Result<(), PgError> {
     match result {
-        Ok(()) => client.execute("DELETE FROM cdn_purges WHERE id = $1", &[&job.id]).await?,
-        Err(error) => {
-            client
-                .execute(
-                    "UPDATE cdn_purges SET lease_until = NULL, last_error = $2, \
-                     next_attempt_at = now() + make_interval(secs => $3) WHERE id = $1",
-                    &[&job.id, error, &backoff(job.attempts).as_secs_f64()],
-                )
-                .await?
-        }
-    };
+        Ok(()) => cdn_purges::delete(client, job.id).await?,
+        Err(error) => cdn_purges::reschedule(client, job.id, &error.to_string(), backoff(job.attempts)).await?,
+    }
     Ok(())
 }
 
+/// Why one hook call failed. The text is stored in `cdn_purges.last_error` and logged as one
+/// line, so each variant's text includes its cause.
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error("cannot run sh: {0}")]
+    Spawn(std::io::Error),
+    #[error("waiting for the command: {0}")]
+    Wait(std::io::Error),
+    #[error("hook task failed: {0}")]
+    Task(tokio::task::JoinError),
+    #[error("timed out after {0:?}")]
+    CommandTimeout(Duration),
+    /// `output` is the end of what the command wrote to stderr.
+    #[error("exited with {status}{}{output}", if .output.is_empty() { "" } else { ": " })]
+    Exit { status: std::process::ExitStatus, output: String },
+    #[error("only http:// URLs are supported")]
+    NotHttp,
+    #[error("connect {host}: {error}")]
+    Connect { host: String, error: std::io::Error },
+    #[error("sending to {host}: {error}")]
+    Send { host: String, error: std::io::Error },
+    #[error("reading from {host}: {error}")]
+    Receive { host: String, error: std::io::Error },
+    #[error("{host} answered HTTP {status}")]
+    Status { host: String, status: u16 },
+    #[error("{host} sent no HTTP status line")]
+    NoStatusLine { host: String },
+    #[error("no answer within {0:?}")]
+    HttpTimeout(Duration),
+}
+
+/// The hooks that failed for one purge.
+#[derive(Debug)]
+pub struct HookFailure {
+    pub command: Option<HookError>,
+    pub url: Option<HookError>,
+}
+
+impl std::fmt::Display for HookFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.command, &self.url) {
+            (Some(c), Some(u)) => write!(f, "purge_command: {c}; purge_url: {u}"),
+            (Some(c), None) => write!(f, "purge_command: {c}"),
+            (None, Some(u)) => write!(f, "purge_url: {u}"),
+            (None, None) => f.write_str("no hook failed"),
+        }
+    }
+}
+
+impl std::error::Error for HookFailure {}
+
 /// Calls every configured hook for `job`. Ok only if all succeeded.
-pub async fn call_hooks(cdn: &CdnConfig, job: &PurgeJob) -> Result<(), String> {
-    let mut errors = Vec::new();
+pub async fn call_hooks(cdn: &CdnConfig, job: &PurgeJob) -> Result<(), HookFailure> {
+    let mut failure = HookFailure { command: None, url: None };
     if !cdn.purge_command.is_empty() {
         let started = Instant::now();
         let result = run_command(cdn, job).await;
-        record("command", started, &result);
-        if let Err(e) = result {
-            errors.push(format!("purge_command: {e}"));
-        }
+        record("command", started, result.is_ok());
+        failure.command = result.err();
     }
     if !cdn.purge_url.is_empty() {
         let started = Instant::now();
         let result = post_json(&cdn.purge_url, &job.json(), cdn.purge_timeout).await;
-        record("http", started, &result);
-        if let Err(e) = result {
-            errors.push(format!("purge_url: {e}"));
-        }
+        record("http", started, result.is_ok());
+        failure.url = result.err();
     }
-    if errors.is_empty() {
+    if failure.command.is_none() && failure.url.is_none() {
         tracing::info!(tag = %job.tag, urls = job.urls.len(), attempt = job.attempts, action = %job.action,
             "CDN purge done");
         Ok(())
     } else {
-        let error = errors.join("; ");
-        tracing::warn!(tag = %job.tag, attempt = job.attempts, action = %job.action, %error,
+        tracing::warn!(tag = %job.tag, attempt = job.attempts, action = %job.action, error = %failure,
             retry_in = ?backoff(job.attempts), "CDN purge failed; will retry");
-        Err(error)
+        Err(failure)
     }
 }
 
-fn record(hook: &'static str, started: Instant, result: &Result<(), String>) {
-    let outcome = if result.is_ok() { "done" } else { "failed" };
+fn record(hook: &'static str, started: Instant, ok: bool) {
+    let outcome = if ok { "done" } else { "failed" };
     metrics::counter!(m::CDN_PURGES, "hook" => hook, "result" => outcome).increment(1);
     metrics::histogram!(m::CDN_PURGE_SECONDS, "hook" => hook).record(started.elapsed().as_secs_f64());
 }
 
 /// Runs `cdn.purge_command` with `sh -c` (in a blocking thread), killing it at the timeout.
-async fn run_command(cdn: &CdnConfig, job: &PurgeJob) -> Result<(), String> {
+async fn run_command(cdn: &CdnConfig, job: &PurgeJob) -> Result<(), HookError> {
     let command = cdn.purge_command.clone();
     let timeout = cdn.purge_timeout;
     let job = job.clone();
-    tokio::task::spawn_blocking(move || run_command_blocking(&command, &job, timeout))
-        .await
-        .map_err(|e| format!("hook task failed: {e}"))?
+    tokio::task::spawn_blocking(move || run_command_blocking(&command, &job, timeout)).await.map_err(HookError::Task)?
 }
 
-fn run_command_blocking(command: &str, job: &PurgeJob, timeout: Duration) -> Result<(), String> {
+fn run_command_blocking(command: &str, job: &PurgeJob, timeout: Duration) -> Result<(), HookError> {
     let (issuer, serial) = job.tag.rsplit_once(':').unwrap_or((&job.tag, ""));
     let mut child = Command::new("sh")
         .arg("-c")
@@ -281,7 +278,7 @@ fn run_command_blocking(command: &str, job: &PurgeJob, timeout: Duration) -> Res
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot run sh: {e}"))?;
+        .map_err(HookError::Spawn)?;
     if let Some(mut stdin) = child.stdin.take() {
         // A command that does not read stdin closes the pipe: not an error.
         let _ = stdin.write_all(job.json().as_bytes());
@@ -301,10 +298,10 @@ fn run_command_blocking(command: &str, job: &PurgeJob, timeout: Duration) -> Res
             Ok(None) if started.elapsed() >= timeout => {
                 let _ = child.kill();
                 let _ = child.wait();
-                break Err(format!("timed out after {timeout:?}"));
+                break Err(HookError::CommandTimeout(timeout));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => break Err(format!("waiting for the command: {e}")),
+            Err(e) => break Err(HookError::Wait(e)),
         }
     };
     // A background process of the command may hold stderr open: do not wait for it long.
@@ -312,24 +309,24 @@ fn run_command_blocking(command: &str, job: &PurgeJob, timeout: Duration) -> Res
     match status? {
         status if status.success() => Ok(()),
         status => {
-            let tail: String =
+            let output: String =
                 output.trim().chars().rev().take(ERROR_CHARS).collect::<Vec<_>>().into_iter().rev().collect();
-            Err(format!("exited with {status}{}{tail}", if tail.is_empty() { "" } else { ": " }))
+            Err(HookError::Exit { status, output })
         }
     }
 }
 
 /// POSTs `body` (JSON) to an `http://` URL; Ok on any 2xx status.
-async fn post_json(url: &str, body: &str, timeout: Duration) -> Result<(), String> {
+async fn post_json(url: &str, body: &str, timeout: Duration) -> Result<(), HookError> {
     match tokio::time::timeout(timeout, post_json_inner(url, body)).await {
         Ok(result) => result,
-        Err(_) => Err(format!("no answer within {timeout:?}")),
+        Err(_) => Err(HookError::HttpTimeout(timeout)),
     }
 }
 
-async fn post_json_inner(url: &str, body: &str) -> Result<(), String> {
+async fn post_json_inner(url: &str, body: &str) -> Result<(), HookError> {
     use base64::Engine as _;
-    let rest = url.strip_prefix("http://").ok_or("only http:// URLs are supported")?;
+    let rest = url.strip_prefix("http://").ok_or(HookError::NotHttp)?;
     let (authority, path) = rest.find('/').map_or((rest, "/"), |i| (&rest[..i], &rest[i..]));
     let (userinfo, host) = authority.rsplit_once('@').map_or((None, authority), |(u, h)| (Some(u), h));
     let address = if host.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) && !host.ends_with(']') {
@@ -337,7 +334,9 @@ async fn post_json_inner(url: &str, body: &str) -> Result<(), String> {
     } else {
         format!("{host}:80")
     };
-    let mut stream = tokio::net::TcpStream::connect(&address).await.map_err(|e| format!("connect {host}: {e}"))?;
+    let mut stream = tokio::net::TcpStream::connect(&address)
+        .await
+        .map_err(|error| HookError::Connect { host: host.to_owned(), error })?;
     let mut request = format!(
         "POST {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: jitocsp/{}\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n",
@@ -351,12 +350,12 @@ async fn post_json_inner(url: &str, body: &str) -> Result<(), String> {
     }
     request.push_str("\r\n");
     request.push_str(body);
-    stream.write_all(request.as_bytes()).await.map_err(|e| format!("sending to {host}: {e}"))?;
+    stream.write_all(request.as_bytes()).await.map_err(|error| HookError::Send { host: host.to_owned(), error })?;
     let mut head = Vec::new();
     let mut buffer = [0u8; 1024];
     // The status line is all that matters; read until it is complete (or the peer closes).
     while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 8192 {
-        let n = stream.read(&mut buffer).await.map_err(|e| format!("reading from {host}: {e}"))?;
+        let n = stream.read(&mut buffer).await.map_err(|error| HookError::Receive { host: host.to_owned(), error })?;
         if n == 0 {
             break;
         }
@@ -366,8 +365,8 @@ async fn post_json_inner(url: &str, body: &str) -> Result<(), String> {
     let line = line.lines().next().unwrap_or("");
     match line.split(' ').nth(1).and_then(|s| s.parse::<u16>().ok()) {
         Some(status) if (200..300).contains(&status) => Ok(()),
-        Some(status) => Err(format!("{host} answered HTTP {status}")),
-        None => Err(format!("{host} sent no HTTP status line")),
+        Some(status) => Err(HookError::Status { host: host.to_owned(), status }),
+        None => Err(HookError::NoStatusLine { host: host.to_owned() }),
     }
 }
 
@@ -376,21 +375,21 @@ async fn post_json_inner(url: &str, body: &str) -> Result<(), String> {
 pub struct Delivery {
     pub done: usize,
     pub failed: usize,
-    /// The first failure's text.
-    pub error: Option<String>,
+    /// The first failure.
+    pub error: Option<HookFailure>,
 }
 
 /// Calls the hooks for the purges `ids` now (the admin CLI, right after its commit): claims
 /// them, calls, settles. Purges someone else holds a lease on are left to them.
-pub async fn deliver(client: &impl GenericClient, cdn: &CdnConfig, ids: &[i64]) -> Result<Delivery, String> {
+pub async fn deliver(client: &impl GenericClient, cdn: &CdnConfig, ids: &[i64]) -> Result<Delivery, CdnError> {
     let mut delivery = Delivery::default();
     if ids.is_empty() || !cdn.enabled() {
         return Ok(delivery);
     }
-    let jobs = claim(client, Some(ids), ids.len() as i64, lease(cdn)).await.map_err(|e| crate::db::error_text(&e))?;
+    let jobs = claim(client, Some(ids), ids.len() as i64, lease(cdn)).await?;
     let results = join_all(jobs.iter().map(|job| call_hooks(cdn, job))).await;
     for (job, result) in jobs.iter().zip(results) {
-        settle(client, job, &result).await.map_err(|e| crate::db::error_text(&e))?;
+        settle(client, job, &result).await?;
         match result {
             Ok(()) => delivery.done += 1,
             Err(e) => {
@@ -408,15 +407,14 @@ fn lease(cdn: &CdnConfig) -> Duration {
 
 /// One responder pass: claims due purges, calls the hooks, settles. Returns how many were
 /// attempted.
-pub async fn retry_once(pool: &Pool, cdn: &CdnConfig) -> Result<usize, String> {
-    let client = pool.get().await.map_err(|e| e.to_string())?;
-    let jobs = claim(&**client, None, BATCH, lease(cdn)).await.map_err(|e| crate::db::error_text(&e))?;
+pub async fn retry_once(pool: &Pool, cdn: &CdnConfig) -> Result<usize, CdnError> {
+    let client = pool.get().await?;
+    let jobs = claim(&**client, None, BATCH, lease(cdn)).await?;
     let results = join_all(jobs.iter().map(|job| call_hooks(cdn, job))).await;
     for (job, result) in jobs.iter().zip(&results) {
-        settle(&**client, job, result).await.map_err(|e| crate::db::error_text(&e))?;
+        settle(&**client, job, result).await?;
     }
-    let pending: i64 =
-        client.query_one("SELECT count(*) FROM cdn_purges", &[]).await.map_err(|e| crate::db::error_text(&e))?.get(0);
+    let pending = cdn_purges::count(&**client).await.map_err(PgError::from)?;
     metrics::gauge!(m::CDN_PURGES_PENDING).set(pending as f64);
     Ok(jobs.len())
 }
@@ -451,32 +449,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn request_der_is_a_plain_ocsp_request() {
-        let serial = Serial::from_hex("0abc").unwrap();
-        let der = ocsp_request_der(&hashes_for_test(), &serial, false);
-        // 5 nested SEQUENCEs, then the SHA-1 AlgorithmIdentifier with NULL parameters.
-        assert_eq!(&der[..2], &[0x30, (der.len() - 2) as u8]);
-        assert_eq!(&der[10..21], &[0x30, 0x09, 0x06, 0x05, 0x2b, 0x0e, 0x03, 0x02, 0x1a, 0x05, 0x00]);
-        assert!(der.ends_with(&[0x02, 0x02, 0x0a, 0xbc]));
-        let parsed = crate::ocsp::request::parse(&der).expect("our own request parses");
-        assert_eq!(parsed.certs.len(), 1);
-        assert_eq!(parsed.certs[0].serial, serial);
-        assert!(parsed.nonce.is_none());
-        let der256 = ocsp_request_der(&hashes_for_test(), &serial, true);
-        assert_eq!(crate::ocsp::request::parse(&der256).unwrap().certs[0].serial, serial);
-    }
-
-    #[test]
     fn urls_cover_both_hashes_and_both_encodings() {
+        use base64::Engine as _;
         let serial = Serial::from_hex("0abc").unwrap();
         assert!(get_urls("", &hashes_for_test(), &serial).is_empty());
         let urls = get_urls("http://ocsp.example.com/ocsp/", &hashes_for_test(), &serial);
         assert!(urls.len() >= 2 && urls.len() <= 4, "{urls:?}");
         assert!(urls.iter().all(|u| u.starts_with("http://ocsp.example.com/ocsp/M")), "{urls:?}");
+        let mut variants = Vec::new();
         for u in &urls {
             let tail = &u["http://ocsp.example.com/ocsp/".len()..];
             assert!(!tail.contains('/') || !tail.contains('%'), "one form or the other: {u}");
+            let b64 = tail.replace("%2B", "+").replace("%2F", "/").replace("%3D", "=");
+            let der = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+            let request = crate::ocsp::request::parse(&der).expect("our own request parses");
+            assert_eq!((request.certs.len(), &request.certs[0].serial), (1, &serial));
+            assert!(request.nonce.is_none());
+            variants.push(request.certs[0].variant);
         }
+        assert!(variants.contains(&CertIdVariant::Sha1Null) && variants.contains(&CertIdVariant::Sha256Null));
     }
 
     #[test]
@@ -522,8 +513,13 @@ mod tests {
         let text = std::fs::read_to_string(&out).unwrap();
         assert!(text.starts_with("e1:0abc|http://x/a|http://x/b|0abc\n{"), "{text}");
         let e = run_command_blocking("echo nope >&2; exit 3", &job, Duration::from_secs(5)).unwrap_err();
-        assert!(e.contains("3") && e.contains("nope"), "{e}");
+        assert_eq!(e.to_string(), "exited with exit status: 3: nope");
         let e = run_command_blocking("sleep 5", &job, Duration::from_millis(100)).unwrap_err();
-        assert!(e.contains("timed out"), "{e}");
+        assert!(matches!(e, HookError::CommandTimeout(_)), "{e}");
+        let both = HookFailure { command: Some(e), url: Some(HookError::NotHttp) };
+        assert_eq!(
+            both.to_string(),
+            "purge_command: timed out after 100ms; purge_url: only http:// URLs are supported"
+        );
     }
 }

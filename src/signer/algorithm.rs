@@ -109,22 +109,7 @@ impl KeyKind {
     }
 }
 
-/// One DER TLV.
-pub fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(content.len() + 6);
-    out.push(tag);
-    let len = content.len();
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes = len.to_be_bytes();
-        let skip = bytes.iter().take_while(|b| **b == 0).count();
-        out.push(0x80 | (bytes.len() - skip) as u8);
-        out.extend_from_slice(&bytes[skip..]);
-    }
-    out.extend_from_slice(content);
-    out
-}
+pub use crate::ocsp::der::tlv;
 
 /// A DER INTEGER from unsigned big-endian bytes.
 pub fn unsigned_integer(bytes: &[u8]) -> Vec<u8> {

@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
+use crate::ocsp::response::TbsResponseData;
+
 /// Why a signer could not be opened or could not sign.
 #[derive(Debug, thiserror::Error)]
 pub enum SignerError {
@@ -30,6 +32,10 @@ pub enum SignerError {
     UnsupportedScheme(String),
     #[error("signing failed: {0}")]
     Sign(String),
+    /// The signer's key is not the key of the certificate it would sign for: responses
+    /// signed with it would not verify.
+    #[error("signer {spec:?}: its public key is not the key of the signing certificate")]
+    KeyMismatch { spec: String },
 }
 
 /// Makes signatures with one private key.
@@ -39,20 +45,17 @@ pub enum SignerError {
 pub trait Signer: Send + Sync {
     /// DER of the AlgorithmIdentifier that goes into `BasicOCSPResponse.signatureAlgorithm`.
     fn algorithm_der(&self) -> &[u8];
-    /// DER SubjectPublicKeyInfo of the key, to check it against the certificate it signs for.
+    /// DER SubjectPublicKeyInfo of the key it signs with: the one it was opened for.
     fn public_key_spki_der(&self) -> &[u8];
-    /// Signs `message` (DER ResponseData); returns the BIT STRING contents of the signature.
-    fn sign<'a>(&'a self, message: &'a [u8]) -> BoxFuture<'a, Result<Vec<u8>, SignerError>>;
+    /// Signs the DER ResponseData; returns the BIT STRING contents of the signature. Nothing
+    /// but an encoded ResponseData can be handed to a signer.
+    fn sign<'a>(&'a self, tbs: &'a TbsResponseData) -> BoxFuture<'a, Result<Vec<u8>, SignerError>>;
     /// A short human description for logs and metrics (never key material).
     fn describe(&self) -> &str;
     /// Whether the signer can sign now, for `/readyz`.
     fn check(&self) -> Result<(), SignerError> {
         Ok(())
     }
-    /// Tells the signer the SubjectPublicKeyInfo of the certificate it signs for (the issuer's,
-    /// or the delegated responder's). A signer that finds its key later (a PKCS#11 token that
-    /// was absent at start-up) refuses to sign with any other key.
-    fn expect_public_key(&self, _spki_der: &[u8]) {}
 }
 
 /// Which implementation signs with software P-256 keys (`signing.p256_backend`).
@@ -78,7 +81,8 @@ pub struct SignerOptions {
 
 /// Stands in for a signer that could not be opened, so that the other issuers are still
 /// served and this one's cached responses too: its misses get tryLater, and `/readyz` names
-/// it, until the responder is restarted with the key in place.
+/// it, until the responder is restarted with the key in place. It holds no key, so it never
+/// signs for the wrong one.
 pub struct UnavailableSigner {
     spec: String,
     reason: String,
@@ -99,7 +103,7 @@ impl Signer for UnavailableSigner {
         &[]
     }
 
-    fn sign<'a>(&'a self, _message: &'a [u8]) -> BoxFuture<'a, Result<Vec<u8>, SignerError>> {
+    fn sign<'a>(&'a self, _tbs: &'a TbsResponseData) -> BoxFuture<'a, Result<Vec<u8>, SignerError>> {
         Box::pin(std::future::ready(Err(self.check().err().unwrap_or(SignerError::Sign(self.reason.clone())))))
     }
 
@@ -112,25 +116,47 @@ impl Signer for UnavailableSigner {
     }
 }
 
-/// Opens the signer named by `spec`, requiring that it can sign now (the admin CLI checks
-/// the key against the certificate before it registers an issuer).
-pub fn open(spec: &str, options: &SignerOptions) -> Result<Arc<dyn Signer>, SignerError> {
-    open_inner(spec, options, true)
+/// Opens the signer named by `spec` for the key `expected_spki` (the DER SubjectPublicKeyInfo
+/// of the certificate it signs for: the issuer's, or the delegated responder's), requiring
+/// that it can sign now (the admin CLI, before it registers an issuer). A signer holding
+/// another key is refused with [`SignerError::KeyMismatch`].
+pub fn open(spec: &str, expected_spki: &[u8], options: &SignerOptions) -> Result<Arc<dyn Signer>, SignerError> {
+    open_inner(spec, expected_spki, options, true)
 }
 
-/// Opens a signer for serving: never fails. A PKCS#11 signer whose token cannot be reached
-/// starts down and recovers by itself; any other failure gives an [`UnavailableSigner`], so
-/// the other issuers are still served and this one's cached responses too.
-pub fn open_for_serving(spec: &str, options: &SignerOptions) -> Arc<dyn Signer> {
-    open_inner(spec, options, false).unwrap_or_else(|error| Arc::new(UnavailableSigner::new(spec, &error)))
+/// Opens a signer for serving, for the key `expected_spki`: a PKCS#11 signer whose token
+/// cannot be reached starts down, recovers by itself, and signs only once it finds that key.
+/// The caller decides what an error means; [`crate::issuers`] serves the other issuers and
+/// puts an [`UnavailableSigner`] in place of one that cannot be opened.
+pub fn open_for_serving(
+    spec: &str,
+    expected_spki: &[u8],
+    options: &SignerOptions,
+) -> Result<Arc<dyn Signer>, SignerError> {
+    open_inner(spec, expected_spki, options, false)
 }
 
-fn open_inner(spec: &str, options: &SignerOptions, strict: bool) -> Result<Arc<dyn Signer>, SignerError> {
-    if let Some(path) = spec.strip_prefix("file:") {
-        Ok(Arc::new(software::SoftwareSigner::from_pem_file_with(path, options.p256_backend)?))
+fn open_inner(
+    spec: &str,
+    expected_spki: &[u8],
+    options: &SignerOptions,
+    strict: bool,
+) -> Result<Arc<dyn Signer>, SignerError> {
+    let signer: Arc<dyn Signer> = if let Some(path) = spec.strip_prefix("file:") {
+        Arc::new(software::SoftwareSigner::from_pem_file_with(path, options.p256_backend)?)
     } else if spec.starts_with("pkcs11:") {
-        Ok(Arc::new(pkcs11::Pkcs11Signer::open(spec, options, strict)?))
+        Arc::new(pkcs11::Pkcs11Signer::open(spec, expected_spki, options, strict)?)
     } else {
-        Err(SignerError::UnsupportedScheme(spec.to_owned()))
+        return Err(SignerError::UnsupportedScheme(spec.to_owned()));
+    };
+    holding(spec, signer, expected_spki)
+}
+
+/// The signer named `spec`, if its key is `expected_spki`: the check [`open`] makes, for a
+/// signer opened some other way too (a test's wrapper).
+pub fn holding(spec: &str, signer: Arc<dyn Signer>, expected_spki: &[u8]) -> Result<Arc<dyn Signer>, SignerError> {
+    if signer.public_key_spki_der() != expected_spki {
+        return Err(SignerError::KeyMismatch { spec: spec.to_owned() });
     }
+    Ok(signer)
 }

@@ -20,6 +20,7 @@ use ring::signature::{self as rs, EcdsaKeyPair, KeyPair, RsaKeyPair};
 
 use super::algorithm::{self, Curve, KeyKind};
 use super::{P256Backend, Signer, SignerError};
+use crate::ocsp::response::TbsResponseData;
 
 const OID_EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
 const OID_RSA_ENCRYPTION: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
@@ -51,8 +52,10 @@ impl SoftwareSigner {
     /// Reads a PKCS#8, SEC1 or PKCS#1 PEM private key file; P-256 keys use `backend`.
     pub fn from_pem_file_with(path: &str, backend: P256Backend) -> Result<Self, SignerError> {
         let spec = format!("file:{path}");
-        let pem = std::fs::read(path)
-            .map_err(|e| SignerError::Open { spec: spec.clone(), reason: format!("cannot read key file: {e}") })?;
+        let pem = crate::secret_file::read(std::path::Path::new(path)).map_err(|e| SignerError::Open {
+            spec: spec.clone(),
+            reason: format!("key file: {}", crate::secret_file::error_chain(&e)),
+        })?;
         Self::from_pem(&pem, backend, &spec)
     }
 
@@ -124,11 +127,6 @@ impl SoftwareSigner {
     /// The kind of key held.
     pub fn kind(&self) -> KeyKind {
         self.kind
-    }
-
-    /// Signs synchronously, on the calling thread (benchmarks and the async wrapper).
-    pub fn sign_now(&self, message: &[u8]) -> Result<Vec<u8>, SignerError> {
-        sign_with(&self.key, &self.rng, message)
     }
 }
 
@@ -219,18 +217,18 @@ impl Signer for SoftwareSigner {
         &self.spki_der
     }
 
-    fn sign<'a>(&'a self, message: &'a [u8]) -> BoxFuture<'a, Result<Vec<u8>, SignerError>> {
+    fn sign<'a>(&'a self, tbs: &'a TbsResponseData) -> BoxFuture<'a, Result<Vec<u8>, SignerError>> {
         if let Key::RingRsa(_) = *self.key {
             let key = self.key.clone();
             let rng = self.rng.clone();
-            let message = message.to_vec();
+            let message = tbs.as_bytes().to_vec();
             return Box::pin(async move {
                 tokio::task::spawn_blocking(move || sign_with(&key, &rng, &message))
                     .await
                     .map_err(|e| SignerError::Sign(format!("signing task failed: {e}")))?
             });
         }
-        Box::pin(std::future::ready(self.sign_now(message)))
+        Box::pin(std::future::ready(sign_with(&self.key, &self.rng, tbs.as_bytes())))
     }
 
     fn describe(&self) -> &str {
@@ -248,10 +246,42 @@ mod tests {
         assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
+    /// A throwaway P-256 key, for tests about the key file rather than the key.
+    const TEST_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgKzLPkGlEeXigWNcn
+sVzx3UgXBha1htyuACnOxKO5TdihRANCAAQEPacyfohUKTWzDAZ/WwYoSroiwbka
+4tYt6guuZZfy/JwaCuf+UpO4mWsBTef5oOVaxq8qbzjZvywDHz8GJ4pk
+-----END PRIVATE KEY-----
+";
+
+    #[test]
+    fn a_key_file_others_may_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.key");
+        std::fs::write(&path, TEST_KEY).unwrap();
+        let path_text = path.to_str().unwrap();
+        for (mode, refused) in [(0o644, true), (0o640, true), (0o600, false), (0o400, false)] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            match SoftwareSigner::from_pem_file(path_text) {
+                Ok(_) => assert!(!refused, "mode {mode:o} was accepted"),
+                Err(e) => {
+                    assert!(refused, "mode {mode:o}: {e}");
+                    let text = e.to_string();
+                    assert!(text.contains(path_text) && text.contains(&format!("mode {mode:04o}")), "{text}");
+                    assert!(!text.contains("MIGHAgEA"), "the key never appears in the message: {text}");
+                }
+            }
+        }
+    }
+
     /// Every key form openssl writes loads, its SPKI is the one openssl derives, and openssl
     /// verifies what it signs with the algorithm the signer announces.
     #[test]
     fn openssl_keys_sign_verifiably() {
+        if crate::test_env::skip_unless(&[crate::test_env::Need::Openssl]) {
+            return;
+        }
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         type Case<'a> = (&'a str, &'a [&'a str], Option<&'a [&'a str]>, KeyKind);
@@ -278,8 +308,8 @@ mod tests {
                 KeyKind::Rsa { bits: 2048 },
             ),
         ];
-        let message = b"the exact DER of a ResponseData";
-        std::fs::write(d.join("msg"), message).unwrap();
+        let tbs = crate::ocsp::response::tests::one_answer(crate::ocsp::response::CertStatusAnswer::Good);
+        std::fs::write(d.join("msg"), tbs.as_bytes()).unwrap();
         for (name, genargs, convert, kind) in cases {
             let file = format!("{name}.pem");
             let mut args = vec!["genpkey", "-out", &file];
@@ -298,7 +328,7 @@ mod tests {
                 assert_eq!(signer.algorithm_der(), kind.algorithm_der());
                 let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
                 let rt = &rt;
-                let signature = rt.block_on(signer.sign(message)).unwrap();
+                let signature = rt.block_on(signer.sign(&tbs)).unwrap();
                 std::fs::write(d.join("sig"), &signature).unwrap();
                 let digest = if *kind == KeyKind::Ec(Curve::P384) { "-sha384" } else { "-sha256" };
                 openssl(
@@ -321,6 +351,9 @@ mod tests {
 
     #[test]
     fn refuses_what_it_cannot_use() {
+        if crate::test_env::skip_unless(&[crate::test_env::Need::Openssl]) {
+            return;
+        }
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         openssl(d, &["genpkey", "-algorithm", "ED25519", "-out", "ed.pem"]);

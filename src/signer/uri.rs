@@ -27,9 +27,9 @@ impl PinSource {
             PinSource::Env(name) => {
                 std::env::var(name).map_err(|_| format!("the PIN environment variable {name} is not set"))
             }
-            PinSource::File(path) => std::fs::read_to_string(path)
+            PinSource::File(path) => crate::secret_file::read_to_string(path)
                 .map(|pin| pin.trim_end_matches(['\r', '\n']).to_owned())
-                .map_err(|e| format!("cannot read the PIN file {}: {e}", path.display())),
+                .map_err(|e| format!("PIN file: {}", crate::secret_file::error_chain(&e))),
         }
     }
 }
@@ -186,6 +186,21 @@ fn decode_text(name: &str, value: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pin_file_others_may_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("user.pin");
+        std::fs::write(&path, "123456\n").unwrap();
+        let source = PinSource::File(path.clone());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let refused = source.read().unwrap_err();
+        assert!(refused.contains(&path.display().to_string()) && refused.contains("mode 0644"), "{refused}");
+        assert!(!refused.contains("123456"), "{refused}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(source.read().unwrap(), "123456");
+    }
 
     #[test]
     fn parses_the_documented_example() {

@@ -10,14 +10,8 @@ use crate::ocsp::RevocationReason;
 use crate::serial::Serial;
 use crate::tls::TlsFiles;
 
-/// Reads of `certificates` by primary key. Several keys are read with one `= ANY` query over
-/// parallel arrays, which Postgres answers with index lookups. A standby also says how far it
-/// has replayed (NULL on a primary, including a promoted standby).
-const LOOKUP_SQL: &str = "\
-    SELECT k.i, c.not_after, c.reason, c.revoked_at, coalesce(c.changed_version, 0), \
-           CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()::text END \
-    FROM unnest($1::int[], $2::bytea[]) WITH ORDINALITY AS k(issuer_id, serial, i) \
-    LEFT JOIN certificates c ON c.issuer_id = k.issuer_id AND c.serial = k.serial";
+/// Reads of `certificates` by primary key, batched (see the constant's documentation).
+const LOOKUP_SQL: &str = crate::db::certificates::STATUS_LOOKUP;
 
 /// The Postgres status store.
 #[derive(Clone)]

@@ -6,8 +6,10 @@
 //! Real parts only: the Postgres primary and its standby made by `scripts/services.sh
 //! standby-up` (pg_basebackup, streaming replication), Redis, the `jitocsp` binary, openssl.
 
+#[path = "../common/mod.rs"]
 mod common;
-#[path = "support/proxy.rs"]
+mod load;
+#[path = "../support/proxy.rs"]
 mod proxy;
 
 use std::path::Path;
@@ -69,31 +71,6 @@ fn revoke(issuer: &str, cert: &Path, reason: &str, extra: &[&str]) {
     jitocsp_ok(&args, &[]);
 }
 
-/// A new, empty database on the test Postgres (same role), for a test that must see only its
-/// own rows; dropped with the guard.
-struct ScratchDatabase {
-    name: String,
-    url: String,
-}
-
-impl ScratchDatabase {
-    fn create(stem: &str) -> ScratchDatabase {
-        let name = unique(stem).replace('-', "_");
-        psql(&database_url(), &format!("CREATE DATABASE {name}"));
-        let base = database_url();
-        let (server, _) = base.rsplit_once('/').expect("DATABASE_URL ends in a database name");
-        ScratchDatabase { url: format!("{server}/{name}"), name }
-    }
-}
-
-impl Drop for ScratchDatabase {
-    fn drop(&mut self) {
-        let _ = Command::new("psql")
-            .args([&database_url(), "-XqtAc", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)])
-            .output();
-    }
-}
-
 /// Resumes the standby's replay when dropped, so a failing test leaves it streaming.
 struct ReplayPaused(String);
 
@@ -130,6 +107,9 @@ fn wait_for_standby(standby: &str) {
 /// is not served after it catches up either.
 #[test]
 fn a_lagging_replica_never_answers_good_for_a_revoked_certificate() {
+    if skip_unless(&[Need::Postgres, Need::Redis, Need::Openssl, Need::Standby]) {
+        return;
+    }
     let standby = standby_url();
     let pki = Pki::new();
     let issuer = add_issuer(&pki);
@@ -184,6 +164,9 @@ fn a_lagging_replica_never_answers_good_for_a_revoked_certificate() {
 /// recovers by itself when the link comes back.
 #[test]
 fn a_silently_dead_notification_link_cannot_keep_a_revoked_certificate_good() {
+    if skip_unless(&[Need::Postgres, Need::Redis, Need::Openssl]) {
+        return;
+    }
     let pki = Pki::new();
     let issuer = add_issuer(&pki);
     let cert = pki.leaf("blackholed", "1a9101");
@@ -234,6 +217,9 @@ fn a_silently_dead_notification_link_cannot_keep_a_revoked_certificate_good() {
 /// gets the new status, not 304; conditional headers apply to GET and HEAD only.
 #[test]
 fn revalidation_after_a_status_change_returns_the_new_status() {
+    if skip_unless(&[Need::Postgres, Need::Redis, Need::Openssl]) {
+        return;
+    }
     let pki = Pki::new();
     let issuer = add_issuer(&pki);
     let cert = pki.leaf("revalidated", "1a9201");
@@ -284,6 +270,9 @@ fn revalidation_after_a_status_change_returns_the_new_status() {
 /// keyCompromise that keeps or back-dates the revocation time.
 #[test]
 fn responses_follow_the_baseline_requirements_profile() {
+    if skip_unless(&[Need::Postgres, Need::Redis, Need::Openssl, Need::Judge]) {
+        return;
+    }
     let pki = Pki::new();
     let issuer = add_issuer(&pki);
     let cert = pki.leaf("profile", "1a9301");
@@ -356,232 +345,23 @@ fn responses_follow_the_baseline_requirements_profile() {
     }
 }
 
-/// The certificate status in a response, decoded with rasn (fast enough to classify every
-/// answer of a load run; a sample is verified by openssl separately).
-fn classify(der: &[u8]) -> &'static str {
-    use rasn_ocsp::{BasicOcspResponse, CertStatus, OcspResponse, OcspResponseStatus};
-    let Ok(outer) = rasn::der::decode::<OcspResponse>(der) else { return "undecodable" };
-    match outer.status {
-        OcspResponseStatus::Successful => {}
-        OcspResponseStatus::TryLater => return "tryLater",
-        _ => return "error",
-    }
-    let Some(bytes) = outer.bytes else { return "undecodable" };
-    let Ok(basic) = rasn::der::decode::<BasicOcspResponse>(&bytes.response) else { return "undecodable" };
-    match basic.tbs_response_data.responses.first().map(|r| &r.cert_status) {
-        Some(CertStatus::Good) => "good",
-        Some(CertStatus::Revoked(_)) => "revoked",
-        Some(CertStatus::Unknown(_)) => "unknown",
-        None => "undecodable",
-    }
-}
-
-/// A Redis of this test's own, so stopping it disturbs no other test.
-struct OwnRedis {
-    port: u16,
-    child: Option<std::process::Child>,
-}
-
-impl OwnRedis {
-    fn start(port: u16) -> OwnRedis {
-        let mut redis = OwnRedis { port, child: None };
-        redis.restart();
-        redis
-    }
-
-    fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server (installed by scripts/services.sh)");
-        self.child = Some(child);
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(10), "redis did not start on {}", self.port);
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// One answer of the load run.
-struct Observed {
-    sent: Instant,
-    cert: usize,
-    status: &'static str,
-}
-
-/// The long-running check: GETs for 24 certificates run without pause while certificates are
-/// revoked in four conditions: normal, the replica's replay paused, the LISTEN connection
-/// blackholed, Redis killed (and each fault then repaired). Every answer is recorded: none of
-/// the revoked certificates may be answered "good" to a request sent later than the bound
-/// after `admin revoke` returned (the notification bound, or the feed deadline while the feed
-/// is dead, plus scheduling slack).
-#[test]
-fn revocations_under_load_and_faults_never_turn_good_past_the_bound() {
-    let standby = standby_url();
-    let pki = Pki::new();
-    let issuer = add_issuer(&pki);
-    let certs: Vec<_> = (0..24).map(|i| pki.leaf(&format!("load{i}"), &format!("1a95{i:02x}"))).collect();
-    let paths: Vec<String> = certs.iter().map(|c| get_path(&pki, c)).collect();
-    let files: Vec<&str> = certs.iter().map(|c| c.to_str().unwrap()).collect();
-    let mut args = vec!["admin", "import", "--issuer", issuer.as_str()];
-    args.extend_from_slice(&files);
-    jitocsp_ok(&args, &[]);
-    wait_for_standby(&standby);
-
-    let database = database_url();
-    let host_port = database.split_once('@').unwrap().1.split('/').next().unwrap().to_owned();
-    let proxy = Proxy::start(host_port.parse().unwrap(), "jitocsp-listener");
-    let proxied = database.replacen(&host_port, &format!("127.0.0.1:{}", proxy.port), 1);
-    let mut redis = OwnRedis::start(free_port());
-    let redis_url = format!("redis://127.0.0.1:{}", redis.port);
-    let server = Server::start(&[
-        ("DATABASE_URL", &proxied),
-        ("JITOCSP_DATABASE_READ_URL", &standby),
-        ("REDIS_URL", &redis_url),
-        ("JITOCSP_CACHE_LOCAL_ENTRIES", "1000"),
-    ]);
-
-    // The load: 4 clients cycling over every certificate until told to stop.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let port = server.port;
-    let load = {
-        let stop = stop.clone();
-        let paths = paths.clone();
-        std::thread::spawn(move || {
-            block_on(async move {
-                let clients = (0..4).map(|client| {
-                    let stop = stop.clone();
-                    let paths = paths.clone();
-                    tokio::spawn(async move {
-                        let mut seen = Vec::new();
-                        let mut i = client;
-                        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                            let cert = i % paths.len();
-                            let sent = Instant::now();
-                            let status = match http(port, "GET", &paths[cert], &[], &[]).await {
-                                Ok(response) => classify(&response.body),
-                                Err(_) => "no answer",
-                            };
-                            seen.push(Observed { sent, cert, status });
-                            i += 4;
-                        }
-                        seen
-                    })
-                });
-                let mut all = Vec::new();
-                for client in futures_util::future::join_all(clients).await {
-                    all.extend(client.unwrap());
-                }
-                all
-            })
-        })
-    };
-
-    let revoke_one = |i: usize| -> Instant {
-        revoke(&issuer, &certs[i], "keyCompromise", &[]);
-        Instant::now()
-    };
-    let mut revoked: Vec<(usize, Instant, Duration)> = Vec::new();
-    let pause = Duration::from_millis(1500);
-    std::thread::sleep(pause);
-    // Normal weather.
-    for i in 0..4 {
-        revoked.push((i, revoke_one(i), NOTIFICATION_BOUND));
-    }
-    std::thread::sleep(pause);
-    // The replica stops replaying.
-    {
-        let _paused = ReplayPaused::pause(&standby);
-        for i in 4..8 {
-            revoked.push((i, revoke_one(i), NOTIFICATION_BOUND));
-        }
-        std::thread::sleep(Duration::from_secs(3));
-    }
-    std::thread::sleep(pause);
-    // The notification link goes silent.
-    proxy.blackhole(true);
-    for i in 8..12 {
-        revoked.push((i, revoke_one(i), FEED_DEADLINE));
-    }
-    std::thread::sleep(FEED_DEADLINE + SLACK);
-    proxy.blackhole(false);
-    server.wait_until(Duration::from_secs(30), |s| s.metrics_text().contains("jitocsp_listener_connected 1"));
-    // Redis dies and comes back empty.
-    redis.kill();
-    for i in 12..16 {
-        revoked.push((i, revoke_one(i), NOTIFICATION_BOUND));
-    }
-    std::thread::sleep(pause);
-    redis.restart();
-    for i in 16..18 {
-        revoked.push((i, revoke_one(i), NOTIFICATION_BOUND));
-    }
-    std::thread::sleep(Duration::from_secs(3));
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let observed = load.join().unwrap();
-
-    let mut late = Vec::new();
-    for (cert, at, bound) in &revoked {
-        let limit = *at + *bound + SLACK;
-        for o in observed.iter().filter(|o| o.cert == *cert && o.sent > limit && o.status == "good") {
-            late.push((*cert, o.sent.duration_since(*at)));
-        }
-    }
-    let answered: Vec<&Observed> = observed.iter().filter(|o| o.status == "good" || o.status == "revoked").collect();
-    let revoked_after: usize = revoked
-        .iter()
-        .map(|(cert, at, bound)| answered.iter().filter(|o| o.cert == *cert && o.sent > *at + *bound + SLACK).count())
-        .sum();
-    eprintln!(
-        "load run: {} answers ({} good/revoked), {} for revoked certificates past their bound, {} late goods",
-        observed.len(),
-        answered.len(),
-        revoked_after,
-        late.len()
-    );
-    let summary: Vec<String> = revoked
-        .iter()
-        .filter_map(|(cert, _, _)| {
-            let times: Vec<Duration> = late.iter().filter(|(c, _)| c == cert).map(|(_, t)| *t).collect();
-            Some(format!("certificate {cert}: {} from {:?} to {:?}", times.len(), times.first()?, times.last()?))
-        })
-        .collect();
-    assert!(late.is_empty(), "good answers past the bound, after the revocation: {summary:?}");
-    assert!(revoked_after >= 18, "the run must observe the revoked certificates after their bounds: {revoked_after}");
-    // Never revoked: still good at the end.
-    for cert in 18..24 {
-        assert!(
-            observed.iter().rev().find(|o| o.cert == cert).is_some_and(|o| o.status == "good"),
-            "certificate {cert} was never revoked"
-        );
-    }
-    // A sample verified by openssl, not only by our decoder.
-    assert_eq!(status_in(&pki, &server.get(&paths[9], &[]).body, &certs[9]), "revoked");
-}
-
 /// Item 8: a pending purge re-armed by a later change while a responder is deleting the keys
 /// for the earlier one survives: the responder settles only the row it purged for.
 #[test]
 fn a_pending_purge_re_armed_during_a_retry_is_kept() {
+    if skip_unless(&[
+        Need::Postgres,
+        Need::Redis,
+        Need::Openssl,
+        Need::Program("redis-server"),
+        Need::Program("redis-cli"),
+    ]) {
+        return;
+    }
     // A database of its own: every responder retries every pending purge it can see, and the
     // other tests' responders would settle this row for their own (unpaused) Redis.
-    let scratch = ScratchDatabase::create("rearm");
-    let database = scratch.url.clone();
+    let scratch = Site::with_own_database();
+    let database = scratch.database_url.clone();
     let env = [("DATABASE_URL", database.as_str())];
     let pki = Pki::new();
     jitocsp_ok(&["migrate"], &env);
@@ -603,8 +383,8 @@ fn a_pending_purge_re_armed_during_a_retry_is_kept() {
     );
     let cert = pki.leaf("rearmed", "1a9401");
     jitocsp_ok(&["admin", "import", "--issuer", &issuer, cert.to_str().unwrap()], &env);
-    let redis = OwnRedis::start(free_port());
-    let redis_url = format!("redis://127.0.0.1:{}", redis.port);
+    let redis = PrivateRedis::start(free_port());
+    let redis_url = redis.url();
     // A revocation whose purge failed, as the admin CLI leaves it when Redis is down.
     psql(
         &database,

@@ -1,0 +1,127 @@
+//! The steps: an open-loop schedule (scheduler thread, `--connections` keep-alive workers),
+//! the CDN purge at each step's start in cdn mode, and the responder's metrics sampled every
+//! second and at each step boundary.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context as _};
+
+use super::{CdnCache, Plan};
+use crate::cdn;
+use crate::cli::{Arrival, CacheDropArgs};
+use crate::gen::{self, Conn, Ctx, Job, Phase, Recorder, Requested, Sampler, SchedulerReport};
+use crate::report;
+use crate::scrape::{self, Sample};
+
+/// What the steps leave for the summary (the client's figures are in the context's recorder).
+pub struct Outcome {
+    pub samples: Vec<Sample>,
+    pub purges: Vec<(usize, cdn::PurgeResult)>,
+    pub scheduler: SchedulerReport,
+    pub load_average_start: String,
+    pub load_average_end: String,
+}
+
+pub async fn run(
+    args: &CacheDropArgs,
+    plan: &Plan,
+    ctx: &Arc<Ctx>,
+    requested: &Arc<Requested>,
+    cdn_cache: &CdnCache,
+    metrics: Option<SocketAddr>,
+) -> anyhow::Result<Outcome> {
+    let load_average_start = report::load_average();
+    let settle = Duration::from_millis(500);
+    let t0 = Instant::now() + settle;
+    let run = plan.run();
+    let bucket = Duration::from_secs_f64((run.as_secs_f64() / 300.0).max(0.25));
+    let drain = gen::REQUEST_TIMEOUT + Duration::from_secs(2);
+    *ctx.recorder.lock().expect("recorder lock") = Recorder::new(t0, plan.windows.clone(), bucket, run + drain);
+
+    let backlog = ((args.full_rate * 5.0) as usize).max(10_000);
+    let (tx, rx) = async_channel::bounded::<Job>(backlog);
+    let mut workers = Vec::new();
+    for _ in 0..args.load.connections {
+        let (ctx, rx) = (ctx.clone(), rx.clone());
+        workers.push(tokio::spawn(async move {
+            let mut conn = Conn::new();
+            while let Ok(job) = rx.recv().await {
+                ctx.execute(&mut conn, job).await;
+            }
+        }));
+    }
+    drop(rx);
+
+    let mut times: Vec<f64> = (0..=run.as_secs_f64().ceil() as u64 + 1).map(|s| s as f64).collect();
+    times.extend(plan.windows.iter().map(|(s, _)| s.as_secs_f64()));
+    times.push(run.as_secs_f64());
+    times.sort_by(f64::total_cmp);
+    times.dedup_by(|a, b| (*a - *b).abs() < 0.05);
+    let sampler_task = scrape::spawn_sampler(metrics, t0, times);
+
+    let purges: Arc<Mutex<Vec<(usize, cdn::PurgeResult)>>> = Arc::default();
+    let phases = phases(plan, ctx, requested, cdn_cache, &purges);
+    let sampler = Sampler::new(
+        &ctx.corpus,
+        args.load.zipf,
+        args.load.post_share,
+        args.load.sha256_share,
+        args.load.verify_every,
+        args.request_seed,
+    )?;
+    eprintln!(
+        "cache-drop {:?}: {} steps of {} s, rates {:?} req/s -> {}",
+        args.mode,
+        plan.fractions.len(),
+        args.step_seconds,
+        plan.rates,
+        args.load.target
+    );
+    let (sched_ctx, sched_requested) = (ctx.clone(), requested.clone());
+    let schedule = gen::Plan { phases, t0, poisson: args.arrival == Arrival::Poisson, max_requests: args.max_requests };
+    let scheduler = std::thread::Builder::new()
+        .name("scheduler".into())
+        .spawn(move || gen::schedule(schedule, sampler, tx, &sched_ctx, Some(&sched_requested)))
+        .context("starting the scheduler thread")?;
+    let scheduler = tokio::task::spawn_blocking(move || scheduler.join())
+        .await?
+        .map_err(|_| anyhow!("the scheduler thread panicked"))?;
+
+    let load_average_end = report::load_average();
+    let deadline = tokio::time::Instant::now() + drain;
+    for w in &mut workers {
+        if tokio::time::timeout_at(deadline, &mut *w).await.is_err() {
+            w.abort();
+        }
+    }
+    let samples = sampler_task.await.unwrap_or_default();
+    let purges = std::mem::take(&mut *purges.lock().expect("purges lock"));
+    Ok(Outcome { samples, purges, scheduler, load_average_start, load_average_end })
+}
+
+/// One phase per step; in cdn mode each starts by purging its share of nginx's cache.
+fn phases(
+    plan: &Plan,
+    ctx: &Arc<Ctx>,
+    requested: &Arc<Requested>,
+    cdn_cache: &CdnCache,
+    purges: &Arc<Mutex<Vec<(usize, cdn::PurgeResult)>>>,
+) -> Vec<Phase> {
+    plan.fractions
+        .iter()
+        .enumerate()
+        .map(|(k, fraction)| {
+            let on_start: Option<Box<dyn FnOnce() + Send>> = cdn_cache.clone().map(|(dir, levels)| {
+                let (corpus, requested, purges, prefix, fraction) =
+                    (ctx.corpus.clone(), requested.clone(), purges.clone(), ctx.target.prefix.clone(), *fraction);
+                Box::new(move || {
+                    let r = cdn::purge(&dir, &levels, &prefix, &corpus, &requested, fraction);
+                    purges.lock().expect("purges lock").push((k, r));
+                }) as Box<dyn FnOnce() + Send>
+            });
+            Phase { rate: plan.rates[k], start: plan.windows[k].0, duration: plan.step, on_start }
+        })
+        .collect()
+}

@@ -1,0 +1,222 @@
+//! The command line: subcommands and the option groups they share.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::bail;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::corpus::Corpus;
+use crate::gen::Target;
+
+#[derive(Parser)]
+#[command(name = "jitocsp-loadtest", version, about = "Load generator for jitocsp: seed, cache-drop, capacity")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Fill Postgres with synthetic certificates for issuers already added with `jitocsp admin issuer add`.
+    Seed {
+        #[command(flatten)]
+        corpus: CorpusArgs,
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        /// Delete the issuers' existing certificates first.
+        #[arg(long)]
+        replace: bool,
+        /// Do nothing for an issuer that already has exactly --count certificates.
+        #[arg(long)]
+        skip_if_same_count: bool,
+    },
+    /// Print the GET path (`/` + base64 request) asking about certificate --index of the first issuer.
+    PrintPath {
+        #[command(flatten)]
+        corpus: CorpusArgs,
+        #[arg(long, default_value_t = 0)]
+        index: u64,
+    },
+    /// Create the database named in DATABASE_URL if it does not exist.
+    CreateDatabase {
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+    },
+    /// Replay a CDN cache drop: 1/16, 1/8, 1/4, 1/2 and all of the traffic reach the origin.
+    CacheDrop(Box<CacheDropArgs>),
+    /// Closed-loop capacity: every connection sends its next request as soon as it has an answer.
+    Capacity(Box<CapacityArgs>),
+    /// Measure jitocsp against references in the same run (hot vs nginx, cold vs openssl
+    /// ocsp, signatures vs the raw signer): what scripts/bench.sh runs.
+    Bench(Box<crate::bench::BenchArgs>),
+    /// Check a report.json: every step present with its figures, every answer verified.
+    CheckReport {
+        report: PathBuf,
+        #[arg(long)]
+        steps: usize,
+        #[arg(long, default_value_t = 0.999)]
+        min_success: f64,
+    },
+}
+
+#[derive(Args, Clone)]
+pub struct CorpusArgs {
+    /// NAME=CA_CERT: an issuer's name in jitocsp and its CA certificate (PEM or DER). Repeatable.
+    #[arg(long = "issuer")]
+    pub issuers: Vec<String>,
+    /// Certificates per issuer.
+    #[arg(long, default_value_t = 20_000)]
+    pub count: u64,
+    /// Share of the certificates that are revoked.
+    #[arg(long, default_value_t = 0.05)]
+    pub revoked_share: f64,
+    /// Fixes serials and statuses: seed and load must use the same value.
+    #[arg(long, default_value_t = 1)]
+    pub corpus_seed: u64,
+}
+
+#[derive(Args, Clone)]
+pub struct LoadArgs {
+    /// Where requests go: http://HOST:PORT[/prefix] (loopback only unless --allow-remote).
+    #[arg(long)]
+    pub target: String,
+    /// The responder's metrics listener, http://HOST:PORT (read for Redis hits, signatures/s, Postgres reads/s).
+    #[arg(long)]
+    pub metrics: Option<String>,
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// Keep-alive connections (each carries one request at a time).
+    #[arg(long, default_value_t = 128)]
+    pub connections: usize,
+    /// Generator threads (the scheduler has one more of its own).
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Zipf exponent of certificate popularity.
+    #[arg(long, default_value_t = 1.0)]
+    pub zipf: f64,
+    /// Share of requests sent as POST (the rest are GET).
+    #[arg(long, default_value_t = 0.0)]
+    pub post_share: f64,
+    /// Share of requests with SHA-256 CertIDs (the rest SHA-1).
+    #[arg(long, default_value_t = 0.0)]
+    pub sha256_share: f64,
+    /// Check the signature of the first 1000 answers and of one in N after that (every answer's
+    /// structure, CertID, status and times are always checked).
+    #[arg(long, default_value_t = 64)]
+    pub verify_every: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
+pub enum Mode {
+    Origin,
+    Cdn,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
+pub enum Arrival {
+    Constant,
+    Poisson,
+}
+
+#[derive(Args)]
+pub struct CacheDropArgs {
+    #[command(flatten)]
+    pub corpus: CorpusArgs,
+    #[command(flatten)]
+    pub load: LoadArgs,
+    #[arg(long, value_enum)]
+    pub mode: Mode,
+    /// Full traffic F (requests/s): origin mode offers F x fraction at each step; cdn mode
+    /// offers F to the CDN throughout and purges that fraction of its cache at each step.
+    #[arg(long)]
+    pub full_rate: f64,
+    #[arg(long, default_value_t = 10.0)]
+    pub step_seconds: f64,
+    #[arg(long, default_value = "1/16,1/8,1/4,1/2,1")]
+    pub fractions: String,
+    #[arg(long, value_enum, default_value_t = Arrival::Constant)]
+    pub arrival: Arrival,
+    /// Before the steps, request each of the first --warm-count certificates once through the
+    /// target (origin mode: a warm Redis; cdn mode always warms the CDN).
+    #[arg(long)]
+    pub warm: bool,
+    #[arg(long)]
+    pub warm_count: Option<u64>,
+    /// What to call the responder's Redis in the report (the script starts jitocsp with a fresh
+    /// key prefix for a cold one).
+    #[arg(long)]
+    pub redis_label: Option<String>,
+    /// cdn mode: the nginx proxy_cache_path directory and its levels.
+    #[arg(long)]
+    pub nginx_cache_dir: Option<PathBuf>,
+    #[arg(long, default_value = "1:2")]
+    pub nginx_levels: String,
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Refuse schedules of more requests than this.
+    #[arg(long, default_value_t = 50_000_000)]
+    pub max_requests: u64,
+    /// Refuse schedules longer than this many seconds.
+    #[arg(long, default_value_t = 3600.0)]
+    pub max_seconds: f64,
+    /// Seed of the request sequence.
+    #[arg(long, default_value_t = 7)]
+    pub request_seed: u64,
+}
+
+#[derive(Args)]
+pub struct CapacityArgs {
+    #[command(flatten)]
+    pub corpus: CorpusArgs,
+    #[command(flatten)]
+    pub load: LoadArgs,
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Load a static file at this path (expects HTTP 200 and --static-len bytes) instead of OCSP.
+    #[arg(long)]
+    pub static_path: Option<String>,
+    #[arg(long)]
+    pub static_len: Option<usize>,
+    /// OCSP: warm the first K certificates, then ask about them uniformly (the hot path).
+    #[arg(long, default_value_t = 1000)]
+    pub hot_set: u64,
+    /// Label in the output.
+    #[arg(long, default_value = "capacity")]
+    pub label: String,
+    /// Append the result as one JSON line to this file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+pub fn load_corpus(a: &CorpusArgs) -> anyhow::Result<Corpus> {
+    Corpus::load(&a.issuers, a.count, a.revoked_share, a.corpus_seed)
+}
+
+pub fn parse_fraction(text: &str) -> anyhow::Result<f64> {
+    let t = text.trim();
+    let value = match t.split_once('/') {
+        Some((a, b)) => a.trim().parse::<f64>()? / b.trim().parse::<f64>()?,
+        None => t.parse::<f64>()?,
+    };
+    if !(value > 0.0 && value <= 1.0) {
+        bail!("fraction {t:?} is not in (0, 1]");
+    }
+    Ok(value)
+}
+
+pub fn check_shares(load: &LoadArgs) -> anyhow::Result<()> {
+    for (name, v) in [("--post-share", load.post_share), ("--sha256-share", load.sha256_share)] {
+        if !(0.0..=1.0).contains(&v) {
+            bail!("{name} must be between 0 and 1");
+        }
+    }
+    if load.connections == 0 || load.connections > 10_000 {
+        bail!("--connections must be between 1 and 10000");
+    }
+    Ok(())
+}
+
+pub fn metrics_addr(load: &LoadArgs) -> anyhow::Result<Option<SocketAddr>> {
+    load.metrics.as_deref().map(|m| Target::parse(m, load.allow_remote).map(|t| t.addr)).transpose()
+}

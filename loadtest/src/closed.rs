@@ -1,0 +1,191 @@
+//! Closed-loop load: a fixed set of connections, each sending its next request as soon as it
+//! has an answer. Used to warm caches (each request of a list once), for capacity runs and for
+//! the benchmark's throughput runs (for a duration). The open-loop scheduler is in [`crate::gen`].
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::{Rng as _, SeedableRng as _};
+
+use crate::corpus::{Corpus, HashAlg};
+use crate::gen::{self, Ask, Conn, Ctx, Job, Recorder, Requested};
+use crate::report::WarmReport;
+
+/// Requests each of `list` once over `connections` connections, marking GETs in `requested`.
+pub async fn each_once(
+    ctx: &Arc<Ctx>,
+    connections: usize,
+    list: Vec<Ask>,
+    requested: Option<&Arc<Requested>>,
+) -> WarmReport {
+    let started = Instant::now();
+    *ctx.recorder.lock().expect("recorder lock") = Recorder::new(
+        started,
+        vec![(Duration::ZERO, Duration::from_secs(1 << 30))],
+        Duration::from_secs(3600),
+        Duration::ZERO,
+    );
+    let list = Arc::new(list);
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let (ctx, list, next, requested) = (ctx.clone(), list.clone(), next.clone(), requested.cloned());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                let Some(ask) = list.get(i).copied() else { break };
+                if let (Some(r), Ask::Ocsp { issuer, index, alg, post: false }) = (&requested, ask) {
+                    r.mark(issuer, index, alg);
+                }
+                let job = Job { intended: Instant::now(), step: 0, ask, check_signature: i % 64 == 0 };
+                ctx.execute(&mut conn, job).await;
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let rec = ctx.recorder.lock().expect("recorder lock");
+    let s = &rec.steps[0];
+    WarmReport {
+        requests: list.len() as u64,
+        ok: s.ok,
+        failed: s.failed() + s.try_later,
+        seconds: started.elapsed().as_secs_f64(),
+    }
+}
+
+/// GETs for the first `count` certificates of every issuer (SHA-1, and SHA-256 too if asked).
+pub fn warm_list(corpus: &Corpus, count: u64, sha256: bool) -> Vec<Ask> {
+    let algs: &[HashAlg] = if sha256 { &[HashAlg::Sha1, HashAlg::Sha256] } else { &[HashAlg::Sha1] };
+    let mut list = Vec::new();
+    for index in 0..count.min(corpus.count) {
+        for issuer in 0..corpus.issuers.len() as u16 {
+            for alg in algs {
+                list.push(Ask::Ocsp { issuer, index, alg: *alg, post: false });
+            }
+        }
+    }
+    list
+}
+
+/// What each connection asks next.
+pub enum Pick {
+    /// A fixed path answering `len` bytes.
+    Static { len: usize },
+    /// Certificates 0..count of a random issuer, uniformly at random.
+    Uniform { issuers: u16, count: u64 },
+    /// Certificates 0..count of the first issuer in turn, each connection from its own offset
+    /// (the hot set, over and over).
+    Cycle { count: u64 },
+    /// Certificates from..end of the first issuer, each once across all connections (a new
+    /// serial per request); running out stops the run and marks it exhausted.
+    Walk { next: AtomicU64, end: u64, exhausted: AtomicBool },
+}
+
+impl Pick {
+    pub fn walk(from: u64, end: u64) -> Pick {
+        Pick::Walk { next: AtomicU64::new(from), end, exhausted: AtomicBool::new(false) }
+    }
+
+    fn ask(&self, connection: usize, n: u64, rng: &mut rand::rngs::StdRng) -> Option<Ask> {
+        let ocsp = |issuer, index| Ask::Ocsp { issuer, index, alg: HashAlg::Sha1, post: false };
+        match self {
+            Pick::Static { len } => Some(Ask::Static { len: *len }),
+            Pick::Uniform { issuers, count } => {
+                let issuer = if *issuers > 1 { rng.random_range(0..*issuers) } else { 0 };
+                Some(ocsp(issuer, rng.random_range(0..*count)))
+            }
+            // Offsets 7919 apart so that the connections do not move in lockstep.
+            Pick::Cycle { count } => Some(ocsp(0, (connection as u64 * 7919 + n) % count)),
+            Pick::Walk { next, end, exhausted } => {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= *end {
+                    exhausted.store(true, Ordering::Relaxed);
+                    return None;
+                }
+                Some(ocsp(0, index))
+            }
+        }
+    }
+
+    pub fn exhausted(&self) -> bool {
+        matches!(self, Pick::Walk { exhausted, .. } if exhausted.load(Ordering::Relaxed))
+    }
+}
+
+/// What a closed-loop run saw, from the client's side.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct RunStats {
+    pub seconds: f64,
+    /// Every answer, including those completed after the window (at most one per connection).
+    pub answered_total: u64,
+    /// Answers completed within the run's window.
+    pub answered: u64,
+    pub ok: u64,
+    /// Answers per second within the window.
+    pub rps: f64,
+    pub ok_rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub failed: u64,
+    pub failures: BTreeMap<String, u64>,
+    /// A walk ran out of certificates before the end (the run is invalid).
+    pub exhausted: bool,
+}
+
+/// Runs `connections` connections for `duration`, each asking what `pick` says, and checks
+/// the signature of one answer in `verify_every` (when the context checks answers fully).
+pub async fn run_for(
+    ctx: &Arc<Ctx>,
+    connections: usize,
+    duration: Duration,
+    pick: Arc<Pick>,
+    verify_every: u64,
+) -> RunStats {
+    let t0 = Instant::now() + Duration::from_millis(200);
+    *ctx.recorder.lock().expect("recorder lock") =
+        Recorder::new(t0, vec![(Duration::ZERO, duration)], Duration::from_secs(1), duration + gen::REQUEST_TIMEOUT);
+    let verify_every = verify_every.max(1);
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let (ctx, pick) = (ctx.clone(), pick.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::new();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(c as u64);
+            tokio::time::sleep_until(t0.into()).await;
+            let end = t0 + duration;
+            let mut n = 0u64;
+            while Instant::now() < end {
+                let Some(ask) = pick.ask(c, n, &mut rng) else { break };
+                n += 1;
+                let job = Job { intended: Instant::now(), step: 0, ask, check_signature: n % verify_every == 0 };
+                ctx.execute(&mut conn, job).await;
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let rec = ctx.recorder.lock().expect("recorder lock");
+    let st = &rec.steps[0];
+    let seconds = duration.as_secs_f64();
+    RunStats {
+        seconds,
+        answered_total: st.answered,
+        answered: st.completed_in_window,
+        ok: st.ok_in_window,
+        rps: st.completed_in_window as f64 / seconds,
+        ok_rps: st.ok_in_window as f64 / seconds,
+        p50_ms: gen::ms(&st.latency_us, 0.5),
+        p99_ms: gen::ms(&st.latency_us, 0.99),
+        max_ms: st.latency_us.max() as f64 / 1000.0,
+        failed: st.failed(),
+        failures: st.failures.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        exhausted: pick.exhausted(),
+    }
+}

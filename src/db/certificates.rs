@@ -1,0 +1,181 @@
+//! `certificates`: one row per issued certificate, its status, and the version of its last
+//! status change (`changed_version`, from `status_change_seq`).
+//!
+//! The write statements assume the caller's transaction locked the rows first
+//! ([`statuses`] with `lock`); the rules are in [`crate::status`].
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::{Client, GenericClient, Transaction};
+
+/// The responders' status read, by primary key. Several keys are read with one `= ANY` query
+/// over parallel arrays, which Postgres answers with index lookups. A standby also says how
+/// far it has replayed (NULL on a primary, including a promoted standby).
+/// Parameters: `$1 int[]` issuer ids, `$2 bytea[]` serials; `k.i` is the key's 1-based index.
+pub const STATUS_LOOKUP: &str = "\
+    SELECT k.i, c.not_after, c.reason, c.revoked_at, coalesce(c.changed_version, 0), \
+           CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()::text END \
+    FROM unnest($1::int[], $2::bytea[]) WITH ORDINALITY AS k(issuer_id, serial, i) \
+    LEFT JOIN certificates c ON c.issuer_id = k.issuer_id AND c.serial = k.serial";
+
+/// The listener's catch-up read: every change since `$1` (timestamptz), as
+/// (issuer_id, serial, revoked, version).
+pub const CHANGES_SINCE: &str = "\
+    SELECT issuer_id, serial, reason IS NOT NULL, coalesce(changed_version, 0) FROM certificates \
+    WHERE changed_at IS NOT NULL AND changed_at > $1";
+
+/// A certificate's revocation state: both set (revoked) or both NULL (good).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusRow {
+    pub reason: Option<i16>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// Reads the status of `serials` of one issuer, keyed by serial bytes; with `lock`, locks the
+/// rows (`FOR UPDATE`) for the caller's transaction. Serials without a row are absent.
+pub async fn statuses(
+    client: &impl GenericClient,
+    issuer_id: i32,
+    serials: &[&[u8]],
+    lock: bool,
+) -> Result<HashMap<Vec<u8>, StatusRow>, tokio_postgres::Error> {
+    const READ: &str = "SELECT serial, reason, revoked_at FROM certificates WHERE issuer_id = $1 AND serial = ANY($2)";
+    const LOCK: &str =
+        "SELECT serial, reason, revoked_at FROM certificates WHERE issuer_id = $1 AND serial = ANY($2) FOR UPDATE";
+    let rows = client.query(if lock { LOCK } else { READ }, &[&issuer_id, &serials]).await?;
+    Ok(rows.iter().map(|r| (r.get::<_, Vec<u8>>(0), StatusRow { reason: r.get(1), revoked_at: r.get(2) })).collect())
+}
+
+/// Takes the version of a transaction's status changes. Call after locking the rows, so that
+/// versions grow along each row's changes.
+pub async fn next_version(tx: &Transaction<'_>) -> Result<i64, tokio_postgres::Error> {
+    Ok(tx.query_one("SELECT nextval('status_change_seq')", &[]).await?.get(0))
+}
+
+/// Revokes the good certificates among `serials`; returns the serials it changed.
+pub async fn revoke(
+    tx: &Transaction<'_>,
+    issuer_id: i32,
+    serials: &[&[u8]],
+    reason_code: i16,
+    at: DateTime<Utc>,
+    version: i64,
+) -> Result<Vec<Vec<u8>>, tokio_postgres::Error> {
+    let rows = tx
+        .query(
+            "UPDATE certificates SET reason = $3, revoked_at = $4, changed_at = clock_timestamp(), \
+             changed_version = $5 \
+             WHERE issuer_id = $1 AND serial = ANY($2) AND reason IS NULL \
+             RETURNING serial",
+            &[&issuer_id, &serials, &reason_code, &at, &version],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Sets the reason of revoked certificates to `reason_code`, each with its own revocation
+/// time (`serials` and `times` are parallel); returns how many rows changed.
+pub async fn set_reasons(
+    tx: &Transaction<'_>,
+    issuer_id: i32,
+    serials: &[&[u8]],
+    times: &[DateTime<Utc>],
+    reason_code: i16,
+    version: i64,
+) -> Result<u64, tokio_postgres::Error> {
+    tx.execute(
+        "UPDATE certificates c SET reason = $3, revoked_at = u.at, changed_at = clock_timestamp(), \
+         changed_version = $4 \
+         FROM unnest($2::bytea[], $5::timestamptz[]) AS u(serial, at) \
+         WHERE c.issuer_id = $1 AND c.serial = u.serial AND c.reason IS NOT NULL",
+        &[&issuer_id, &serials, &reason_code, &version, &times],
+    )
+    .await
+}
+
+/// Makes a certificate revoked with `reason_code` good again; returns how many rows changed.
+pub async fn unrevoke(
+    tx: &Transaction<'_>,
+    issuer_id: i32,
+    serial: &[u8],
+    reason_code: i16,
+    version: i64,
+) -> Result<u64, tokio_postgres::Error> {
+    tx.execute(
+        "UPDATE certificates SET reason = NULL, revoked_at = NULL, changed_at = clock_timestamp(), \
+         changed_version = $4 WHERE issuer_id = $1 AND serial = $2 AND reason = $3",
+        &[&issuer_id, &serial, &reason_code, &version],
+    )
+    .await
+}
+
+/// Queues one notification on `channel` per payload; delivered only if `tx` commits.
+pub async fn notify(tx: &Transaction<'_>, channel: &str, payloads: &[String]) -> Result<(), tokio_postgres::Error> {
+    tx.execute("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", &[&channel, &payloads]).await?;
+    Ok(())
+}
+
+/// The temporary table an import streams its rows into (dropped at commit).
+pub const IMPORT_TABLE: &str =
+    "CREATE TEMPORARY TABLE jitocsp_import (serial bytea NOT NULL, not_after timestamptz NOT NULL) \
+     ON COMMIT DROP";
+
+/// Streams rows (serial bytea, not_after timestamptz, binary format) into [`IMPORT_TABLE`].
+pub const IMPORT_COPY: &str = "COPY jitocsp_import (serial, not_after) FROM STDIN (FORMAT binary)";
+
+/// Inserts the imported rows as good certificates of `issuer_id`; rows already present are
+/// left as they are. Returns how many were inserted.
+pub async fn insert_imported(tx: &Transaction<'_>, issuer_id: i32) -> Result<u64, tokio_postgres::Error> {
+    tx.execute(
+        "INSERT INTO certificates (issuer_id, serial, not_after) \
+         SELECT $1, serial, not_after FROM jitocsp_import \
+         ON CONFLICT (issuer_id, serial) DO NOTHING",
+        &[&issuer_id],
+    )
+    .await
+}
+
+/// How many imported rows already exist with another notAfter.
+pub async fn count_not_after_mismatches(tx: &Transaction<'_>, issuer_id: i32) -> Result<i64, tokio_postgres::Error> {
+    Ok(tx
+        .query_one(
+            "SELECT count(*) FROM jitocsp_import t JOIN certificates c \
+             ON c.issuer_id = $1 AND c.serial = t.serial WHERE c.not_after <> t.not_after",
+            &[&issuer_id],
+        )
+        .await?
+        .get(0))
+}
+
+/// Refreshes the table's planner statistics.
+pub async fn analyze(client: &Client) -> Result<(), tokio_postgres::Error> {
+    client.batch_execute("ANALYZE certificates").await
+}
+
+/// One certificate as `admin status` shows it.
+pub struct CertificateRow {
+    pub not_after: DateTime<Utc>,
+    pub status: StatusRow,
+    pub changed_at: Option<DateTime<Utc>>,
+}
+
+/// Reads one certificate, if it has a row.
+pub async fn one(
+    client: &Client,
+    issuer_id: i32,
+    serial: &[u8],
+) -> Result<Option<CertificateRow>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT not_after, reason, revoked_at, changed_at FROM certificates \
+             WHERE issuer_id = $1 AND serial = $2",
+            &[&issuer_id, &serial],
+        )
+        .await?;
+    Ok(row.map(|r| CertificateRow {
+        not_after: r.get(0),
+        status: StatusRow { reason: r.get(1), revoked_at: r.get(2) },
+        changed_at: r.get(3),
+    }))
+}

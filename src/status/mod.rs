@@ -1,0 +1,181 @@
+//! Status changes, as a library: import, revoke, unrevoke, and the reason change to
+//! keyCompromise. Each takes a *plan* (validated input) and returns an *outcome* (what
+//! changed, what was skipped and why, the version taken) as data; the admin commands
+//! (`crate::admin`) only build plans and print outcomes.
+//!
+//! # The transaction of a status change
+//!
+//! Revoke, reason change and unrevoke follow one pattern. The plan is complete before the
+//! database is touched. Then, in ONE transaction: the rows are locked (`FOR UPDATE`) and
+//! checked (an unknown serial fails the whole change, [`StatusError::is_input`], and nothing is
+//! written); one status version is taken from `status_change_seq` (after the locks, so
+//! versions grow along each row's changes); per certificate to change, one `audit_log` row and
+//! one `pending_purges` row (and, with a CDN hook, one `cdn_purges` row); then the status
+//! UPDATE with `changed_version` and `changed_at = clock_timestamp()`, and one
+//! `pg_notify('jitocsp_status', StatusChange payload)` per change carrying the version;
+//! COMMIT. Only after the commit are the Redis keys deleted and the CDN hook called
+//! ([`AfterCommit`]), and neither can undo or fail the change.
+//!
+//! Responders compare versions, not times, so the length of the transaction does not matter
+//! to them: a status read at a lower version than a change they heard of is never used.
+//!
+//! A revoke of many serials uses set-based statements (`serial = ANY($n)`, `unnest`) rather
+//! than one round trip per serial; per row the effect is that of the per-serial
+//! `UPDATE ... WHERE reason IS NULL`.
+//!
+//! A certificate already revoked is skipped and reported, not an error, and keeps its
+//! original reason and time, with one exception (BR 4.9.1.1): a revocation for keyCompromise
+//! turns an earlier revocation for another reason into keyCompromise, keeping its revocation
+//! time or back-dating it to an explicitly given earlier time ([`revoke::rekey_time`]).
+//!
+//! An import is one transaction too (rows streamed with COPY, inserted with `ON CONFLICT DO
+//! NOTHING`, one audit row); it changes no status, so it takes no version and notifies nobody.
+//!
+//! Every change is also logged with `tracing::info!` at target `jitocsp::audit`, after commit.
+
+mod after_commit;
+pub mod import;
+mod record;
+pub mod revoke;
+pub mod unrevoke;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use crate::db::PgError;
+use crate::ocsp::RevocationReason;
+use crate::purge::cdn::CdnError;
+use crate::serial::Serial;
+
+pub use crate::db::issuers::IssuerRow;
+pub use after_commit::{AfterCommit, CdnOutcome};
+
+/// How many unknown serials an error message lists by name.
+const MAX_NAMED: usize = 10;
+
+/// Where a serial came from, so that a refusal can point at the input line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Argument,
+    /// `source` is shared by every line of one input, so a million lines cost one name.
+    Line {
+        source: Arc<str>,
+        line: usize,
+    },
+    Cert {
+        file: String,
+        index: usize,
+    },
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Argument => f.write_str("--serial"),
+            Origin::Line { source, line } => write!(f, "{source} line {line}"),
+            Origin::Cert { file, index } => write!(f, "{file} certificate {index}"),
+        }
+    }
+}
+
+/// Why a status change was refused or failed. Nothing was changed in either case: every
+/// refusal happens before the commit, and a failure before it rolls the transaction back.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("{} serial(s) have no certificate of issuer {issuer:?}: {}; nothing was changed \
+             (import the certificates first, or fix the input)", .missing.len(), name_some(.missing))]
+    UnknownSerials { issuer: String, missing: Vec<(Serial, Origin)> },
+    #[error("serial {serial} has no certificate of issuer {issuer:?}")]
+    UnknownSerial { issuer: String, serial: Serial },
+    #[error("serial {serial} is not revoked; nothing to undo")]
+    NotRevoked { serial: Serial },
+    #[error("serial {serial} was revoked with reason {}; only a certificateHold can be undone",
+            RevocationReason::describe_code(*.code))]
+    NotOnHold { serial: Serial, code: i16 },
+    #[error("serial {serial} was revoked at {}; --at {} would move it later (a reason change to keyCompromise \
+             keeps the revocation time or back-dates it); nothing was changed", rfc3339(*.revoked_at), rfc3339(*.at))]
+    LaterRevocationTime { serial: Serial, revoked_at: DateTime<Utc>, at: DateTime<Utc> },
+    #[error("serial {serial} appears twice with different notAfter: {first} says {}, {second} says {}",
+            .first_not_after.to_rfc3339(), .second_not_after.to_rfc3339())]
+    ConflictingNotAfter {
+        serial: Serial,
+        first: Origin,
+        first_not_after: DateTime<Utc>,
+        second: Origin,
+        second_not_after: DateTime<Utc>,
+    },
+    #[error("nothing to import: the input holds no certificate")]
+    NothingToImport,
+    /// Cannot happen while the rows are locked; the transaction is rolled back.
+    #[error("expected to revoke {expected} certificates but changed {changed}; nothing was changed")]
+    RevokedCount { expected: usize, changed: usize },
+    /// Cannot happen while the rows are locked; the transaction is rolled back.
+    #[error("expected to change {expected} reasons but changed {changed}; nothing was changed")]
+    ReasonCount { expected: usize, changed: u64 },
+    #[error("{what}")]
+    Database {
+        what: &'static str,
+        #[source]
+        source: PgError,
+    },
+    #[error("recording the CDN purges")]
+    CdnPurges(#[source] CdnError),
+}
+
+impl StatusError {
+    /// True when the input is wrong (the operator must change it), false when something
+    /// failed that may work on another try.
+    pub fn is_input(&self) -> bool {
+        match self {
+            StatusError::UnknownSerials { .. }
+            | StatusError::UnknownSerial { .. }
+            | StatusError::NotRevoked { .. }
+            | StatusError::NotOnHold { .. }
+            | StatusError::LaterRevocationTime { .. }
+            | StatusError::ConflictingNotAfter { .. }
+            | StatusError::NothingToImport => true,
+            StatusError::RevokedCount { .. }
+            | StatusError::ReasonCount { .. }
+            | StatusError::Database { .. }
+            | StatusError::CdnPurges(_) => false,
+        }
+    }
+}
+
+/// Maps a Postgres error to [`StatusError::Database`], saying what was being done.
+fn db(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StatusError {
+    move |e| StatusError::Database { what, source: e.into() }
+}
+
+/// The first [`MAX_NAMED`] serials with their origins, and how many more there are.
+fn name_some(missing: &[(Serial, Origin)]) -> String {
+    let mut named = missing.iter().take(MAX_NAMED).map(|(s, o)| format!("{s} ({o})")).collect::<Vec<_>>().join(", ");
+    if missing.len() > MAX_NAMED {
+        named.push_str(&format!(" and {} more", missing.len() - MAX_NAMED));
+    }
+    named
+}
+
+/// Times as the audit log and the messages write them.
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_serials_are_named_up_to_ten() {
+        let missing: Vec<(Serial, Origin)> = (1..=12u8)
+            .map(|i| (Serial::from_signed_be(&[i]).unwrap(), Origin::Line { source: Arc::from("f"), line: i as usize }))
+            .collect();
+        let e = StatusError::UnknownSerials { issuer: "ca".into(), missing };
+        let text = e.to_string();
+        assert!(text.starts_with("12 serial(s) have no certificate of issuer \"ca\": 01 (f line 1), "), "{text}");
+        assert!(text.contains("0a (f line 10) and 2 more; nothing was changed"), "{text}");
+        assert!(!text.contains("0b"), "{text}");
+        assert!(e.is_input());
+    }
+}
