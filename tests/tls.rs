@@ -1,5 +1,7 @@
 //! TLS to Postgres and Redis, against the real services: `scripts/services.sh up` serves TLS
-//! with a test CA (.local/tls; Postgres `ssl = on` on its port, Redis on a TLS port). The
+//! with a test CA (`JITOCSP_TEST_TLS_DIR` in .local/env; Postgres `ssl = on` on its port,
+//! Redis on a TLS port; tests/common/tls.rs). Without them the tests skip, as every test
+//! does for a missing service (failing instead under scripts/test.sh). The
 //! responder, the listener and the admin CLI are given only TLS URLs, so every answer that
 //! needs the database or lands in Redis went through verified TLS; a wrong CA, a wrong host
 //! name and a client certificate the server does not trust are refused, each with a message
@@ -11,150 +13,22 @@ use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 
-use common::{redis_url, run, Pki, Site};
+use common::{make_ca, output_text as text, pairs, skip_unless, tls_services, Need, Pki, Site, TlsServices, P256};
 
-/// The TLS side of the test services.
-struct Services {
-    /// ca.pem, ca.key, server.pem, server.key.
-    dir: PathBuf,
-    /// `REDIS_URL` (same DB number) as rediss:// on the TLS port.
-    redis_url: String,
-}
-
-fn services() -> Services {
-    let dir = std::env::var_os("JITOCSP_TEST_TLS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".local/tls"));
-    assert!(dir.join("ca.pem").is_file(), "{}/ca.pem missing: run scripts/services.sh up", dir.display());
-    let mut redis = url::Url::parse(&redis_url()).expect("REDIS_URL");
-    let tls_port = match std::env::var("JITOCSP_TEST_REDIS_TLS_PORT") {
-        Ok(port) => port.parse().expect("JITOCSP_TEST_REDIS_TLS_PORT"),
-        Err(_) => redis.port().expect("REDIS_URL has a port") + 1,
-    };
-    redis.set_scheme("rediss").unwrap();
-    redis.set_port(Some(tls_port)).unwrap();
-    Services { dir, redis_url: redis.to_string() }
-}
-
-impl Services {
-    fn ca(&self) -> String {
-        self.dir.join("ca.pem").display().to_string()
+/// The services these tests talk to, or `None` (after saying why) when the test must skip.
+fn services() -> Option<TlsServices> {
+    if skip_unless(&[Need::Postgres, Need::Redis, Need::Openssl, Need::TlsServices]) {
+        return None;
     }
-
-    /// The configuration, as environment overrides, that reaches `site`'s database and Redis
-    /// over TLS verified against `ca`: its URL with `sslmode=verify-full` (the host, 127.0.0.1,
-    /// is in the server certificate), and the Redis TLS port. `channel_binding=require` makes
-    /// the login fail unless the connector's tls-server-end-point binding is the server's.
-    fn env(&self, site: &Site, ca: &str) -> Vec<(String, String)> {
-        let pg = &site.database_url;
-        let pg_url =
-            format!("{pg}{}sslmode=verify-full&channel_binding=require", if pg.contains('?') { '&' } else { '?' });
-        vec![
-            ("JITOCSP_DATABASE_URL".into(), pg_url),
-            ("JITOCSP_DATABASE_TLS_CA_FILE".into(), ca.into()),
-            ("JITOCSP_REDIS_URL".into(), self.redis_url.clone()),
-            ("JITOCSP_REDIS_TLS_CA_FILE".into(), ca.into()),
-        ]
-    }
-}
-
-fn pairs(env: &[(String, String)]) -> Vec<(&str, &str)> {
-    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
-}
-
-fn text(output: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let output = run("openssl", args, dir);
-    assert!(output.status.success(), "openssl {args:?}: {}", text(&output));
+    Some(tls_services())
 }
 
 /// A CA of its own in `dir` (`<name>.pem`, `<name>.key`): trusted by nobody.
-fn make_ca(dir: &Path, name: &str) -> PathBuf {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "30",
-            "-subj",
-            &format!("/CN={name}"),
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.pem"),
-        ],
-    );
+fn other_ca(dir: &Path, name: &str) -> PathBuf {
+    make_ca(dir, name, name, P256);
     dir.join(format!("{name}.pem"))
-}
-
-/// A client certificate `<name>.pem` and its key `<name>.key` (mode 0600) in `dir`, issued
-/// by the CA whose files are `ca_pem` and `ca_key`.
-fn make_client(dir: &Path, name: &str, ca_pem: &Path, ca_key: &Path) -> (PathBuf, PathBuf) {
-    let key = dir.join(format!("{name}.key"));
-    let cert = dir.join(format!("{name}.pem"));
-    let ext = dir.join(format!("{name}.ext"));
-    std::fs::write(
-        &ext,
-        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
-    )
-    .unwrap();
-    openssl(
-        dir,
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-subj",
-            "/CN=jitocsp",
-            "-keyout",
-            key.to_str().unwrap(),
-            "-out",
-            &format!("{name}.csr"),
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            ca_pem.to_str().unwrap(),
-            "-CAkey",
-            ca_key.to_str().unwrap(),
-            "-CAcreateserial",
-            "-CAserial",
-            &format!("{name}.srl"),
-            "-days",
-            "30",
-            "-extfile",
-            ext.to_str().unwrap(),
-            "-out",
-            cert.to_str().unwrap(),
-        ],
-    );
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    (cert, key)
 }
 
 fn hours_from_now(hours: i64) -> String {
@@ -170,7 +44,7 @@ fn serve_failure(site: &Site, env: &[(&str, &str)]) -> String {
 
 #[test]
 fn responder_and_admin_cli_work_over_verified_tls() {
-    let tls = services();
+    let Some(tls) = services() else { return };
     // Its own database: every connection to it below is this test's responder's.
     let site = Site::with_own_database();
     let env = tls.env(&site, &tls.ca());
@@ -221,9 +95,9 @@ fn responder_and_admin_cli_work_over_verified_tls() {
 
 #[test]
 fn a_server_certificate_from_another_ca_is_refused() {
-    let tls = services();
+    let Some(tls) = services() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let other = make_ca(dir.path(), "other-ca");
+    let other = other_ca(dir.path(), "other-ca");
     let site = Site::new();
     let env = tls.env(&site, other.to_str().unwrap());
     let env = pairs(&env);
@@ -253,7 +127,7 @@ fn a_server_certificate_from_another_ca_is_refused() {
 
 #[test]
 fn a_host_name_not_in_the_certificate_is_refused() {
-    let tls = services();
+    let Some(tls) = services() else { return };
     let site = Site::new();
     let env = tls.env(&site, &tls.ca());
 
@@ -291,11 +165,12 @@ fn a_host_name_not_in_the_certificate_is_refused() {
 
 #[test]
 fn client_certificates_are_shown_and_checked_by_the_servers() {
-    let tls = services();
+    let Some(tls) = services() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = make_client(dir.path(), "client", &tls.dir.join("ca.pem"), &tls.dir.join("ca.key"));
-    let other = make_ca(dir.path(), "other-ca");
-    let (stranger_cert, stranger_key) = make_client(dir.path(), "stranger", &other, &dir.path().join("other-ca.key"));
+    let (cert, key) = tls.client(dir.path(), "client");
+    let other = other_ca(dir.path(), "other-ca");
+    let (stranger_cert, stranger_key) =
+        common::make_client(dir.path(), "stranger", &other, &dir.path().join("other-ca.key"));
     let site = Site::new();
     let pki = Pki::new();
     // The identity shown to Postgres, and the one shown to Redis.

@@ -12,6 +12,7 @@ mod server;
 mod site;
 mod skip;
 mod softhsm;
+mod tls;
 
 pub use der::*;
 pub use judge::*;
@@ -21,6 +22,7 @@ pub use server::*;
 pub use site::*;
 pub use skip::*;
 pub use softhsm::*;
+pub use tls::*;
 
 use std::net::TcpListener;
 use std::path::Path;
