@@ -53,6 +53,10 @@ fn main() -> ExitCode {
         Err(error) => return ExitCode::from(report(&error, 2) as u8),
     };
     init_logging(&config);
+    // What the file and the environment made of it, for an operator chasing a setting. The
+    // Debug output shows URLs with their passwords masked (config/secrets.rs) and names the
+    // secret files, never their contents.
+    tracing::debug!(config = ?config, "configuration");
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
