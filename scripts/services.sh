@@ -375,7 +375,8 @@ pg_tls() {
 # ---------------------------------------------------------------- streaming standby
 # A hot standby of the cluster above, made with pg_basebackup and fed by streaming
 # replication, so tests can point `database.read_url` at a real replica and pause its replay
-# (`SELECT pg_wal_replay_pause()`, granted to the test role) to make it lag.
+# (`SELECT pg_wal_replay_pause()`, granted to the test role) to make it lag, or promote it
+# (`pg_promote()`, granted too) to fail over to it; `standby-up` then makes it anew.
 REPL_USER=jitocsp_replicator
 # The primary keeps the WAL the standby has not received yet in this slot, so a standby that
 # falls behind (a test pauses it, the machine is busy) catches up instead of finding the
@@ -466,7 +467,7 @@ EOF
     local db
     for db in template1 "$DB_NAME"; do
         psql_admin -d "$db" -c "GRANT EXECUTE ON FUNCTION pg_wal_replay_pause(), pg_wal_replay_resume(), \
-            pg_is_wal_replay_paused(), pg_get_wal_replay_pause_state() TO $DB_USER"
+            pg_is_wal_replay_paused(), pg_get_wal_replay_pause_state(), pg_promote(boolean, integer) TO $DB_USER"
     done
     local attempt i
     for attempt in 1 2; do

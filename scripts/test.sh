@@ -2,7 +2,7 @@
 # scripts/test.sh — the one command that runs every test.
 #   1. starts project-local Postgres + Redis (scripts/services.sh up) and loads .local/env
 #   2. installs missing tools: openssl, curl (apt), python cryptography + pkilint (pip)
-#   3. cargo fmt --check, cargo clippy -D warnings, cargo deny (fail fast)
+#   3. cargo fmt --check, cargo clippy -D warnings, cargo doc -D warnings, cargo deny (fail fast)
 #   4. self-test of the external OCSP judge (tests/judges/selftest.py)
 #   5. cargo test --workspace --all-targets -- --test-threads=2 (tests/operate.rs also runs
 #      scripts/check-deploy.sh: nginx -t, systemd-analyze verify, redis.conf)
@@ -80,6 +80,9 @@ cargo fmt --all -- --check
 
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo doc (the lib.rs map's links resolve)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 
 step "cargo deny (deny.toml: licenses, bans, sources; advisories when the database is at hand)"
 command -v cargo-deny >/dev/null || cargo install --locked cargo-deny@0.20.2

@@ -1,16 +1,29 @@
-//! The issuers a running responder answers for, loaded from Postgres with their signers.
+//! The issuers a running responder answers for, loaded from Postgres with their signers, and
+//! kept current while it runs.
 //!
 //! Matching a request to an issuer compares the CertID's precomputed name and key hashes, so
 //! nothing is hashed per request. A CertID that matches no issuer is answered unauthorized
 //! and never reaches a signer (spec invariant 2).
+//!
+//! Issuers change while responders run (`admin issuer add`, `retire`, `set-signer`). Every
+//! change to the `issuers` table notifies [`CHANNEL`] (a trigger, sql/0005); the change feed's
+//! listener hears it, and also asks for a reload whenever its connection is (re)established,
+//! since notifications sent while it was down are lost. [`LiveIssuers`] then reloads the rows
+//! in the background: issuers whose row did not change are kept as they are (their signers
+//! stay open), changed and new ones are opened, retired ones are dropped, and the new set
+//! replaces the old in one atomic swap. Requests read the current set without a lock.
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 
+use crate::db::issuers::{self as rows, Served};
 use crate::ocsp::request::RequestedCert;
 use crate::ocsp::HashAlgorithm;
 use crate::signer::{self, Signer, SignerError, SignerOptions, UnavailableSigner};
+use crate::tls::TlsFiles;
 use crate::x509::{certid_hashes_of, parse_cert, CertIdHashes};
 
 /// One issuing CA, ready to answer for.
@@ -28,6 +41,9 @@ pub struct Issuer {
     signer: Arc<dyn Signer>,
     /// Certificates included in every response: the delegated responder certificate, if any.
     included_certs: Vec<Bytes>,
+    /// When its row last changed (`issuers.changed_at`): a reload keeps this issuer while the
+    /// row's time is the same. None for issuers not loaded from a row (tests).
+    changed_at: Option<DateTime<Utc>>,
 }
 
 /// Why the issuers could not be loaded. Fatal at start-up: serving without a configured
@@ -36,6 +52,8 @@ pub struct Issuer {
 pub enum IssuerLoadError {
     #[error("reading issuers: {0}")]
     Postgres(#[from] tokio_postgres::Error),
+    #[error("reading issuers: {0}")]
+    Connect(#[from] crate::db::ConnectError),
     #[error("issuer {name:?}: {reason}")]
     Invalid { name: String, reason: String },
 }
@@ -107,7 +125,18 @@ impl Issuer {
             responder_key_hash,
             signer,
             included_certs: responder_cert_der.map(Bytes::copy_from_slice).into_iter().collect(),
+            changed_at: None,
         })
+    }
+
+    /// Opens the issuer a row describes (blocking: a PKCS#11 signer logs in to its token).
+    fn from_row(row: Served, options: &SignerOptions) -> Result<Self, IssuerLoadError> {
+        let issuer =
+            Issuer::open(row.id, row.name, &row.cert_der, row.responder_cert_der.as_deref(), &row.signer, options)?;
+        if let Err(error) = issuer.signer.check() {
+            tracing::error!(issuer = %issuer.name, %error, "signer unavailable: this issuer's misses will get tryLater");
+        }
+        Ok(Issuer { changed_at: Some(row.changed_at), ..issuer })
     }
 
     pub fn signer(&self) -> &dyn Signer {
@@ -155,21 +184,51 @@ impl IssuerSet {
         IssuerSet { issuers: issuers.into_iter().map(Arc::new).collect() }
     }
 
-    /// Loads every issuer row and opens its signer.
+    /// Loads every issuer that is not retired and opens its signer. At start-up an issuer
+    /// that cannot be built (a signer holding another key, an unreadable certificate) is
+    /// fatal: serving without it would answer its certificates with errors.
     pub async fn load(client: &tokio_postgres::Client, options: &SignerOptions) -> Result<Self, IssuerLoadError> {
-        let rows =
-            client.query("SELECT id, name, cert_der, responder_cert_der, signer FROM issuers ORDER BY id", &[]).await?;
-        let mut issuers = Vec::with_capacity(rows.len());
-        for row in rows {
-            let spec: String = row.get(4);
-            let cert_der: Vec<u8> = row.get(2);
-            let responder_der: Option<Vec<u8>> = row.get(3);
-            let issuer = Issuer::open(row.get(0), row.get(1), &cert_der, responder_der.as_deref(), &spec, options)?;
-            if let Err(error) = issuer.signer.check() {
-                tracing::error!(issuer = %issuer.name, %error, "signer unavailable: this issuer's misses will get tryLater");
-            }
-            issuers.push(issuer);
+        let mut issuers = Vec::new();
+        for row in rows::served(client).await? {
+            let options = options.clone();
+            issuers.push(Arc::new(open_blocking(row, options).await?));
         }
+        Ok(IssuerSet::from_arcs(issuers))
+    }
+
+    /// The set the rows describe now, keeping the issuers of `self` whose row has not
+    /// changed. An issuer that cannot be built is logged and left as it was (kept if it was
+    /// served, still absent if it is new), so that one bad row never stops the others.
+    async fn reload(&self, client: &tokio_postgres::Client, options: &SignerOptions) -> Result<Self, IssuerLoadError> {
+        let mut issuers = Vec::new();
+        for row in rows::served(client).await? {
+            let current = self.issuers.iter().find(|issuer| issuer.id == row.id);
+            if let Some(kept) = current.filter(|issuer| issuer.changed_at == Some(row.changed_at)) {
+                issuers.push(kept.clone());
+                continue;
+            }
+            let (id, name) = (row.id, row.name.clone());
+            match open_blocking(row, options.clone()).await {
+                Ok(opened) => {
+                    tracing::info!(issuer = %opened.name, id, signer = opened.signer.describe(),
+                        "{}", if current.is_some() { "issuer changed: reopened" } else { "issuer added: serving" });
+                    issuers.push(Arc::new(opened));
+                }
+                Err(error) => {
+                    metrics::counter!(crate::metrics::ISSUER_RELOAD_FAILURES).increment(1);
+                    tracing::error!(issuer = %name, id, %error, "issuer changed but cannot be opened; {}",
+                        if current.is_some() { "still serving it as it was" } else { "not serving it" });
+                    issuers.extend(current.cloned());
+                }
+            }
+        }
+        for gone in self.issuers.iter().filter(|old| !issuers.iter().any(|new| new.id == old.id)) {
+            tracing::info!(issuer = %gone.name, id = gone.id, "issuer retired: no longer served");
+        }
+        Ok(IssuerSet::from_arcs(issuers))
+    }
+
+    fn from_arcs(issuers: Vec<Arc<Issuer>>) -> Self {
         let hashes: Vec<&CertIdHashes> = issuers.iter().map(|issuer| &issuer.hashes).collect();
         for (i, earlier) in shadowed(&hashes) {
             tracing::warn!(issuer = %issuers[i].name, answered_as = %issuers[earlier].name,
@@ -177,7 +236,7 @@ impl IssuerSet {
                  its certificates match the earlier one and are answered unauthorized unless the \
                  certificates are imported there (`jitocsp admin import --issuer` with the answered_as name)");
         }
-        Ok(IssuerSet::new(issuers))
+        IssuerSet { issuers }
     }
 
     pub fn find(&self, cert: &RequestedCert) -> Option<&Arc<Issuer>> {
@@ -194,6 +253,78 @@ impl IssuerSet {
 
     pub fn is_empty(&self) -> bool {
         self.issuers.is_empty()
+    }
+}
+
+async fn open_blocking(row: Served, options: SignerOptions) -> Result<Issuer, IssuerLoadError> {
+    let name = row.name.clone();
+    tokio::task::spawn_blocking(move || Issuer::from_row(row, &options)).await.unwrap_or_else(|join| {
+        Err(IssuerLoadError::Invalid { name, reason: format!("opening the signer panicked: {join}") })
+    })
+}
+
+/// The Postgres channel every change to the `issuers` table is notified on (sql/0005).
+pub const CHANNEL: &str = "jitocsp_issuers";
+
+/// How long a failed reload waits before it tries again.
+const RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The issuer set a running responder serves, replaced whole when the `issuers` table changes.
+pub struct LiveIssuers {
+    current: ArcSwap<IssuerSet>,
+    stale: tokio::sync::Notify,
+}
+
+impl LiveIssuers {
+    pub fn new(issuers: IssuerSet) -> Self {
+        LiveIssuers { current: ArcSwap::from_pointee(issuers), stale: tokio::sync::Notify::new() }
+    }
+
+    /// The set as it is now: a lock-free read. Hold it briefly (not across an await).
+    pub fn current(&self) -> arc_swap::Guard<Arc<IssuerSet>> {
+        self.current.load()
+    }
+
+    /// The set as it is now, to keep.
+    pub fn snapshot(&self) -> Arc<IssuerSet> {
+        self.current.load_full()
+    }
+
+    /// The `issuers` table may have changed: [`LiveIssuers::keep_current`] reloads. Calls
+    /// that arrive while a reload runs cause one more reload after it, never none.
+    pub fn mark_stale(&self) {
+        self.stale.notify_one();
+    }
+
+    /// Runs forever: waits for [`LiveIssuers::mark_stale`], reloads from `database_url`
+    /// (TLS as `tls` and the URL's `sslmode` say; retrying every second while Postgres cannot
+    /// be read), and swaps the new set in.
+    pub async fn keep_current(&self, database_url: &str, tls: &TlsFiles, options: &SignerOptions) {
+        loop {
+            self.stale.notified().await;
+            loop {
+                match self.reload_once(database_url, tls, options).await {
+                    Ok(()) => break,
+                    Err(error) => {
+                        metrics::counter!(crate::metrics::ISSUER_RELOAD_FAILURES).increment(1);
+                        tracing::warn!(%error, "cannot reload the issuers; retrying");
+                        tokio::time::sleep(RETRY).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn reload_once(
+        &self,
+        database_url: &str,
+        tls: &TlsFiles,
+        options: &SignerOptions,
+    ) -> Result<(), IssuerLoadError> {
+        let client = crate::db::connect(database_url, tls).await?;
+        let reloaded = self.snapshot().reload(&client, options).await?;
+        self.current.store(Arc::new(reloaded));
+        Ok(())
     }
 }
 

@@ -72,6 +72,12 @@ pub const STATUS_READS: &str = "jitocsp_status_reads_total";
 pub const HTTP_CONNECTIONS: &str = "jitocsp_http_connections";
 /// POST bodies that did not arrive within `server.body_timeout` (answered 408, closed).
 pub const SLOW_BODIES: &str = "jitocsp_slow_bodies_total";
+/// Replica reads sent to the primary because the replica failed a read within the last
+/// few seconds (`database.read_url` down or refusing).
+pub const REPLICA_UNAVAILABLE: &str = "jitocsp_replica_unavailable_total";
+/// Issuer reloads that failed: the table could not be read, or a changed issuer could not be
+/// built (it is then served as it was, or not at all if it is new).
+pub const ISSUER_RELOAD_FAILURES: &str = "jitocsp_issuer_reload_failures_total";
 /// Build information (value 1), by `version`.
 pub const BUILD_INFO: &str = "jitocsp_build_info";
 

@@ -43,7 +43,7 @@ use crate::config::{NoncePolicy, ResponsesConfig, UnissuedPolicy};
 use crate::entry::{CachedResponse, Facts};
 use crate::feed::listener::Subscriber;
 use crate::feed::log::{ChangeLog, LatestChange};
-use crate::issuers::{Issuer, IssuerSet};
+use crate::issuers::{Issuer, IssuerSet, LiveIssuers};
 use crate::metrics as m;
 use crate::ocsp::request::{OcspRequest, RequestedCert};
 use crate::ocsp::response::{assemble, encode_response_data, CertStatusAnswer, SingleAnswer};
@@ -127,7 +127,7 @@ enum Freshness {
 
 /// Answers OCSP requests. Generic over the cache and the store so tests can swap them.
 pub struct Responder<C, S> {
-    issuers: IssuerSet,
+    issuers: LiveIssuers,
     local: LocalTier,
     cache: C,
     store: S,
@@ -154,7 +154,7 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
         key_prefix: String,
     ) -> Self {
         Responder {
-            issuers,
+            issuers: LiveIssuers::new(issuers),
             local,
             cache,
             store,
@@ -168,7 +168,7 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
         }
     }
 
-    pub fn issuers(&self) -> &IssuerSet {
+    pub fn issuers(&self) -> &LiveIssuers {
         &self.issuers
     }
 
@@ -193,7 +193,7 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
 
     /// One CertID, no nonce: the cacheable case, which is nearly all traffic.
     async fn answer_one(self: &Arc<Self>, cert: RequestedCert) -> Answer {
-        let Some(issuer) = self.issuers.find(&cert) else {
+        let Some(issuer) = self.issuers.current().find(&cert).cloned() else {
             return Answer::Error(OcspErrorStatus::Unauthorized);
         };
         let id = ResponseId { issuer_id: issuer.id, serial: cert.serial.clone(), variant: cert.variant };
@@ -562,6 +562,10 @@ impl<C: ResponseCache, S: StatusStore> Drop for FlightGuard<'_, C, S> {
 impl<C: ResponseCache, S: StatusStore> Subscriber for Responder<C, S> {
     fn changes(&self) -> &ChangeLog {
         &self.changes
+    }
+
+    fn issuers_changed(&self) {
+        self.issuers.mark_stale();
     }
 
     fn forget(&self, issuer_id: i32, serial: &Serial) {

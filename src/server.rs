@@ -129,6 +129,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         responder.clone(),
         config.responses.validity,
     ));
+    {
+        let (responder, url, tls, options) =
+            (responder.clone(), config.database.url.clone(), config.database.tls_files(), (&config.signing).into());
+        tokio::spawn(async move { responder.issuers().keep_current(&url, &tls, &options).await });
+    }
     tokio::spawn(pending::run(primary.clone(), responder.cache().clone(), config.cache.key_prefix.clone()));
     if config.cdn.enabled() {
         tracing::info!(base_url = %config.cdn.base_url, "CDN purge hook configured; retrying owed purges");
@@ -222,7 +227,8 @@ async fn readiness(probes: web::Data<Probes>) -> HttpResponse {
     if let Err(e) = responder.cache().ping().await {
         problems.push(format!("redis: {e}"));
     }
-    for issuer in responder.issuers().iter() {
+    let issuers = responder.issuers().snapshot();
+    for issuer in issuers.iter() {
         if let Err(e) = issuer.signer().check() {
             problems.push(format!("issuer {}: {e}", issuer.name));
         }
@@ -236,7 +242,7 @@ async fn readiness(probes: web::Data<Probes>) -> HttpResponse {
         ));
     }
     if problems.is_empty() {
-        HttpResponse::Ok().body(format!("ready: {} issuer(s)\n", responder.issuers().len()))
+        HttpResponse::Ok().body(format!("ready: {} issuer(s)\n", issuers.len()))
     } else {
         HttpResponse::ServiceUnavailable().body(problems.join("\n") + "\n")
     }

@@ -269,3 +269,28 @@ fn a_burst_for_one_certificate_costs_one_read_and_one_signature() {
     assert_eq!(server.metric("jitocsp_signatures_total", &[]), 1.0, "signatures");
     assert_eq!(server.metric("jitocsp_db_reads_total", &[]), 1.0, "postgres reads");
 }
+
+/// A read replica that is down (`database.read_url` refusing connections) is skipped for the
+/// primary: misses are answered, the responder stays ready, and the skips are counted.
+#[test]
+fn a_dead_read_replica_is_skipped_for_the_primary() {
+    if skip_unless(&[Need::Postgres, Need::Redis, Need::Openssl]) {
+        return;
+    }
+    // A database of its own: /readyz then judges only this test's issuer.
+    let site = Site::with_own_database();
+    let pki = Pki::new();
+    let issuer = site.add_issuer(&pki);
+    let certs: Vec<_> = (0..3).map(|i| pki.leaf(&format!("replica{i}"), &format!("6c0{i}"))).collect();
+    for cert in &certs {
+        site.jitocsp_ok(&["admin", "import", "--issuer", &issuer, cert.to_str().unwrap()], &[]);
+    }
+    let dead = format!("postgres://jitocsp:jitocsp@127.0.0.1:{}/jitocsp", free_port());
+    let server = site.serve(&[("JITOCSP_DATABASE_READ_URL", &dead)]);
+    for cert in &certs {
+        assert!(status_of(&server, &pki, &pki.request(cert, "-sha1"), cert).contains(": good"));
+    }
+    assert!(server.metric("jitocsp_replica_unavailable_total", &[]) >= certs.len() as f64);
+    let (status, body) = metrics_endpoint(&server, "/readyz");
+    assert_eq!(status, 200, "{body}");
+}

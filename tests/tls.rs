@@ -14,6 +14,7 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::Duration;
 
 use common::{make_ca, output_text as text, pairs, skip_unless, tls_services, Need, Pki, Site, TlsServices, P256};
 
@@ -90,6 +91,19 @@ fn responder_and_admin_cli_work_over_verified_tls() {
     // `admin status` reads the cache over rediss:// too.
     let status = site.jitocsp_ok(&["admin", "status", "--issuer", &issuer, "--serial", "7101"], &env);
     assert!(status.contains("present") && !status.contains("unreachable"), "{status}");
+
+    // An issuer added while the responder runs is loaded over TLS too: the reload has a
+    // connection of its own, made when the TLS listener hears of the change.
+    let second = Pki::new();
+    let signer = format!("file:{}", second.file("ca.key").display());
+    let second_issuer = site.add_issuer_with(&second, &signer, None, &env);
+    let leaf = second.leaf("second", "7201");
+    site.jitocsp_ok(&["admin", "import", "--issuer", &second_issuer, leaf.to_str().unwrap()], &env);
+    server.wait_until(Duration::from_secs(10), |s| {
+        let response = s.post(&second.request(&leaf, "-sha256"));
+        common::openssl_check_response(&second, &response.body, &leaf, "-sha256").contains(": good")
+    });
+    assert_eq!(server.metric("jitocsp_issuer_reload_failures_total", &[]), 0.0, "{}", server.log_text());
     site.drop_database();
 }
 

@@ -10,7 +10,11 @@ use crate::corpus::Corpus;
 use crate::gen::Target;
 
 #[derive(Parser)]
-#[command(name = "jitocsp-loadtest", version, about = "Load generator for jitocsp: seed, cache-drop, capacity")]
+#[command(
+    name = "jitocsp-loadtest",
+    version,
+    about = "Load generator for jitocsp: seed, cache-drop, capacity, bench, mass-revoke"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -50,6 +54,10 @@ pub enum Command {
     /// Measure jitocsp against references in the same run (hot vs nginx, cold vs openssl
     /// ocsp, signatures vs the raw signer): what scripts/bench.sh runs.
     Bench(Box<crate::bench::BenchArgs>),
+    /// Replay a mass revocation: import, serve a hot set under load, revoke many certificates
+    /// in one command, report the revoke time, the responder's RSS, the hot path's latency
+    /// during it, the CDN hook's calls, and verify revoked answers: what loadtest/mass-revoke.sh runs.
+    MassRevoke(Box<crate::mass_revoke::MassRevokeArgs>),
     /// Check a report.json: every step present with its figures, every answer verified.
     CheckReport {
         report: PathBuf,

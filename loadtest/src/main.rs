@@ -1,10 +1,11 @@
 //! jitocsp-loadtest: seeds synthetic certificates, replays a CDN cache drop against jitocsp
 //! (directly, or through an nginx playing the CDN), measures capacity, and runs the benchmark
-//! (jitocsp beside its references in the same run). See loadtest/README.md and docs/benchmarks.md.
+//! (jitocsp beside its references in the same run) and the mass-revocation scenario. See
+//! loadtest/README.md and docs/benchmarks.md.
 //!
 //! Reading order: [`cli`] (the subcommands), [`corpus`] (what is asked), [`gen`] (how requests
 //! are sent and answers recorded), [`verify`] (how answers are checked), then a subcommand:
-//! [`cache_drop`], [`capacity`], [`bench`].
+//! [`cache_drop`], [`capacity`], [`bench`](mod@bench), [`mass_revoke`].
 
 mod bench;
 mod cache_drop;
@@ -14,6 +15,7 @@ mod cli;
 mod closed;
 mod corpus;
 mod gen;
+mod mass_revoke;
 mod report;
 mod scrape;
 mod seed;
@@ -32,6 +34,7 @@ fn main() {
         Command::CacheDrop(a) => a.load.threads,
         Command::Capacity(a) => a.load.threads,
         Command::Bench(a) => a.threads,
+        Command::MassRevoke(a) => a.threads,
         _ => 1,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -56,6 +59,7 @@ fn main() {
             Command::CacheDrop(args) => cache_drop::run(*args).await,
             Command::Capacity(args) => capacity::run(*args).await,
             Command::Bench(args) => bench::run(*args).await,
+            Command::MassRevoke(args) => mass_revoke::run(*args).await,
             Command::CheckReport { report, steps, min_success } => {
                 println!("{}", report::check(&report, steps, min_success)?);
                 Ok(())

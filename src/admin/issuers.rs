@@ -1,4 +1,5 @@
-//! `admin issuer add` and `admin issuer list`.
+//! `admin issuer add`, `list`, `set-signer` and `retire`. Running responders hear of every
+//! change within seconds (see [`crate::issuers`]), without a restart.
 //!
 //! `issuer add` refuses (exit 2), before writing anything:
 //! - a `--cert` that is not exactly one certificate, or is not a CA certificate
@@ -24,7 +25,7 @@
 use chrono::Utc;
 use tokio_postgres::error::SqlState;
 
-use super::{actor, connect, db, AdminError, IssuerAddArgs};
+use super::{actor, connect, db, unknown_issuer, AdminError, IssuerAddArgs, IssuerRetireArgs, IssuerSetSignerArgs};
 use crate::config::Config;
 use crate::db::{audit_log, issuers};
 use crate::signer::{self, SignerError};
@@ -66,61 +67,7 @@ pub async fn add(args: IssuerAddArgs, config: &Config) -> Result<(), AdminError>
     warn_if_expired(&ca, &format!("the CA certificate {cert_path}"));
     let hashes = certid_hashes_of(&ca);
 
-    let responder_der = match &args.responder_cert {
-        None => None,
-        Some(path) => {
-            let shown = path.display().to_string();
-            let der = one_cert(path, "--responder-cert")?;
-            let responder = parse_cert(&der, &shown)?;
-            if responder.issuer().as_raw() != ca.subject().as_raw() {
-                return Err(AdminError::input(format!(
-                    "--responder-cert {shown}: not issued by the CA: its issuer is \"{}\", \
-                     the CA's subject is \"{}\"",
-                    responder.issuer(),
-                    ca.subject()
-                )));
-            }
-            match verify_issued_by(&responder, &ca) {
-                Ok(true) => {}
-                Ok(false) => eprintln!(
-                    "note: --responder-cert {shown}: signature algorithm not verifiable here; \
-                     checked the issuer name only"
-                ),
-                Err(reason) => {
-                    return Err(AdminError::input(format!(
-                        "--responder-cert {shown}: not signed by the CA {cert_path}: {reason}"
-                    )))
-                }
-            }
-            let ocsp_signing = responder.extended_key_usage().ok().flatten().is_some_and(|eku| eku.value.ocsp_signing);
-            if !ocsp_signing {
-                return Err(AdminError::input(format!(
-                    "--responder-cert {shown}: lacks the id-kp-OCSPSigning extended key usage \
-                     (RFC 6960 4.2.2.2)"
-                )));
-            }
-            warn_if_expired(&responder, &format!("the responder certificate {shown}"));
-            Some(der)
-        }
-    };
-
-    let (signing_cert_der, signing_what) = match &responder_der {
-        Some(der) => (der.as_slice(), "--responder-cert"),
-        None => (ca_der.as_slice(), "--cert"),
-    };
-    let signing_cert = parse_cert(signing_cert_der, signing_what)?;
-    signer::open(&args.signer, signing_cert.public_key().raw, &(&config.signing).into()).map_err(|e| match e {
-        SignerError::KeyMismatch { .. } => AdminError::input(format!(
-            "--signer {}: its public key is not the key of {signing_what} ({}); \
-             responses signed with it would not verify",
-            args.signer,
-            signing_cert.subject()
-        )),
-        SignerError::Open { .. } if args.signer.starts_with("pkcs11:") => {
-            AdminError::Operational(format!("--signer: {e}"))
-        }
-        other => AdminError::input(format!("--signer: {other}")),
-    })?;
+    let responder_der = check_signing(&ca, &cert_path, args.responder_cert.as_deref(), &args.signer, config)?;
 
     let mut client = connect(config).await?;
     let tx = client.transaction().await.map_err(db("starting a transaction"))?;
@@ -169,8 +116,76 @@ pub async fn add(args: IssuerAddArgs, config: &Config) -> Result<(), AdminError>
     println!("  key hash sha1:    {}", hex::encode(hashes.key_sha1));
     println!("  name hash sha256: {}", hex::encode(hashes.name_sha256));
     println!("  key hash sha256:  {}", hex::encode(hashes.key_sha256));
-    println!("running responders pick up new issuers when restarted");
+    println!("running responders serve it within seconds");
     Ok(())
+}
+
+/// Checks what will sign the issuer's responses, before anything is written: the delegated
+/// responder certificate at `responder_cert` (issued by the CA, with id-kp-OCSPSigning), if
+/// any, and that `signer` opens and holds the key of the certificate that signs (the
+/// responder's, or the CA's). Returns the responder certificate's DER.
+fn check_signing(
+    ca: &x509_parser::prelude::X509Certificate<'_>,
+    cert_path: &str,
+    responder_cert: Option<&std::path::Path>,
+    signer: &str,
+    config: &Config,
+) -> Result<Option<Vec<u8>>, AdminError> {
+    let responder_der = match responder_cert {
+        None => None,
+        Some(path) => {
+            let shown = path.display().to_string();
+            let der = one_cert(path, "--responder-cert")?;
+            let responder = parse_cert(&der, &shown)?;
+            if responder.issuer().as_raw() != ca.subject().as_raw() {
+                return Err(AdminError::input(format!(
+                    "--responder-cert {shown}: not issued by the CA: its issuer is \"{}\", \
+                     the CA's subject is \"{}\"",
+                    responder.issuer(),
+                    ca.subject()
+                )));
+            }
+            match verify_issued_by(&responder, ca) {
+                Ok(true) => {}
+                Ok(false) => eprintln!(
+                    "note: --responder-cert {shown}: signature algorithm not verifiable here; \
+                     checked the issuer name only"
+                ),
+                Err(reason) => {
+                    return Err(AdminError::input(format!(
+                        "--responder-cert {shown}: not signed by the CA {cert_path}: {reason}"
+                    )))
+                }
+            }
+            let ocsp_signing = responder.extended_key_usage().ok().flatten().is_some_and(|eku| eku.value.ocsp_signing);
+            if !ocsp_signing {
+                return Err(AdminError::input(format!(
+                    "--responder-cert {shown}: lacks the id-kp-OCSPSigning extended key usage \
+                     (RFC 6960 4.2.2.2)"
+                )));
+            }
+            warn_if_expired(&responder, &format!("the responder certificate {shown}"));
+            Some(der)
+        }
+    };
+
+    let (signing_key, signing_what, signing_subject) = match &responder_der {
+        Some(der) => {
+            let responder = parse_cert(der, "--responder-cert")?;
+            (responder.public_key().raw.to_vec(), "--responder-cert", responder.subject().to_string())
+        }
+        None => (ca.public_key().raw.to_vec(), "the CA certificate", ca.subject().to_string()),
+    };
+    signer::open(signer, &signing_key, &(&config.signing).into()).map_err(|e| match e {
+        SignerError::KeyMismatch { .. } => AdminError::input(format!(
+            "--signer {}: its public key is not the key of {signing_what} ({}); \
+             responses signed with it would not verify",
+            signer, signing_subject
+        )),
+        SignerError::Open { .. } if signer.starts_with("pkcs11:") => AdminError::Operational(format!("--signer: {e}")),
+        other => AdminError::input(format!("--signer: {other}")),
+    })?;
+    Ok(responder_der)
 }
 
 /// The refusal of a CA certificate whose subject and key are those of an issuer already
@@ -188,6 +203,73 @@ fn same_certid_refusal(cert_path: &str, existing: &str) -> AdminError {
     ))
 }
 
+/// `issuer set-signer`: checks the new signer (and responder certificate) as `issuer add`
+/// does, then replaces them in one transaction with its audit row. The trigger of sql/0005
+/// tells running responders, which reopen the issuer; until then they sign with the old one.
+pub async fn set_signer(args: IssuerSetSignerArgs, config: &Config) -> Result<(), AdminError> {
+    let mut client = connect(config).await?;
+    let tx = client.transaction().await.map_err(db("starting a transaction"))?;
+    let Some((issuer, old_signer, old_responder, retired)) =
+        issuers::signing_for_update(&tx, &args.name).await.map_err(db("looking up the issuer"))?
+    else {
+        return Err(unknown_issuer(&args.name));
+    };
+    if retired {
+        return Err(AdminError::input(format!("issuer {:?} is retired; it is no longer served", args.name)));
+    }
+    let ca = parse_cert(&issuer.cert_der, "the stored CA certificate")?;
+    let responder_der =
+        check_signing(&ca, "the stored CA certificate", args.responder_cert.as_deref(), &args.signer, config)?;
+    issuers::set_signer(&tx, issuer.id, &args.signer, responder_der.as_deref())
+        .await
+        .map_err(db("updating the issuer"))?;
+    let fingerprint =
+        |der: &Option<Vec<u8>>| der.as_deref().map(|d| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(d)));
+    let before = serde_json::json!({ "signer": old_signer, "responder_cert_sha256": fingerprint(&old_responder) });
+    let after = serde_json::json!({ "signer": args.signer, "responder_cert_sha256": fingerprint(&responder_der) });
+    let who = actor();
+    audit_log::insert_issuer_change(&tx, &who, "issuer set-signer", issuer.id, Some(&before), &after)
+        .await
+        .map_err(db("writing the audit log"))?;
+    tx.commit().await.map_err(db("committing"))?;
+    tracing::info!(target: "jitocsp::audit", actor = %who, action = "issuer set-signer", issuer = %issuer.name, signer = %args.signer, "issuer signer replaced");
+    println!("issuer {:?}: signer {} -> {}", issuer.name, old_signer, args.signer);
+    match &args.responder_cert {
+        Some(path) => println!("  responder cert:   {}", path.display()),
+        None => println!("  responder cert:   none (the CA signs)"),
+    }
+    println!("running responders switch within seconds");
+    Ok(())
+}
+
+/// `issuer retire`: stops every running responder from serving the issuer.
+pub async fn retire(args: IssuerRetireArgs, config: &Config) -> Result<(), AdminError> {
+    let mut client = connect(config).await?;
+    let tx = client.transaction().await.map_err(db("starting a transaction"))?;
+    let Some((issuer, signer, _, _)) =
+        issuers::signing_for_update(&tx, &args.name).await.map_err(db("looking up the issuer"))?
+    else {
+        return Err(unknown_issuer(&args.name));
+    };
+    if !issuers::retire(&tx, issuer.id).await.map_err(db("retiring the issuer"))? {
+        println!("issuer {:?} was retired already", issuer.name);
+        return Ok(());
+    }
+    let who = actor();
+    let before = serde_json::json!({ "served": true, "signer": signer });
+    let after = serde_json::json!({ "served": false });
+    audit_log::insert_issuer_change(&tx, &who, "issuer retire", issuer.id, Some(&before), &after)
+        .await
+        .map_err(db("writing the audit log"))?;
+    tx.commit().await.map_err(db("committing"))?;
+    tracing::info!(target: "jitocsp::audit", actor = %who, action = "issuer retire", issuer = %issuer.name, "issuer retired");
+    println!(
+        "retired issuer {:?}: running responders answer its certificates unauthorized within seconds",
+        issuer.name
+    );
+    Ok(())
+}
+
 pub async fn list(config: &Config) -> Result<(), AdminError> {
     let client = connect(config).await?;
     let listed = issuers::list(&client).await.map_err(db("listing issuers"))?;
@@ -196,15 +278,19 @@ pub async fn list(config: &Config) -> Result<(), AdminError> {
         return Ok(());
     }
     for issuer in listed {
-        let issuers::Listed { id, name, signer, cert_der: der, delegated, created_at: created } = issuer;
+        let issuers::Listed { id, name, signer, cert_der: der, delegated, created_at: created, retired_at } = issuer;
         let (subject, not_after) = match parse_cert(&der, "stored certificate") {
             Ok(c) => (c.subject().to_string(), c.validity().not_after.to_string()),
             Err(e) => (format!("<{e}>"), String::new()),
         };
         println!(
-            "{id}\t{name}\tsubject=\"{subject}\"\tnot_after={not_after}\tsigner={signer}\tresponder_cert={}\tadded={}",
+            "{id}\t{name}\tsubject=\"{subject}\"\tnot_after={not_after}\tsigner={signer}\tresponder_cert={}\tadded={}{}",
             if delegated { "yes" } else { "no" },
-            created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            retired_at.map_or(String::new(), |at| format!(
+                "\tretired={}",
+                at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ))
         );
     }
     Ok(())

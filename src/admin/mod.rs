@@ -69,6 +69,33 @@ pub enum IssuerCommand {
     Add(IssuerAddArgs),
     /// List the registered issuers.
     List,
+    /// Replace an issuer's signer, and its delegated responder certificate (or go back to
+    /// the CA signing its own responses). Running responders switch within seconds.
+    SetSigner(IssuerSetSignerArgs),
+    /// Stop serving an issuer: its certificates are answered unauthorized by every running
+    /// responder within seconds. Final; its rows and audit trail stay.
+    Retire(IssuerRetireArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct IssuerSetSignerArgs {
+    /// The issuer's name.
+    #[arg(long, value_name = "NAME")]
+    pub name: String,
+    /// `file:PATH` (PKCS#8 or SEC1 PEM key) or an RFC 7512 `pkcs11:` URI.
+    #[arg(long, value_name = "SIGNER")]
+    pub signer: String,
+    /// Delegated OCSP responder certificate (id-kp-OCSPSigning) whose key the signer holds;
+    /// without it, the signer must hold the CA's key.
+    #[arg(long, value_name = "PEM")]
+    pub responder_cert: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct IssuerRetireArgs {
+    /// The issuer's name.
+    #[arg(long, value_name = "NAME")]
+    pub name: String,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -244,10 +271,13 @@ pub(crate) async fn connect(config: &Config) -> Result<Client, AdminError> {
 pub(crate) async fn find_issuer(client: &Client, name: &str) -> Result<IssuerRow, AdminError> {
     match crate::db::issuers::by_name(client, name).await.map_err(db("looking up the issuer"))? {
         Some(issuer) => Ok(issuer),
-        None => Err(AdminError::input(format!(
-            "unknown issuer {name:?} (`jitocsp admin issuer list` shows the registered issuers)"
-        ))),
+        None => Err(unknown_issuer(name)),
     }
+}
+
+/// The refusal of an issuer name that is not registered.
+pub(crate) fn unknown_issuer(name: &str) -> AdminError {
+    AdminError::input(format!("unknown issuer {name:?} (`jitocsp admin issuer list` shows the registered issuers)"))
 }
 
 /// Runs one admin command.
@@ -255,6 +285,8 @@ pub async fn run(cmd: AdminCommand, config: &Config) -> Result<(), AdminError> {
     match cmd {
         AdminCommand::Issuer(IssuerCommand::Add(args)) => issuers::add(args, config).await,
         AdminCommand::Issuer(IssuerCommand::List) => issuers::list(config).await,
+        AdminCommand::Issuer(IssuerCommand::SetSigner(args)) => issuers::set_signer(args, config).await,
+        AdminCommand::Issuer(IssuerCommand::Retire(args)) => issuers::retire(args, config).await,
         AdminCommand::Import(args) => import::run(args, config).await,
         AdminCommand::Revoke(args) => revoke::revoke(args, config).await,
         AdminCommand::Unrevoke(args) => revoke::unrevoke(args, config).await,
@@ -301,6 +333,9 @@ mod tests {
     fn commands_parse() {
         assert!(parse(&["issuer", "add", "--name", "a", "--cert", "c", "--signer", "file:k"]).is_ok());
         assert!(parse(&["issuer", "list"]).is_ok());
+        assert!(parse(&["issuer", "set-signer", "--name", "a", "--signer", "file:k"]).is_ok());
+        assert!(parse(&["issuer", "set-signer", "--name", "a"]).is_err());
+        assert!(parse(&["issuer", "retire", "--name", "a"]).is_ok());
         assert!(parse(&["import", "--issuer", "a", "-"]).is_ok());
         assert!(parse(&["import", "--issuer", "a"]).is_err());
         assert!(parse(&["unrevoke", "--issuer", "a", "--serial", "01"]).is_ok());

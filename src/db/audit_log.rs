@@ -34,9 +34,23 @@ pub async fn insert_issuer_event(
     issuer_id: i32,
     after: &serde_json::Value,
 ) -> Result<(), tokio_postgres::Error> {
+    insert_issuer_change(tx, actor, action, issuer_id, None, after).await
+}
+
+/// Writes one row about a change to an issuer (`issuer set-signer`, `issuer retire`): what
+/// it was and what it became, as JSON.
+pub async fn insert_issuer_change(
+    tx: &Transaction<'_>,
+    actor: &str,
+    action: &str,
+    issuer_id: i32,
+    before: Option<&serde_json::Value>,
+    after: &serde_json::Value,
+) -> Result<(), tokio_postgres::Error> {
     tx.execute(
-        "INSERT INTO audit_log (actor, action, issuer_id, after) VALUES ($1, $2, $3, $4::text::jsonb)",
-        &[&actor, &action, &issuer_id, &after.to_string()],
+        "INSERT INTO audit_log (actor, action, issuer_id, before, after) \
+         VALUES ($1, $2, $3, $4::text::jsonb, $5::text::jsonb)",
+        &[&actor, &action, &issuer_id, &before.map(|b| b.to_string()), &after.to_string()],
     )
     .await?;
     Ok(())

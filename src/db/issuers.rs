@@ -77,6 +77,81 @@ pub async fn insert(
     Ok(row.get(0))
 }
 
+/// The signing setup of the issuer named `name`, locked until the transaction ends: (id,
+/// CA certificate, signer, delegated responder certificate, retired).
+pub async fn signing_for_update(
+    tx: &Transaction<'_>,
+    name: &str,
+) -> Result<Option<(IssuerRow, String, Option<Vec<u8>>, bool)>, tokio_postgres::Error> {
+    let row = tx
+        .query_opt(
+            "SELECT id, name, cert_der, signer, responder_cert_der, retired_at IS NOT NULL \
+             FROM issuers WHERE name = $1 FOR UPDATE",
+            &[&name],
+        )
+        .await?;
+    Ok(row.map(|r| (IssuerRow { id: r.get(0), name: r.get(1), cert_der: r.get(2) }, r.get(3), r.get(4), r.get(5))))
+}
+
+/// Replaces an issuer's signer and delegated responder certificate (None: the CA signs).
+pub async fn set_signer(
+    tx: &Transaction<'_>,
+    id: i32,
+    signer: &str,
+    responder_cert_der: Option<&[u8]>,
+) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        "UPDATE issuers SET signer = $2, responder_cert_der = $3, changed_at = now() WHERE id = $1",
+        &[&id, &signer, &responder_cert_der],
+    )
+    .await
+    .map(drop)
+}
+
+/// Retires an issuer: responders stop serving it. Returns false if it was retired already.
+pub async fn retire(tx: &Transaction<'_>, id: i32) -> Result<bool, tokio_postgres::Error> {
+    let changed = tx
+        .execute(
+            "UPDATE issuers SET retired_at = now(), changed_at = now() WHERE id = $1 AND retired_at IS NULL",
+            &[&id],
+        )
+        .await?;
+    Ok(changed == 1)
+}
+
+/// An issuer a responder serves, as stored.
+pub struct Served {
+    pub id: i32,
+    pub name: String,
+    pub cert_der: Vec<u8>,
+    pub responder_cert_der: Option<Vec<u8>>,
+    pub signer: String,
+    /// When the row last changed: an issuer opened from an older row is reopened.
+    pub changed_at: DateTime<Utc>,
+}
+
+/// Every issuer that is not retired, by id: what the responders serve.
+pub async fn served(client: &impl GenericClient) -> Result<Vec<Served>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT id, name, cert_der, responder_cert_der, signer, changed_at \
+             FROM issuers WHERE retired_at IS NULL ORDER BY id",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Served {
+            id: r.get(0),
+            name: r.get(1),
+            cert_der: r.get(2),
+            responder_cert_der: r.get(3),
+            signer: r.get(4),
+            changed_at: r.get(5),
+        })
+        .collect())
+}
+
 /// An issuer as `admin issuer list` shows it.
 pub struct Listed {
     pub id: i32,
@@ -85,13 +160,14 @@ pub struct Listed {
     pub cert_der: Vec<u8>,
     pub delegated: bool,
     pub created_at: DateTime<Utc>,
+    pub retired_at: Option<DateTime<Utc>>,
 }
 
-/// Every issuer, by id.
+/// Every issuer, retired ones included, by id.
 pub async fn list(client: &Client) -> Result<Vec<Listed>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "SELECT id, name, signer, cert_der, responder_cert_der IS NOT NULL, created_at \
+            "SELECT id, name, signer, cert_der, responder_cert_der IS NOT NULL, created_at, retired_at \
              FROM issuers ORDER BY id",
             &[],
         )
@@ -105,6 +181,7 @@ pub async fn list(client: &Client) -> Result<Vec<Listed>, tokio_postgres::Error>
             cert_der: r.get(3),
             delegated: r.get(4),
             created_at: r.get(5),
+            retired_at: r.get(6),
         })
         .collect())
 }

@@ -40,7 +40,7 @@ pub async fn oldest(client: &impl GenericClient, limit: Option<i64>) -> Result<V
     Ok(rows.iter().map(|r| PendingRow { issuer_id: r.get(0), serial: r.get(1), since: r.get(2) }).collect())
 }
 
-/// Deletes the rows (issuer_ids[i], serials[i]) whose `since` is still since[i].
+/// Deletes the rows `(issuer_ids[i], serials[i])` whose `since` is still `since[i]`.
 pub async fn delete_settled(
     client: &Client,
     issuer_ids: &[i32],
@@ -57,7 +57,7 @@ pub async fn delete_settled(
         .await
 }
 
-/// Counts a failed attempt, with its error, on the rows whose `since` is still since[i].
+/// Counts a failed attempt, with its error, on the rows whose `since` is still `since[i]`.
 pub async fn record_failure(
     client: &Client,
     issuer_ids: &[i32],

@@ -2,7 +2,9 @@
 //! and proves, once a second, that it still hears them.
 //!
 //! On every (re)connection it first listens, then reads every change of the last validity
-//! window from `certificates.changed_at`, so nothing committed while it was away is missed.
+//! window from `certificates.changed_at`, so nothing committed while it was away is missed,
+//! and has the issuers reloaded (see [`crate::issuers`]) for the same reason. Changes to the
+//! `issuers` table arrive on their own channel and have the issuers reloaded too.
 //!
 //! A connection can die silently: a NAT or load balancer drops its state, the socket stays
 //! open and nothing arrives. So a heartbeat task sends, every [`HEARTBEAT_INTERVAL`], a
@@ -25,6 +27,7 @@ use tokio_postgres::AsyncMessage;
 
 use crate::feed::log::{ChangeLog, FEED_DEADLINE};
 use crate::feed::payload::{StatusChange, CHANNEL};
+use crate::issuers::CHANNEL as ISSUERS_CHANNEL;
 use crate::metrics as m;
 use crate::serial::Serial;
 use crate::store::Lsn;
@@ -43,6 +46,9 @@ pub trait Subscriber: Send + Sync + 'static {
     fn changes(&self) -> &ChangeLog;
     /// Forgets this instance's copies of a certificate's responses after a status change.
     fn forget(&self, issuer_id: i32, serial: &Serial);
+    /// The `issuers` table may have changed (a notification, or a notification possibly
+    /// missed while the connection was down).
+    fn issuers_changed(&self);
 }
 
 /// Why a listening connection ended.
@@ -118,7 +124,10 @@ async fn listen<R: Subscriber>(
     let _driver = AbortOnDrop(driver);
 
     let heartbeat_channel = format!("jitocsp_alive_{}", own_channel_suffix());
-    bounded("LISTEN", client.batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {heartbeat_channel}"))).await?;
+    let listen = format!("LISTEN {CHANNEL}; LISTEN {ISSUERS_CHANNEL}; LISTEN {heartbeat_channel}");
+    bounded("LISTEN", client.batch_execute(&listen)).await?;
+    // Issuer changes made while the connection was down were not heard: reload them all.
+    responder.issuers_changed();
     let since = Utc::now() - TimeDelta::from_std(window).unwrap_or(TimeDelta::days(10));
     let rows = bounded("the catch-up read", client.query(crate::db::certificates::CHANGES_SINCE, &[&since])).await?;
     for row in &rows {
@@ -138,6 +147,9 @@ async fn listen<R: Subscriber>(
                 let Some((channel, payload)) = message else { return Err(ListenError::Closed) };
                 if channel == heartbeat_channel {
                     heartbeat_returned(&**responder, &payload);
+                } else if channel == ISSUERS_CHANNEL {
+                    tracing::info!(issuer_id = %payload, "issuers changed");
+                    responder.issuers_changed();
                 } else if channel == CHANNEL {
                     match StatusChange::parse(&payload) {
                         Ok(change) => {

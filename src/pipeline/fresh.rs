@@ -29,7 +29,8 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
             _ => None,
         };
         // One response has one signer: every CertID must name the same issuer.
-        let mut issuers = request.certs.iter().map(|cert| self.issuers.find(cert));
+        let served = self.issuers.snapshot();
+        let mut issuers = request.certs.iter().map(|cert| served.find(cert));
         let Some(Some(issuer)) = issuers.next() else {
             return Answer::Error(OcspErrorStatus::Unauthorized);
         };

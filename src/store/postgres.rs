@@ -1,5 +1,13 @@
 //! Postgres status reads: one indexed point read per certificate, over a pool to the primary
 //! and, when `database.read_url` names a streaming standby, a pool to it.
+//!
+//! A replica that fails a read is skipped for [`REPLICA_RETRY`]: its reads go to the primary
+//! meanwhile (counted in `jitocsp_replica_unavailable_total`), so a dead replica costs one
+//! failed read per interval, not an error per miss. A replica that is up but behind is the
+//! pipeline's concern (it checks every replica read against the changes it has heard of).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -13,12 +21,40 @@ use crate::tls::TlsFiles;
 /// Reads of `certificates` by primary key, batched (see the constant's documentation).
 const LOOKUP_SQL: &str = crate::db::certificates::STATUS_LOOKUP;
 
+/// How long a replica that failed a read is left alone before it is tried again.
+pub const REPLICA_RETRY: Duration = Duration::from_secs(5);
+
 /// The Postgres status store.
 #[derive(Clone)]
 pub struct PgStore {
     primary: Pool,
     /// `None` when status reads go to the primary.
-    replica: Option<Pool>,
+    replica: Option<std::sync::Arc<Replica>>,
+}
+
+/// A read replica and when it may be tried again after a failure.
+struct Replica {
+    pool: Pool,
+    /// Milliseconds since `epoch` before which the replica is skipped (0: never failed).
+    skip_until: AtomicU64,
+    epoch: Instant,
+}
+
+impl Replica {
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn usable(&self) -> bool {
+        self.skip_until.load(Ordering::Relaxed) <= self.now()
+    }
+
+    fn failed(&self, error: &StoreError) {
+        let until = self.now() + REPLICA_RETRY.as_millis() as u64;
+        if self.skip_until.swap(until, Ordering::Relaxed) <= self.now() {
+            tracing::warn!(%error, "read replica failed; reading from the primary for {REPLICA_RETRY:?}");
+        }
+    }
 }
 
 impl PgStore {
@@ -34,7 +70,11 @@ impl PgStore {
         timeout: std::time::Duration,
     ) -> Result<Self, StoreError> {
         let replica = match read_url.filter(|r| !r.is_empty() && *r != url) {
-            Some(read_url) => Some(Self::pool(PgTarget::new(read_url, tls)?, pool_size, timeout)?),
+            Some(read_url) => Some(std::sync::Arc::new(Replica {
+                pool: Self::pool(PgTarget::new(read_url, tls)?, pool_size, timeout)?,
+                skip_until: AtomicU64::new(0),
+                epoch: Instant::now(),
+            })),
             None => None,
         };
         // With a replica, the primary pool serves only the reads a replica could not.
@@ -67,11 +107,7 @@ impl PgStore {
         &self.primary
     }
 
-    async fn client(&self, from: ReadFrom) -> Result<deadpool_postgres::Object, StoreError> {
-        let pool = match (from, &self.replica) {
-            (ReadFrom::Replica, Some(replica)) => replica,
-            _ => &self.primary,
-        };
+    async fn client(pool: &Pool) -> Result<deadpool_postgres::Object, StoreError> {
         pool.get().await.map_err(|e| match e {
             deadpool_postgres::PoolError::Backend(e) => StoreError::Postgres(e),
             other => StoreError::Pool(other.to_string()),
@@ -81,42 +117,55 @@ impl PgStore {
 
 impl StatusStore for PgStore {
     async fn lookup(&self, keys: &[(i32, Serial)], from: ReadFrom) -> Result<StatusRead, StoreError> {
-        let client = self.client(from).await?;
-        let statement = client.prepare_cached(LOOKUP_SQL).await?;
-        let issuer_ids: Vec<i32> = keys.iter().map(|(i, _)| *i).collect();
-        let serials: Vec<&[u8]> = keys.iter().map(|(_, s)| s.as_bytes()).collect();
-        let rows = client.query(&statement, &[&issuer_ids, &serials]).await?;
-        let mut records = vec![None; keys.len()];
-        let mut replayed = None;
-        for row in rows {
-            let ordinal: i64 = row.get(0);
-            if let Some(text) = row.get::<_, Option<&str>>(5) {
-                replayed = Some(Lsn::parse(text).ok_or_else(|| StoreError::BadLsn(text.to_owned()))?);
-            }
-            let Some(slot) = usize::try_from(ordinal - 1).ok().filter(|i| *i < keys.len()) else { continue };
-            let Some(not_after) = row.get::<_, Option<DateTime<Utc>>>(1) else { continue };
-            let revocation = match (row.get::<_, Option<i16>>(2), row.get::<_, Option<DateTime<Utc>>>(3)) {
-                (Some(code), Some(at)) => {
-                    let (issuer_id, serial) = &keys[slot];
-                    let reason = RevocationReason::from_code(code).ok_or_else(|| StoreError::BadReason {
-                        issuer_id: *issuer_id,
-                        serial: serial.clone(),
-                        code,
-                    })?;
-                    Some(Revocation { at, reason })
+        if let (ReadFrom::Replica, Some(replica)) = (from, &self.replica) {
+            if replica.usable() {
+                match read(&replica.pool, keys).await {
+                    Ok(read) => return Ok(read),
+                    Err(error) => replica.failed(&error),
                 }
-                _ => None,
-            };
-            records[slot] = Some(CertRecord { not_after, revocation, version: row.get(4) });
+            }
+            metrics::counter!(crate::metrics::REPLICA_UNAVAILABLE).increment(1);
         }
-        Ok(StatusRead { records, replayed })
+        read(&self.primary, keys).await
     }
 
+    /// The primary only: a replica that is down does not make the responder unready, since
+    /// its reads go to the primary.
     async fn ping(&self) -> Result<(), StoreError> {
-        self.client(ReadFrom::Primary).await?.simple_query("SELECT 1").await?;
-        if self.replica.is_some() {
-            self.client(ReadFrom::Replica).await?.simple_query("SELECT 1").await?;
-        }
+        PgStore::client(&self.primary).await?.simple_query("SELECT 1").await?;
         Ok(())
     }
+}
+
+/// One batched point read on `pool`.
+async fn read(pool: &Pool, keys: &[(i32, Serial)]) -> Result<StatusRead, StoreError> {
+    let client = PgStore::client(pool).await?;
+    let statement = client.prepare_cached(LOOKUP_SQL).await?;
+    let issuer_ids: Vec<i32> = keys.iter().map(|(i, _)| *i).collect();
+    let serials: Vec<&[u8]> = keys.iter().map(|(_, s)| s.as_bytes()).collect();
+    let rows = client.query(&statement, &[&issuer_ids, &serials]).await?;
+    let mut records = vec![None; keys.len()];
+    let mut replayed = None;
+    for row in rows {
+        let ordinal: i64 = row.get(0);
+        if let Some(text) = row.get::<_, Option<&str>>(5) {
+            replayed = Some(Lsn::parse(text).ok_or_else(|| StoreError::BadLsn(text.to_owned()))?);
+        }
+        let Some(slot) = usize::try_from(ordinal - 1).ok().filter(|i| *i < keys.len()) else { continue };
+        let Some(not_after) = row.get::<_, Option<DateTime<Utc>>>(1) else { continue };
+        let revocation = match (row.get::<_, Option<i16>>(2), row.get::<_, Option<DateTime<Utc>>>(3)) {
+            (Some(code), Some(at)) => {
+                let (issuer_id, serial) = &keys[slot];
+                let reason = RevocationReason::from_code(code).ok_or_else(|| StoreError::BadReason {
+                    issuer_id: *issuer_id,
+                    serial: serial.clone(),
+                    code,
+                })?;
+                Some(Revocation { at, reason })
+            }
+            _ => None,
+        };
+        records[slot] = Some(CertRecord { not_after, revocation, version: row.get(4) });
+    }
+    Ok(StatusRead { records, replayed })
 }

@@ -3,6 +3,10 @@
 //! their sockets stay open but nothing passes in either direction any more, as when a NAT or
 //! a load balancer silently drops a connection's state. New marked connections are swallowed
 //! the same way while the blackhole is on. Other connections keep working.
+//!
+//! It can also play a dead host ([`Proxy::down`]): every connection is closed at its next
+//! byte in either direction, and new ones are closed as soon as they are accepted.
+#![allow(dead_code)] // each test file uses a part of it
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -22,6 +26,7 @@ struct State {
     upstream: SocketAddr,
     marker: Vec<u8>,
     blackhole: AtomicBool,
+    down: AtomicBool,
     /// Marked connections accepted so far.
     marked: AtomicUsize,
 }
@@ -36,6 +41,7 @@ impl Proxy {
             upstream,
             marker: marker.as_bytes().to_vec(),
             blackhole: AtomicBool::new(false),
+            down: AtomicBool::new(false),
             marked: AtomicUsize::new(0),
         });
         let accept_state = state.clone();
@@ -52,6 +58,11 @@ impl Proxy {
         self.state.blackhole.store(on, Ordering::SeqCst);
     }
 
+    /// Plays a dead host (on) or a live one again (off), for every connection, marked or not.
+    pub fn down(&self, on: bool) {
+        self.state.down.store(on, Ordering::SeqCst);
+    }
+
     /// How many marked connections have been accepted (each reconnection adds one).
     pub fn marked_connections(&self) -> usize {
         self.state.marked.load(Ordering::SeqCst)
@@ -59,6 +70,9 @@ impl Proxy {
 }
 
 async fn connection(client: TcpStream, state: Arc<State>) {
+    if state.down.load(Ordering::SeqCst) {
+        return;
+    }
     let Ok(server) = TcpStream::connect(state.upstream).await else { return };
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
@@ -81,6 +95,9 @@ async fn pump(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        if state.down.load(Ordering::SeqCst) {
+            break;
+        }
         if first {
             // The client speaks first (a Postgres startup message names its application).
             first = false;

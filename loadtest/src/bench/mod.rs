@@ -11,7 +11,7 @@
 //! goes first, closed loop over `--connections` connections.
 
 mod measure;
-mod procs;
+pub(crate) mod procs;
 mod report;
 mod speed;
 
@@ -237,6 +237,7 @@ impl Bench<'_> {
             key_prefix: &a.key_prefix,
             workers: a.workers,
             backend: &a.backend,
+            env: &[],
         };
         let (server, listen, metrics) = tokio::task::block_in_place(|| procs::jitocsp(&spec, tag, local_entries))?;
         let full = self.ctx(listen, false, Check::Full);

@@ -134,6 +134,8 @@ pub struct JitocspSpec<'a> {
     pub key_prefix: &'a str,
     pub workers: usize,
     pub backend: &'a str,
+    /// Further environment, e.g. the CDN purge hook's settings.
+    pub env: &'a [(String, String)],
 }
 
 /// `jitocsp serve` with `local_entries` in the local tier (0: every hit is a Redis GET).
@@ -151,7 +153,8 @@ pub fn jitocsp(
         .env("JITOCSP_CACHE_LOCAL_ENTRIES", local_entries.to_string())
         .env("JITOCSP_CACHE_KEY_PREFIX", spec.key_prefix)
         .env("JITOCSP_SERVER_WORKERS", spec.workers.to_string())
-        .env("JITOCSP_SIGNING_P256_BACKEND", spec.backend);
+        .env("JITOCSP_SIGNING_P256_BACKEND", spec.backend)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)));
     let mut server = Server::spawn("jitocsp serve", command, spec.work.join(format!("jitocsp.{tag}.log")), false)?;
     server.wait_ready(metrics, "/healthz", Duration::from_secs(30))?;
     Ok((server, listen, metrics))

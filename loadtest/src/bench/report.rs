@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::measure::{RunRecord, Sizes};
 use super::speed::Ceiling;
+use crate::report::median;
 
 /// The figures, their references and targets (/work/shared/PERFORMANCE.md).
 pub const FIGURES: [(&str, &str, &str, f64); 4] = [
@@ -69,15 +70,6 @@ pub struct BenchReport {
     pub warnings: Vec<String>,
     pub problems: Vec<String>,
     pub ok: bool,
-}
-
-fn median(mut xs: Vec<f64>) -> Option<f64> {
-    if xs.is_empty() {
-        return None;
-    }
-    xs.sort_by(f64::total_cmp);
-    let n = xs.len();
-    Some(if n % 2 == 1 { xs[n / 2] } else { (xs[n / 2 - 1] + xs[n / 2]) / 2.0 })
 }
 
 /// Signatures per second of a run, from jitocsp's counter.
