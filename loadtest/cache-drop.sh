@@ -27,6 +27,9 @@
 #   --zipf S [1.0]  --post-share P [0]  --sha256-share P [0]  --connections C [128]
 #   --threads T [1]          generator threads (plus its scheduler thread)
 #   --workers W [0]          JITOCSP_SERVER_WORKERS (0 = one per core)
+#   --origins N [1]          run N jitocsp instances (one fleet: same database, Redis and key
+#                            prefix); origin mode spreads the connections over them and reports
+#                            per-origin figures, cdn mode puts them all in nginx's upstream
 #   --ceiling SECONDS [0]    also measure, in the same run, nginx serving a static file of
 #                            the response's size and jitocsp's hot path (closed loop), each
 #                            for SECONDS; results in DIR/capacity.jsonl and DIR/report.txt
@@ -42,12 +45,12 @@ cd "$ROOT"
 
 die() { printf 'cache-drop: error: %s\n' "$*" >&2; exit 2; }
 step() { printf '==> %s\n' "$*" >&2; }
-usage() { sed -n '2,39p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,40p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 MODE="" FULL_RATE="" STEP_SECONDS="" OUT=""
 COUNT=20000 REVOKED=0.05 REDIS=cold FRACTIONS="1/16,1/8,1/4,1/2,1" ARRIVAL=constant
 ZIPF=1.0 POST=0 SHA256=0 CONNECTIONS=128 THREADS=1 WORKERS=0 CEILING=0 CHECK=0 MIN_SUCCESS=0.999 BUILD=1
-CORPUS_SEED=1
+CORPUS_SEED=1 ORIGINS=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --mode) MODE="$2"; shift 2 ;;
@@ -65,6 +68,7 @@ while [ $# -gt 0 ]; do
         --connections) CONNECTIONS="$2"; shift 2 ;;
         --threads) THREADS="$2"; shift 2 ;;
         --workers) WORKERS="$2"; shift 2 ;;
+        --origins) ORIGINS="$2"; shift 2 ;;
         --ceiling) CEILING="$2"; shift 2 ;;
         --check) CHECK=1; shift ;;
         --min-success) MIN_SUCCESS="$2"; shift 2 ;;
@@ -78,6 +82,7 @@ case "$MODE" in origin|cdn) ;; *) die "--mode origin|cdn is required" ;; esac
 [ -n "$STEP_SECONDS" ] || die "--step-seconds S is required"
 [ -n "$OUT" ] || die "--out DIR is required"
 case "$REDIS" in cold|warm) ;; *) die "--redis cold|warm" ;; esac
+[[ "$ORIGINS" =~ ^[1-9][0-9]?$ ]] || die "--origins takes 1 to 99"
 [ "$MODE" = origin ] || [ "$REDIS" = cold ] || die "--redis applies to origin mode (cdn mode warms the CDN and so Redis)"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd -P)"
@@ -111,14 +116,16 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 WORK="$(mktemp -d /tmp/jitocsp-loadtest.XXXXXX)"
 chmod 0755 "$WORK"
 PREFIX="lt$(date +%s)$$"
-SERVE_PID=""
+SERVE_PIDS=()
 NGINX_CONF=""
 cleanup() {
-    local rc=$?
-    if [ -n "$SERVE_PID" ] && kill -0 "$SERVE_PID" 2>/dev/null; then
-        kill "$SERVE_PID" 2>/dev/null || true
-        wait "$SERVE_PID" 2>/dev/null || true
-    fi
+    local rc=$? pid
+    for pid in "${SERVE_PIDS[@]}"; do
+        if kill -0 "$pid" 2>/dev/null; then
+            kill "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
+        fi
+    done
     if [ -n "$NGINX_CONF" ] && [ -f "$WORK/nginx.pid" ]; then
         nginx -c "$NGINX_CONF" -s quit 2>/dev/null || kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
         for _ in $(seq 1 50); do [ -f "$WORK/nginx.pid" ] || break; sleep 0.1; done
@@ -164,19 +171,28 @@ step "seed $COUNT certificates for $ISSUER"
 DATABASE_URL="$LT_DATABASE_URL" "$LT" seed "${CORPUS[@]}" "${SEED_MODE[@]}"
 echo "$STAMP" >"$STATE/seeded"
 
-OCSP_PORT="$(free_port)"
-METRICS_PORT="$(free_port)"
-step "jitocsp serve on 127.0.0.1:$OCSP_PORT (metrics $METRICS_PORT), Redis key prefix $PREFIX (cold)"
-DATABASE_URL="$LT_DATABASE_URL" JITOCSP_CACHE_KEY_PREFIX="$PREFIX" JITOCSP_SERVER_WORKERS="$WORKERS" \
-    "$BIN" serve --listen "127.0.0.1:$OCSP_PORT" --metrics-listen "127.0.0.1:$METRICS_PORT" \
-    </dev/null >"$OUT/jitocsp.log" 2>&1 &
-SERVE_PID=$!
-for i in $(seq 1 100); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$METRICS_PORT/readyz")" = 200 ] && break
-    kill -0 "$SERVE_PID" 2>/dev/null || { tail -n 20 "$OUT/jitocsp.log" >&2; die "jitocsp serve exited"; }
-    sleep 0.2
-    [ "$i" -lt 100 ] || { tail -n 20 "$OUT/jitocsp.log" >&2; die "jitocsp not ready after 20 s"; }
+OCSP_PORTS=() METRICS_PORTS=() TARGETS=() METRICS=()
+for n in $(seq 1 "$ORIGINS"); do
+    OCSP_PORT="$(free_port)"
+    METRICS_PORT="$(free_port)"
+    log_file="$OUT/jitocsp.log"
+    [ "$ORIGINS" -eq 1 ] || log_file="$OUT/jitocsp-$n.log"
+    step "jitocsp serve on 127.0.0.1:$OCSP_PORT (metrics $METRICS_PORT), Redis key prefix $PREFIX (cold)"
+    DATABASE_URL="$LT_DATABASE_URL" JITOCSP_CACHE_KEY_PREFIX="$PREFIX" JITOCSP_SERVER_WORKERS="$WORKERS" \
+        "$BIN" serve --listen "127.0.0.1:$OCSP_PORT" --metrics-listen "127.0.0.1:$METRICS_PORT" \
+        </dev/null >"$log_file" 2>&1 &
+    SERVE_PIDS+=($!)
+    for i in $(seq 1 100); do
+        [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$METRICS_PORT/readyz")" = 200 ] && break
+        kill -0 "${SERVE_PIDS[-1]}" 2>/dev/null || { tail -n 20 "$log_file" >&2; die "jitocsp serve exited"; }
+        sleep 0.2
+        [ "$i" -lt 100 ] || { tail -n 20 "$log_file" >&2; die "jitocsp not ready after 20 s"; }
+    done
+    OCSP_PORTS+=("$OCSP_PORT") METRICS_PORTS+=("$METRICS_PORT")
+    TARGETS+=(--target "http://127.0.0.1:$OCSP_PORT") METRICS+=(--metrics "http://127.0.0.1:$METRICS_PORT")
 done
+# The first instance: the static reference's source and the ceiling's subject.
+OCSP_PORT="${OCSP_PORTS[0]}" METRICS_PORT="${METRICS_PORTS[0]}"
 
 CDN_PORT="" STATIC_PORT="" STATIC_LEN=""
 if [ "$MODE" = cdn ] || [ "$CEILING" != 0 ]; then
@@ -193,8 +209,15 @@ if [ "$MODE" = cdn ] || [ "$CEILING" != 0 ]; then
     if [ "$(id -u)" -eq 0 ]; then chown -R nobody "$WORK/cache"; fi
     NGINX_CONF="$WORK/nginx.conf"
     sed -e "s#/var/cache/nginx/jitocsp#$WORK/cache#g" -e "s#/var/log/nginx/jitocsp#$WORK/log/jitocsp#g" \
-        -e "s#/run/nginx-jitocsp.pid#$WORK/nginx.pid#" -e "s#127.0.0.1:8080#127.0.0.1:$OCSP_PORT#" \
-        -e "s#127.0.0.1:8081#127.0.0.1:$CDN_PORT#" deploy/nginx/jitocsp-cdn.conf >"$NGINX_CONF.in"
+        -e "s#/run/nginx-jitocsp.pid#$WORK/nginx.pid#" -e "s#127.0.0.1:8081#127.0.0.1:$CDN_PORT#" \
+        deploy/nginx/jitocsp-cdn.conf >"$NGINX_CONF.origins"
+    # Every instance in the upstream, in place of the example's one.
+    upstream=""
+    for port in "${OCSP_PORTS[@]}"; do
+        upstream+="        server 127.0.0.1:$port max_fails=3 fail_timeout=10s;\n"
+    done
+    awk -v servers="$upstream" '/server 127\.0\.0\.1:8080 /{ printf "%s", servers; next } { print }' \
+        "$NGINX_CONF.origins" >"$NGINX_CONF.in"
     # A second server block (inside `http`, i.e. before the file's last `}`): the static file.
     last="$(grep -n '^}' "$NGINX_CONF.in" | tail -n1 | cut -d: -f1)"
     {
@@ -218,14 +241,14 @@ EOF
 fi
 
 LOAD=(--connections "$CONNECTIONS" --threads "$THREADS" --zipf "$ZIPF" --post-share "$POST"
-      --sha256-share "$SHA256" --metrics "http://127.0.0.1:$METRICS_PORT")
+      --sha256-share "$SHA256" "${METRICS[@]}")
 RUN=("$LT" cache-drop "${CORPUS[@]}" "${LOAD[@]}" --mode "$MODE" --full-rate "$FULL_RATE"
      --step-seconds "$STEP_SECONDS" --fractions "$FRACTIONS" --arrival "$ARRIVAL" --out "$OUT")
 if [ "$MODE" = cdn ]; then
     RUN+=(--target "http://127.0.0.1:$CDN_PORT" --nginx-cache-dir "$WORK/cache/cache" --nginx-levels "$LEVELS"
           --redis-label "warm (from the CDN warm-up)")
 else
-    RUN+=(--target "http://127.0.0.1:$OCSP_PORT" --redis-label "$REDIS")
+    RUN+=("${TARGETS[@]}" --redis-label "$REDIS")
     [ "$REDIS" = warm ] && RUN+=(--warm)
 fi
 step "cache-drop: mode $MODE, full rate $FULL_RATE req/s, $STEP_SECONDS s per step"

@@ -18,20 +18,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use proxy::Proxy;
 
-/// Makes the promoted standby a streaming standby again, however the test ends.
-struct RestoreStandby;
-
-impl Drop for RestoreStandby {
-    fn drop(&mut self) {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh");
-        let output = std::process::Command::new("bash").args([script, "standby-up"]).output();
-        let restored = output.as_ref().is_ok_and(|o| o.status.success());
-        if !restored && !std::thread::panicking() {
-            panic!("scripts/services.sh standby-up could not make the standby anew: {output:?}");
-        }
-    }
-}
-
 /// host:port of a postgres:// URL.
 fn authority(url: &str) -> String {
     let after_at = url.split_once('@').map_or(url, |(_, rest)| rest);
@@ -80,7 +66,7 @@ fn a_promoted_standby_takes_over_with_no_restart() {
     assert_eq!(status(&pki, &server, &kept), "good");
     assert_eq!(status(&pki, &server, &revoked), "good");
 
-    let _restore = RestoreStandby;
+    let _restore = Restore(&["standby-up"]);
     primary.down(true);
     assert_eq!(site_sql(&on_standby, "SELECT pg_promote()").as_deref(), Some("t"), "promoting the standby");
     // The admin CLI, given both hosts too, writes to the new primary.

@@ -6,16 +6,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context as _};
 
-use crate::cli::{check_shares, load_corpus, metrics_addr, CapacityArgs};
+use crate::cli::{check_shares, load_corpus, metrics_addrs, targets, CapacityArgs};
 use crate::closed::{self, Pick};
 use crate::corpus::{self, Corpus};
-use crate::gen::{Ctx, Requested, Target};
+use crate::gen::{Ctx, Requested};
 use crate::scrape;
 
 pub async fn run(args: CapacityArgs) -> anyhow::Result<()> {
     check_shares(&args.load)?;
-    let target = Target::parse(&args.load.target, args.load.allow_remote)?;
-    let metrics = metrics_addr(&args.load)?;
+    let targets = targets(&args.load)?;
+    let metrics = metrics_addrs(&args.load)?;
     anyhow::ensure!(args.seconds > 0.0 && args.seconds <= 600.0, "--seconds must be in (0, 600]");
     let static_len = match &args.static_path {
         Some(_) => Some(args.static_len.context("--static-path needs --static-len")?),
@@ -26,8 +26,8 @@ pub async fn run(args: CapacityArgs) -> anyhow::Result<()> {
         Some(_) => Arc::new(placeholder_corpus()?),
         None => Arc::new(load_corpus(&args.corpus)?),
     };
-    let mut ctx = Ctx::new(target.clone(), corpus.clone());
-    ctx.static_path = args.static_path.clone().map(|p| format!("{}{p}", target.prefix)).unwrap_or_default();
+    let mut ctx = Ctx::with_origins(targets, corpus.clone());
+    ctx.static_path = args.static_path.clone().map(|p| format!("{}{p}", ctx.prefix())).unwrap_or_default();
     let ctx = Arc::new(ctx);
     let hot = args.hot_set.clamp(1, corpus.count);
     let pick = match static_len {
@@ -51,7 +51,7 @@ pub async fn run(args: CapacityArgs) -> anyhow::Result<()> {
     };
     let result = serde_json::json!({
         "label": args.label,
-        "target": args.load.target,
+        "target": args.load.targets.join(","),
         "static_path": args.static_path,
         "seconds": args.seconds,
         "connections": args.load.connections,

@@ -87,11 +87,14 @@ pub struct CorpusArgs {
 #[derive(Args, Clone)]
 pub struct LoadArgs {
     /// Where requests go: http://HOST:PORT[/prefix] (loopback only unless --allow-remote).
-    #[arg(long)]
-    pub target: String,
-    /// The responder's metrics listener, http://HOST:PORT (read for Redis hits, signatures/s, Postgres reads/s).
-    #[arg(long)]
-    pub metrics: Option<String>,
+    /// Repeat it to load several origins (a fleet without its load balancer): connections are
+    /// spread over them in turn, and the report has per-origin figures.
+    #[arg(long = "target", required = true)]
+    pub targets: Vec<String>,
+    /// The responder's metrics listener, http://HOST:PORT (read for Redis hits, signatures/s,
+    /// Postgres reads/s). Repeat it for several origins: their counters are summed.
+    #[arg(long = "metrics")]
+    pub metrics: Vec<String>,
     #[arg(long)]
     pub allow_remote: bool,
     /// Keep-alive connections (each carries one request at a time).
@@ -225,6 +228,16 @@ pub fn check_shares(load: &LoadArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn metrics_addr(load: &LoadArgs) -> anyhow::Result<Option<SocketAddr>> {
-    load.metrics.as_deref().map(|m| Target::parse(m, load.allow_remote).map(|t| t.addr)).transpose()
+/// Every `--target`, parsed; they must share one path prefix.
+pub fn targets(load: &LoadArgs) -> anyhow::Result<Vec<Target>> {
+    let targets =
+        load.targets.iter().map(|t| Target::parse(t, load.allow_remote)).collect::<anyhow::Result<Vec<_>>>()?;
+    if targets.iter().any(|t| t.prefix != targets[0].prefix) {
+        bail!("every --target must have the same path prefix");
+    }
+    Ok(targets)
+}
+
+pub fn metrics_addrs(load: &LoadArgs) -> anyhow::Result<Vec<SocketAddr>> {
+    load.metrics.iter().map(|m| Target::parse(m, load.allow_remote).map(|t| t.addr)).collect()
 }

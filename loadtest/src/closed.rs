@@ -30,10 +30,10 @@ pub async fn each_once(
     let list = Arc::new(list);
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
-    for _ in 0..connections {
+    for connection in 0..connections {
         let (ctx, list, next, requested) = (ctx.clone(), list.clone(), next.clone(), requested.cloned());
         tasks.push(tokio::spawn(async move {
-            let mut conn = Conn::new();
+            let mut conn = Conn::to_origin(connection);
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                 let Some(ask) = list.get(i).copied() else { break };
@@ -155,7 +155,7 @@ pub async fn run_for(
     for c in 0..connections {
         let (ctx, pick) = (ctx.clone(), pick.clone());
         tasks.push(tokio::spawn(async move {
-            let mut conn = Conn::new();
+            let mut conn = Conn::to_origin(c);
             let mut rng = rand::rngs::StdRng::seed_from_u64(c as u64);
             tokio::time::sleep_until(t0.into()).await;
             let end = t0 + duration;

@@ -92,6 +92,17 @@ pub struct StepStats {
     pub latency_us: Histogram<u64>,
     pub cdn: BTreeMap<String, u64>,
     pub post: u64,
+    /// The same, by origin (when the load goes to several): index as in [`Ctx::targets`].
+    pub origins: Vec<OriginStats>,
+}
+
+/// One origin's share of a step.
+pub struct OriginStats {
+    pub answered: u64,
+    pub ok: u64,
+    pub try_later: u64,
+    pub failed: u64,
+    pub latency_us: Histogram<u64>,
 }
 
 impl StepStats {
@@ -111,7 +122,15 @@ impl StepStats {
             latency_us: new_histogram(),
             cdn: BTreeMap::new(),
             post: 0,
+            origins: Vec::new(),
         }
+    }
+
+    fn origin(&mut self, index: usize) -> &mut OriginStats {
+        while self.origins.len() <= index {
+            self.origins.push(OriginStats { answered: 0, ok: 0, try_later: 0, failed: 0, latency_us: new_histogram() });
+        }
+        &mut self.origins[index]
     }
 
     pub fn failed(&self) -> u64 {
@@ -182,15 +201,25 @@ impl Recorder {
         }
     }
 
-    fn record(&mut self, job: &Job, done: Instant, verdict: Verdict, cdn: Option<&str>, signature_checked: bool) {
+    fn record(&mut self, job: &Job, origin: usize, done: Instant, verdict: Verdict, cdn: Option<&str>, checked: bool) {
         let latency = done.saturating_duration_since(job.intended).as_micros().max(1) as u64;
         let answered = !matches!(verdict, Verdict::Fail(f) if f.starts_with("no answer:"));
         let in_window = self.window_of(done);
         let step = &mut self.steps[job.step];
+        let by_origin = step.origin(origin);
+        if answered {
+            by_origin.answered += 1;
+            let _ = by_origin.latency_us.record(latency);
+        }
+        match verdict {
+            Verdict::Ok(_) => by_origin.ok += 1,
+            Verdict::TryLater => by_origin.try_later += 1,
+            Verdict::Fail(_) => by_origin.failed += 1,
+        }
         if matches!(job.ask, Ask::Ocsp { post: true, .. }) {
             step.post += 1;
         }
-        if signature_checked {
+        if checked {
             step.signatures_checked += 1;
         }
         if answered {
@@ -244,7 +273,9 @@ pub enum Check {
 
 /// Shared by every connection task.
 pub struct Ctx {
-    pub target: Target,
+    /// Where the load goes: one origin, or several (a fleet without its load balancer), each
+    /// connection keeping to one of them ([`Conn::to_origin`]). They share one path prefix.
+    pub targets: Vec<Target>,
     pub corpus: Arc<Corpus>,
     pub recorder: Mutex<Recorder>,
     /// Path of the static file (Ask::Static).
@@ -258,8 +289,13 @@ impl Ctx {
     /// Keep-alive, every answer fully checked, no static path; the recorder is replaced by
     /// each phase that records.
     pub fn new(target: Target, corpus: Arc<Corpus>) -> Ctx {
+        Ctx::with_origins(vec![target], corpus)
+    }
+
+    /// As [`Ctx::new`], for several origins (at least one).
+    pub fn with_origins(targets: Vec<Target>, corpus: Arc<Corpus>) -> Ctx {
         Ctx {
-            target,
+            targets,
             corpus,
             recorder: Mutex::new(Recorder::new(Instant::now(), vec![], Duration::from_secs(1), Duration::ZERO)),
             static_path: String::new(),
@@ -267,16 +303,23 @@ impl Ctx {
             check: Check::Full,
         }
     }
+
+    /// The path prefix every origin serves under.
+    pub fn prefix(&self) -> &str {
+        &self.targets[0].prefix
+    }
 }
 
-/// One keep-alive connection.
+/// One keep-alive connection, to one origin.
 pub struct Conn {
     sender: Option<SendRequest<Full<Bytes>>>,
+    origin: usize,
 }
 
 impl Conn {
-    pub fn new() -> Conn {
-        Conn { sender: None }
+    /// A connection to origin `index` of [`Ctx::targets`] (modulo their number).
+    pub fn to_origin(index: usize) -> Conn {
+        Conn { sender: None, origin: index }
     }
 
     async fn ready(&mut self, addr: SocketAddr) -> Result<&mut SendRequest<Full<Bytes>>, &'static str> {
@@ -335,23 +378,24 @@ pub fn get_path(prefix: &str, der: &[u8]) -> String {
 impl Ctx {
     /// Sends one job on `conn`, judges the answer and records it.
     pub async fn execute(&self, conn: &mut Conn, job: Job) {
+        let origin = conn.origin % self.targets.len();
+        let target = &self.targets[origin];
         let (method, uri, body, cert_id, expected, issuer) = match job.ask {
             Ask::Ocsp { issuer, index, alg, post } => {
                 let iss = &self.corpus.issuers[issuer as usize];
                 let crate::corpus::OcspAsk { cert_id, der } = iss.request(index, alg);
                 let expected = self.corpus.status(issuer as usize, index);
                 if post {
-                    let path = if self.target.prefix.is_empty() { "/".to_owned() } else { self.target.prefix.clone() };
+                    let path = if target.prefix.is_empty() { "/".to_owned() } else { target.prefix.clone() };
                     (Method::POST, path, Bytes::from(der), cert_id, expected, Some(iss))
                 } else {
-                    (Method::GET, get_path(&self.target.prefix, &der), Bytes::new(), cert_id, expected, Some(iss))
+                    (Method::GET, get_path(&target.prefix, &der), Bytes::new(), cert_id, expected, Some(iss))
                 }
             }
             Ask::Static { .. } => (Method::GET, self.static_path.clone(), Bytes::new(), Vec::new(), Status::Good, None),
         };
         let build = || {
-            let mut builder =
-                Request::builder().method(method.clone()).uri(&uri).header(header::HOST, &self.target.host);
+            let mut builder = Request::builder().method(method.clone()).uri(&uri).header(header::HOST, &target.host);
             if method == Method::POST {
                 builder = builder.header(header::CONTENT_TYPE, "application/ocsp-request");
             }
@@ -367,7 +411,7 @@ impl Ctx {
             loop {
                 attempt += 1;
                 let reused = conn.sender.is_some();
-                let sender = conn.ready(self.target.addr).await?;
+                let sender = conn.ready(target.addr).await?;
                 match sender.send_request(build()).await {
                     Ok(response) => {
                         let status = response.status().as_u16();
@@ -418,7 +462,7 @@ impl Ctx {
                 (verdict, cdn, job.check_signature && issuer.is_some() && self.check == Check::Full)
             }
         };
-        self.recorder.lock().expect("recorder lock").record(&job, done, verdict, cdn.as_deref(), checked);
+        self.recorder.lock().expect("recorder lock").record(&job, origin, done, verdict, cdn.as_deref(), checked);
     }
 }
 

@@ -59,6 +59,22 @@ pub struct StepReport {
     pub generator_lag_p99_ms: f64,
     pub generator_lag_max_ms: f64,
     pub generator_cpu_cores: f64,
+    /// Per origin, when there were several (`--target` repeated); empty otherwise.
+    #[serde(default)]
+    pub origins: Vec<OriginReport>,
+}
+
+/// One origin's share of a step, when the load went to several origins.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct OriginReport {
+    pub target: String,
+    pub answered: u64,
+    pub ok: u64,
+    pub try_later: u64,
+    pub failed: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -202,6 +218,15 @@ pub fn text(report: &Report) -> String {
         );
     }
     for s in &report.steps {
+        for o in &s.origins {
+            let _ = writeln!(
+                out,
+                "step {} origin {}: {} answered, {} ok, {} tryLater, {} failed, p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms",
+                s.label, o.target, o.answered, o.ok, o.try_later, o.failed, o.p50_ms, o.p99_ms, o.max_ms
+            );
+        }
+    }
+    for s in &report.steps {
         if !s.failures.is_empty() {
             let _ = writeln!(out, "step {} failures: {:?}", s.label, s.failures);
         }
@@ -231,7 +256,6 @@ pub fn text(report: &Report) -> String {
     out
 }
 
-/// The first three fields of /proc/loadavg.
 /// The median of some figures (None for none).
 pub fn median(mut xs: Vec<f64>) -> Option<f64> {
     if xs.is_empty() {
@@ -242,6 +266,7 @@ pub fn median(mut xs: Vec<f64>) -> Option<f64> {
     Some(if n % 2 == 1 { xs[n / 2] } else { (xs[n / 2 - 1] + xs[n / 2]) / 2.0 })
 }
 
+/// The first three fields of /proc/loadavg.
 pub fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))

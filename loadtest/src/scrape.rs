@@ -26,6 +26,22 @@ pub struct Counters {
     pub db_errors: f64,
 }
 
+impl Counters {
+    fn add(&mut self, other: &Counters) {
+        self.signatures += other.signatures;
+        self.db_reads += other.db_reads;
+        self.redis_hits += other.redis_hits;
+        self.redis_lookups += other.redis_lookups;
+        self.requests += other.requests;
+        self.try_later += other.try_later;
+        self.local_hits += other.local_hits;
+        self.successful += other.successful;
+        self.signer_overloaded += other.signer_overloaded;
+        self.redis_errors += other.redis_errors;
+        self.db_errors += other.db_errors;
+    }
+}
+
 /// Sum of every sample of metric `name` whose label set contains all `labels`.
 pub fn sum(text: &str, name: &str, labels: &[&str]) -> f64 {
     text.lines()
@@ -104,22 +120,23 @@ pub fn delta(a: &Sample, b: &Sample) -> Delta {
     }
 }
 
-/// Samples the responder's counters (and our CPU) at the given offsets from `t0`.
-pub fn spawn_sampler(addr: Option<SocketAddr>, t0: Instant, times: Vec<f64>) -> tokio::task::JoinHandle<Vec<Sample>> {
+/// Samples the responders' counters, summed (and our CPU), at the given offsets from `t0`.
+/// A sample that cannot be read from every responder is left out.
+pub fn spawn_sampler(addrs: Vec<SocketAddr>, t0: Instant, times: Vec<f64>) -> tokio::task::JoinHandle<Vec<Sample>> {
     tokio::spawn(async move {
         let mut samples = Vec::new();
-        for t in times {
+        'sample: for t in times {
             tokio::time::sleep_until((t0 + Duration::from_secs_f64(t)).into()).await;
-            let counters = match addr {
-                Some(a) => match fetch(a).await {
-                    Ok(c) => c,
+            let mut counters = Counters::default();
+            for addr in &addrs {
+                match fetch(*addr).await {
+                    Ok(c) => counters.add(&c),
                     Err(e) => {
                         eprintln!("metrics: {e:#}");
-                        continue;
+                        continue 'sample;
                     }
-                },
-                None => Counters::default(),
-            };
+                }
+            }
             samples.push(Sample { at: t0.elapsed().as_secs_f64(), counters, cpu: crate::gen::process_cpu_seconds() });
         }
         samples

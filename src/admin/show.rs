@@ -120,7 +120,6 @@ async fn key_ttls(config: &Config, keys: &[String]) -> Result<Vec<i64>, String> 
                 }
                 Ok(ttls)
             }
-            RedisMode::Sharded => Err("redis.mode \"sharded\" is not available in this version".to_owned()),
         }
     };
     match tokio::time::timeout(timeout * 2, work).await {

@@ -62,8 +62,8 @@ fn certificates(tls: &TlsFiles) -> Result<TlsCertificates, CacheError> {
 #[serde(rename_all = "lowercase")]
 pub enum RedisMode {
     Single,
+    /// Redis Cluster: the sharding engine, with its replicas and failover.
     Cluster,
-    Sharded,
 }
 
 #[derive(Clone)]
@@ -107,11 +107,6 @@ impl RedisCache {
                     .retries(1)
                     .build()?;
                 Connection::Cluster(client.get_async_connection().await?)
-            }
-            RedisMode::Sharded => {
-                return Err(CacheError::Config(
-                    "redis.mode = \"sharded\" is not available in this version; use \"single\" or \"cluster\"".into(),
-                ))
             }
         };
         Ok(RedisCache { connection })

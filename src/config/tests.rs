@@ -235,7 +235,7 @@ fn env_overrides_file() {
             ("JITOCSP_RESPONSES_VALIDITY", "72h"),
             ("JITOCSP_RESPONSES_MAX_AGE_CAP", "2h"),
             ("JITOCSP_REDIS_NODES", "a:1, b:2,"),
-            ("JITOCSP_REDIS_MODE", "sharded"),
+            ("JITOCSP_REDIS_MODE", "cluster"),
             ("JITOCSP_CACHE_LOCAL_ENTRIES", "1000"),
             ("JITOCSP_LOG_FORMAT", "json"),
         ],
@@ -246,7 +246,7 @@ fn env_overrides_file() {
     assert_eq!(c.responses.validity, Duration::from_secs(72 * 3600));
     assert_eq!(c.responses.max_age_cap, Some(Duration::from_secs(7200)));
     assert_eq!(c.redis.nodes, vec!["redis://a:1".to_string(), "redis://b:2".to_string()]);
-    assert_eq!(c.redis.mode, RedisMode::Sharded);
+    assert_eq!(c.redis.mode, RedisMode::Cluster);
     assert_eq!(c.cache.local_entries, 1000);
     assert_eq!(c.log.format, LogFormat::Json);
 

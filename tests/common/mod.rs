@@ -4,6 +4,7 @@
 //! the pieces it needs (skip.rs).
 #![allow(dead_code, unused_imports)] // each test file uses a part of the harness
 
+mod cluster;
 mod der;
 mod judge;
 mod pki;
@@ -14,6 +15,7 @@ mod skip;
 mod softhsm;
 mod tls;
 
+pub use cluster::*;
 pub use der::*;
 pub use judge::*;
 pub use pki::*;

@@ -32,6 +32,9 @@ pub enum Need {
     /// The services' TLS (`JITOCSP_TEST_TLS_DIR`, `JITOCSP_TEST_REDIS_TLS_PORT`, or
     /// `.local/env`): Postgres and Redis answer over TLS verified by the test CA.
     TlsServices,
+    /// `JITOCSP_TEST_REDIS_CLUSTER` names seed nodes (HOST:PORT,...) of a Redis Cluster whose
+    /// state is ok.
+    RedisCluster,
     /// The `openssl` command, which makes every test PKI and checks responses.
     Openssl,
     /// SoftHSM2's PKCS#11 module and its tools, as scripts/softhsm.sh finds them.
@@ -51,6 +54,7 @@ impl std::fmt::Display for Need {
             Need::Redis => write!(f, "Redis"),
             Need::Standby => write!(f, "a Postgres streaming standby"),
             Need::TlsServices => write!(f, "Postgres and Redis over TLS"),
+            Need::RedisCluster => write!(f, "a Redis Cluster"),
             Need::Openssl => write!(f, "openssl"),
             Need::SoftHsm2 => write!(f, "SoftHSM2"),
             Need::Judge => write!(f, "the external judge"),
@@ -89,6 +93,7 @@ fn probe(need: Need) -> Result<(), String> {
         Need::Postgres => service_url("DATABASE_URL").and_then(|url| psql_answers(&url, "DATABASE_URL", "SELECT 1")),
         Need::Standby => standby_answers(),
         Need::TlsServices => tls_answers(),
+        Need::RedisCluster => redis_cluster_answers(),
         Need::Redis => service_url("REDIS_URL").and_then(|url| redis_answers(&url)),
         Need::Openssl => program("openssl"),
         Need::SoftHsm2 => softhsm2(),
@@ -200,6 +205,23 @@ fn tls_answers() -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("Redis on TLS port {port} answered {pong:?}"))
+    }
+}
+
+fn redis_cluster_answers() -> Result<(), String> {
+    const NAME: &str = "JITOCSP_TEST_REDIS_CLUSTER";
+    let seeds = std::env::var(NAME).ok().filter(|v| !v.is_empty()).ok_or_else(|| format!("{NAME} is not set"))?;
+    let first = seeds.split(',').next().unwrap_or_default();
+    let client = redis::Client::open(format!("redis://{first}")).map_err(|e| format!("{NAME}: {e}"))?;
+    let mut connection = client
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .map_err(|e| format!("cannot connect to {first}: {e}"))?;
+    let info: String =
+        redis::cmd("CLUSTER").arg("INFO").query(&mut connection).map_err(|e| format!("{first}: CLUSTER INFO: {e}"))?;
+    if info.lines().any(|l| l.trim() == "cluster_state:ok") {
+        Ok(())
+    } else {
+        Err(format!("the Redis Cluster at {first} is not ok (scripts/services.sh cluster-up)"))
     }
 }
 

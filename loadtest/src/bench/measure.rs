@@ -136,7 +136,7 @@ pub fn verify_sample(ctx: &Ctx, addr: SocketAddr, indices: &[u64]) -> anyhow::Re
     let mut answers = Vec::new();
     for &index in indices {
         let ask = issuer.request(index, HashAlg::Sha1);
-        let path = gen::get_path(&ctx.target.prefix, &ask.der);
+        let path = gen::get_path(ctx.prefix(), &ask.der);
         let (status, head, body) =
             procs::http_get(addr, &path).map_err(|e| anyhow::anyhow!("GET {path} from {addr}: {e}"))?;
         if status != 200 {

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 
-use crate::cli::{check_shares, load_corpus, metrics_addr, parse_fraction, CacheDropArgs, Mode};
-use crate::gen::{Ctx, Requested, Target};
+use crate::cli::{check_shares, load_corpus, metrics_addrs, parse_fraction, targets, CacheDropArgs, Mode};
+use crate::gen::{Ctx, Requested};
 use crate::{cdn, report};
 
 /// The schedule: one step per fraction, each `step` long, at `rates[k]` requests/s.
@@ -63,8 +63,8 @@ pub type CdnCache = Option<(PathBuf, Vec<usize>)>;
 pub async fn run(args: CacheDropArgs) -> anyhow::Result<()> {
     check_shares(&args.load)?;
     let corpus = Arc::new(load_corpus(&args.corpus)?);
-    let target = Target::parse(&args.load.target, args.load.allow_remote)?;
-    let metrics = metrics_addr(&args.load)?;
+    let targets = targets(&args.load)?;
+    let metrics = metrics_addrs(&args.load)?;
     let plan = Plan::new(&args)?;
     let cdn_cache: CdnCache = match args.mode {
         Mode::Cdn => {
@@ -75,11 +75,11 @@ pub async fn run(args: CacheDropArgs) -> anyhow::Result<()> {
         Mode::Origin => None,
     };
     let requested = Arc::new(Requested::new(corpus.issuers.len(), corpus.count));
-    let ctx = Arc::new(Ctx::new(target, corpus));
+    let ctx = Arc::new(Ctx::with_origins(targets, corpus));
 
     let warm = warm::run(&args, &ctx, &requested, &cdn_cache).await?;
-    let outcome = steps::run(&args, &plan, &ctx, &requested, &cdn_cache, metrics).await?;
-    let report = summary::report(&args, &plan, &ctx, outcome, warm, metrics.is_some());
+    let outcome = steps::run(&args, &plan, &ctx, &requested, &cdn_cache, &metrics).await?;
+    let report = summary::report(&args, &plan, &ctx, outcome, warm, !metrics.is_empty());
     report::write_all(&report, &args.out)?;
     print!("{}", report::text(&report));
     eprintln!("wrote {}/report.json, report.txt, report.svg", args.out.display());

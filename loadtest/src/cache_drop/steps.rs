@@ -30,7 +30,7 @@ pub async fn run(
     ctx: &Arc<Ctx>,
     requested: &Arc<Requested>,
     cdn_cache: &CdnCache,
-    metrics: Option<SocketAddr>,
+    metrics: &[SocketAddr],
 ) -> anyhow::Result<Outcome> {
     let load_average_start = report::load_average();
     let settle = Duration::from_millis(500);
@@ -43,10 +43,10 @@ pub async fn run(
     let backlog = ((args.full_rate * 5.0) as usize).max(10_000);
     let (tx, rx) = async_channel::bounded::<Job>(backlog);
     let mut workers = Vec::new();
-    for _ in 0..args.load.connections {
+    for connection in 0..args.load.connections {
         let (ctx, rx) = (ctx.clone(), rx.clone());
         workers.push(tokio::spawn(async move {
-            let mut conn = Conn::new();
+            let mut conn = Conn::to_origin(connection);
             while let Ok(job) = rx.recv().await {
                 ctx.execute(&mut conn, job).await;
             }
@@ -59,7 +59,7 @@ pub async fn run(
     times.push(run.as_secs_f64());
     times.sort_by(f64::total_cmp);
     times.dedup_by(|a, b| (*a - *b).abs() < 0.05);
-    let sampler_task = scrape::spawn_sampler(metrics, t0, times);
+    let sampler_task = scrape::spawn_sampler(metrics.to_vec(), t0, times);
 
     let purges: Arc<Mutex<Vec<(usize, cdn::PurgeResult)>>> = Arc::default();
     let phases = phases(plan, ctx, requested, cdn_cache, &purges);
@@ -77,7 +77,7 @@ pub async fn run(
         plan.fractions.len(),
         args.step_seconds,
         plan.rates,
-        args.load.target
+        args.load.targets.join(", ")
     );
     let (sched_ctx, sched_requested) = (ctx.clone(), requested.clone());
     let schedule = gen::Plan { phases, t0, poisson: args.arrival == Arrival::Poisson, max_requests: args.max_requests };
@@ -115,7 +115,7 @@ fn phases(
         .map(|(k, fraction)| {
             let on_start: Option<Box<dyn FnOnce() + Send>> = cdn_cache.clone().map(|(dir, levels)| {
                 let (corpus, requested, purges, prefix, fraction) =
-                    (ctx.corpus.clone(), requested.clone(), purges.clone(), ctx.target.prefix.clone(), *fraction);
+                    (ctx.corpus.clone(), requested.clone(), purges.clone(), ctx.prefix().to_owned(), *fraction);
                 Box::new(move || {
                     let r = cdn::purge(&dir, &levels, &prefix, &corpus, &requested, fraction);
                     purges.lock().expect("purges lock").push((k, r));

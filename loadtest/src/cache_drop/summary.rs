@@ -7,7 +7,7 @@ use super::steps::Outcome;
 use super::Plan;
 use crate::cli::CacheDropArgs;
 use crate::gen::{self, Ctx, Recorder};
-use crate::report::{MetricsPoint, Report, StepReport, TimelinePoint, WarmReport};
+use crate::report::{MetricsPoint, OriginReport, Report, StepReport, TimelinePoint, WarmReport};
 use crate::scrape::{self, nearest, Sample};
 
 pub fn report(
@@ -19,14 +19,14 @@ pub fn report(
     metrics: bool,
 ) -> Report {
     let rec = ctx.recorder.lock().expect("recorder lock");
-    let steps = step_reports(plan, &rec, &o);
+    let steps = step_reports(plan, ctx, &rec, &o);
     let timeline = timeline(&rec);
     drop(rec);
     let corpus = &ctx.corpus;
     let sum = |f: fn(&StepReport) -> u64| steps.iter().map(f).sum::<u64>();
     Report {
         mode: format!("{:?}", args.mode).to_lowercase(),
-        target: args.load.target.clone(),
+        target: args.load.targets.join(","),
         full_rate: args.full_rate,
         step_seconds: args.step_seconds,
         arrival: format!("{:?}", args.arrival).to_lowercase(),
@@ -53,7 +53,24 @@ pub fn report(
     }
 }
 
-fn step_reports(plan: &Plan, rec: &Recorder, o: &Outcome) -> Vec<StepReport> {
+fn origin_reports(st: &gen::StepStats, targets: &[gen::Target]) -> Vec<OriginReport> {
+    st.origins
+        .iter()
+        .zip(targets)
+        .map(|(o, t)| OriginReport {
+            target: t.addr.to_string(),
+            answered: o.answered,
+            ok: o.ok,
+            try_later: o.try_later,
+            failed: o.failed,
+            p50_ms: gen::ms(&o.latency_us, 0.5),
+            p99_ms: gen::ms(&o.latency_us, 0.99),
+            max_ms: o.latency_us.max() as f64 / 1000.0,
+        })
+        .collect()
+}
+
+fn step_reports(plan: &Plan, ctx: &Ctx, rec: &Recorder, o: &Outcome) -> Vec<StepReport> {
     let mut steps = Vec::new();
     for (k, fraction) in plan.fractions.iter().enumerate() {
         let st = &rec.steps[k];
@@ -114,6 +131,7 @@ fn step_reports(plan: &Plan, rec: &Recorder, o: &Outcome) -> Vec<StepReport> {
             generator_lag_p99_ms: gen::ms(lag, 0.99),
             generator_lag_max_ms: lag.max() as f64 / 1000.0,
             generator_cpu_cores: d.generator_cpu,
+            origins: if st.origins.len() > 1 { origin_reports(st, &ctx.targets) } else { Vec::new() },
         });
     }
     steps

@@ -22,12 +22,12 @@ pub async fn run(
     let corpus = &ctx.corpus;
     let count = args.warm_count.unwrap_or(corpus.count);
     let list = closed::warm_list(corpus, count, args.load.sha256_share > 0.0);
-    eprintln!("warming: {} requests through {}", list.len(), args.load.target);
+    eprintln!("warming: {} requests through {}", list.len(), args.load.targets.join(", "));
     let w = closed::each_once(ctx, args.load.connections.min(64), list, Some(requested)).await;
     eprintln!("warm-up done: {} ok, {} failed, {:.1} s", w.ok, w.failed, w.seconds);
     if let Some((dir, levels)) = cdn_cache {
         // Prove the purge computes the paths nginx uses: the most popular URL must be cached.
-        let uri = gen::get_path(&ctx.target.prefix, &corpus.issuers[0].request(0, HashAlg::Sha1).der);
+        let uri = gen::get_path(ctx.prefix(), &corpus.issuers[0].request(0, HashAlg::Sha1).der);
         let file = cdn::cache_file(dir, levels, &cdn::cache_key(&uri));
         anyhow::ensure!(
             file.is_file(),

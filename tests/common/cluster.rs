@@ -1,0 +1,64 @@
+//! The shared test services as fault tests handle them: the Redis Cluster's nodes (found,
+//! killed), and the scripts/services.sh commands that put everything back afterwards.
+
+use std::process::Command;
+
+/// Runs scripts/services.sh COMMAND for each command when dropped, however the test ends:
+/// e.g. `Restore(&["cluster-up"])` restarts the cluster nodes a test killed. Panics if a
+/// command fails, unless the test is already panicking.
+pub struct Restore(pub &'static [&'static str]);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        for command in self.0 {
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh");
+            let output = Command::new("bash").args([script, command]).output();
+            if !output.as_ref().is_ok_and(|o| o.status.success()) && !std::thread::panicking() {
+                panic!("scripts/services.sh {command} could not restore the test services: {output:?}");
+            }
+        }
+    }
+}
+
+/// The seed nodes (HOST:PORT) of the test Redis Cluster (`JITOCSP_TEST_REDIS_CLUSTER`).
+pub fn cluster_seeds() -> Vec<String> {
+    std::env::var("JITOCSP_TEST_REDIS_CLUSTER").unwrap_or_default().split(',').map(str::to_owned).collect()
+}
+
+/// `redis-cli -p PORT ARGS...`: its standard output.
+pub fn redis_cli(port: &str, args: &[&str]) -> String {
+    let output = Command::new("redis-cli").args(["-p", port]).args(args).output().expect("redis-cli");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// (port, pid) of a cluster primary that serves slots, other than the node at `seed_port`.
+pub fn cluster_primary_other_than(seed_port: &str) -> (String, u32) {
+    let nodes = redis_cli(seed_port, &["cluster", "nodes"]);
+    let port = nodes
+        .lines()
+        .filter(|l| l.contains("master") && !l.contains("fail") && l.split(' ').count() > 8)
+        .filter_map(|l| l.split(' ').nth(1)?.split('@').next()?.rsplit(':').next().map(str::to_owned))
+        .find(|p| p != seed_port)
+        .expect("a primary other than the seed");
+    let pid = redis_cli(&port, &["info", "server"])
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|p| p.trim().parse().ok())
+        .expect("the primary's process id");
+    (port, pid)
+}
+
+/// Whether the cluster has marked the node at `port` as failed (its replica then takes over).
+pub fn cluster_node_failed(seed_port: &str, port: &str) -> bool {
+    let needle = format!("127.0.0.1:{port}@");
+    redis_cli(seed_port, &["cluster", "nodes"]).lines().any(|l| l.contains(&needle) && l.contains("fail"))
+}
+
+pub fn cluster_ok(seed_port: &str) -> bool {
+    redis_cli(seed_port, &["cluster", "info"]).lines().any(|l| l.trim() == "cluster_state:ok")
+}
+
+/// SIGKILL.
+pub fn kill_9(pid: u32) {
+    assert!(Command::new("kill").args(["-9", &pid.to_string()]).status().expect("kill").success());
+}
