@@ -22,6 +22,12 @@
 # jitocsp, scram-sha-256). Tuned for tests (fsync off): the data is disposable.
 # Redis: 127.0.0.1:63799, no persistence, maxmemory 256mb allkeys-lru, files in
 # .local/redis. Ports can be overridden with JITOCSP_PG_PORT / JITOCSP_REDIS_PORT.
+# TLS (for tests/tls.rs): a test CA and a server certificate for 127.0.0.1 and localhost in
+# .local/tls (ca.pem, ca.key, server.pem, server.key), made with openssl. Postgres serves TLS
+# on its own port (ssl = on, client certificates verified against ca.pem when shown); Redis
+# on a second port, 127.0.0.1:63800 (JITOCSP_REDIS_TLS_PORT; tls-auth-clients optional).
+# `up` turns TLS on in services already running without it (Postgres: reload; Redis: CONFIG
+# SET), so neither loses its connections or data.
 # Needs root (or an existing Postgres/Redis installation and a non-root user).
 set -euo pipefail
 
@@ -30,6 +36,8 @@ LOCAL="$ROOT/.local"
 PG_PORT="${JITOCSP_PG_PORT:-54329}"
 STANDBY_PORT="${JITOCSP_STANDBY_PORT:-54330}"
 REDIS_PORT="${JITOCSP_REDIS_PORT:-63799}"
+REDIS_TLS_PORT="${JITOCSP_REDIS_TLS_PORT:-$((REDIS_PORT + 1))}"
+TLS_DIR="$LOCAL/tls" # beside the cluster: see tls_paths
 REDIS_DIR="$LOCAL/redis"
 REDIS_CONF="$REDIS_DIR/redis.conf"
 DB_NAME=jitocsp
@@ -101,13 +109,46 @@ pg_as() {
     fi
 }
 
+# The data directory of the live cluster that serves PG_PORT, if any: the postmaster whose
+# `-D` directory's postmaster.pid names it and the port.
+pg_cluster_on_port() {
+    local comm pid dir
+    for comm in /proc/[0-9]*/comm; do
+        [ "$(cat "$comm" 2>/dev/null)" = postgres ] || continue
+        pid="${comm#/proc/}"
+        pid="${pid%/comm}"
+        dir="$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | sed -n '/^-D$/{n;p;q}')" || continue
+        [ -n "$dir" ] && [ -r "$dir/postmaster.pid" ] || continue
+        if [ "$(sed -n 1p "$dir/postmaster.pid")" = "$pid" ] && [ "$(sed -n 4p "$dir/postmaster.pid")" = "$PG_PORT" ]; then
+            readlink -f "$dir"
+            return 0
+        fi
+    done
+    return 1
+}
+
 # Decide where the cluster lives. Normally .local/pg; when the postgres user cannot
 # traverse the checkout (e.g. a clone under /root, mode 700) the cluster goes to
-# /var/tmp/jitocsp-pg-<hash> and .local/pg is a symlink to it.
+# /var/tmp/jitocsp-pg-<hash> and .local/pg is a symlink to it. When another checkout's
+# cluster (a git worktree of the same repository) already serves PG_PORT, that one is used:
+# its data directory, socket and log; the worktrees share the services rather than each
+# making a cluster that could not take the port.
+PG_ADOPTED_LOGGED=0
 pg_paths() {
     mkdir -p "$LOCAL"
     chmod 0755 "$LOCAL" 2>/dev/null || true
-    local base
+    local base running
+    if running="$(pg_cluster_on_port)" && [ "$running" != "$(readlink -f "$LOCAL/pg")" ]; then
+        PGDATA="$running"
+        base="$(dirname "$PGDATA")"
+        PGSOCK="$(sed -n 5p "$PGDATA/postmaster.pid")"
+        PGLOG="$base/pg.log"
+        if [ "$PG_ADOPTED_LOGGED" -eq 0 ]; then
+            log "postgres on 127.0.0.1:$PG_PORT is the cluster in $PGDATA (another checkout's); using it"
+            PG_ADOPTED_LOGGED=1
+        fi
+        return 0
+    fi
     if [ -L "$LOCAL/pg" ]; then
         PGDATA="$(readlink -f "$LOCAL/pg")"
         base="$(dirname "$PGDATA")"
@@ -261,6 +302,80 @@ pg_stop() {
     fi
 }
 
+# ---------------------------------------------------------------- TLS
+
+# The test CA lives beside the cluster (in .local/tls for the checkout's own), so every
+# checkout that shares the services (see pg_paths) verifies them with the one CA they serve.
+tls_paths() {
+    ensure_pg_installed
+    pg_paths
+    TLS_DIR="$(dirname "$PGDATA")/tls"
+}
+
+# The test CA and server certificate: made when missing, not verifiable, or within a day of
+# expiry, and kept otherwise (so `up` changes nothing on a second run).
+tls_certs() {
+    ensure_cmd openssl openssl
+    tls_paths
+    mkdir -p "$TLS_DIR"
+    if [ -f "$TLS_DIR/ca.key" ] && [ -f "$TLS_DIR/server.key" ] \
+        && openssl verify -CAfile "$TLS_DIR/ca.pem" "$TLS_DIR/server.pem" >/dev/null 2>&1 \
+        && openssl x509 -in "$TLS_DIR/server.pem" -noout -checkend 86400 >/dev/null 2>&1; then
+        return 0
+    fi
+    log "making a test CA and a server certificate (127.0.0.1, localhost) in $TLS_DIR"
+    local tmp
+    tmp="$(mktemp -d "$TLS_DIR/new.XXXXXX")"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+        -subj "/CN=jitocsp test services CA" -addext "basicConstraints=critical,CA:TRUE" \
+        -addext "keyUsage=critical,keyCertSign,cRLSign" -keyout "$tmp/ca.key" -out "$tmp/ca.pem" 2>"$tmp/log" \
+        && openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
+            -keyout "$tmp/server.key" -out "$tmp/server.csr" 2>>"$tmp/log" \
+        && printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=critical,CA:FALSE" \
+            "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" >"$tmp/server.ext" \
+        && openssl x509 -req -in "$tmp/server.csr" -CA "$tmp/ca.pem" -CAkey "$tmp/ca.key" -CAcreateserial \
+            -CAserial "$tmp/ca.srl" -days 825 -extfile "$tmp/server.ext" -out "$tmp/server.pem" 2>>"$tmp/log" \
+        || { cat "$tmp/log" >&2; rm -rf "$tmp"; die "openssl failed to make the test certificates"; }
+    chmod 600 "$tmp/ca.key" "$tmp/server.key"
+    mv -f "$tmp/ca.key" "$tmp/ca.pem" "$tmp/server.key" "$tmp/server.pem" "$TLS_DIR/"
+    rm -rf "$tmp"
+}
+
+pg_setting() { psql_admin -tAc "SHOW $1" 2>/dev/null || true; }
+
+# ssl = on with the test certificates. Postgres wants its key owned by the cluster's user and
+# mode 0600, so the files are copied into the data directory. Settings go through ALTER
+# SYSTEM and a reload: a running cluster keeps its connections.
+pg_tls() {
+    local f changed=0
+    for f in server.pem server.key ca.pem; do
+        if ! cmp -s "$TLS_DIR/$f" "$PGDATA/jitocsp-$f" 2>/dev/null; then
+            cp "$TLS_DIR/$f" "$PGDATA/jitocsp-$f"
+            if is_root; then chown "$PG_OS_USER": "$PGDATA/jitocsp-$f"; fi
+            chmod 600 "$PGDATA/jitocsp-$f"
+            changed=1
+        fi
+    done
+    if [ "$changed" -eq 0 ] && [ "$(pg_setting ssl)" = on ] && [ "$(pg_setting ssl_ca_file)" = jitocsp-ca.pem ]; then
+        return 0
+    fi
+    log "postgres: ssl = on (certificates from $TLS_DIR), reloading"
+    psql_admin -c "ALTER SYSTEM SET ssl = on" -c "ALTER SYSTEM SET ssl_cert_file = 'jitocsp-server.pem'" \
+        -c "ALTER SYSTEM SET ssl_key_file = 'jitocsp-server.key'" -c "ALTER SYSTEM SET ssl_ca_file = 'jitocsp-ca.pem'" \
+        -c "SELECT pg_reload_conf()" >/dev/null
+    local i
+    for i in $(seq 1 50); do
+        if [ "$(PGSSLMODE=verify-full PGSSLROOTCERT="$TLS_DIR/ca.pem" PGPASSWORD="$DB_PASS" "$PGBIN/psql" -X -qtA \
+            "host=localhost hostaddr=127.0.0.1 port=$PG_PORT user=$DB_USER dbname=$DB_NAME" \
+            -c 'SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()' 2>/dev/null)" = t ]; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    tail -n 20 "$PGLOG" >&2 || true
+    die "postgres does not accept verified TLS connections on 127.0.0.1:$PG_PORT after the reload"
+}
+
 # ---------------------------------------------------------------- streaming standby
 # A hot standby of the cluster above, made with pg_basebackup and fed by streaming
 # replication, so tests can point `database.read_url` at a real replica and pause its replay
@@ -406,6 +521,7 @@ redis_start() {
     port_in_use "$REDIS_PORT" \
         && die "port $REDIS_PORT is in use but does not answer PING (set JITOCSP_REDIS_PORT?)"
     mkdir -p "$REDIS_DIR"
+    tls_certs
     cat >"$REDIS_CONF" <<EOF
 # generated by scripts/services.sh; regenerated on every start
 bind 127.0.0.1
@@ -419,6 +535,11 @@ save ""
 appendonly no
 maxmemory 256mb
 maxmemory-policy allkeys-lru
+tls-port $REDIS_TLS_PORT
+tls-cert-file "$TLS_DIR/server.pem"
+tls-key-file "$TLS_DIR/server.key"
+tls-ca-cert-file "$TLS_DIR/ca.pem"
+tls-auth-clients optional
 EOF
     rm -f "$REDIS_DIR/redis.pid"
     log "starting redis on 127.0.0.1:$REDIS_PORT (log: $REDIS_DIR/redis.log)"
@@ -430,6 +551,27 @@ EOF
     done
     tail -n 20 "$REDIS_DIR/redis.log" >&2 || true
     die "redis did not answer PING on 127.0.0.1:$REDIS_PORT"
+}
+
+redis_tls_ping() {
+    [ "$(redis-cli --tls --cacert "$TLS_DIR/ca.pem" -h 127.0.0.1 -p "$REDIS_TLS_PORT" ping 2>/dev/null)" = "PONG" ]
+}
+
+# The TLS port on a Redis started without it (or with certificates since remade): CONFIG SET
+# loads the files and opens the port without a restart.
+redis_tls() {
+    redis_tls_ping && return 0
+    log "redis: TLS on 127.0.0.1:$REDIS_TLS_PORT (certificates from $TLS_DIR)"
+    redis-cli -h 127.0.0.1 -p "$REDIS_PORT" config set tls-cert-file "$TLS_DIR/server.pem" \
+        tls-key-file "$TLS_DIR/server.key" tls-ca-cert-file "$TLS_DIR/ca.pem" tls-auth-clients optional \
+        tls-port "$REDIS_TLS_PORT" >"$REDIS_DIR/tls-config.out" 2>&1 || true
+    local i
+    for i in $(seq 1 25); do
+        redis_tls_ping && return 0
+        sleep 0.2
+    done
+    cat "$REDIS_DIR/tls-config.out" >&2 || true
+    die "redis does not answer PING over TLS on 127.0.0.1:$REDIS_TLS_PORT"
 }
 
 redis_stop() {
@@ -541,6 +683,8 @@ write_env() {
 export DATABASE_URL=postgres://$DB_USER:$DB_PASS@127.0.0.1:$PG_PORT/$DB_NAME
 export REDIS_URL=redis://127.0.0.1:$REDIS_PORT
 export STANDBY_DATABASE_URL=postgres://$DB_USER:$DB_PASS@127.0.0.1:$STANDBY_PORT/$DB_NAME
+export JITOCSP_TEST_TLS_DIR=$TLS_DIR
+export JITOCSP_TEST_REDIS_TLS_PORT=$REDIS_TLS_PORT
 EOF
     mv "$LOCAL/env.tmp" "$LOCAL/env"
 }
@@ -553,11 +697,14 @@ with_lock() {
 }
 
 cmd_up() {
+    tls_certs
     redis_start
+    redis_tls
     pg_start
     pg_provision
+    pg_tls
     write_env
-    log "ready: postgres 127.0.0.1:$PG_PORT, redis 127.0.0.1:$REDIS_PORT; env in $LOCAL/env"
+    log "ready: postgres 127.0.0.1:$PG_PORT (and TLS), redis 127.0.0.1:$REDIS_PORT (TLS on $REDIS_TLS_PORT); env in $LOCAL/env"
 }
 
 cmd_down() {

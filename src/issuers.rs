@@ -23,6 +23,7 @@ use crate::db::issuers::{self as rows, Served};
 use crate::ocsp::request::RequestedCert;
 use crate::ocsp::HashAlgorithm;
 use crate::signer::{self, Signer, SignerError, SignerOptions, UnavailableSigner};
+use crate::tls::TlsFiles;
 use crate::x509::{certid_hashes_of, parse_cert, CertIdHashes};
 
 /// One issuing CA, ready to answer for.
@@ -51,6 +52,8 @@ pub struct Issuer {
 pub enum IssuerLoadError {
     #[error("reading issuers: {0}")]
     Postgres(#[from] tokio_postgres::Error),
+    #[error("reading issuers: {0}")]
+    Connect(#[from] crate::db::ConnectError),
     #[error("issuer {name:?}: {reason}")]
     Invalid { name: String, reason: String },
 }
@@ -294,12 +297,13 @@ impl LiveIssuers {
     }
 
     /// Runs forever: waits for [`LiveIssuers::mark_stale`], reloads from `database_url`
-    /// (retrying every second while Postgres cannot be read), and swaps the new set in.
-    pub async fn keep_current(&self, database_url: &str, options: &SignerOptions) {
+    /// (TLS as `tls` and the URL's `sslmode` say; retrying every second while Postgres cannot
+    /// be read), and swaps the new set in.
+    pub async fn keep_current(&self, database_url: &str, tls: &TlsFiles, options: &SignerOptions) {
         loop {
             self.stale.notified().await;
             loop {
-                match self.reload_once(database_url, options).await {
+                match self.reload_once(database_url, tls, options).await {
                     Ok(()) => break,
                     Err(error) => {
                         metrics::counter!(crate::metrics::ISSUER_RELOAD_FAILURES).increment(1);
@@ -311,8 +315,13 @@ impl LiveIssuers {
         }
     }
 
-    async fn reload_once(&self, database_url: &str, options: &SignerOptions) -> Result<(), IssuerLoadError> {
-        let client = crate::db::connect(database_url).await?;
+    async fn reload_once(
+        &self,
+        database_url: &str,
+        tls: &TlsFiles,
+        options: &SignerOptions,
+    ) -> Result<(), IssuerLoadError> {
+        let client = crate::db::connect(database_url, tls).await?;
         let reloaded = self.snapshot().reload(&client, options).await?;
         self.current.store(Arc::new(reloaded));
         Ok(())

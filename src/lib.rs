@@ -62,6 +62,8 @@
 //!   (`config/sections.rs`), password files and URL redaction (`secrets.rs`), range and
 //!   BR 4.9.10 checks (`validate.rs`). [`secret_file`]: secrets are read only from files
 //!   their owner alone can read. [`metrics`]: metric names.
+//! - [`tls`]: the rustls client settings (CA, client certificate) shared by Postgres and
+//!   Redis; [`db::tls`] reads `sslmode` and makes the Postgres connector.
 //!
 //! ## One request, start to end
 //!
@@ -105,6 +107,7 @@ pub mod server;
 pub mod signer;
 pub mod status;
 pub mod store;
+pub mod tls;
 pub mod x509;
 
 /// The test-environment probe the integration tests use (tests/common/skip.rs): unit tests

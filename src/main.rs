@@ -53,6 +53,10 @@ fn main() -> ExitCode {
         Err(error) => return ExitCode::from(report(&error, 2) as u8),
     };
     init_logging(&config);
+    // What the file and the environment made of it, for an operator chasing a setting. The
+    // Debug output shows URLs with their passwords masked (config/secrets.rs) and names the
+    // secret files, never their contents.
+    tracing::debug!(config = ?config, "configuration");
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -62,17 +66,19 @@ fn main() -> ExitCode {
     };
     let code = runtime.block_on(async move {
         match cli.command {
-            Command::Migrate => match jitocsp::db::migrate::run(&config.database.url).await {
-                Ok(applied) if applied.is_empty() => {
-                    println!("schema is up to date");
-                    0
+            Command::Migrate => {
+                match jitocsp::db::migrate::run(&config.database.url, &config.database.tls_files()).await {
+                    Ok(applied) if applied.is_empty() => {
+                        println!("schema is up to date");
+                        0
+                    }
+                    Ok(applied) => {
+                        println!("applied migrations {applied:?}");
+                        0
+                    }
+                    Err(error) => report(&error, error.exit_code()),
                 }
-                Ok(applied) => {
-                    println!("applied migrations {applied:?}");
-                    0
-                }
-                Err(error) => report(&error, error.exit_code()),
-            },
+            }
             Command::Serve { listen, metrics_listen } => {
                 if let Some(listen) = listen {
                     config.server.listen = listen;

@@ -42,7 +42,7 @@ pub enum ServeError {
     #[error("loading issuers from postgres: {0}")]
     Issuers(#[from] IssuerLoadError),
     #[error("connecting to postgres at start-up: {0}")]
-    Connect(#[from] tokio_postgres::Error),
+    Connect(#[from] crate::db::ConnectError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
     #[error("metrics: {0}")]
@@ -74,10 +74,16 @@ pub fn install_metrics() -> Result<PrometheusHandle, ServeError> {
 pub async fn build_responder(config: &Config) -> Result<Arc<LiveResponder>, ServeError> {
     let timeout = Duration::from_millis(config.database.connect_timeout_ms);
     let store = Batching::new(
-        PgStore::new(&config.database.url, Some(config.database.read_url()), config.database.pool_size, timeout)?,
+        PgStore::new(
+            &config.database.url,
+            Some(config.database.read_url()),
+            &config.database.tls_files(),
+            config.database.pool_size,
+            timeout,
+        )?,
         config.database.pool_size,
     );
-    let client = crate::db::connect(&config.database.url).await?;
+    let client = crate::db::connect(&config.database.url, &config.database.tls_files()).await?;
     let issuers = IssuerSet::load(&client, &(&config.signing).into()).await?;
     drop(client);
     if issuers.is_empty() {
@@ -92,6 +98,7 @@ pub async fn build_responder(config: &Config) -> Result<Arc<LiveResponder>, Serv
         config.redis.mode,
         &config.redis.url,
         &config.redis.nodes,
+        &config.redis.tls_files(),
         Duration::from_millis(config.redis.timeout_ms),
     )
     .await?;
@@ -113,13 +120,19 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let responder = build_responder(&config).await?;
     // Purge bookkeeping writes, so it goes to the primary even when reads use a replica.
     let timeout = Duration::from_millis(config.database.connect_timeout_ms);
-    let primary = PgStore::new(&config.database.url, None, 2, timeout)?.primary().clone();
+    let primary = PgStore::new(&config.database.url, None, &config.database.tls_files(), 2, timeout)?.primary().clone();
 
     // The listener needs the primary: replicas do not deliver notifications.
-    tokio::spawn(listener::run(config.database.url.clone(), responder.clone(), config.responses.validity));
+    tokio::spawn(listener::run(
+        config.database.url.clone(),
+        config.database.tls_files(),
+        responder.clone(),
+        config.responses.validity,
+    ));
     {
-        let (responder, url, options) = (responder.clone(), config.database.url.clone(), (&config.signing).into());
-        tokio::spawn(async move { responder.issuers().keep_current(&url, &options).await });
+        let (responder, url, tls, options) =
+            (responder.clone(), config.database.url.clone(), config.database.tls_files(), (&config.signing).into());
+        tokio::spawn(async move { responder.issuers().keep_current(&url, &tls, &options).await });
     }
     tokio::spawn(pending::run(primary.clone(), responder.cache().clone(), config.cache.key_prefix.clone()));
     if config.cdn.enabled() {

@@ -29,7 +29,7 @@ fn query(dir: &Path, server: &Server, issuer: &str, cert: &str, digest: &str) ->
 /// harness runs its own runtime.)
 fn query_db(sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Vec<tokio_postgres::Row> {
     block_on(async {
-        let client = jitocsp::db::connect(&database_url()).await.expect("connect to Postgres");
+        let client = jitocsp::db::connect(&database_url(), &Default::default()).await.expect("connect to Postgres");
         client.query(sql, params).await.unwrap()
     })
 }

@@ -6,14 +6,28 @@ use std::time::Instant;
 use anyhow::{bail, Context as _};
 use chrono::{Duration as ChronoDuration, Utc};
 use futures_util::pin_mut;
+use jitocsp::db::tls::PgTarget;
+use jitocsp::tls::TlsFiles;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
-use tokio_postgres::NoTls;
 
 use crate::corpus::{Corpus, Status};
 
+/// The TLS files for `url`s with `sslmode` set, from libpq's variables (`PGSSLROOTCERT`,
+/// `PGSSLCERT`, `PGSSLKEY`), which psql in the same scripts honours too.
+fn tls_files() -> TlsFiles {
+    let var = |name| std::env::var(name).unwrap_or_default();
+    TlsFiles::from_keys(&var("PGSSLROOTCERT"), &var("PGSSLCERT"), &var("PGSSLKEY"))
+}
+
+/// `url` as jitocsp reads it (`sslmode`, TLS verified), see `jitocsp::db::tls`.
+fn target(url: &str) -> anyhow::Result<PgTarget> {
+    PgTarget::new(url, &tls_files()).context("bad database URL or TLS files")
+}
+
 pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await.context("connecting to Postgres")?;
+    let target = target(url)?;
+    let (client, connection) = target.config.connect(target.tls).await.context("connecting to Postgres")?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             eprintln!("postgres connection: {e}");
@@ -25,15 +39,15 @@ pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
 /// Creates the database named in `url` (connecting to the server's `postgres` database) if
 /// it does not exist.
 pub async fn create_database(url: &str) -> anyhow::Result<()> {
-    let config: tokio_postgres::Config = url.parse().context("bad database URL")?;
-    let name = config.get_dbname().context("the database URL names no database")?.to_owned();
+    let target = target(url)?;
+    let name = target.config.get_dbname().context("the database URL names no database")?.to_owned();
     anyhow::ensure!(
         name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
         "database name {name:?}: use [A-Za-z0-9_]"
     );
-    let mut admin = config.clone();
+    let mut admin = target.config.clone();
     admin.dbname("postgres");
-    let (client, connection) = admin.connect(NoTls).await.context("connecting to the `postgres` database")?;
+    let (client, connection) = admin.connect(target.tls).await.context("connecting to the `postgres` database")?;
     tokio::spawn(async move {
         let _ = connection.await;
     });

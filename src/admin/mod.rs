@@ -199,6 +199,10 @@ pub enum AdminError {
         #[source]
         source: PgError,
     },
+    /// No connection to Postgres: TLS could not be set up (a file unreadable, a bad
+    /// `sslmode`) or the server refused or failed it.
+    #[error("cannot connect to Postgres (database.url)")]
+    Connect(#[source] crate::db::ConnectError),
     /// Postgres did not answer the connection in time.
     #[error("cannot connect to Postgres (database.url): no answer within {0:?}")]
     ConnectTimeout(Duration),
@@ -225,6 +229,7 @@ impl AdminError {
             AdminError::Status(e) if e.is_input() => 2,
             AdminError::Status(_)
             | AdminError::Database { .. }
+            | AdminError::Connect(_)
             | AdminError::ConnectTimeout(_)
             | AdminError::Cache { .. }
             | AdminError::Operational(_)
@@ -255,9 +260,9 @@ pub fn actor() -> String {
 /// Connects to the primary database, bounded by `database.connect_timeout_ms`.
 pub(crate) async fn connect(config: &Config) -> Result<Client, AdminError> {
     let timeout = Duration::from_millis(config.database.connect_timeout_ms.max(1000));
-    match tokio::time::timeout(timeout, crate::db::connect(&config.database.url)).await {
+    match tokio::time::timeout(timeout, crate::db::connect(&config.database.url, &config.database.tls_files())).await {
         Ok(Ok(client)) => Ok(client),
-        Ok(Err(e)) => Err(db("cannot connect to Postgres (database.url)")(e)),
+        Ok(Err(e)) => Err(AdminError::Connect(e)),
         Err(_) => Err(AdminError::ConnectTimeout(timeout)),
     }
 }

@@ -94,7 +94,8 @@ async fn key_ttls(config: &Config, keys: &[String]) -> Result<Vec<i64>, String> 
                 for key in keys {
                     pipe.cmd("PTTL").arg(key);
                 }
-                let client = redis::Client::open(config.redis.url.as_str()).map_err(|e| e.to_string())?;
+                let client = crate::cache::redis::client(&config.redis.url, &config.redis.tls_files())
+                    .map_err(|e| e.to_string())?;
                 let mut conn = client.get_multiplexed_async_connection().await.map_err(|e| e.to_string())?;
                 pipe.query_async::<Vec<i64>>(&mut conn).await.map_err(|e| e.to_string())
             }
@@ -104,7 +105,8 @@ async fn key_ttls(config: &Config, keys: &[String]) -> Result<Vec<i64>, String> 
                 } else {
                     config.redis.nodes.iter().map(String::as_str).collect()
                 };
-                let client = redis::cluster::ClusterClientBuilder::new(seeds)
+                let client = crate::cache::redis::cluster_builder(&seeds, &config.redis.tls_files())
+                    .map_err(|e| e.to_string())?
                     .connection_timeout(timeout)
                     .response_timeout(timeout)
                     .build()

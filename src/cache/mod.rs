@@ -18,6 +18,15 @@ pub enum CacheError {
     Redis(#[from] ::redis::RedisError),
     #[error("cache configuration: {0}")]
     Config(String),
+    /// Boxed: a TLS error names files and carries rustls' error; the others are small.
+    #[error("redis TLS set-up: {0}")]
+    Tls(#[source] Box<crate::tls::TlsError>),
+}
+
+impl From<crate::tls::TlsError> for CacheError {
+    fn from(e: crate::tls::TlsError) -> Self {
+        CacheError::Tls(Box::new(e))
+    }
 }
 
 /// A shared store of encoded responses, keyed by `keys::response_key`.

@@ -4,15 +4,58 @@
 //! reconnects by itself); Redis Cluster through the cluster client, which routes by slot.
 //! Connections are made lazily, so a responder starts and serves (from Postgres and the
 //! signer) while Redis is down, and uses Redis again as soon as it is back.
+//!
+//! `rediss://` URLs are TLS (redis-rs on rustls with the ring provider): the server's
+//! certificate and host name are verified against `redis.tls_ca_file`, or the system roots
+//! (see [`crate::tls`]), and `redis.tls_cert_file`/`tls_key_file` are shown when set. Every
+//! Redis client of jitocsp (responder, admin CLI) is made by [`client`] or [`cluster_builder`].
 
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster::ClusterClientBuilder;
 use ::redis::cluster_async::ClusterConnection;
+use ::redis::{ClientTlsConfig, TlsCertificates};
 use bytes::Bytes;
 
 use super::{CacheError, ResponseCache};
+use crate::tls::TlsFiles;
+
+/// A client for one Redis server: TLS for a `rediss://` URL, plaintext otherwise.
+pub fn client(url: &str, tls: &TlsFiles) -> Result<::redis::Client, CacheError> {
+    if is_tls(url) {
+        Ok(::redis::Client::build_with_tls(url, certificates(tls)?)?)
+    } else {
+        Ok(::redis::Client::open(url)?)
+    }
+}
+
+/// A cluster client builder for `seeds`: TLS when they are `rediss://` URLs (a cluster is
+/// all TLS or all plaintext; the nodes it announces are reached the same way as the seeds).
+pub fn cluster_builder(seeds: &[&str], tls: &TlsFiles) -> Result<ClusterClientBuilder, CacheError> {
+    let builder = ClusterClientBuilder::new(seeds.to_vec());
+    match seeds.iter().filter(|s| is_tls(s)).count() {
+        0 => Ok(builder),
+        n if n == seeds.len() => Ok(builder.certs(certificates(tls)?)),
+        _ => Err(CacheError::Config("redis.nodes mixes rediss:// and redis:// URLs; use one scheme".into())),
+    }
+}
+
+fn is_tls(url: &str) -> bool {
+    url.starts_with("rediss://")
+}
+
+/// The files in the form redis-rs takes. Without a CA file redis-rs trusts the system roots
+/// (rustls-native-certs), as the Postgres side does; with one, only that CA.
+fn certificates(tls: &TlsFiles) -> Result<TlsCertificates, CacheError> {
+    // redis-rs builds its rustls configuration with the process-default provider: ring.
+    crate::tls::provider();
+    let material = tls.load()?;
+    Ok(TlsCertificates {
+        client_tls: material.identity.map(|id| ClientTlsConfig { client_cert: id.cert_pem, client_key: id.key_pem }),
+        root_cert: material.ca_pem,
+    })
+}
 
 /// Which Redis topology to talk to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -38,10 +81,16 @@ pub struct RedisCache {
 impl RedisCache {
     /// Prepares a connection to `url` (single) or to the cluster seeded by `nodes` (cluster).
     /// Single mode does not touch the network here; cluster mode reads the slot map once.
-    pub async fn connect(mode: RedisMode, url: &str, nodes: &[String], timeout: Duration) -> Result<Self, CacheError> {
+    pub async fn connect(
+        mode: RedisMode,
+        url: &str,
+        nodes: &[String],
+        tls: &TlsFiles,
+        timeout: Duration,
+    ) -> Result<Self, CacheError> {
         let connection = match mode {
             RedisMode::Single => {
-                let client = ::redis::Client::open(url)?;
+                let client = client(url, tls)?;
                 let config = ConnectionManagerConfig::new()
                     .set_response_timeout(Some(timeout))
                     .set_connection_timeout(Some(timeout))
@@ -52,7 +101,7 @@ impl RedisCache {
             RedisMode::Cluster => {
                 let seeds: Vec<&str> =
                     if nodes.is_empty() { vec![url] } else { nodes.iter().map(String::as_str).collect() };
-                let client = ClusterClientBuilder::new(seeds)
+                let client = cluster_builder(&seeds, tls)?
                     .connection_timeout(timeout)
                     .response_timeout(timeout)
                     .retries(1)

@@ -85,8 +85,8 @@ fn conflict(origins: &Origins, key: &str, url: &str) -> ConfigError {
 /// `url` (a postgres:// URL or a libpq key=value string) with `password` added: as the
 /// `password` query parameter of a URL, which the driver reads like the user-info one.
 fn postgres_with_password(origins: &Origins, key: &str, url: &str, password: &str) -> Result<String, ConfigError> {
-    let parsed: tokio_postgres::Config =
-        url.parse().map_err(|e| origins.invalid(key, format!("{}: {e}", not_postgres(url))))?;
+    let (parsed, _) =
+        crate::db::tls::parse(url).map_err(|e| origins.invalid(key, format!("{}: {e}", not_postgres(url))))?;
     if parsed.get_password().is_some_and(|p| !p.is_empty()) {
         return Err(conflict(origins, key, url));
     }

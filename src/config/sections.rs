@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::redact_url;
 use crate::cache::redis::RedisMode;
 use crate::signer::{P256Backend, SignerOptions};
+use crate::tls::TlsFiles;
 
 /// `[server]`: the HTTP listeners.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -63,6 +64,13 @@ pub struct DatabaseConfig {
     pub pool_size: usize,
     /// Milliseconds; the key predates the duration-string convention and keeps its unit.
     pub connect_timeout_ms: u64,
+    /// PEM CA certificates that verify the server when `sslmode` asks for TLS; "" = the
+    /// system roots. Applies to `url` and `read_url` (see `crate::db::tls`).
+    pub tls_ca_file: String,
+    /// PEM client certificate shown to the server; "" = none. Needs `tls_key_file`.
+    pub tls_cert_file: String,
+    /// PEM key of `tls_cert_file`, a secret file (owner-only mode); "" = none.
+    pub tls_key_file: String,
 }
 
 impl DatabaseConfig {
@@ -74,6 +82,11 @@ impl DatabaseConfig {
             &self.read_url
         }
     }
+
+    /// The TLS files of `[database]`.
+    pub fn tls_files(&self) -> TlsFiles {
+        TlsFiles::from_keys(&self.tls_ca_file, &self.tls_cert_file, &self.tls_key_file)
+    }
 }
 
 impl Default for DatabaseConfig {
@@ -84,6 +97,9 @@ impl Default for DatabaseConfig {
             password_file: String::new(),
             pool_size: 16,
             connect_timeout_ms: 2000,
+            tls_ca_file: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
         }
     }
 }
@@ -96,6 +112,9 @@ impl fmt::Debug for DatabaseConfig {
             .field("password_file", &self.password_file)
             .field("pool_size", &self.pool_size)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
             .finish()
     }
 }
@@ -115,6 +134,19 @@ pub struct RedisConfig {
     pub password_file: String,
     /// Milliseconds, like `database.connect_timeout_ms`.
     pub timeout_ms: u64,
+    /// PEM CA certificates that verify `rediss://` servers; "" = the system roots.
+    pub tls_ca_file: String,
+    /// PEM client certificate for `rediss://`; "" = none. Needs `tls_key_file`.
+    pub tls_cert_file: String,
+    /// PEM key of `tls_cert_file`, a secret file (owner-only mode); "" = none.
+    pub tls_key_file: String,
+}
+
+impl RedisConfig {
+    /// The TLS files of `[redis]`.
+    pub fn tls_files(&self) -> TlsFiles {
+        TlsFiles::from_keys(&self.tls_ca_file, &self.tls_cert_file, &self.tls_key_file)
+    }
 }
 
 impl Default for RedisConfig {
@@ -125,6 +157,9 @@ impl Default for RedisConfig {
             nodes: Vec::new(),
             password_file: String::new(),
             timeout_ms: 100,
+            tls_ca_file: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
         }
     }
 }
@@ -138,6 +173,9 @@ impl fmt::Debug for RedisConfig {
             .field("nodes", &nodes)
             .field("password_file", &self.password_file)
             .field("timeout_ms", &self.timeout_ms)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
             .finish()
     }
 }

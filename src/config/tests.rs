@@ -447,3 +447,52 @@ fn max_remembered_changes_is_bounded() {
         assert!(e.contains("responses.max_remembered_changes") && e.contains("16 bytes"), "{e}");
     }
 }
+
+#[test]
+fn tls_keys_parsed_and_checked() {
+    let c = load_text(
+        r#"
+        [database]
+        url = "postgres://jitocsp@db.example/jitocsp?sslmode=verify-full"
+        tls_ca_file = "/etc/jitocsp/pg-ca.pem"
+        tls_cert_file = "/etc/jitocsp/pg-client.pem"
+        tls_key_file = "/run/credentials/jitocsp.service/pg-client.key"
+        [redis]
+        url = "rediss://cache.example:6380"
+        tls_ca_file = "/etc/jitocsp/redis-ca.pem"
+        "#,
+        &[("JITOCSP_REDIS_TLS_CERT_FILE", "/etc/jitocsp/r.pem"), ("JITOCSP_REDIS_TLS_KEY_FILE", "/etc/jitocsp/r.key")],
+    )
+    .unwrap();
+    let db = c.database.tls_files();
+    assert_eq!(db.ca_file.as_deref(), Some(Path::new("/etc/jitocsp/pg-ca.pem")));
+    assert_eq!(db.cert_file.as_deref(), Some(Path::new("/etc/jitocsp/pg-client.pem")));
+    assert_eq!(db.key_file.as_deref(), Some(Path::new("/run/credentials/jitocsp.service/pg-client.key")));
+    let redis = c.redis.tls_files();
+    assert_eq!(redis.ca_file.as_deref(), Some(Path::new("/etc/jitocsp/redis-ca.pem")));
+    assert_eq!(redis.key_file.as_deref(), Some(Path::new("/etc/jitocsp/r.key")));
+    assert!(Config::default().database.tls_files().is_empty() && Config::default().redis.tls_files().is_empty());
+
+    // TLS files for connections that use no TLS would protect nothing.
+    let e = err_text("[database]\nurl = \"postgres://h/db\"\ntls_ca_file = \"/ca.pem\"\n", &[]);
+    assert!(e.contains("database.tls_ca_file") && e.contains("sslmode=verify-full"), "{e}");
+    let e = err_text("[redis]\nurl = \"redis://h:6379\"\ntls_ca_file = \"/ca.pem\"\n", &[]);
+    assert!(e.contains("redis.tls_ca_file") && e.contains("rediss://"), "{e}");
+    // A certificate without its key, and the reverse.
+    let e = err_text("[redis]\nurl = \"rediss://h:6379\"\ntls_cert_file = \"/c.pem\"\n", &[]);
+    assert!(e.contains("redis.tls_key_file"), "{e}");
+    let e = err_text("[database]\nurl = \"postgres://h/db?sslmode=require\"\ntls_key_file = \"/c.key\"\n", &[]);
+    assert!(e.contains("database.tls_cert_file"), "{e}");
+    // sslmode values the driver does not know are read here; unknown ones are named.
+    let e = err_text("[database]\nurl = \"postgres://h/db?sslmode=allow\"\n", &[]);
+    assert!(e.contains("database.url") && e.contains("allow"), "{e}");
+    // Turning verification off is refused.
+    let e = err_text("[redis]\nurl = \"rediss://h:6379/#insecure\"\n", &[]);
+    assert!(e.contains("redis.url") && e.contains("#insecure"), "{e}");
+    // A TLS replica alone is enough to use the files.
+    load_text(
+        "[database]\nurl = \"postgres://p/db\"\nread_url = \"postgres://r/db?sslmode=verify-full\"\ntls_ca_file = \"/ca.pem\"\n",
+        &[],
+    )
+    .unwrap();
+}

@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use super::secrets::{not_postgres, redact_url};
 use super::{Config, ConfigError, Origins};
+use crate::cache::redis::RedisMode;
+use crate::db::tls::{PgTlsError, TlsMode};
+use crate::tls::TlsFiles;
 
 /// CA/Browser Forum Baseline Requirements 4.9.10 count the validity interval inclusively
 /// (nextUpdate - thisUpdate + 1 s): at least eight hours...
@@ -68,8 +71,16 @@ pub(super) fn validate(c: &Config, o: &Origins) -> Result<(), ConfigError> {
     }
 
     // [database]
-    check_postgres_url(o, "database.url", &c.database.url, false)?;
-    check_postgres_url(o, "database.read_url", &c.database.read_url, true)?;
+    let primary_tls = check_postgres_url(o, "database.url", &c.database.url, false)?;
+    let replica_tls = check_postgres_url(o, "database.read_url", &c.database.read_url, true)?;
+    let uses_tls = |mode: Option<TlsMode>| mode.is_some_and(|m| m != TlsMode::Off);
+    check_tls_keys(
+        o,
+        "database",
+        &c.database.tls_files(),
+        uses_tls(primary_tls) || uses_tls(replica_tls),
+        "sslmode=verify-full",
+    )?;
     if c.database.pool_size < 1 {
         return Err(o.invalid("database.pool_size", "must be at least 1"));
     }
@@ -82,6 +93,11 @@ pub(super) fn validate(c: &Config, o: &Origins) -> Result<(), ConfigError> {
     for node in &c.redis.nodes {
         check_redis_url(o, "redis.nodes", node)?;
     }
+    let redis_tls = match c.redis.mode {
+        RedisMode::Cluster if !c.redis.nodes.is_empty() => c.redis.nodes.iter().any(|n| n.starts_with("rediss://")),
+        _ => c.redis.url.starts_with("rediss://"),
+    };
+    check_tls_keys(o, "redis", &c.redis.tls_files(), redis_tls, "a rediss:// URL")?;
     if c.redis.timeout_ms < 1 {
         return Err(o.invalid("redis.timeout_ms", "must be at least 1 (milliseconds)"));
     }
@@ -182,24 +198,48 @@ pub(super) fn validate(c: &Config, o: &Origins) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Whatever the Postgres driver parses is accepted: every URL form and key=value strings.
-fn check_postgres_url(o: &Origins, key: &str, url: &str, may_be_empty: bool) -> Result<(), ConfigError> {
+/// Whatever the Postgres driver parses is accepted: every URL form and key=value strings, with
+/// `sslmode` read as [`crate::db::tls`] reads it. Returns the URL's TLS mode (None: empty).
+fn check_postgres_url(o: &Origins, key: &str, url: &str, may_be_empty: bool) -> Result<Option<TlsMode>, ConfigError> {
     if url.trim().is_empty() {
         if may_be_empty {
-            return Ok(());
+            return Ok(None);
         }
         return Err(o.invalid(key, "must not be empty (e.g. \"postgres://jitocsp@127.0.0.1:5432/jitocsp\")"));
     }
-    match url.parse::<tokio_postgres::Config>() {
-        Ok(_) => Ok(()),
-        Err(e) => Err(o.invalid(key, format!("{}: {e}", not_postgres(url)))),
+    match crate::db::tls::parse(url) {
+        Ok((_, mode)) => Ok(Some(mode)),
+        Err(e @ PgTlsError::Url(_)) => Err(o.invalid(key, format!("{}: {e}", not_postgres(url)))),
+        Err(e) => Err(o.invalid(key, format!("{}: {e}", redact_url(url)))),
     }
+}
+
+/// The `tls_*` keys of `section`: a client certificate comes with its key, and TLS files set
+/// for connections that do not use TLS are an error (they would silently protect nothing).
+fn check_tls_keys(o: &Origins, section: &str, files: &TlsFiles, uses_tls: bool, ask: &str) -> Result<(), ConfigError> {
+    match (&files.cert_file, &files.key_file) {
+        (Some(_), None) => return Err(o.invalid(&format!("{section}.tls_key_file"), "must be set with tls_cert_file")),
+        (None, Some(_)) => return Err(o.invalid(&format!("{section}.tls_cert_file"), "must be set with tls_key_file")),
+        _ => {}
+    }
+    if !files.is_empty() && !uses_tls {
+        let key = if files.ca_file.is_some() { "tls_ca_file" } else { "tls_cert_file" };
+        return Err(o.invalid(
+            &format!("{section}.{key}"),
+            format!("is set, but no {section} connection uses TLS; ask for it with {ask}"),
+        ));
+    }
+    Ok(())
 }
 
 /// A scheme check only: redis-rs would refuse `rediss://` in a build without TLS here, where
 /// the cache layer reports it at connection time.
 fn check_redis_url(o: &Origins, key: &str, url: &str) -> Result<(), ConfigError> {
     match url::Url::parse(url) {
+        Ok(u) if u.scheme() == "rediss" && u.fragment() == Some("insecure") => Err(o.invalid(
+            key,
+            format!("{}: #insecure would skip verifying the server; set redis.tls_ca_file instead", redact_url(url)),
+        )),
         Ok(u) if matches!(u.scheme(), "redis" | "rediss" | "redis+unix" | "unix") => Ok(()),
         _ => Err(o.invalid(
             key,

@@ -10,6 +10,7 @@
 use tokio_postgres::Client;
 
 use super::connect;
+use crate::tls::TlsFiles;
 
 /// Every migration, in the order it is applied. Versions are the file's number; a new
 /// migration gets the next number and is appended here.
@@ -28,7 +29,7 @@ pub const MIGRATE_LOCK_KEY: i64 = 0x006a_6974_6f63_7370;
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
     #[error("cannot connect to Postgres")]
-    Connect(#[source] tokio_postgres::Error),
+    Connect(#[source] super::ConnectError),
     #[error("cannot take the migration lock or read schema_migrations")]
     Bookkeeping(#[source] tokio_postgres::Error),
     #[error("migration {version} ({file}) failed; nothing of it was applied")]
@@ -51,8 +52,8 @@ impl MigrateError {
 
 /// Applies every migration not yet recorded. Returns the versions applied by this call
 /// (empty when the schema was already current).
-pub async fn run(database_url: &str) -> Result<Vec<i32>, MigrateError> {
-    let mut client = connect(database_url).await.map_err(MigrateError::Connect)?;
+pub async fn run(database_url: &str, tls: &TlsFiles) -> Result<Vec<i32>, MigrateError> {
+    let mut client = connect(database_url, tls).await.map_err(MigrateError::Connect)?;
     client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATE_LOCK_KEY]).await.map_err(MigrateError::Bookkeeping)?;
     let result = apply_pending(&mut client).await;
     // Dropping the connection would release the lock too; unlocking says so explicitly.

@@ -17,14 +17,36 @@ pub mod certificates;
 pub mod issuers;
 pub mod migrate;
 pub mod pending_purges;
+pub mod tls;
 
 use chrono::{DateTime, Utc};
-use tokio_postgres::{Client, GenericClient, NoTls};
+use tokio_postgres::{Client, GenericClient};
 
-/// Connects to Postgres without TLS and drives the connection on a background task.
-/// The connection task ends (logging why at debug level) when the client is dropped.
-pub async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+use crate::tls::TlsFiles;
+
+/// Why [`connect`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Boxed: the TLS errors name files and carry rustls' error, and this one travels inside
+    /// every caller's error type.
+    #[error(transparent)]
+    Setup(Box<tls::PgTlsError>),
+    #[error(transparent)]
+    Postgres(#[from] PgError),
+}
+
+impl From<tls::PgTlsError> for ConnectError {
+    fn from(e: tls::PgTlsError) -> Self {
+        ConnectError::Setup(Box::new(e))
+    }
+}
+
+/// Connects to Postgres (over TLS when `url`'s `sslmode` asks for it, see [`tls`]) and
+/// drives the connection on a background task. The connection task ends (logging why at
+/// debug level) when the client is dropped.
+pub async fn connect(url: &str, files: &TlsFiles) -> Result<Client, ConnectError> {
+    let target = tls::PgTarget::new(url, files)?;
+    let (client, connection) = target.config.connect(target.tls).await.map_err(PgError::from)?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "postgres connection ended");

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use chrono::{TimeDelta, Utc};
 use futures_util::{stream, StreamExt};
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 use crate::feed::log::{ChangeLog, FEED_DEADLINE};
 use crate::feed::payload::{StatusChange, CHANNEL};
@@ -31,6 +31,7 @@ use crate::issuers::CHANNEL as ISSUERS_CHANNEL;
 use crate::metrics as m;
 use crate::serial::Serial;
 use crate::store::Lsn;
+use crate::tls::TlsFiles;
 
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 /// How often the feed proves itself alive.
@@ -55,6 +56,8 @@ pub trait Subscriber: Send + Sync + 'static {
 pub enum ListenError {
     #[error("postgres: {0}")]
     Postgres(#[from] tokio_postgres::Error),
+    #[error("postgres connection set-up: {0}")]
+    Setup(#[from] crate::db::tls::PgTlsError),
     #[error("{0} did not answer within {FEED_DEADLINE:?}")]
     Timeout(&'static str),
     #[error("no heartbeat came back for {0:?}")]
@@ -63,10 +66,11 @@ pub enum ListenError {
     Closed,
 }
 
-/// Runs forever: listen, apply, prove, reconnect.
-pub async fn run<R: Subscriber>(database_url: String, responder: Arc<R>, window: Duration) {
+/// Runs forever: listen, apply, prove, reconnect. Each connection reads `tls` afresh, so a
+/// renewed client certificate is used from the next reconnection on.
+pub async fn run<R: Subscriber>(database_url: String, tls: TlsFiles, responder: Arc<R>, window: Duration) {
     loop {
-        let Err(error) = listen(&database_url, &responder, window).await;
+        let Err(error) = listen(&database_url, &tls, &responder, window).await;
         tracing::warn!(%error, "status-change feed lost; serving only confirmed responses until it is back");
         responder.changes().feed.lost();
         metrics::gauge!(m::LISTENER_CONNECTED).set(0.0);
@@ -85,10 +89,11 @@ async fn bounded<T>(
 
 async fn listen<R: Subscriber>(
     database_url: &str,
+    tls: &TlsFiles,
     responder: &Arc<R>,
     window: Duration,
 ) -> Result<std::convert::Infallible, ListenError> {
-    let mut config: tokio_postgres::Config = database_url.parse()?;
+    let crate::db::tls::PgTarget { mut config, tls, .. } = crate::db::tls::PgTarget::new(database_url, tls)?;
     config
         .application_name(APPLICATION_NAME)
         .connect_timeout(FEED_DEADLINE)
@@ -97,7 +102,7 @@ async fn listen<R: Subscriber>(
         .keepalives_interval(Duration::from_secs(1))
         .keepalives_retries(3)
         .tcp_user_timeout(FEED_DEADLINE);
-    let (client, mut connection) = bounded("connecting", config.connect(NoTls)).await?;
+    let (client, mut connection) = bounded("connecting", config.connect(tls)).await?;
     let (sender, mut notifications) = mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
         let mut messages = stream::poll_fn(move |cx| connection.poll_message(cx));

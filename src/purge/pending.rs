@@ -119,7 +119,15 @@ pub async fn purge_now(
 async fn delete_keys(config: &Config, targets: &[PurgeTarget]) -> (Vec<bool>, Option<CacheError>) {
     let mut purged = vec![false; targets.len()];
     let timeout = admin_redis_timeout(config);
-    let cache = match RedisCache::connect(config.redis.mode, &config.redis.url, &config.redis.nodes, timeout).await {
+    let cache = match RedisCache::connect(
+        config.redis.mode,
+        &config.redis.url,
+        &config.redis.nodes,
+        &config.redis.tls_files(),
+        timeout,
+    )
+    .await
+    {
         Ok(cache) => cache,
         Err(e) => return (purged, Some(e)),
     };

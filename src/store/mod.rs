@@ -33,6 +33,8 @@ pub enum StoreError {
     Postgres(#[from] tokio_postgres::Error),
     #[error("postgres pool: {0}")]
     Pool(String),
+    #[error("postgres connection set-up: {0}")]
+    Setup(#[from] crate::db::tls::PgTlsError),
     #[error("batched status read: {0}")]
     Batched(String),
     #[error("the replica reported an unreadable WAL position {0:?}")]

@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
 
 use super::{CertRecord, Lsn, ReadFrom, Revocation, StatusRead, StatusStore, StoreError};
+use crate::db::tls::PgTarget;
 use crate::ocsp::RevocationReason;
 use crate::serial::Serial;
+use crate::tls::TlsFiles;
 
 /// Reads of `certificates` by primary key, batched (see the constant's documentation).
 const LOOKUP_SQL: &str = crate::db::certificates::STATUS_LOOKUP;
@@ -59,16 +60,18 @@ impl Replica {
 impl PgStore {
     /// Pools for the primary `url` and, if given and different, the replica `read_url`.
     /// Connections are opened on demand, so start-up does not need the database (cached
-    /// responses are still served while it is down).
+    /// responses are still served while it is down). Both pools use `tls` when their URL's
+    /// `sslmode` asks for TLS (see [`crate::db::tls`]); the TLS files are read here, once.
     pub fn new(
         url: &str,
         read_url: Option<&str>,
+        tls: &TlsFiles,
         pool_size: usize,
         timeout: std::time::Duration,
     ) -> Result<Self, StoreError> {
         let replica = match read_url.filter(|r| !r.is_empty() && *r != url) {
             Some(read_url) => Some(std::sync::Arc::new(Replica {
-                pool: Self::pool(read_url, pool_size, timeout)?,
+                pool: Self::pool(PgTarget::new(read_url, tls)?, pool_size, timeout)?,
                 skip_until: AtomicU64::new(0),
                 epoch: Instant::now(),
             })),
@@ -76,11 +79,11 @@ impl PgStore {
         };
         // With a replica, the primary pool serves only the reads a replica could not.
         let primary_size = if replica.is_some() { pool_size.div_ceil(2).max(2) } else { pool_size };
-        Ok(PgStore { primary: Self::pool(url, primary_size, timeout)?, replica })
+        Ok(PgStore { primary: Self::pool(PgTarget::new(url, tls)?, primary_size, timeout)?, replica })
     }
 
-    fn pool(url: &str, pool_size: usize, timeout: std::time::Duration) -> Result<Pool, StoreError> {
-        let mut pg_config: tokio_postgres::Config = url.parse()?;
+    fn pool(target: PgTarget, pool_size: usize, timeout: std::time::Duration) -> Result<Pool, StoreError> {
+        let PgTarget { config: mut pg_config, tls, .. } = target;
         pg_config.connect_timeout(timeout);
         pg_config.application_name("jitocsp");
         // These connections only make primary-key reads. Planner statistics can lag a bulk
@@ -88,7 +91,7 @@ impl PgStore {
         // the whole table (180 ms instead of 0.07 ms, measured): forbid that, and plan the
         // one statement once rather than at every execution.
         pg_config.options("-c enable_seqscan=off -c plan_cache_mode=force_generic_plan");
-        let manager = Manager::from_config(pg_config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager = Manager::from_config(pg_config, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         Pool::builder(manager)
             .max_size(pool_size)
             .wait_timeout(Some(timeout))

@@ -114,7 +114,7 @@ impl Fixture {
     }
 
     pub(crate) async fn db(&self) -> tokio_postgres::Client {
-        jitocsp::db::connect(&self.site.database_url).await.expect("connect to Postgres")
+        jitocsp::db::connect(&self.site.database_url, &Default::default()).await.expect("connect to Postgres")
     }
 
     pub(crate) fn path(&self, file: &str) -> PathBuf {
@@ -224,7 +224,7 @@ pub(crate) fn output_of(mut cmd: Command, stdin: Option<&str>, vars: &[(&str, &s
 
 /// The shared test database.
 pub(crate) async fn db() -> tokio_postgres::Client {
-    jitocsp::db::connect(&env().database_url).await.expect("connect to Postgres")
+    jitocsp::db::connect(&env().database_url, &Default::default()).await.expect("connect to Postgres")
 }
 
 /// Runs blocking test code (a responder, its HTTP client, Redis reads) on a thread outside the

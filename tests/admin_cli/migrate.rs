@@ -41,7 +41,7 @@ async fn concurrent_migrates_on_a_fresh_database() {
         })
         .collect();
     let outputs: Vec<Output> = runs.into_iter().map(|r| r.join().unwrap()).collect();
-    let fresh = jitocsp::db::connect(&url).await.unwrap();
+    let fresh = jitocsp::db::connect(&url, &Default::default()).await.unwrap();
     let versions: Vec<i32> = fresh
         .query("SELECT version FROM schema_migrations ORDER BY version", &[])
         .await

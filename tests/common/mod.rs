@@ -13,6 +13,7 @@ mod server;
 mod site;
 mod skip;
 mod softhsm;
+mod tls;
 
 pub use cluster::*;
 pub use der::*;
@@ -23,6 +24,7 @@ pub use server::*;
 pub use site::*;
 pub use skip::*;
 pub use softhsm::*;
+pub use tls::*;
 
 use std::net::TcpListener;
 use std::path::Path;

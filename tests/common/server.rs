@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,7 +35,9 @@ impl Server {
             "--metrics-listen",
             &format!("127.0.0.1:{metrics_port}"),
         ]);
-        command.env("JITOCSP_SERVER_WORKERS", "2").stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
+        // stdout too, so that the log is everything the process printed.
+        let log_file = std::fs::File::create(&log).unwrap();
+        command.env("JITOCSP_SERVER_WORKERS", "2").stdout(log_file.try_clone().unwrap()).stderr(log_file);
         for (k, v) in env {
             command.env(k, v);
         }

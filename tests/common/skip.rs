@@ -29,6 +29,9 @@ pub enum Need {
     Redis,
     /// `JITOCSP_TEST_STANDBY_URL` names a database on a streaming standby, which answers.
     Standby,
+    /// The services' TLS (`JITOCSP_TEST_TLS_DIR`, `JITOCSP_TEST_REDIS_TLS_PORT`, or
+    /// `.local/env`): Postgres and Redis answer over TLS verified by the test CA.
+    TlsServices,
     /// `JITOCSP_TEST_REDIS_CLUSTER` names seed nodes (HOST:PORT,...) of a Redis Cluster whose
     /// state is ok.
     RedisCluster,
@@ -50,6 +53,7 @@ impl std::fmt::Display for Need {
             Need::Postgres => write!(f, "Postgres"),
             Need::Redis => write!(f, "Redis"),
             Need::Standby => write!(f, "a Postgres streaming standby"),
+            Need::TlsServices => write!(f, "Postgres and Redis over TLS"),
             Need::RedisCluster => write!(f, "a Redis Cluster"),
             Need::Openssl => write!(f, "openssl"),
             Need::SoftHsm2 => write!(f, "SoftHSM2"),
@@ -88,6 +92,7 @@ fn probe(need: Need) -> Result<(), String> {
     let found = match need {
         Need::Postgres => service_url("DATABASE_URL").and_then(|url| psql_answers(&url, "DATABASE_URL", "SELECT 1")),
         Need::Standby => standby_answers(),
+        Need::TlsServices => tls_answers(),
         Need::RedisCluster => redis_cluster_answers(),
         Need::Redis => service_url("REDIS_URL").and_then(|url| redis_answers(&url)),
         Need::Openssl => program("openssl"),
@@ -164,6 +169,42 @@ fn standby_answers() -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("{NAME} is not a standby (pg_is_in_recovery() is {recovering:?})"))
+    }
+}
+
+/// Both services answer over TLS verified by the test CA (which names 127.0.0.1).
+fn tls_answers() -> Result<(), String> {
+    let dir = service_url("JITOCSP_TEST_TLS_DIR").map(PathBuf::from).unwrap_or_else(|_| root().join(".local/tls"));
+    let ca = dir.join("ca.pem");
+    if !ca.is_file() {
+        return Err(format!("{} does not exist", ca.display()));
+    }
+    let ca = ca.to_string_lossy().into_owned();
+    let database = service_url("DATABASE_URL")?;
+    let separator = if database.contains('?') { '&' } else { '?' };
+    let database = format!("{database}{separator}sslmode=verify-full&sslrootcert={ca}");
+    let query = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+    let ssl = succeeds("psql", &["-X", "-tA", &database, "-c", query], "Postgres refuses verified TLS")?;
+    if ssl != "t" {
+        return Err(format!("Postgres answered without TLS ({ssl:?})"));
+    }
+    let redis = service_url("REDIS_URL")?;
+    let port = match service_url("JITOCSP_TEST_REDIS_TLS_PORT") {
+        Ok(port) => port,
+        Err(_) => redis::parse_redis_url(&redis)
+            .and_then(|url| url.port())
+            .map(|port| (port + 1).to_string())
+            .ok_or("REDIS_URL names no port")?,
+    };
+    let pong = succeeds(
+        "redis-cli",
+        &["--tls", "--cacert", &ca, "-h", "127.0.0.1", "-p", &port, "ping"],
+        "Redis refuses verified TLS",
+    )?;
+    if pong == "PONG" {
+        Ok(())
+    } else {
+        Err(format!("Redis on TLS port {port} answered {pong:?}"))
     }
 }
 

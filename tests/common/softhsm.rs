@@ -17,10 +17,15 @@ impl SoftHsm {
     pub const PIN_VAR: &'static str = "JITOCSP_TEST_PKCS11_PIN";
 
     pub fn new() -> SoftHsm {
+        SoftHsm::with_pin(&format!("{:08}", std::process::id()))
+    }
+
+    /// A token whose user PIN is `pin`.
+    pub fn with_pin(pin: &str) -> SoftHsm {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/softhsm.sh");
         let dir = tempfile::tempdir().unwrap();
         let label: String = unique("t").chars().take(32).collect();
-        let pin = format!("{:08}", std::process::id());
+        let pin = pin.to_owned();
         let script = script.to_str().unwrap();
         must("bash", &[script, "init", dir.path().to_str().unwrap(), &label, &pin], dir.path());
         let module = String::from_utf8(must("bash", &[script, "module"], dir.path()).stdout).unwrap().trim().to_owned();
