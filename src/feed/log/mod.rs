@@ -322,7 +322,7 @@ impl<S: BuildHasher> ChangeLog<S> {
         }
     }
 
-    /// Merges runs until at most [`MAX_RUNS`] are left. Each merged run is built without the
+    /// Merges runs until at most `MAX_RUNS` are left. Each merged run is built without the
     /// lock and swapped in under it; a change recorded meanwhile goes to the map or a newer
     /// run, which the swap leaves alone.
     pub fn merge(&self) {
