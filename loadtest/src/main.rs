@@ -3,9 +3,10 @@
 //! (jitocsp beside its references in the same run) and the mass-revocation scenario. See
 //! loadtest/README.md and docs/benchmarks.md.
 //!
-//! Reading order: [`cli`] (the subcommands), [`corpus`] (what is asked), [`gen`] (how requests
-//! are sent and answers recorded), [`verify`] (how answers are checked), then a subcommand:
-//! [`cache_drop`], [`capacity`], [`bench`](mod@bench), [`mass_revoke`].
+//! Reading order: [`cli`] (the subcommands), [`corpus`] (what is asked), [`schedule`] (when it
+//! is asked), [`gen`] (how requests are sent and answers recorded), [`verify`] (how answers
+//! are checked), then a subcommand: [`cache_drop`], [`capacity`], [`bench`](mod@bench),
+//! [`mass_revoke`].
 
 mod bench;
 mod cache_drop;
@@ -17,6 +18,7 @@ mod corpus;
 mod gen;
 mod mass_revoke;
 mod report;
+mod schedule;
 mod scrape;
 mod seed;
 mod verify;

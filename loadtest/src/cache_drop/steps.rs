@@ -11,8 +11,9 @@ use anyhow::{anyhow, Context as _};
 use super::{CdnCache, Plan};
 use crate::cdn;
 use crate::cli::{Arrival, CacheDropArgs};
-use crate::gen::{self, Conn, Ctx, Job, Phase, Recorder, Requested, Sampler, SchedulerReport};
+use crate::gen::{self, Conn, Ctx, Job, Recorder, Requested};
 use crate::report;
+use crate::schedule::{self, Phase, Sampler, SchedulerReport};
 use crate::scrape::{self, Sample};
 
 /// What the steps leave for the summary (the client's figures are in the context's recorder).
@@ -80,10 +81,11 @@ pub async fn run(
         args.load.targets.join(", ")
     );
     let (sched_ctx, sched_requested) = (ctx.clone(), requested.clone());
-    let schedule = gen::Plan { phases, t0, poisson: args.arrival == Arrival::Poisson, max_requests: args.max_requests };
+    let plan_of_requests =
+        schedule::Plan { phases, t0, poisson: args.arrival == Arrival::Poisson, max_requests: args.max_requests };
     let scheduler = std::thread::Builder::new()
         .name("scheduler".into())
-        .spawn(move || gen::schedule(schedule, sampler, tx, &sched_ctx, Some(&sched_requested)))
+        .spawn(move || schedule::schedule(plan_of_requests, sampler, tx, &sched_ctx, Some(&sched_requested)))
         .context("starting the scheduler thread")?;
     let scheduler = tokio::task::spawn_blocking(move || scheduler.join())
         .await?
