@@ -53,7 +53,7 @@ pub async fn next_version(tx: &Transaction<'_>) -> Result<i64, tokio_postgres::E
     Ok(tx.query_one("SELECT nextval('status_change_seq')", &[]).await?.get(0))
 }
 
-/// Revokes the good certificates among `serials`; returns the serials it changed.
+/// Revokes the good certificates among `serials`; returns how many it changed.
 pub async fn revoke(
     tx: &Transaction<'_>,
     issuer_id: i32,
@@ -61,17 +61,40 @@ pub async fn revoke(
     reason_code: i16,
     at: DateTime<Utc>,
     version: i64,
-) -> Result<Vec<Vec<u8>>, tokio_postgres::Error> {
-    let rows = tx
+) -> Result<u64, tokio_postgres::Error> {
+    tx.execute(
+        "UPDATE certificates SET reason = $3, revoked_at = $4, changed_at = clock_timestamp(), \
+         changed_version = $5 \
+         WHERE issuer_id = $1 AND serial = ANY($2) AND reason IS NULL",
+        &[&issuer_id, &serials, &reason_code, &at, &version],
+    )
+    .await
+}
+
+/// The serials among `serials` of one issuer that are not good: by their 0-based index, with
+/// their state if revoked, `None` if they have no row. In index order; good ones are absent.
+pub async fn not_good(
+    client: &impl GenericClient,
+    issuer_id: i32,
+    serials: &[&[u8]],
+) -> Result<Vec<(usize, Option<StatusRow>)>, tokio_postgres::Error> {
+    let rows = client
         .query(
-            "UPDATE certificates SET reason = $3, revoked_at = $4, changed_at = clock_timestamp(), \
-             changed_version = $5 \
-             WHERE issuer_id = $1 AND serial = ANY($2) AND reason IS NULL \
-             RETURNING serial",
-            &[&issuer_id, &serials, &reason_code, &at, &version],
+            "SELECT k.i - 1, c.serial IS NOT NULL, c.reason, c.revoked_at \
+             FROM unnest($2::bytea[]) WITH ORDINALITY AS k(serial, i) \
+             LEFT JOIN certificates c ON c.issuer_id = $1 AND c.serial = k.serial \
+             WHERE c.serial IS NULL OR c.reason IS NOT NULL ORDER BY k.i",
+            &[&issuer_id, &serials],
         )
         .await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            let index = usize::try_from(r.get::<_, i64>(0)).ok()?;
+            let state = r.get::<_, bool>(1).then(|| StatusRow { reason: r.get(2), revoked_at: r.get(3) });
+            Some((index, state))
+        })
+        .collect())
 }
 
 /// Sets the reason of revoked certificates to `reason_code`, each with its own revocation

@@ -18,6 +18,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (2, "0002_cdn_purges.sql", include_str!("../../sql/0002_cdn_purges.sql")),
     (3, "0003_status_versions.sql", include_str!("../../sql/0003_status_versions.sql")),
     (4, "0004_audit_chain.sql", include_str!("../../sql/0004_audit_chain.sql")),
+    (5, "0005_audit_chain_head.sql", include_str!("../../sql/0005_audit_chain_head.sql")),
 ];
 
 /// Advisory lock key that `migrate` holds while it works ("jitocsp" in ASCII, as a bigint).

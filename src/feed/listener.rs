@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use crate::feed::log::{ChangeLog, FEED_DEADLINE};
-use crate::feed::payload::{StatusChange, CHANNEL};
+use crate::feed::payload::{StatusChange, StatusChanges, CHANNEL};
 use crate::metrics as m;
 use crate::serial::Serial;
 use crate::store::Lsn;
@@ -134,12 +134,16 @@ async fn listen<R: Subscriber>(
                 if channel == heartbeat_channel {
                     heartbeat_returned(&**responder, &payload);
                 } else if channel == CHANNEL {
-                    match StatusChange::parse(&payload) {
-                        Ok(change) => {
+                    match StatusChanges::parse(&payload) {
+                        Ok(changes) => {
                             metrics::counter!(m::NOTIFICATIONS).increment(1);
-                            tracing::info!(issuer_id = change.issuer_id, serial = %change.serial,
-                                revoked = change.revoked, version = change.version, "status change");
-                            apply(&**responder, &change);
+                            tracing::info!(issuer_id = changes.issuer_id, revoked = changes.revoked,
+                                version = changes.version, certificates = changes.serials.len(), "status changes");
+                            for change in changes.changes() {
+                                tracing::debug!(issuer_id = change.issuer_id, serial = %change.serial,
+                                    revoked = change.revoked, version = change.version, "status change");
+                                apply(&**responder, &change);
+                            }
                         }
                         Err(error) => tracing::error!(%error, "ignoring notification"),
                     }

@@ -1,19 +1,37 @@
-//! Revocation, and the reason change to keyCompromise (BR 4.9.1.1). The transaction is
-//! described in [`crate::status`].
+//! Revocation, and the reason change to keyCompromise (BR 4.9.1.1). The transaction, and how
+//! a revocation of many certificates is cut into batches, are described in
+//! [`crate::status`].
 
 use std::collections::{HashMap, HashSet};
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, Utc};
+use futures_util::stream::{FuturesOrdered, StreamExt};
 use tokio_postgres::{Client, Transaction};
 
-use super::record::{next_version, notify, record_cdn_purges, record_planned, transaction_now, Planned};
-use super::{db, rfc3339, AfterCommit, IssuerRow, Origin, StatusError};
-use crate::config::CdnConfig;
+use super::record::{arm_purges, audit, audit_same, next_version, notify, record_cdn_purges, transaction_now, Planned};
+use super::{db, rfc3339, AfterCommit, IssuerRow, Origin, Progress, StatusError};
+use crate::config::{CdnConfig, Config};
 use crate::db::certificates::{self, StatusRow};
-use crate::feed::payload::StatusChange;
 use crate::ocsp::RevocationReason;
-use crate::purge::pending::PurgeTarget;
+use crate::purge::pending::{PurgeOutcome, PurgeTarget, SettleWarning};
 use crate::serial::Serial;
+
+/// Certificates per transaction of a revocation, unless the plan says otherwise: large enough
+/// that the per-transaction costs vanish, small enough that a transaction holds its row locks
+/// and the audit chain's lock for well under a second.
+pub const DEFAULT_BATCH_SIZE: NonZeroUsize = match NonZeroUsize::new(20_000) {
+    Some(n) => n,
+    None => unreachable!(),
+};
+
+/// Batches in flight at once, each on a connection of its own: while one appends its audit
+/// rows (which only one transaction at a time can do), the other locks and updates its rows.
+pub const BATCHES_IN_FLIGHT: usize = 2;
+
+/// Serials per query while checking a revocation before its first batch.
+const CHECK_CHUNK: usize = 50_000;
 
 /// A validated revocation.
 #[derive(Clone, Debug)]
@@ -30,6 +48,8 @@ pub struct RevokePlan {
     pub dry_run: bool,
     /// Who is making the change, for the audit log.
     pub actor: String,
+    /// Certificates per transaction ([`DEFAULT_BATCH_SIZE`] unless changed).
+    pub batch_size: NonZeroUsize,
 }
 
 impl RevokePlan {
@@ -45,7 +65,7 @@ impl RevokePlan {
     ) -> Self {
         let mut seen = HashSet::with_capacity(serials.len());
         let serials = serials.into_iter().filter(|(s, _)| seen.insert(s.clone())).collect();
-        RevokePlan { issuer, serials, reason, at, at_given, dry_run, actor }
+        RevokePlan { issuer, serials, reason, at, at_given, dry_run, actor, batch_size: DEFAULT_BATCH_SIZE }
     }
 }
 
@@ -68,7 +88,7 @@ pub struct Preview {
     pub refused: Option<StatusError>,
 }
 
-/// A committed revocation.
+/// One committed transaction of a revocation (a batch).
 #[derive(Debug)]
 pub struct Revoked {
     /// The status version of every change (0 when nothing changed).
@@ -82,133 +102,335 @@ pub struct Revoked {
     pub after_commit: AfterCommit,
 }
 
-/// What [`revoke`] did.
-#[derive(Debug)]
-pub enum RevokeOutcome {
-    DryRun(Preview),
-    Committed(Revoked),
-}
-
-/// Carries out `plan` (see the module documentation of [`crate::status`] for the
-/// transaction). A refusal or failure changes nothing. The purges the commit owes are in the
-/// outcome, not yet done.
-pub async fn revoke(client: &mut Client, cdn: &CdnConfig, plan: &RevokePlan) -> Result<RevokeOutcome, StatusError> {
-    let serial_bytes: Vec<&[u8]> = plan.serials.iter().map(|(s, _)| s.as_bytes()).collect();
-    if plan.dry_run {
-        let states = certificates::statuses(&*client, plan.issuer.id, &serial_bytes, false)
-            .await
-            .map_err(db("reading the current status"))?;
-        check_known(plan, &states)?;
-        let (verdicts, refused) = classify(plan, &states);
-        let verdicts = verdicts.into_iter().map(|(s, v)| (s.clone(), v)).collect();
-        return Ok(RevokeOutcome::DryRun(Preview { verdicts, refused }));
+impl Revoked {
+    /// Certificates of the batch, changed or not.
+    pub fn len(&self) -> usize {
+        self.revoked.len() + self.reason_changed.len() + self.unchanged.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A committed batch and the Redis purge made right after it.
+#[derive(Debug)]
+pub struct Committed {
+    pub batch: Revoked,
+    /// `None` when not attempted because an earlier batch's purge failed: Redis is likely
+    /// down, and the purges stay owed (`pending_purges`) for the running responders.
+    pub purge: Option<(PurgeOutcome, Vec<SettleWarning>)>,
+}
+
+/// What a whole revocation did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub revoked: usize,
+    pub reason_changed: usize,
+    pub unchanged: usize,
+    /// Transactions committed.
+    pub batches: usize,
+}
+
+/// A dry run of `plan`: what it would do to each certificate. Reads only.
+pub async fn preview(client: &Client, plan: &RevokePlan, progress: &mut dyn Progress) -> Result<Preview, StatusError> {
+    let mut states = HashMap::with_capacity(plan.serials.len());
+    progress.stage("checking", plan.serials.len() as u64);
+    let mut done = 0;
+    for chunk in plan.serials.chunks(CHECK_CHUNK) {
+        let found = certificates::statuses(client, plan.issuer.id, &serial_bytes(chunk), false)
+            .await
+            .map_err(db("reading the current status"))?;
+        states.extend(found);
+        done += chunk.len();
+        progress.advance(done as u64);
+    }
+    check_known(plan, &plan.serials, &states)?;
+    let (verdicts, refused) = classify(plan, &plan.serials, &states);
+    let verdicts = verdicts.into_iter().map(|(s, _, v)| (s.clone(), v)).collect();
+    Ok(Preview { verdicts, refused })
+}
+
+/// Carries out `plan` (see [`crate::status`]): checks every serial, then commits batch after
+/// batch, two in flight (one on each connection), and purges each batch's Redis keys as soon
+/// as it committed. `on_commit` hears of each batch, in the operator's order, once committed.
+///
+/// A refusal found by the check changes nothing. A failure later leaves the batches committed
+/// until then, and is returned as [`StatusError::Stopped`] if any was.
+pub async fn revoke(
+    connections: [&mut Client; BATCHES_IN_FLIGHT],
+    config: &Config,
+    plan: &RevokePlan,
+    progress: &mut dyn Progress,
+    on_commit: &mut dyn FnMut(Committed),
+) -> Result<Summary, StatusError> {
+    let [first, second] = connections;
+    check(first, plan, progress).await?;
+    let total = plan.serials.len();
+    progress.stage("revoking", total as u64);
+    let purge_failed = AtomicBool::new(false);
+    let mut idle = vec![first, second];
+    let mut batches = plan.serials.chunks(plan.batch_size.get());
+    let mut in_flight = FuturesOrdered::new();
+    let mut summary = Summary::default();
+    let mut done = 0;
+    let mut failed: Option<StatusError> = None;
+    loop {
+        while failed.is_none() && !idle.is_empty() {
+            let Some(batch) = batches.next() else { break };
+            let Some(client) = idle.pop() else { break };
+            in_flight.push_back(run_batch(client, config, plan, batch, &purge_failed));
+        }
+        // In order, so `on_commit` hears of the batches as the operator listed them.
+        let Some((client, result)) = in_flight.next().await else { break };
+        idle.push(client);
+        match result {
+            Ok(committed) => {
+                summary.revoked += committed.batch.revoked.len();
+                summary.reason_changed += committed.batch.reason_changed.len();
+                summary.unchanged += committed.batch.unchanged.len();
+                summary.batches += 1;
+                done += committed.batch.len();
+                on_commit(committed);
+                progress.advance(done as u64);
+            }
+            // The batches in flight still finish (and are reported); no other starts.
+            Err(error) => failed = failed.or(Some(error)),
+        }
+    }
+    match failed {
+        None => Ok(summary),
+        Some(error) if done == 0 => Err(error),
+        Some(error) => Err(StatusError::Stopped { done, total, source: Box::new(error) }),
+    }
+}
+
+/// Commits one batch, then purges its Redis keys (unless an earlier purge failed).
+async fn run_batch<'c>(
+    client: &'c mut Client,
+    config: &Config,
+    plan: &RevokePlan,
+    batch: &[(Serial, Origin)],
+    purge_failed: &AtomicBool,
+) -> (&'c mut Client, Result<Committed, StatusError>) {
+    let revoked = match commit_batch(client, &config.cdn, plan, batch).await {
+        Ok(revoked) => revoked,
+        Err(error) => return (client, Err(error)),
+    };
+    let purge = if purge_failed.load(Ordering::Relaxed) {
+        None
+    } else {
+        let purge = revoked.after_commit.purge(config, client).await;
+        if matches!(purge.0, PurgeOutcome::Failed { .. }) {
+            purge_failed.store(true, Ordering::Relaxed);
+        }
+        Some(purge)
+    };
+    (client, Ok(Committed { batch: revoked, purge }))
+}
+
+/// Checks every serial of `plan` before anything is written: all must have a row, and no
+/// reason change may move a revocation time later.
+async fn check(client: &Client, plan: &RevokePlan, progress: &mut dyn Progress) -> Result<(), StatusError> {
+    let explicit_at = plan.at_given.then_some(plan.at);
+    let mut missing = Vec::new();
+    let mut refused = None;
+    progress.stage("checking", plan.serials.len() as u64);
+    let mut done = 0;
+    for chunk in plan.serials.chunks(CHECK_CHUNK) {
+        let found = certificates::not_good(client, plan.issuer.id, &serial_bytes(chunk))
+            .await
+            .map_err(db("checking the serials"))?;
+        for (i, state) in found {
+            let Some((serial, origin)) = chunk.get(i) else { continue };
+            match state {
+                None => missing.push((serial.clone(), origin.clone())),
+                Some(state) if refused.is_none() => refused = rekey_time(plan.reason, &state, explicit_at, serial).err(),
+                Some(_) => {}
+            }
+        }
+        done += chunk.len();
+        progress.advance(done as u64);
+    }
+    if !missing.is_empty() {
+        return Err(StatusError::UnknownSerials { issuer: plan.issuer.name.clone(), missing });
+    }
+    refused.map_or(Ok(()), Err)
+}
+
+/// One batch of `plan` in one transaction (see [`crate::status`]). The purges the commit owes
+/// are in the outcome, not yet done.
+async fn commit_batch(
+    client: &mut Client,
+    cdn: &CdnConfig,
+    plan: &RevokePlan,
+    batch: &[(Serial, Origin)],
+) -> Result<Revoked, StatusError> {
     let issuer = &plan.issuer;
     let tx = client.transaction().await.map_err(db("starting a transaction"))?;
     let txn_now = transaction_now(&tx).await?;
-    let states =
-        certificates::statuses(&tx, issuer.id, &serial_bytes, true).await.map_err(db("reading the current status"))?;
-    check_known(plan, &states)?;
-    let (verdicts, refused) = classify(plan, &states);
+    let states = certificates::statuses(&tx, issuer.id, &serial_bytes(batch), true)
+        .await
+        .map_err(db("reading the current status"))?;
+    check_known(plan, batch, &states)?;
+    let (verdicts, refused) = classify(plan, batch, &states);
     if let Some(refused) = refused {
         return Err(refused);
     }
-    let to_change: Vec<&Serial> = verdicts.iter().filter(|(_, v)| *v == Verdict::Revoke).map(|(s, _)| *s).collect();
-    let rekeys: Vec<(&Serial, DateTime<Utc>)> = verdicts
+    let to_change: Vec<&Serial> =
+        verdicts.iter().filter(|(_, _, v)| *v == Verdict::Revoke).map(|(s, _, _)| *s).collect();
+    let rekeys: Vec<Rekey> = verdicts
         .iter()
-        .filter_map(|(s, v)| match v {
-            Verdict::ChangeReason { revoked_at } => Some((*s, *revoked_at)),
+        .filter_map(|(serial, was, v)| match v {
+            Verdict::ChangeReason { revoked_at } => Some(Rekey { serial, was, revoked_at: *revoked_at }),
             _ => None,
         })
         .collect();
-    let version = if to_change.is_empty() && rekeys.is_empty() { 0 } else { next_version(&tx).await? };
+    let changed: Vec<&Serial> = rekeys.iter().map(|r| r.serial).chain(to_change.iter().copied()).collect();
+    let mut version = 0;
     let mut cdn_ids = Vec::new();
+    if !changed.is_empty() {
+        version = next_version(&tx).await?;
+        if !rekeys.is_empty() {
+            change_reasons(&tx, plan, version, &rekeys).await?;
+        }
+        if !to_change.is_empty() {
+            let bytes: Vec<&[u8]> = to_change.iter().map(|s| s.as_bytes()).collect();
+            let changed = certificates::revoke(&tx, issuer.id, &bytes, plan.reason.code(), plan.at, version)
+                .await
+                .map_err(db("revoking"))?;
+            if changed as usize != to_change.len() {
+                // Cannot happen: the rows are locked. Dropping `tx` rolls everything back.
+                return Err(StatusError::RevokedCount { expected: to_change.len(), changed: changed as usize });
+            }
+        }
+        arm_purges(&tx, issuer.id, &changed, txn_now).await?;
+        cdn_ids = record_cdn_purges(&tx, cdn, issuer, "revoke", &changed).await?;
+        audit_changes(&tx, plan, &rekeys, &to_change).await?;
+        notify(&tx, issuer.id, true, version, &changed).await?;
+    }
+    tx.commit().await.map_err(db("committing the revocation"))?;
+
+    log_committed(plan, version, &to_change, &rekeys);
+    let targets =
+        changed.iter().map(|s| PurgeTarget { issuer_id: issuer.id, serial: (*s).clone(), since: Some(txn_now) }).collect();
+    let unchanged = verdicts
+        .into_iter()
+        .filter_map(|(s, _, v)| match v {
+            Verdict::AlreadyRevoked(state) => Some((s.clone(), state)),
+            _ => None,
+        })
+        .collect();
+    Ok(Revoked {
+        version,
+        revoked: to_change.into_iter().cloned().collect(),
+        reason_changed: rekeys.into_iter().map(|r| (r.serial.clone(), r.revoked_at)).collect(),
+        unchanged,
+        after_commit: AfterCommit { targets, cdn_ids },
+    })
+}
+
+/// A certificate whose reason becomes keyCompromise.
+struct Rekey<'a> {
+    serial: &'a Serial,
+    /// Its state before.
+    was: &'a StatusRow,
+    /// Its revocation time after.
+    revoked_at: DateTime<Utc>,
+}
+
+/// The audit rows of a batch: one per reason change (each with its own before), one per
+/// revocation (all alike). Written last in the transaction: see [`crate::status`].
+async fn audit_changes(
+    tx: &Transaction<'_>,
+    plan: &RevokePlan,
+    rekeys: &[Rekey<'_>],
+    to_change: &[&Serial],
+) -> Result<(), StatusError> {
     if !rekeys.is_empty() {
-        change_reasons(&tx, plan, txn_now, version, &rekeys, &states).await?;
-        let serials: Vec<&Serial> = rekeys.iter().map(|(s, _)| *s).collect();
-        cdn_ids = record_cdn_purges(&tx, cdn, issuer, "revoke", &serials).await?;
-        notify(&tx, &status_changes(issuer.id, &serials, version)).await?;
+        let key_compromise = RevocationReason::KeyCompromise;
+        let planned: Vec<Planned> = rekeys
+            .iter()
+            .map(|r| Planned {
+                serial: r.serial,
+                before: serde_json::json!({
+                    "status": "revoked",
+                    "reason": r.was.reason.map(RevocationReason::describe_code),
+                    "reason_code": r.was.reason,
+                    "revoked_at": r.was.revoked_at.map(rfc3339),
+                }),
+                after: serde_json::json!({
+                    "status": "revoked",
+                    "reason": key_compromise.name(),
+                    "reason_code": key_compromise.code(),
+                    "revoked_at": rfc3339(r.revoked_at),
+                }),
+            })
+            .collect();
+        audit(tx, plan.issuer.id, "reason_change", &plan.actor, &planned).await?;
     }
     if !to_change.is_empty() {
+        let before = serde_json::json!({ "status": "good" });
         let after = serde_json::json!({
             "status": "revoked",
             "reason": plan.reason.name(),
             "reason_code": plan.reason.code(),
             "revoked_at": rfc3339(plan.at),
         });
-        let planned: Vec<Planned> = to_change
-            .iter()
-            .map(|serial| Planned { serial, before: serde_json::json!({ "status": "good" }), after: after.clone() })
-            .collect();
-        record_planned(&tx, issuer.id, "revoke", &plan.actor, txn_now, &planned).await?;
-        cdn_ids.extend(record_cdn_purges(&tx, cdn, issuer, "revoke", &to_change).await?);
-        let bytes: Vec<&[u8]> = to_change.iter().map(|s| s.as_bytes()).collect();
-        let changed = certificates::revoke(&tx, issuer.id, &bytes, plan.reason.code(), plan.at, version)
-            .await
-            .map_err(db("revoking"))?;
-        if changed.len() != to_change.len() {
-            // Cannot happen: the rows are locked. Dropping `tx` rolls everything back.
-            return Err(StatusError::RevokedCount { expected: to_change.len(), changed: changed.len() });
-        }
-        notify(&tx, &status_changes(issuer.id, &to_change, version)).await?;
+        audit_same(tx, plan.issuer.id, "revoke", &plan.actor, to_change, &before, &after).await?;
     }
-    tx.commit().await.map_err(db("committing the revocation"))?;
+    Ok(())
+}
 
-    for serial in &to_change {
+/// The `jitocsp::audit` log lines of a committed batch: one `info` line per kind of change,
+/// one `debug` line per certificate.
+fn log_committed(plan: &RevokePlan, version: i64, to_change: &[&Serial], rekeys: &[Rekey<'_>]) {
+    let issuer = &plan.issuer;
+    if let (Some(first), Some(last)) = (to_change.first(), to_change.last()) {
         tracing::info!(target: "jitocsp::audit", actor = %plan.actor, action = "revoke", issuer = %issuer.name,
+            issuer_id = issuer.id, certificates = to_change.len(), first_serial = %first, last_serial = %last,
+            reason = plan.reason.name(), revoked_at = %rfc3339(plan.at), version, "certificates revoked");
+    }
+    for serial in to_change {
+        tracing::debug!(target: "jitocsp::audit", actor = %plan.actor, action = "revoke", issuer = %issuer.name,
             issuer_id = issuer.id, serial = %serial, reason = plan.reason.name(),
             revoked_at = %rfc3339(plan.at), version, "certificate revoked");
     }
-    for (serial, new_at) in &rekeys {
+    for rekey in rekeys {
         tracing::info!(target: "jitocsp::audit", actor = %plan.actor, action = "reason_change", issuer = %issuer.name,
-            issuer_id = issuer.id, serial = %serial, reason = plan.reason.name(), revoked_at = %rfc3339(*new_at),
+            issuer_id = issuer.id, serial = %rekey.serial, reason = plan.reason.name(), revoked_at = %rfc3339(rekey.revoked_at),
             version, "revocation reason changed to keyCompromise");
     }
-    let changed: Vec<&Serial> = to_change.iter().chain(rekeys.iter().map(|(s, _)| s)).copied().collect();
-    let targets = changed
-        .iter()
-        .map(|s| PurgeTarget { issuer_id: issuer.id, serial: (*s).clone(), since: Some(txn_now) })
-        .collect();
-    let unchanged = verdicts
-        .into_iter()
-        .filter_map(|(s, v)| match v {
-            Verdict::AlreadyRevoked(state) => Some((s.clone(), state)),
-            _ => None,
-        })
-        .collect();
-    Ok(RevokeOutcome::Committed(Revoked {
-        version,
-        revoked: to_change.into_iter().cloned().collect(),
-        reason_changed: rekeys.into_iter().map(|(s, t)| (s.clone(), t)).collect(),
-        unchanged,
-        after_commit: AfterCommit { targets, cdn_ids },
-    }))
 }
 
-fn status_changes(issuer_id: i32, serials: &[&Serial], version: i64) -> Vec<StatusChange> {
-    serials.iter().map(|s| StatusChange { issuer_id, serial: (*s).clone(), revoked: true, version }).collect()
+fn serial_bytes(serials: &[(Serial, Origin)]) -> Vec<&[u8]> {
+    serials.iter().map(|(s, _)| s.as_bytes()).collect()
 }
 
-/// Fails, naming them, if any serial has no row.
-fn check_known(plan: &RevokePlan, states: &HashMap<Vec<u8>, StatusRow>) -> Result<(), StatusError> {
+/// Fails, naming them, if any of `serials` has no row.
+fn check_known(
+    plan: &RevokePlan,
+    serials: &[(Serial, Origin)],
+    states: &HashMap<Vec<u8>, StatusRow>,
+) -> Result<(), StatusError> {
     let missing: Vec<(Serial, Origin)> =
-        plan.serials.iter().filter(|(s, _)| !states.contains_key(s.as_bytes())).cloned().collect();
+        serials.iter().filter(|(s, _)| !states.contains_key(s.as_bytes())).cloned().collect();
     if missing.is_empty() {
         return Ok(());
     }
     Err(StatusError::UnknownSerials { issuer: plan.issuer.name.clone(), missing })
 }
 
-/// The verdict on each serial of `plan` (all known to `states`), in order, up to the first
-/// refusal.
-fn classify<'p>(
-    plan: &'p RevokePlan,
-    states: &HashMap<Vec<u8>, StatusRow>,
-) -> (Vec<(&'p Serial, Verdict)>, Option<StatusError>) {
+/// The verdict of `plan` on each of `serials` (all known to `states`), with its current state,
+/// in order, up to the first refusal.
+fn classify<'p, 's>(
+    plan: &RevokePlan,
+    serials: &'p [(Serial, Origin)],
+    states: &'s HashMap<Vec<u8>, StatusRow>,
+) -> (Vec<(&'p Serial, &'s StatusRow, Verdict)>, Option<StatusError>) {
     let explicit_at = plan.at_given.then_some(plan.at);
-    let mut verdicts = Vec::with_capacity(plan.serials.len());
-    for (serial, _) in &plan.serials {
+    let mut verdicts = Vec::with_capacity(serials.len());
+    for (serial, _) in serials {
         let Some(state) = states.get(serial.as_bytes()) else { continue };
         let verdict = match rekey_time(plan.reason, state, explicit_at, serial) {
             Err(refused) => return (verdicts, Some(refused)),
@@ -216,7 +438,7 @@ fn classify<'p>(
             Ok(None) if state.reason.is_none() => Verdict::Revoke,
             Ok(None) => Verdict::AlreadyRevoked(state.clone()),
         };
-        verdicts.push((serial, verdict));
+        verdicts.push((serial, state, verdict));
     }
     (verdicts, None)
 }
@@ -241,42 +463,18 @@ pub fn rekey_time(
     }
 }
 
-/// Changes the reason of already revoked certificates to keyCompromise, with their audit
-/// rows and pending purges, inside `tx`.
+/// Changes the reason of already revoked certificates to keyCompromise, each with its
+/// revocation time, inside `tx`.
 async fn change_reasons(
     tx: &Transaction<'_>,
     plan: &RevokePlan,
-    txn_now: DateTime<Utc>,
     version: i64,
-    rekeys: &[(&Serial, DateTime<Utc>)],
-    states: &HashMap<Vec<u8>, StatusRow>,
+    rekeys: &[Rekey<'_>],
 ) -> Result<(), StatusError> {
-    let key_compromise = RevocationReason::KeyCompromise;
-    let planned: Vec<Planned> = rekeys
-        .iter()
-        .map(|(serial, new_at)| {
-            let state = &states[serial.as_bytes()];
-            Planned {
-                serial,
-                before: serde_json::json!({
-                    "status": "revoked",
-                    "reason": state.reason.map(RevocationReason::describe_code),
-                    "reason_code": state.reason,
-                    "revoked_at": state.revoked_at.map(rfc3339),
-                }),
-                after: serde_json::json!({
-                    "status": "revoked",
-                    "reason": key_compromise.name(),
-                    "reason_code": key_compromise.code(),
-                    "revoked_at": rfc3339(*new_at),
-                }),
-            }
-        })
-        .collect();
-    record_planned(tx, plan.issuer.id, "reason_change", &plan.actor, txn_now, &planned).await?;
-    let serials: Vec<&[u8]> = rekeys.iter().map(|(s, _)| s.as_bytes()).collect();
-    let times: Vec<DateTime<Utc>> = rekeys.iter().map(|(_, t)| *t).collect();
-    let changed = certificates::set_reasons(tx, plan.issuer.id, &serials, &times, key_compromise.code(), version)
+    let serials: Vec<&[u8]> = rekeys.iter().map(|r| r.serial.as_bytes()).collect();
+    let times: Vec<DateTime<Utc>> = rekeys.iter().map(|r| r.revoked_at).collect();
+    let code = RevocationReason::KeyCompromise.code();
+    let changed = certificates::set_reasons(tx, plan.issuer.id, &serials, &times, code, version)
         .await
         .map_err(db("changing revocation reasons"))?;
     if changed as usize != rekeys.len() {
@@ -345,9 +543,9 @@ mod tests {
         .map(|(s, st)| (s.as_bytes().to_vec(), st))
         .collect();
         let p = plan(&["01", "02", "03"], RevocationReason::KeyCompromise, None);
-        let (verdicts, refused) = classify(&p, &states);
+        let (verdicts, refused) = classify(&p, &p.serials, &states);
         assert!(refused.is_none());
-        let verdicts: Vec<Verdict> = verdicts.into_iter().map(|(_, v)| v).collect();
+        let verdicts: Vec<Verdict> = verdicts.into_iter().map(|(_, _, v)| v).collect();
         assert_eq!(
             verdicts,
             [
@@ -358,11 +556,11 @@ mod tests {
         );
         // An explicit time after 02's revocation refuses at 02, after judging 01.
         let p = plan(&["01", "02", "03"], RevocationReason::KeyCompromise, Some(t + chrono::TimeDelta::days(1)));
-        let (verdicts, refused) = classify(&p, &states);
+        let (verdicts, refused) = classify(&p, &p.serials, &states);
         assert_eq!(verdicts.len(), 1);
         assert!(matches!(refused, Some(StatusError::LaterRevocationTime { .. })));
         // Another reason never changes a revoked certificate.
         let p = plan(&["02"], RevocationReason::Superseded, None);
-        assert!(matches!(classify(&p, &states).0[0].1, Verdict::AlreadyRevoked(_)));
+        assert!(matches!(classify(&p, &p.serials, &states).0[0].2, Verdict::AlreadyRevoked(_)));
     }
 }
