@@ -53,7 +53,9 @@ pub async fn next_version(tx: &Transaction<'_>) -> Result<i64, tokio_postgres::E
     Ok(tx.query_one("SELECT nextval('status_change_seq')", &[]).await?.get(0))
 }
 
-/// Revokes the good certificates among `serials`; returns how many it changed.
+/// Revokes the good certificates among `serials` whose last change is below `version`
+/// (so a row's versions only grow, whether or not the caller locked it before taking
+/// `version`); returns how many it changed.
 pub async fn revoke(
     tx: &Transaction<'_>,
     issuer_id: i32,
@@ -65,7 +67,7 @@ pub async fn revoke(
     tx.execute(
         "UPDATE certificates SET reason = $3, revoked_at = $4, changed_at = clock_timestamp(), \
          changed_version = $5 \
-         WHERE issuer_id = $1 AND serial = ANY($2) AND reason IS NULL",
+         WHERE issuer_id = $1 AND serial = ANY($2) AND reason IS NULL AND coalesce(changed_version, 0) < $5",
         &[&issuer_id, &serials, &reason_code, &at, &version],
     )
     .await

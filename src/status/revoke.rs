@@ -3,6 +3,7 @@
 //! [`crate::status`].
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -165,44 +166,69 @@ pub async fn revoke(
     on_commit: &mut dyn FnMut(Committed),
 ) -> Result<Summary, StatusError> {
     let [first, second] = connections;
-    check(first, plan, progress).await?;
+    let not_good = check([&mut *first, &mut *second], plan, progress).await?;
     let total = plan.serials.len();
     progress.stage("revoking", total as u64);
     let purge_failed = AtomicBool::new(false);
-    let mut idle = vec![first, second];
-    let mut batches = plan.serials.chunks(plan.batch_size.get());
-    let mut in_flight = FuturesOrdered::new();
+    let size = plan.batch_size.get();
+    let batches = plan.serials.chunks(size).enumerate().map(|(n, batch)| {
+        let (start, end) = (n * size, n * size + batch.len());
+        // The check saw every row of the batch good: no need to read them first.
+        let all_good = not_good.partition_point(|i| *i < start) == not_good.partition_point(|i| *i < end);
+        (batch, all_good)
+    });
     let mut summary = Summary::default();
     let mut done = 0;
-    let mut failed: Option<StatusError> = None;
-    loop {
-        while failed.is_none() && !idle.is_empty() {
-            let Some(batch) = batches.next() else { break };
-            let Some(client) = idle.pop() else { break };
-            in_flight.push_back(run_batch(client, config, plan, batch, &purge_failed));
-        }
-        // In order, so `on_commit` hears of the batches as the operator listed them.
-        let Some((client, result)) = in_flight.next().await else { break };
-        idle.push(client);
-        match result {
-            Ok(committed) => {
-                summary.revoked += committed.batch.revoked.len();
-                summary.reason_changed += committed.batch.reason_changed.len();
-                summary.unchanged += committed.batch.unchanged.len();
-                summary.batches += 1;
-                done += committed.batch.len();
-                on_commit(committed);
-                progress.advance(done as u64);
-            }
-            // The batches in flight still finish (and are reported); no other starts.
-            Err(error) => failed = failed.or(Some(error)),
-        }
-    }
+    let failed = in_order(
+        vec![first, second],
+        batches,
+        |client, (batch, all_good)| run_batch(client, config, plan, batch, all_good, &purge_failed),
+        |committed: Committed| {
+            summary.revoked += committed.batch.revoked.len();
+            summary.reason_changed += committed.batch.reason_changed.len();
+            summary.unchanged += committed.batch.unchanged.len();
+            summary.batches += 1;
+            done += committed.batch.len();
+            on_commit(committed);
+            progress.advance(done as u64);
+        },
+    )
+    .await;
     match failed {
         None => Ok(summary),
         Some(error) if done == 0 => Err(error),
         Some(error) => Err(StatusError::Stopped { done, total, source: Box::new(error) }),
     }
+}
+
+/// Runs `work` on each of `items`, one at a time on each connection, and hands the results
+/// to `take` in the order of `items`. After an error no item starts, those in flight finish
+/// (and are taken); the first error is returned.
+async fn in_order<'c, Item, T, Fut>(
+    mut idle: Vec<&'c mut Client>,
+    mut items: impl Iterator<Item = Item>,
+    work: impl Fn(&'c mut Client, Item) -> Fut,
+    mut take: impl FnMut(T),
+) -> Option<StatusError>
+where
+    Fut: Future<Output = (&'c mut Client, Result<T, StatusError>)>,
+{
+    let mut in_flight = FuturesOrdered::new();
+    let mut failed: Option<StatusError> = None;
+    loop {
+        while failed.is_none() && !idle.is_empty() {
+            let Some(item) = items.next() else { break };
+            let Some(client) = idle.pop() else { break };
+            in_flight.push_back(work(client, item));
+        }
+        let Some((client, result)) = in_flight.next().await else { break };
+        idle.push(client);
+        match result {
+            Ok(value) => take(value),
+            Err(error) => failed = failed.or(Some(error)),
+        }
+    }
+    failed
 }
 
 /// Commits one batch, then purges its Redis keys (unless an earlier purge failed).
@@ -211,11 +237,22 @@ async fn run_batch<'c>(
     config: &Config,
     plan: &RevokePlan,
     batch: &[(Serial, Origin)],
+    all_good: bool,
     purge_failed: &AtomicBool,
 ) -> (&'c mut Client, Result<Committed, StatusError>) {
-    let revoked = match commit_batch(client, &config.cdn, plan, batch).await {
-        Ok(revoked) => revoked,
-        Err(error) => return (client, Err(error)),
+    let mut committed = None;
+    if all_good {
+        match revoke_good(client, &config.cdn, plan, batch).await {
+            Ok(done) => committed = done,
+            Err(error) => return (client, Err(error)),
+        }
+    }
+    let revoked = match committed {
+        Some(revoked) => revoked,
+        None => match commit_batch(client, &config.cdn, plan, batch).await {
+            Ok(revoked) => revoked,
+            Err(error) => return (client, Err(error)),
+        },
     };
     let purge = if purge_failed.load(Ordering::Relaxed) {
         None
@@ -230,32 +267,90 @@ async fn run_batch<'c>(
 }
 
 /// Checks every serial of `plan` before anything is written: all must have a row, and no
-/// reason change may move a revocation time later.
-async fn check(client: &Client, plan: &RevokePlan, progress: &mut dyn Progress) -> Result<(), StatusError> {
+/// reason change may move a revocation time later. Returns the indexes (in `plan.serials`)
+/// of the certificates already revoked, in order.
+async fn check(
+    connections: [&mut Client; BATCHES_IN_FLIGHT],
+    plan: &RevokePlan,
+    progress: &mut dyn Progress,
+) -> Result<Vec<usize>, StatusError> {
     let explicit_at = plan.at_given.then_some(plan.at);
     let mut missing = Vec::new();
+    let mut revoked = Vec::new();
     let mut refused = None;
     progress.stage("checking", plan.serials.len() as u64);
     let mut done = 0;
-    for chunk in plan.serials.chunks(CHECK_CHUNK) {
-        let found = certificates::not_good(client, plan.issuer.id, &serial_bytes(chunk))
-            .await
-            .map_err(db("checking the serials"))?;
-        for (i, state) in found {
-            let Some((serial, origin)) = chunk.get(i) else { continue };
-            match state {
-                None => missing.push((serial.clone(), origin.clone())),
-                Some(state) if refused.is_none() => refused = rekey_time(plan.reason, &state, explicit_at, serial).err(),
-                Some(_) => {}
+    let chunks = plan.serials.chunks(CHECK_CHUNK).enumerate();
+    let failed = in_order(
+        connections.into(),
+        chunks,
+        |client, (n, chunk)| async move {
+            let found = certificates::not_good(&*client, plan.issuer.id, &serial_bytes(chunk))
+                .await
+                .map_err(db("checking the serials"));
+            (client, found.map(|found| (n * CHECK_CHUNK, chunk, found)))
+        },
+        |(start, chunk, found): (usize, &[(Serial, Origin)], Vec<(usize, Option<StatusRow>)>)| {
+            for (i, state) in found {
+                let Some((serial, origin)) = chunk.get(i) else { continue };
+                match state {
+                    None => missing.push((serial.clone(), origin.clone())),
+                    Some(state) => {
+                        if refused.is_none() {
+                            refused = rekey_time(plan.reason, &state, explicit_at, serial).err();
+                        }
+                        revoked.push(start + i);
+                    }
+                }
             }
-        }
-        done += chunk.len();
-        progress.advance(done as u64);
+            done += chunk.len();
+            progress.advance(done as u64);
+        },
+    )
+    .await;
+    if let Some(error) = failed {
+        return Err(error);
     }
     if !missing.is_empty() {
         return Err(StatusError::UnknownSerials { issuer: plan.issuer.name.clone(), missing });
     }
-    refused.map_or(Ok(()), Err)
+    refused.map_or(Ok(revoked), Err)
+}
+
+/// The fast way to commit a batch whose certificates the check saw all good: revoke them
+/// without reading them first. The version is taken before the rows are locked, so the
+/// UPDATE changes only rows still good and at a lower version; if any row was changed since
+/// the check, nothing is committed and `None` says to take the ordinary way
+/// ([`commit_batch`]). Versions still only grow along each row's changes.
+async fn revoke_good(
+    client: &mut Client,
+    cdn: &CdnConfig,
+    plan: &RevokePlan,
+    batch: &[(Serial, Origin)],
+) -> Result<Option<Revoked>, StatusError> {
+    let issuer = &plan.issuer;
+    let tx = client.transaction().await.map_err(db("starting a transaction"))?;
+    let txn_now = transaction_now(&tx).await?;
+    let version = next_version(&tx).await?;
+    let changed = certificates::revoke(&tx, issuer.id, &serial_bytes(batch), plan.reason.code(), plan.at, version)
+        .await
+        .map_err(db("revoking"))?;
+    if changed as usize != batch.len() {
+        // Dropping `tx` rolls it back.
+        return Ok(None);
+    }
+    let serials = serials_of(batch);
+    let cdn_ids = record_changes(&tx, cdn, plan, txn_now, version, &[], &serials).await?;
+    tx.commit().await.map_err(db("committing the revocation"))?;
+    log_committed(plan, version, &serials, &[]);
+    let after_commit = after_commit(issuer, txn_now, &serials, cdn_ids);
+    Ok(Some(Revoked {
+        version,
+        revoked: serials.into_iter().cloned().collect(),
+        reason_changed: Vec::new(),
+        unchanged: Vec::new(),
+        after_commit,
+    }))
 }
 
 /// One batch of `plan` in one transaction (see [`crate::status`]). The purges the commit owes
@@ -304,16 +399,11 @@ async fn commit_batch(
                 return Err(StatusError::RevokedCount { expected: to_change.len(), changed: changed as usize });
             }
         }
-        arm_purges(&tx, issuer.id, &changed, txn_now).await?;
-        cdn_ids = record_cdn_purges(&tx, cdn, issuer, "revoke", &changed).await?;
-        audit_changes(&tx, plan, &rekeys, &to_change).await?;
-        notify(&tx, issuer.id, true, version, &changed).await?;
+        cdn_ids = record_changes(&tx, cdn, plan, txn_now, version, &rekeys, &to_change).await?;
     }
     tx.commit().await.map_err(db("committing the revocation"))?;
 
     log_committed(plan, version, &to_change, &rekeys);
-    let targets =
-        changed.iter().map(|s| PurgeTarget { issuer_id: issuer.id, serial: (*s).clone(), since: Some(txn_now) }).collect();
     let unchanged = verdicts
         .into_iter()
         .filter_map(|(s, _, v)| match v {
@@ -326,8 +416,40 @@ async fn commit_batch(
         revoked: to_change.into_iter().cloned().collect(),
         reason_changed: rekeys.into_iter().map(|r| (r.serial.clone(), r.revoked_at)).collect(),
         unchanged,
-        after_commit: AfterCommit { targets, cdn_ids },
+        after_commit: after_commit(issuer, txn_now, &changed, cdn_ids),
     })
+}
+
+/// Everything a batch writes beside the status, once the status rows are changed at
+/// `version`: pending purges, CDN purges, audit rows (last: see [`crate::status`]) and the
+/// notifications. Returns the CDN purges' ids.
+async fn record_changes(
+    tx: &Transaction<'_>,
+    cdn: &CdnConfig,
+    plan: &RevokePlan,
+    txn_now: DateTime<Utc>,
+    version: i64,
+    rekeys: &[Rekey<'_>],
+    to_change: &[&Serial],
+) -> Result<Vec<i64>, StatusError> {
+    let issuer = &plan.issuer;
+    let changed: Vec<&Serial> = rekeys.iter().map(|r| r.serial).chain(to_change.iter().copied()).collect();
+    arm_purges(tx, issuer.id, &changed, txn_now).await?;
+    let cdn_ids = record_cdn_purges(tx, cdn, issuer, "revoke", &changed).await?;
+    audit_changes(tx, plan, rekeys, to_change).await?;
+    notify(tx, issuer.id, true, version, &changed).await?;
+    Ok(cdn_ids)
+}
+
+/// The purges a committed batch owes for `changed`.
+fn after_commit(issuer: &IssuerRow, txn_now: DateTime<Utc>, changed: &[&Serial], cdn_ids: Vec<i64>) -> AfterCommit {
+    let targets =
+        changed.iter().map(|s| PurgeTarget { issuer_id: issuer.id, serial: (*s).clone(), since: Some(txn_now) }).collect();
+    AfterCommit { targets, cdn_ids }
+}
+
+fn serials_of(batch: &[(Serial, Origin)]) -> Vec<&Serial> {
+    batch.iter().map(|(s, _)| s).collect()
 }
 
 /// A certificate whose reason becomes keyCompromise.
