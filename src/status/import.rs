@@ -91,7 +91,11 @@ pub struct Imported {
 
 /// Carries out `plan` in one transaction, telling `progress` of the rows streamed, then of
 /// the insert (one statement).
-pub async fn import(client: &mut Client, plan: &ImportPlan, progress: &mut dyn Progress) -> Result<Imported, StatusError> {
+pub async fn import(
+    client: &mut Client,
+    plan: &ImportPlan,
+    progress: &mut dyn Progress,
+) -> Result<Imported, StatusError> {
     let issuer = &plan.issuer;
     let rows = &plan.rows;
     let started = Instant::now();

@@ -141,8 +141,10 @@ pub enum StatusError {
     #[error("recording the CDN purges")]
     CdnPurges(#[source] CdnError),
     /// A batch of a revocation failed; the batches before it are committed.
-    #[error("stopped after {done} of {total} certificates (their batches are committed); running the same \
-             command again finishes the rest, skipping the certificates already revoked")]
+    #[error(
+        "stopped after {done} of {total} certificates (their batches are committed); running the same \
+             command again finishes the rest, skipping the certificates already revoked"
+    )]
     Stopped {
         done: usize,
         total: usize,
