@@ -137,10 +137,8 @@ async fn listen<R: Subscriber>(
                     match StatusChanges::parse(&payload) {
                         Ok(changes) => {
                             metrics::counter!(m::NOTIFICATIONS).increment(1);
-                            tracing::info!(issuer_id = changes.issuer_id, revoked = changes.revoked,
-                                version = changes.version, certificates = changes.serials.len(), "status changes");
                             for change in changes.changes() {
-                                tracing::debug!(issuer_id = change.issuer_id, serial = %change.serial,
+                                tracing::info!(issuer_id = change.issuer_id, serial = %change.serial,
                                     revoked = change.revoked, version = change.version, "status change");
                                 apply(&**responder, &change);
                             }
