@@ -73,26 +73,39 @@ pub async fn revoke(
     .await
 }
 
-/// The serials among `serials` of one issuer that are not good: by their 0-based index, with
-/// their state if revoked, `None` if they have no row. In index order; good ones are absent.
-pub async fn not_good(
-    client: &impl GenericClient,
+/// The temporary table a revocation's check streams its serials into (dropped at commit):
+/// `i` is the serial's 0-based position in the operator's input.
+pub const REVOKE_CHECK_TABLE: &str =
+    "CREATE TEMPORARY TABLE jitocsp_revoke_check (i int4 NOT NULL, serial bytea NOT NULL) ON COMMIT DROP";
+
+/// Streams rows (i int4, serial bytea, binary format) into [`REVOKE_CHECK_TABLE`].
+pub const REVOKE_CHECK_COPY: &str = "COPY jitocsp_revoke_check (i, serial) FROM STDIN (FORMAT binary)";
+
+/// The state of each serial streamed into [`REVOKE_CHECK_TABLE`], as a certificate of
+/// `issuer_id`: by position, `None` if it has no row. In the order the rows lie in the table
+/// (serials without a row last), so that a caller can work through them page by page.
+///
+/// One join rather than a lookup per serial: for millions of serials Postgres reads the
+/// table once (a hash join) instead of jumping around a table larger than its cache.
+pub async fn check_streamed(
+    tx: &Transaction<'_>,
     issuer_id: i32,
-    serials: &[&[u8]],
 ) -> Result<Vec<(usize, Option<StatusRow>)>, tokio_postgres::Error> {
-    let rows = client
+    // A temporary table has no statistics until analysed; without them the planner guesses.
+    tx.batch_execute("ANALYZE jitocsp_revoke_check").await?;
+    let rows = tx
         .query(
-            "SELECT k.i - 1, c.serial IS NOT NULL, c.reason, c.revoked_at \
-             FROM unnest($2::bytea[]) WITH ORDINALITY AS k(serial, i) \
-             LEFT JOIN certificates c ON c.issuer_id = $1 AND c.serial = k.serial \
-             WHERE c.serial IS NULL OR c.reason IS NOT NULL ORDER BY k.i",
-            &[&issuer_id, &serials],
+            "SELECT t.i, c.serial IS NOT NULL, c.reason, c.revoked_at \
+             FROM jitocsp_revoke_check t \
+             LEFT JOIN certificates c ON c.issuer_id = $1 AND c.serial = t.serial \
+             ORDER BY c.ctid, t.i",
+            &[&issuer_id],
         )
         .await?;
     Ok(rows
         .iter()
         .filter_map(|r| {
-            let index = usize::try_from(r.get::<_, i64>(0)).ok()?;
+            let index = usize::try_from(r.get::<_, i32>(0)).ok()?;
             let state = r.get::<_, bool>(1).then(|| StatusRow { reason: r.get(2), revoked_at: r.get(3) });
             Some((index, state))
         })

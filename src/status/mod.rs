@@ -126,6 +126,8 @@ pub enum StatusError {
     },
     #[error("nothing to import: the input holds no certificate")]
     NothingToImport,
+    #[error("{given} serials are more than one revocation takes (at most {}); split the input", i32::MAX)]
+    TooMany { given: usize },
     /// Cannot happen while the rows are locked; the transaction is rolled back.
     #[error("expected to revoke {expected} certificates but changed {changed}; nothing was changed")]
     RevokedCount { expected: usize, changed: usize },
@@ -164,7 +166,8 @@ impl StatusError {
             | StatusError::NotOnHold { .. }
             | StatusError::LaterRevocationTime { .. }
             | StatusError::ConflictingNotAfter { .. }
-            | StatusError::NothingToImport => true,
+            | StatusError::NothingToImport
+            | StatusError::TooMany { .. } => true,
             StatusError::RevokedCount { .. }
             | StatusError::ReasonCount { .. }
             | StatusError::Database { .. }

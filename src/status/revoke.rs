@@ -8,7 +8,10 @@ use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, Utc};
+use futures_util::pin_mut;
 use futures_util::stream::{FuturesOrdered, StreamExt};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Transaction};
 
 use super::record::{arm_purges, audit, audit_same, next_version, notify, record_cdn_purges, transaction_now, Planned};
@@ -31,8 +34,11 @@ pub const DEFAULT_BATCH_SIZE: NonZeroUsize = match NonZeroUsize::new(20_000) {
 /// rows (which only one transaction at a time can do), the other locks and updates its rows.
 pub const BATCHES_IN_FLIGHT: usize = 2;
 
-/// Serials per query while checking a revocation before its first batch.
-const CHECK_CHUNK: usize = 50_000;
+/// Serials per query of a dry run.
+const PREVIEW_CHUNK: usize = 50_000;
+
+/// Serials streamed between two progress reports of the check.
+const CHECK_PROGRESS_STEP: usize = 100_000;
 
 /// A validated revocation.
 #[derive(Clone, Debug)]
@@ -138,16 +144,18 @@ pub async fn preview(client: &Client, plan: &RevokePlan, progress: &mut dyn Prog
     let mut states = HashMap::with_capacity(plan.serials.len());
     progress.stage("checking", plan.serials.len() as u64);
     let mut done = 0;
-    for chunk in plan.serials.chunks(CHECK_CHUNK) {
-        let found = certificates::statuses(client, plan.issuer.id, &serial_bytes(chunk), false)
+    for chunk in plan.serials.chunks(PREVIEW_CHUNK) {
+        let bytes: Vec<&[u8]> = chunk.iter().map(|(s, _)| s.as_bytes()).collect();
+        let found = certificates::statuses(client, plan.issuer.id, &bytes, false)
             .await
             .map_err(db("reading the current status"))?;
         states.extend(found);
         done += chunk.len();
         progress.advance(done as u64);
     }
-    check_known(plan, &plan.serials, &states)?;
-    let (verdicts, refused) = classify(plan, &plan.serials, &states);
+    let all: Vec<&Entry> = plan.serials.iter().collect();
+    check_known(plan, &all, &states)?;
+    let (verdicts, refused) = classify(plan, &all, &states);
     let verdicts = verdicts.into_iter().map(|(s, _, v)| (s.clone(), v)).collect();
     Ok(Preview { verdicts, refused })
 }
@@ -166,15 +174,14 @@ pub async fn revoke(
     on_commit: &mut dyn FnMut(Committed),
 ) -> Result<Summary, StatusError> {
     let [first, second] = connections;
-    let not_good = check([&mut *first, &mut *second], plan, progress).await?;
+    let checked = check(first, plan, progress).await?;
     let total = plan.serials.len();
     progress.stage("revoking", total as u64);
     let purge_failed = AtomicBool::new(false);
-    let size = plan.batch_size.get();
-    let batches = plan.serials.chunks(size).enumerate().map(|(n, batch)| {
-        let (start, end) = (n * size, n * size + batch.len());
+    let batches = checked.order.chunks(plan.batch_size.get()).map(|positions| {
+        let batch: Vec<&Entry> = positions.iter().filter_map(|i| plan.serials.get(*i)).collect();
         // The check saw every row of the batch good: no need to read them first.
-        let all_good = not_good.partition_point(|i| *i < start) == not_good.partition_point(|i| *i < end);
+        let all_good = positions.iter().all(|i| !checked.revoked.contains(i));
         (batch, all_good)
     });
     let mut summary = Summary::default();
@@ -236,20 +243,20 @@ async fn run_batch<'c>(
     client: &'c mut Client,
     config: &Config,
     plan: &RevokePlan,
-    batch: &[(Serial, Origin)],
+    batch: Vec<&Entry>,
     all_good: bool,
     purge_failed: &AtomicBool,
 ) -> (&'c mut Client, Result<Committed, StatusError>) {
     let mut committed = None;
     if all_good {
-        match revoke_good(client, &config.cdn, plan, batch).await {
+        match revoke_good(client, &config.cdn, plan, &batch).await {
             Ok(done) => committed = done,
             Err(error) => return (client, Err(error)),
         }
     }
     let revoked = match committed {
         Some(revoked) => revoked,
-        None => match commit_batch(client, &config.cdn, plan, batch).await {
+        None => match commit_batch(client, &config.cdn, plan, &batch).await {
             Ok(revoked) => revoked,
             Err(error) => return (client, Err(error)),
         },
@@ -267,63 +274,71 @@ async fn run_batch<'c>(
 }
 
 /// Checks every serial of `plan` before anything is written: all must have a row, and no
-/// reason change may move a revocation time later. Returns the indexes (in `plan.serials`)
-/// of the certificates already revoked, in order.
-async fn check(
-    connections: [&mut Client; BATCHES_IN_FLIGHT],
-    plan: &RevokePlan,
-    progress: &mut dyn Progress,
-) -> Result<Vec<usize>, StatusError> {
+/// reason change may move a revocation time later.
+async fn check(client: &mut Client, plan: &RevokePlan, progress: &mut dyn Progress) -> Result<Checked, StatusError> {
+    let total = plan.serials.len();
+    progress.stage("checking", total as u64);
+    // Only reads; the transaction holds the temporary table.
+    let tx = client.transaction().await.map_err(db("starting a transaction"))?;
+    tx.batch_execute(certificates::REVOKE_CHECK_TABLE).await.map_err(db("creating the check table"))?;
+    let sink = tx.copy_in(certificates::REVOKE_CHECK_COPY).await.map_err(db("starting COPY"))?;
+    let writer = BinaryCopyInWriter::new(sink, &[Type::INT4, Type::BYTEA]);
+    pin_mut!(writer);
+    for (i, (serial, _)) in plan.serials.iter().enumerate() {
+        let position = i32::try_from(i).map_err(|_| StatusError::TooMany { given: total })?;
+        let values: [&(dyn ToSql + Sync); 2] = [&position, &serial.as_bytes()];
+        writer.as_mut().write(&values).await.map_err(db("streaming the serials (COPY)"))?;
+        if (i + 1) % CHECK_PROGRESS_STEP == 0 {
+            progress.advance(i as u64 + 1);
+        }
+    }
+    writer.as_mut().finish().await.map_err(db("finishing COPY"))?;
+    let found = certificates::check_streamed(&tx, plan.issuer.id).await.map_err(db("checking the serials"))?;
+    tx.rollback().await.map_err(db("ending the check"))?;
+    if total % CHECK_PROGRESS_STEP != 0 {
+        progress.advance(total as u64);
+    }
+
     let explicit_at = plan.at_given.then_some(plan.at);
     let mut missing = Vec::new();
-    let mut revoked = Vec::new();
-    let mut refused = None;
-    progress.stage("checking", plan.serials.len() as u64);
-    let mut done = 0;
-    let chunks = plan.serials.chunks(CHECK_CHUNK).enumerate();
-    let failed = in_order(
-        connections.into(),
-        chunks,
-        |client, (n, chunk)| async move {
-            // In index order, so that the lookups walk the index rather than jump around it.
-            let mut order: Vec<(usize, &[u8])> = chunk.iter().map(|(s, _)| s.as_bytes()).enumerate().collect();
-            order.sort_unstable_by_key(|(_, bytes)| *bytes);
-            let sorted: Vec<&[u8]> = order.iter().map(|(_, bytes)| *bytes).collect();
-            let found =
-                certificates::not_good(&*client, plan.issuer.id, &sorted).await.map_err(db("checking the serials"));
-            let found = found.map(|found| {
-                let mut found: Vec<(usize, Option<StatusRow>)> =
-                    found.into_iter().filter_map(|(i, state)| Some((order.get(i)?.0, state))).collect();
-                found.sort_unstable_by_key(|(i, _)| *i);
-                (n * CHECK_CHUNK, chunk, found)
-            });
-            (client, found)
-        },
-        |(start, chunk, found): (usize, &[(Serial, Origin)], Vec<(usize, Option<StatusRow>)>)| {
-            for (i, state) in found {
-                let Some((serial, origin)) = chunk.get(i) else { continue };
-                match state {
-                    None => missing.push((serial.clone(), origin.clone())),
-                    Some(state) => {
-                        if refused.is_none() {
-                            refused = rekey_time(plan.reason, &state, explicit_at, serial).err();
-                        }
-                        revoked.push(start + i);
+    let mut refused: Option<(usize, StatusError)> = None;
+    let mut checked = Checked { order: Vec::with_capacity(total), revoked: HashSet::new() };
+    for (i, state) in found {
+        let Some((serial, origin)) = plan.serials.get(i) else { continue };
+        checked.order.push(i);
+        match state {
+            None => missing.push((i, (serial.clone(), origin.clone()))),
+            Some(state) if state.reason.is_some() => {
+                checked.revoked.insert(i);
+                if let Err(e) = rekey_time(plan.reason, &state, explicit_at, serial) {
+                    // The first in the operator's order, as a single transaction would say.
+                    if refused.as_ref().is_none_or(|(first, _)| i < *first) {
+                        refused = Some((i, e));
                     }
                 }
             }
-            done += chunk.len();
-            progress.advance(done as u64);
-        },
-    )
-    .await;
-    if let Some(error) = failed {
-        return Err(error);
+            Some(_) => {}
+        }
     }
     if !missing.is_empty() {
+        missing.sort_unstable_by_key(|(i, _)| *i);
+        let missing = missing.into_iter().map(|(_, m)| m).collect();
         return Err(StatusError::UnknownSerials { issuer: plan.issuer.name.clone(), missing });
     }
-    refused.map_or(Ok(revoked), Err)
+    match refused {
+        Some((_, refused)) => Err(refused),
+        None => Ok(checked),
+    }
+}
+
+/// What the check found: the order to revoke in, and which certificates are revoked already.
+struct Checked {
+    /// Every position in `plan.serials`, in the order their rows lie in the table: batches
+    /// taken in this order each touch a few hundred pages of the table rather than one page
+    /// per certificate, which matters once the table is larger than Postgres's cache.
+    order: Vec<usize>,
+    /// Positions of the certificates already revoked.
+    revoked: HashSet<usize>,
 }
 
 /// The fast way to commit a batch whose certificates the check saw all good: revoke them
@@ -335,7 +350,7 @@ async fn revoke_good(
     client: &mut Client,
     cdn: &CdnConfig,
     plan: &RevokePlan,
-    batch: &[(Serial, Origin)],
+    batch: &[&Entry],
 ) -> Result<Option<Revoked>, StatusError> {
     let issuer = &plan.issuer;
     let tx = client.transaction().await.map_err(db("starting a transaction"))?;
@@ -368,7 +383,7 @@ async fn commit_batch(
     client: &mut Client,
     cdn: &CdnConfig,
     plan: &RevokePlan,
-    batch: &[(Serial, Origin)],
+    batch: &[&Entry],
 ) -> Result<Revoked, StatusError> {
     let issuer = &plan.issuer;
     let tx = client.transaction().await.map_err(db("starting a transaction"))?;
@@ -459,7 +474,7 @@ fn after_commit(issuer: &IssuerRow, txn_now: DateTime<Utc>, changed: &[&Serial],
     AfterCommit { targets, cdn_ids }
 }
 
-fn serials_of(batch: &[(Serial, Origin)]) -> Vec<&Serial> {
+fn serials_of<'a>(batch: &[&'a Entry]) -> Vec<&'a Serial> {
     batch.iter().map(|(s, _)| s).collect()
 }
 
@@ -536,18 +551,17 @@ fn log_committed(plan: &RevokePlan, version: i64, to_change: &[&Serial], rekeys:
     }
 }
 
-fn serial_bytes(serials: &[(Serial, Origin)]) -> Vec<&[u8]> {
+fn serial_bytes<'a>(serials: &[&'a Entry]) -> Vec<&'a [u8]> {
     serials.iter().map(|(s, _)| s.as_bytes()).collect()
 }
 
+/// A serial to revoke and where it came from.
+type Entry = (Serial, Origin);
+
 /// Fails, naming them, if any of `serials` has no row.
-fn check_known(
-    plan: &RevokePlan,
-    serials: &[(Serial, Origin)],
-    states: &HashMap<Vec<u8>, StatusRow>,
-) -> Result<(), StatusError> {
+fn check_known(plan: &RevokePlan, serials: &[&Entry], states: &HashMap<Vec<u8>, StatusRow>) -> Result<(), StatusError> {
     let missing: Vec<(Serial, Origin)> =
-        serials.iter().filter(|(s, _)| !states.contains_key(s.as_bytes())).cloned().collect();
+        serials.iter().filter(|(s, _)| !states.contains_key(s.as_bytes())).map(|e| (*e).clone()).collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -558,7 +572,7 @@ fn check_known(
 /// in order, up to the first refusal.
 fn classify<'p, 's>(
     plan: &RevokePlan,
-    serials: &'p [(Serial, Origin)],
+    serials: &[&'p Entry],
     states: &'s HashMap<Vec<u8>, StatusRow>,
 ) -> (Vec<(&'p Serial, &'s StatusRow, Verdict)>, Option<StatusError>) {
     let explicit_at = plan.at_given.then_some(plan.at);
@@ -676,7 +690,7 @@ mod tests {
         .map(|(s, st)| (s.as_bytes().to_vec(), st))
         .collect();
         let p = plan(&["01", "02", "03"], RevocationReason::KeyCompromise, None);
-        let (verdicts, refused) = classify(&p, &p.serials, &states);
+        let (verdicts, refused) = classify(&p, &p.serials.iter().collect::<Vec<_>>(), &states);
         assert!(refused.is_none());
         let verdicts: Vec<Verdict> = verdicts.into_iter().map(|(_, _, v)| v).collect();
         assert_eq!(
@@ -689,11 +703,11 @@ mod tests {
         );
         // An explicit time after 02's revocation refuses at 02, after judging 01.
         let p = plan(&["01", "02", "03"], RevocationReason::KeyCompromise, Some(t + chrono::TimeDelta::days(1)));
-        let (verdicts, refused) = classify(&p, &p.serials, &states);
+        let (verdicts, refused) = classify(&p, &p.serials.iter().collect::<Vec<_>>(), &states);
         assert_eq!(verdicts.len(), 1);
         assert!(matches!(refused, Some(StatusError::LaterRevocationTime { .. })));
         // Another reason never changes a revoked certificate.
         let p = plan(&["02"], RevocationReason::Superseded, None);
-        assert!(matches!(classify(&p, &p.serials, &states).0[0].2, Verdict::AlreadyRevoked(_)));
+        assert!(matches!(classify(&p, &p.serials.iter().collect::<Vec<_>>(), &states).0[0].2, Verdict::AlreadyRevoked(_)));
     }
 }
