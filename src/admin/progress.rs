@@ -67,7 +67,7 @@ impl Reporter {
     fn line(&self, done: u64, elapsed: Duration) -> String {
         let seconds = elapsed.as_secs_f64();
         let rate = if seconds > 0.0 { done as f64 / seconds } else { 0.0 };
-        let percent = if self.total > 0 { done * 100 / self.total } else { 100 };
+        let percent = done.saturating_mul(100).checked_div(self.total).unwrap_or(100);
         let left = if rate > 0.0 && done < self.total {
             format!(", about {:.0} s left", (self.total - done) as f64 / rate)
         } else {

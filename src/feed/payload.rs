@@ -115,7 +115,9 @@ mod tests {
 
     fn serials(n: u64) -> Vec<Serial> {
         // 20-octet serials, the longest RFC 5280 allows (and the fewest per payload).
-        (0..n).map(|i| Serial::from_hex(&format!("7f{:038x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15))).unwrap()).collect()
+        (0..n)
+            .map(|i| Serial::from_hex(&format!("7f{:038x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15))).unwrap())
+            .collect()
     }
 
     #[test]

@@ -31,14 +31,20 @@
 //! # Revoking in batches
 //!
 //! A revocation of many certificates (a mass revocation: millions) is cut into batches of
-//! [`revoke::DEFAULT_BATCH_SIZE`] certificates (the operator may choose), in the operator's
-//! order; each batch is one transaction as above, with its own version, and the purges it
-//! owes are made as soon as it commits. Two batches are in flight at once, each on a
-//! connection of its own. Before the first batch, every serial is checked (read only): an
-//! unknown serial, or a reason change that would move a revocation time later, refuses the
-//! whole revocation and nothing is written, as for a single transaction. A revocation that
-//! stops half way (a failure, an interrupted command) leaves whole batches committed; running
-//! it again finishes it, skipping (and reporting) the certificates already revoked.
+//! [`revoke::DEFAULT_BATCH_SIZE`] certificates (the operator may choose); each batch is one
+//! transaction as above, with its own version, and the purges it owes are made as soon as it
+//! commits. Two batches are in flight at once, each on a connection of its own. Before the
+//! first batch, every serial is checked in one read-only pass (streamed with COPY, one
+//! join): an unknown serial, or a reason change that would move a revocation time later,
+//! refuses the whole revocation and nothing is written, as for a single transaction. The
+//! batches follow the order the rows lie in the table, not the operator's, so that each
+//! touches a few hundred pages of a table larger than Postgres's cache rather than one page
+//! per certificate. A batch the check saw all good is revoked without reading its rows
+//! first: its version is taken before the UPDATE, which changes only rows still good and
+//! at a lower version (so versions still grow along each row's changes); if any row changed
+//! since the check, the batch is rolled back and done the ordinary way. A revocation that
+//! stops half way (a failure, an interrupted command) leaves whole batches committed;
+//! running it again finishes it, skipping (and reporting) the certificates already revoked.
 //!
 //! A certificate already revoked is skipped and reported, not an error, and keeps its
 //! original reason and time, with one exception (BR 4.9.1.1): a revocation for keyCompromise

@@ -100,7 +100,7 @@ pub struct Preview {
 pub struct Revoked {
     /// The status version of every change (0 when nothing changed).
     pub version: i64,
-    /// Newly revoked, in the operator's order.
+    /// Newly revoked, in the batch's order.
     pub revoked: Vec<Serial>,
     /// Reason changed to keyCompromise, with the revocation time they now have.
     pub reason_changed: Vec<(Serial, DateTime<Utc>)>,
@@ -162,7 +162,8 @@ pub async fn preview(client: &Client, plan: &RevokePlan, progress: &mut dyn Prog
 
 /// Carries out `plan` (see [`crate::status`]): checks every serial, then commits batch after
 /// batch, two in flight (one on each connection), and purges each batch's Redis keys as soon
-/// as it committed. `on_commit` hears of each batch, in the operator's order, once committed.
+/// as it committed. `on_commit` hears of each batch once committed, in the order they were
+/// started.
 ///
 /// A refusal found by the check changes nothing. A failure later leaves the batches committed
 /// until then, and is returned as [`StatusError::Stopped`] if any was.
@@ -569,7 +570,7 @@ fn check_known(plan: &RevokePlan, serials: &[&Entry], states: &HashMap<Vec<u8>, 
 }
 
 /// The verdict of `plan` on each of `serials` (all known to `states`), with its current state,
-/// in order, up to the first refusal.
+/// in their order, up to the first refusal.
 fn classify<'p, 's>(
     plan: &RevokePlan,
     serials: &[&'p Entry],
@@ -708,6 +709,9 @@ mod tests {
         assert!(matches!(refused, Some(StatusError::LaterRevocationTime { .. })));
         // Another reason never changes a revoked certificate.
         let p = plan(&["02"], RevocationReason::Superseded, None);
-        assert!(matches!(classify(&p, &p.serials.iter().collect::<Vec<_>>(), &states).0[0].2, Verdict::AlreadyRevoked(_)));
+        assert!(matches!(
+            classify(&p, &p.serials.iter().collect::<Vec<_>>(), &states).0[0].2,
+            Verdict::AlreadyRevoked(_)
+        ));
     }
 }
