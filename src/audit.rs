@@ -1,6 +1,7 @@
 //! The audit trail's hash chain, and its verification (`jitocsp admin audit --verify`).
 //!
-//! Postgres writes the chain (sql/0004_audit_chain.sql: a trigger fills `chain_seq`,
+//! Postgres writes the chain (sql/0004_audit_chain.sql, made cheaper per row by
+//! sql/0006_audit_chain_head.sql: a trigger fills `chain_seq`,
 //! `prev_hash`, `row_hash`, `db_role` and `at` on every insert, and refuses UPDATE, DELETE and
 //! TRUNCATE). This module checks it **without trusting the database's functions**: it reads
 //! the raw columns in chain order, rebuilds each row's content by its own code, and

@@ -146,7 +146,7 @@ fn rows_written_before_the_chain_existed_join_it_in_order() {
          ('bob', 'import', NULL, '{\"b\": 2, \"a\": [1]}'), ('carol', 'revoke', '{\"status\": \"good\"}', NULL)",
     );
     let migrated = site.jitocsp_ok(&["migrate"], &[]);
-    assert!(migrated.contains("applied migrations [4"), "{migrated}");
+    assert!(migrated.contains("applied migrations [4, 5, 6]"), "{migrated}");
     assert_eq!(
         site.sql(
             "SELECT string_agg(chain_seq || ':' || actor || ':' || db_role, ',' ORDER BY chain_seq) FROM audit_log"
@@ -161,4 +161,53 @@ fn rows_written_before_the_chain_existed_join_it_in_order() {
     let (code, text) = verify(&site);
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("3 rows"), "{text}");
+}
+
+/// The chain's head is kept for the next row (sql/0006), but nobody can make the chain continue
+/// from anywhere else: not by forging the cached head (a setting any session may set), nor by
+/// writing the head table. Each attempt is refused and the chain still verifies.
+#[test]
+fn the_chain_head_cannot_be_forged() {
+    if skip_unless(&[Need::Postgres, Need::Redis, Need::Openssl]) {
+        return;
+    }
+    let (site, _pki, _issuer) = site_with_history();
+    let psql = |statement: &str| {
+        let output = std::process::Command::new("psql")
+            .args(["-X", &site.database_url, "-v", "ON_ERROR_STOP=1", "-c", statement])
+            .output()
+            .expect("psql");
+        (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    let head = site.sql("SELECT chain_seq FROM audit_log_head");
+    // A cached head for this very transaction, one row back (its hash is not the head's).
+    let forged = format!(
+        "BEGIN; SELECT set_config('jitocsp.audit_chain_head', pg_current_xact_id()::text || ':' || ({head} - 1) \
+         || ':' || encode(row_hash, 'hex'), true) FROM audit_log WHERE chain_seq = {head} - 1; \
+         INSERT INTO audit_log (actor, action) VALUES ('mallory', 'forged'); COMMIT"
+    );
+    let (ok, stderr) = psql(&forged);
+    assert!(!ok && stderr.contains("duplicate key"), "{stderr}");
+    // The right position with a wrong hash.
+    let forged = format!(
+        "BEGIN; SELECT set_config('jitocsp.audit_chain_head', pg_current_xact_id()::text || ':{head}:00', true); \
+         INSERT INTO audit_log (actor, action) VALUES ('mallory', 'forged'); COMMIT"
+    );
+    let (ok, stderr) = psql(&forged);
+    assert!(!ok && stderr.contains("do not continue the chain"), "{stderr}");
+    for statement in [
+        "UPDATE audit_log_head SET row_hash = '\\x00'",
+        "DELETE FROM audit_log_head",
+        "INSERT INTO audit_log_head VALUES (false, 1, '\\x00')",
+        "TRUNCATE audit_log_head",
+    ] {
+        let (ok, stderr) = psql(statement);
+        assert!(!ok && stderr.contains("moved only by the audit chain"), "{statement}: {stderr}");
+    }
+    assert_eq!(site.sql("SELECT count(*) FROM audit_log WHERE actor = 'mallory'"), "0");
+    // Writers still append where the chain is.
+    site.sql("INSERT INTO audit_log (actor, action) VALUES ('alice', 'after the attempts')");
+    assert_eq!(site.sql("SELECT chain_seq FROM audit_log_head"), (head.parse::<i64>().unwrap() + 1).to_string());
+    let (code, text) = verify(&site);
+    assert_eq!(code, 0, "{text}");
 }

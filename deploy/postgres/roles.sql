@@ -72,6 +72,9 @@ GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO jitocsp_admin;
 -- with the same credentials. (Triggers refuse UPDATE, DELETE and TRUNCATE for every role
 -- too, and the rows are hash-chained: `jitocsp admin audit --verify`; sql/0004.)
 REVOKE UPDATE, DELETE ON audit_log FROM jitocsp_admin;
+-- The chain's head (sql/0006) is moved only by the chain's own trigger, which runs as the
+-- table owner; the admin may read it.
+REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON audit_log_head FROM jitocsp_admin;
 
 -- Tables that later migrations create (as the role running this file) are readable and
 -- writable by the admin at once; the responder gets grants only from this file.

@@ -5,6 +5,7 @@
 //! anything is written.
 
 use super::inputs::{read_cert_file, read_import_stdin, ImportRow};
+use super::progress::Reporter;
 use super::{actor, connect, find_issuer, AdminError, ImportArgs};
 use crate::config::Config;
 use crate::status::import::{import, ImportPlan};
@@ -34,7 +35,10 @@ pub async fn run(args: ImportArgs, config: &Config) -> Result<(), AdminError> {
         }
     }
     let plan = ImportPlan::new(issuer, rows, sources, actor())?;
-    let done = import(&mut client, &plan).await?;
+    let mut progress = Reporter::new("import");
+    let done = import(&mut client, &plan, &mut progress).await;
+    progress.finish();
+    let done = done?;
     if let Some(e) = &done.analyze_failed {
         eprintln!("warning: ANALYZE certificates after the import failed: {e}");
     }

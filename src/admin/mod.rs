@@ -6,10 +6,15 @@
 //! - **Validate everything before writing anything.** Serials, reasons, times and files are
 //!   all parsed and checked first; a bad line anywhere means no write at all, and the error
 //!   names the file and line (or the serial) that was wrong.
-//! - **One transaction per command.** A revocation changes `certificates`, writes one
-//!   `audit_log` row and one `pending_purges` row per changed certificate, and queues a
-//!   `NOTIFY jitocsp_status` per change, all in one transaction: either all of it happened
-//!   or none did, and responders hear of it only if it committed.
+//! - **One transaction per command, or per batch.** A revocation changes `certificates`,
+//!   writes one `audit_log` row and one `pending_purges` row per changed certificate, and
+//!   queues `NOTIFY jitocsp_status` (many changes per notification), all in one transaction:
+//!   either all of it happened or none did, and responders hear of it only if it committed.
+//!   A revocation of more than `--batch-size` certificates is cut into such transactions,
+//!   after every serial was checked; one that stops half way is finished by running it again
+//!   (see [`crate::status`]).
+//! - **Progress on stderr.** Long commands (import, revoke) show a progress bar on a terminal
+//!   and a plain line per step otherwise; stdout has what they did, as always.
 //! - **Purge after commit.** The Redis keys are deleted only after the commit; when Redis is
 //!   unreachable the command still succeeds (the change is in Postgres, responders were
 //!   notified) and the `pending_purges` rows stay for the responders to retry.
@@ -26,10 +31,12 @@
 mod import;
 mod inputs;
 mod issuers;
+mod progress;
 mod purge;
 mod revoke;
 mod show;
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -154,6 +161,11 @@ pub struct RevokeArgs {
     /// Print what would change and write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Certificates per transaction (default 20000). Each batch commits on its own, with its
+    /// audit rows, purges and notifications; an interrupted revocation is finished by running
+    /// it again.
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<NonZeroUsize>,
 }
 
 /// One certificate: `--issuer NAME --serial HEX`.
@@ -325,6 +337,8 @@ mod tests {
         assert!(with(&["--serial", "01"]).is_ok());
         assert!(with(&["--serials-file", "f"]).is_ok());
         assert!(with(&["--cert-file", "c.pem"]).is_ok());
+        assert!(with(&["--serials-file", "f", "--batch-size", "1000"]).is_ok());
+        assert_eq!(with(&["--serials-file", "f", "--batch-size", "0"]).unwrap_err().exit_code(), 2);
         let both = with(&["--serial", "01", "--cert-file", "c.pem"]).unwrap_err();
         assert_eq!(both.exit_code(), 2);
     }

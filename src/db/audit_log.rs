@@ -26,6 +26,27 @@ pub async fn insert_changes(
     Ok(())
 }
 
+/// Writes one row per certificate of `serials` changed by `action`, all with the same
+/// `before` and `after` (JSON), in their order.
+pub async fn insert_same_change(
+    tx: &Transaction<'_>,
+    actor: &str,
+    action: &str,
+    issuer_id: i32,
+    serials: &[&[u8]],
+    before: &serde_json::Value,
+    after: &serde_json::Value,
+) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        "INSERT INTO audit_log (actor, action, issuer_id, serial, before, after) \
+         SELECT $1, $2, $3, u.serial, $5::text::jsonb, $6::text::jsonb \
+         FROM unnest($4::bytea[]) WITH ORDINALITY AS u(serial, n) ORDER BY u.n",
+        &[&actor, &action, &issuer_id, &serials, &before.to_string(), &after.to_string()],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Writes one row about an issuer as a whole (`issuer add`, `import`); `after` is JSON.
 pub async fn insert_issuer_event(
     tx: &Transaction<'_>,

@@ -20,6 +20,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (3, "0003_status_versions.sql", include_str!("../../sql/0003_status_versions.sql")),
     (4, "0004_audit_chain.sql", include_str!("../../sql/0004_audit_chain.sql")),
     (5, "0005_issuer_lifecycle.sql", include_str!("../../sql/0005_issuer_lifecycle.sql")),
+    (6, "0006_audit_chain_head.sql", include_str!("../../sql/0006_audit_chain_head.sql")),
 ];
 
 /// Advisory lock key that `migrate` holds while it works ("jitocsp" in ASCII, as a bigint).

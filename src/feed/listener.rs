@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::AsyncMessage;
 
 use crate::feed::log::{ChangeLog, FEED_DEADLINE};
-use crate::feed::payload::{StatusChange, CHANNEL};
+use crate::feed::payload::{StatusChange, StatusChanges, CHANNEL};
 use crate::issuers::CHANNEL as ISSUERS_CHANNEL;
 use crate::metrics as m;
 use crate::serial::Serial;
@@ -151,12 +151,14 @@ async fn listen<R: Subscriber>(
                     tracing::info!(issuer_id = %payload, "issuers changed");
                     responder.issuers_changed();
                 } else if channel == CHANNEL {
-                    match StatusChange::parse(&payload) {
-                        Ok(change) => {
+                    match StatusChanges::parse(&payload) {
+                        Ok(changes) => {
                             metrics::counter!(m::NOTIFICATIONS).increment(1);
-                            tracing::info!(issuer_id = change.issuer_id, serial = %change.serial,
-                                revoked = change.revoked, version = change.version, "status change");
-                            apply(&**responder, &change);
+                            for change in changes.changes() {
+                                tracing::info!(issuer_id = change.issuer_id, serial = %change.serial,
+                                    revoked = change.revoked, version = change.version, "status change");
+                                apply(&**responder, &change);
+                            }
                         }
                         Err(error) => tracing::error!(%error, "ignoring notification"),
                     }

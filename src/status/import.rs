@@ -16,7 +16,7 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Client;
 
-use super::{db, IssuerRow, Origin, StatusError};
+use super::{db, IssuerRow, Origin, Progress, StatusError};
 use crate::db::{audit_log, certificates, PgError};
 use crate::serial::Serial;
 
@@ -25,6 +25,9 @@ const MAX_SOURCES_AUDITED: usize = 20;
 
 /// Imports of at least this many new rows refresh the table's statistics.
 const ANALYZE_AFTER: u64 = 10_000;
+
+/// Rows streamed between two progress reports.
+const PROGRESS_STEP: usize = 100_000;
 
 /// One certificate to import.
 #[derive(Clone, Debug)]
@@ -86,8 +89,13 @@ pub struct Imported {
     pub elapsed: Duration,
 }
 
-/// Carries out `plan` in one transaction.
-pub async fn import(client: &mut Client, plan: &ImportPlan) -> Result<Imported, StatusError> {
+/// Carries out `plan` in one transaction, telling `progress` of the rows streamed, then of
+/// the insert (one statement).
+pub async fn import(
+    client: &mut Client,
+    plan: &ImportPlan,
+    progress: &mut dyn Progress,
+) -> Result<Imported, StatusError> {
     let issuer = &plan.issuer;
     let rows = &plan.rows;
     let started = Instant::now();
@@ -96,13 +104,22 @@ pub async fn import(client: &mut Client, plan: &ImportPlan) -> Result<Imported, 
     let sink = tx.copy_in(certificates::IMPORT_COPY).await.map_err(db("starting COPY"))?;
     let writer = BinaryCopyInWriter::new(sink, &[Type::BYTEA, Type::TIMESTAMPTZ]);
     pin_mut!(writer);
-    for row in rows {
+    progress.stage("streaming", rows.len() as u64);
+    for (i, row) in rows.iter().enumerate() {
         let serial: &[u8] = row.serial.as_bytes();
         let values: [&(dyn ToSql + Sync); 2] = [&serial, &row.not_after];
         writer.as_mut().write(&values).await.map_err(db("streaming rows (COPY)"))?;
+        if (i + 1) % PROGRESS_STEP == 0 {
+            progress.advance(i as u64 + 1);
+        }
     }
     writer.as_mut().finish().await.map_err(db("finishing COPY"))?;
+    if rows.len() % PROGRESS_STEP != 0 {
+        progress.advance(rows.len() as u64);
+    }
+    progress.stage("inserting", rows.len() as u64);
     let inserted = certificates::insert_imported(&tx, issuer.id).await.map_err(db("inserting certificates"))?;
+    progress.advance(rows.len() as u64);
     let already = rows.len() as u64 - inserted;
     let mismatched = if already > 0 {
         certificates::count_not_after_mismatches(&tx, issuer.id)

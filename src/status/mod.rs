@@ -1,7 +1,8 @@
 //! Status changes, as a library: import, revoke, unrevoke, and the reason change to
 //! keyCompromise. Each takes a *plan* (validated input) and returns an *outcome* (what
 //! changed, what was skipped and why, the version taken) as data; the admin commands
-//! (`crate::admin`) only build plans and print outcomes.
+//! (`crate::admin`) only build plans and print outcomes. Long work tells its progress through
+//! [`Progress`], never by printing.
 //!
 //! # The transaction of a status change
 //!
@@ -9,12 +10,16 @@
 //! database is touched. Then, in ONE transaction: the rows are locked (`FOR UPDATE`) and
 //! checked (an unknown serial fails the whole change, [`StatusError::is_input`], and nothing is
 //! written); one status version is taken from `status_change_seq` (after the locks, so
-//! versions grow along each row's changes); per certificate to change, one `audit_log` row and
-//! one `pending_purges` row (and, with a CDN hook, one `cdn_purges` row); then the status
-//! UPDATE with `changed_version` and `changed_at = clock_timestamp()`, and one
-//! `pg_notify('jitocsp_status', StatusChange payload)` per change carrying the version;
-//! COMMIT. Only after the commit are the Redis keys deleted and the CDN hook called
-//! ([`AfterCommit`]), and neither can undo or fail the change.
+//! versions grow along each row's changes); the status UPDATE with `changed_version` and
+//! `changed_at = clock_timestamp()`; per certificate changed, one `pending_purges` row (and,
+//! with a CDN hook, one `cdn_purges` row) and one `audit_log` row; notifications on
+//! `jitocsp_status` carrying the version (one per couple of hundred certificates, see
+//! [`crate::feed::payload`]); COMMIT. Only after the commit are the Redis keys deleted and
+//! the CDN hook called ([`AfterCommit`]), and neither can undo or fail the change.
+//!
+//! The audit rows of a revocation are written last: appending to the audit chain takes a
+//! lock held until COMMIT (sql/0004, sql/0006), so whatever comes before it can overlap with
+//! another transaction's appends.
 //!
 //! Responders compare versions, not times, so the length of the transaction does not matter
 //! to them: a status read at a lower version than a change they heard of is never used.
@@ -22,6 +27,24 @@
 //! A revoke of many serials uses set-based statements (`serial = ANY($n)`, `unnest`) rather
 //! than one round trip per serial; per row the effect is that of the per-serial
 //! `UPDATE ... WHERE reason IS NULL`.
+//!
+//! # Revoking in batches
+//!
+//! A revocation of many certificates (a mass revocation: millions) is cut into batches of
+//! [`revoke::DEFAULT_BATCH_SIZE`] certificates (the operator may choose); each batch is one
+//! transaction as above, with its own version, and the purges it owes are made as soon as it
+//! commits. Two batches are in flight at once, each on a connection of its own. Before the
+//! first batch, every serial is checked in one read-only pass (streamed with COPY, one
+//! join): an unknown serial, or a reason change that would move a revocation time later,
+//! refuses the whole revocation and nothing is written, as for a single transaction. The
+//! batches follow the order the rows lie in the table, not the operator's, so that each
+//! touches a few hundred pages of a table larger than Postgres's cache rather than one page
+//! per certificate. A batch the check saw all good is revoked without reading its rows
+//! first: its version is taken before the UPDATE, which changes only rows still good and
+//! at a lower version (so versions still grow along each row's changes); if any row changed
+//! since the check, the batch is rolled back and done the ordinary way. A revocation that
+//! stops half way (a failure, an interrupted command) leaves whole batches committed;
+//! running it again finishes it, skipping (and reporting) the certificates already revoked.
 //!
 //! A certificate already revoked is skipped and reported, not an error, and keeps its
 //! original reason and time, with one exception (BR 4.9.1.1): a revocation for keyCompromise
@@ -31,7 +54,9 @@
 //! An import is one transaction too (rows streamed with COPY, inserted with `ON CONFLICT DO
 //! NOTHING`, one audit row); it changes no status, so it takes no version and notifies nobody.
 //!
-//! Every change is also logged with `tracing::info!` at target `jitocsp::audit`, after commit.
+//! Every change is also logged with `tracing` at target `jitocsp::audit`, after commit: one
+//! `info` line per transaction (a batch: its size, version, first and last serial) and one
+//! `debug` line per certificate. The `audit_log` table has a row per certificate.
 
 mod after_commit;
 pub mod import;
@@ -107,6 +132,8 @@ pub enum StatusError {
     },
     #[error("nothing to import: the input holds no certificate")]
     NothingToImport,
+    #[error("{given} serials are more than one revocation takes (at most {}); split the input", i32::MAX)]
+    TooMany { given: usize },
     /// Cannot happen while the rows are locked; the transaction is rolled back.
     #[error("expected to revoke {expected} certificates but changed {changed}; nothing was changed")]
     RevokedCount { expected: usize, changed: usize },
@@ -121,6 +148,17 @@ pub enum StatusError {
     },
     #[error("recording the CDN purges")]
     CdnPurges(#[source] CdnError),
+    /// A batch of a revocation failed; the batches before it are committed.
+    #[error(
+        "stopped after {done} of {total} certificates (their batches are committed); running the same \
+             command again finishes the rest, skipping the certificates already revoked"
+    )]
+    Stopped {
+        done: usize,
+        total: usize,
+        #[source]
+        source: Box<StatusError>,
+    },
 }
 
 impl StatusError {
@@ -134,13 +172,32 @@ impl StatusError {
             | StatusError::NotOnHold { .. }
             | StatusError::LaterRevocationTime { .. }
             | StatusError::ConflictingNotAfter { .. }
-            | StatusError::NothingToImport => true,
+            | StatusError::NothingToImport
+            | StatusError::TooMany { .. } => true,
             StatusError::RevokedCount { .. }
             | StatusError::ReasonCount { .. }
             | StatusError::Database { .. }
             | StatusError::CdnPurges(_) => false,
+            StatusError::Stopped { source, .. } => source.is_input(),
         }
     }
+}
+
+/// Told how long work advances (rows streamed, certificates revoked), so that a caller can
+/// show it; the library itself never prints.
+pub trait Progress {
+    /// A stage of `total` units begins: "checking", "revoking", "streaming"...
+    fn stage(&mut self, name: &'static str, total: u64);
+    /// `done` units of the current stage are done, counted from its start.
+    fn advance(&mut self, done: u64);
+}
+
+/// Progress nobody watches.
+pub struct Unwatched;
+
+impl Progress for Unwatched {
+    fn stage(&mut self, _name: &'static str, _total: u64) {}
+    fn advance(&mut self, _done: u64) {}
 }
 
 /// Maps a Postgres error to [`StatusError::Database`], saying what was being done.

@@ -7,27 +7,23 @@ use tokio_postgres::Transaction;
 use super::{db, IssuerRow, StatusError};
 use crate::config::CdnConfig;
 use crate::db::{audit_log, certificates, pending_purges};
-use crate::feed::payload::{StatusChange, CHANNEL};
+use crate::feed::payload::{StatusChanges, CHANNEL};
 use crate::purge::cdn;
 use crate::serial::Serial;
 
-/// One certificate about to change, for the audit log and the pending purge.
+/// One certificate about to change, for the audit log.
 pub(super) struct Planned<'a> {
     pub serial: &'a Serial,
     pub before: serde_json::Value,
     pub after: serde_json::Value,
 }
 
-/// Writes the audit rows and the pending purges of `planned`, inside `tx`.
-///
-/// Runs before the status UPDATE, so that `changed_at` (kept for operators and for the
-/// responders' catch-up window) is as close to COMMIT as it can be.
-pub(super) async fn record_planned(
+/// Writes the audit rows of `planned`, each with its own before and after, inside `tx`.
+pub(super) async fn audit(
     tx: &Transaction<'_>,
     issuer_id: i32,
     action: &str,
     who: &str,
-    txn_now: DateTime<Utc>,
     planned: &[Planned<'_>],
 ) -> Result<(), StatusError> {
     let serials: Vec<&[u8]> = planned.iter().map(|c| c.serial.as_bytes()).collect();
@@ -35,9 +31,35 @@ pub(super) async fn record_planned(
     let after: Vec<String> = planned.iter().map(|c| c.after.to_string()).collect();
     audit_log::insert_changes(tx, who, action, issuer_id, &serials, &before, &after)
         .await
-        .map_err(db("writing the audit log"))?;
-    pending_purges::arm(tx, issuer_id, &serials, txn_now).await.map_err(db("recording the pending cache purges"))?;
-    Ok(())
+        .map_err(db("writing the audit log"))
+}
+
+/// Writes the audit rows of `serials`, which all changed from `before` to `after`, inside
+/// `tx`: each JSON is sent and parsed once, however many rows.
+pub(super) async fn audit_same(
+    tx: &Transaction<'_>,
+    issuer_id: i32,
+    action: &str,
+    who: &str,
+    serials: &[&Serial],
+    before: &serde_json::Value,
+    after: &serde_json::Value,
+) -> Result<(), StatusError> {
+    let serials: Vec<&[u8]> = serials.iter().map(|s| s.as_bytes()).collect();
+    audit_log::insert_same_change(tx, who, action, issuer_id, &serials, before, after)
+        .await
+        .map_err(db("writing the audit log"))
+}
+
+/// Records the Redis purge each of `serials` now owes, inside `tx`.
+pub(super) async fn arm_purges(
+    tx: &Transaction<'_>,
+    issuer_id: i32,
+    serials: &[&Serial],
+    txn_now: DateTime<Utc>,
+) -> Result<(), StatusError> {
+    let serials: Vec<&[u8]> = serials.iter().map(|s| s.as_bytes()).collect();
+    pending_purges::arm(tx, issuer_id, &serials, txn_now).await.map_err(db("recording the pending cache purges"))
 }
 
 /// With a CDN purge hook configured, records one `cdn_purges` row per changed certificate
@@ -57,9 +79,16 @@ pub(super) async fn record_cdn_purges(
         .map_err(StatusError::CdnPurges)
 }
 
-/// Queues one `jitocsp_status` notification per change; delivered only if `tx` commits.
-pub(super) async fn notify(tx: &Transaction<'_>, changes: &[StatusChange]) -> Result<(), StatusError> {
-    let payloads: Vec<String> = changes.iter().map(StatusChange::to_payload).collect();
+/// Queues the `jitocsp_status` notifications telling that `serials` became revoked (or good)
+/// at `version`, a couple of hundred per notification; delivered only if `tx` commits.
+pub(super) async fn notify(
+    tx: &Transaction<'_>,
+    issuer_id: i32,
+    revoked: bool,
+    version: i64,
+    serials: &[&Serial],
+) -> Result<(), StatusError> {
+    let payloads = StatusChanges::payloads(issuer_id, revoked, version, serials);
     certificates::notify(tx, CHANNEL, &payloads).await.map_err(db("queueing the status notifications"))
 }
 

@@ -1,19 +1,44 @@
-//! Revocation, and the reason change to keyCompromise (BR 4.9.1.1). The transaction is
-//! described in [`crate::status`].
+//! Revocation, and the reason change to keyCompromise (BR 4.9.1.1). The transaction, and how
+//! a revocation of many certificates is cut into batches, are described in
+//! [`crate::status`].
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, Utc};
+use futures_util::pin_mut;
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Transaction};
 
-use super::record::{next_version, notify, record_cdn_purges, record_planned, transaction_now, Planned};
-use super::{db, rfc3339, AfterCommit, IssuerRow, Origin, StatusError};
-use crate::config::CdnConfig;
+use super::record::{arm_purges, audit, audit_same, next_version, notify, record_cdn_purges, transaction_now, Planned};
+use super::{db, rfc3339, AfterCommit, IssuerRow, Origin, Progress, StatusError};
+use crate::config::{CdnConfig, Config};
 use crate::db::certificates::{self, StatusRow};
-use crate::feed::payload::StatusChange;
 use crate::ocsp::RevocationReason;
-use crate::purge::pending::PurgeTarget;
+use crate::purge::pending::{PurgeOutcome, PurgeTarget, SettleWarning};
 use crate::serial::Serial;
+
+/// Certificates per transaction of a revocation, unless the plan says otherwise: large enough
+/// that the per-transaction costs vanish, small enough that a transaction holds its row locks
+/// and the audit chain's lock for well under a second.
+pub const DEFAULT_BATCH_SIZE: NonZeroUsize = match NonZeroUsize::new(20_000) {
+    Some(n) => n,
+    None => unreachable!(),
+};
+
+/// Batches in flight at once, each on a connection of its own: while one appends its audit
+/// rows (which only one transaction at a time can do), the other locks and updates its rows.
+pub const BATCHES_IN_FLIGHT: usize = 2;
+
+/// Serials per query of a dry run.
+const PREVIEW_CHUNK: usize = 50_000;
+
+/// Serials streamed between two progress reports of the check.
+const CHECK_PROGRESS_STEP: usize = 100_000;
 
 /// A validated revocation.
 #[derive(Clone, Debug)]
@@ -30,6 +55,8 @@ pub struct RevokePlan {
     pub dry_run: bool,
     /// Who is making the change, for the audit log.
     pub actor: String,
+    /// Certificates per transaction ([`DEFAULT_BATCH_SIZE`] unless changed).
+    pub batch_size: NonZeroUsize,
 }
 
 impl RevokePlan {
@@ -45,7 +72,7 @@ impl RevokePlan {
     ) -> Self {
         let mut seen = HashSet::with_capacity(serials.len());
         let serials = serials.into_iter().filter(|(s, _)| seen.insert(s.clone())).collect();
-        RevokePlan { issuer, serials, reason, at, at_given, dry_run, actor }
+        RevokePlan { issuer, serials, reason, at, at_given, dry_run, actor, batch_size: DEFAULT_BATCH_SIZE }
     }
 }
 
@@ -68,12 +95,12 @@ pub struct Preview {
     pub refused: Option<StatusError>,
 }
 
-/// A committed revocation.
+/// One committed transaction of a revocation (a batch).
 #[derive(Debug)]
 pub struct Revoked {
     /// The status version of every change (0 when nothing changed).
     pub version: i64,
-    /// Newly revoked, in the operator's order.
+    /// Newly revoked, in the batch's order.
     pub revoked: Vec<Serial>,
     /// Reason changed to keyCompromise, with the revocation time they now have.
     pub reason_changed: Vec<(Serial, DateTime<Utc>)>,
@@ -82,133 +109,476 @@ pub struct Revoked {
     pub after_commit: AfterCommit,
 }
 
-/// What [`revoke`] did.
-#[derive(Debug)]
-pub enum RevokeOutcome {
-    DryRun(Preview),
-    Committed(Revoked),
-}
-
-/// Carries out `plan` (see the module documentation of [`crate::status`] for the
-/// transaction). A refusal or failure changes nothing. The purges the commit owes are in the
-/// outcome, not yet done.
-pub async fn revoke(client: &mut Client, cdn: &CdnConfig, plan: &RevokePlan) -> Result<RevokeOutcome, StatusError> {
-    let serial_bytes: Vec<&[u8]> = plan.serials.iter().map(|(s, _)| s.as_bytes()).collect();
-    if plan.dry_run {
-        let states = certificates::statuses(&*client, plan.issuer.id, &serial_bytes, false)
-            .await
-            .map_err(db("reading the current status"))?;
-        check_known(plan, &states)?;
-        let (verdicts, refused) = classify(plan, &states);
-        let verdicts = verdicts.into_iter().map(|(s, v)| (s.clone(), v)).collect();
-        return Ok(RevokeOutcome::DryRun(Preview { verdicts, refused }));
+impl Revoked {
+    /// Certificates of the batch, changed or not.
+    pub fn len(&self) -> usize {
+        self.revoked.len() + self.reason_changed.len() + self.unchanged.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A committed batch and the Redis purge made right after it.
+#[derive(Debug)]
+pub struct Committed {
+    pub batch: Revoked,
+    /// `None` when not attempted because an earlier batch's purge failed: Redis is likely
+    /// down, and the purges stay owed (`pending_purges`) for the running responders.
+    pub purge: Option<(PurgeOutcome, Vec<SettleWarning>)>,
+}
+
+/// What a whole revocation did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub revoked: usize,
+    pub reason_changed: usize,
+    pub unchanged: usize,
+    /// Transactions committed.
+    pub batches: usize,
+}
+
+/// A dry run of `plan`: what it would do to each certificate. Reads only.
+pub async fn preview(client: &Client, plan: &RevokePlan, progress: &mut dyn Progress) -> Result<Preview, StatusError> {
+    let mut states = HashMap::with_capacity(plan.serials.len());
+    progress.stage("checking", plan.serials.len() as u64);
+    let mut done = 0;
+    for chunk in plan.serials.chunks(PREVIEW_CHUNK) {
+        let bytes: Vec<&[u8]> = chunk.iter().map(|(s, _)| s.as_bytes()).collect();
+        let found = certificates::statuses(client, plan.issuer.id, &bytes, false)
+            .await
+            .map_err(db("reading the current status"))?;
+        states.extend(found);
+        done += chunk.len();
+        progress.advance(done as u64);
+    }
+    let all: Vec<&Entry> = plan.serials.iter().collect();
+    check_known(plan, &all, &states)?;
+    let (verdicts, refused) = classify(plan, &all, &states);
+    let verdicts = verdicts.into_iter().map(|(s, _, v)| (s.clone(), v)).collect();
+    Ok(Preview { verdicts, refused })
+}
+
+/// Carries out `plan` (see [`crate::status`]): checks every serial, then commits batch after
+/// batch, two in flight (one on each connection), and purges each batch's Redis keys as soon
+/// as it committed. `on_commit` hears of each batch once committed, in the order they were
+/// started.
+///
+/// A refusal found by the check changes nothing. A failure later leaves the batches committed
+/// until then, and is returned as [`StatusError::Stopped`] if any was.
+pub async fn revoke(
+    connections: [&mut Client; BATCHES_IN_FLIGHT],
+    config: &Config,
+    plan: &RevokePlan,
+    progress: &mut dyn Progress,
+    on_commit: &mut dyn FnMut(Committed),
+) -> Result<Summary, StatusError> {
+    let [first, second] = connections;
+    let checked = check(first, plan, progress).await?;
+    let total = plan.serials.len();
+    progress.stage("revoking", total as u64);
+    let purge_failed = AtomicBool::new(false);
+    let batches = checked.order.chunks(plan.batch_size.get()).map(|positions| {
+        let batch: Vec<&Entry> = positions.iter().filter_map(|i| plan.serials.get(*i)).collect();
+        // The check saw every row of the batch good: no need to read them first.
+        let all_good = positions.iter().all(|i| !checked.revoked.contains(i));
+        (batch, all_good)
+    });
+    let mut summary = Summary::default();
+    let mut done = 0;
+    let failed = in_order(
+        vec![first, second],
+        batches,
+        |client, (batch, all_good)| run_batch(client, config, plan, batch, all_good, &purge_failed),
+        |committed: Committed| {
+            summary.revoked += committed.batch.revoked.len();
+            summary.reason_changed += committed.batch.reason_changed.len();
+            summary.unchanged += committed.batch.unchanged.len();
+            summary.batches += 1;
+            done += committed.batch.len();
+            on_commit(committed);
+            progress.advance(done as u64);
+        },
+    )
+    .await;
+    match failed {
+        None => Ok(summary),
+        Some(error) if done == 0 => Err(error),
+        Some(error) => Err(StatusError::Stopped { done, total, source: Box::new(error) }),
+    }
+}
+
+/// Runs `work` on each of `items`, one at a time on each connection, and hands the results
+/// to `take` in the order of `items`. After an error no item starts, those in flight finish
+/// (and are taken); the first error is returned.
+async fn in_order<'c, Item, T, Fut>(
+    mut idle: Vec<&'c mut Client>,
+    mut items: impl Iterator<Item = Item>,
+    work: impl Fn(&'c mut Client, Item) -> Fut,
+    mut take: impl FnMut(T),
+) -> Option<StatusError>
+where
+    Fut: Future<Output = (&'c mut Client, Result<T, StatusError>)>,
+{
+    let mut in_flight = FuturesOrdered::new();
+    let mut failed: Option<StatusError> = None;
+    loop {
+        while failed.is_none() && !idle.is_empty() {
+            let Some(item) = items.next() else { break };
+            let Some(client) = idle.pop() else { break };
+            in_flight.push_back(work(client, item));
+        }
+        let Some((client, result)) = in_flight.next().await else { break };
+        idle.push(client);
+        match result {
+            Ok(value) => take(value),
+            Err(error) => failed = failed.or(Some(error)),
+        }
+    }
+    failed
+}
+
+/// Commits one batch, then purges its Redis keys (unless an earlier purge failed).
+async fn run_batch<'c>(
+    client: &'c mut Client,
+    config: &Config,
+    plan: &RevokePlan,
+    batch: Vec<&Entry>,
+    all_good: bool,
+    purge_failed: &AtomicBool,
+) -> (&'c mut Client, Result<Committed, StatusError>) {
+    let mut committed = None;
+    if all_good {
+        match revoke_good(client, &config.cdn, plan, &batch).await {
+            Ok(done) => committed = done,
+            Err(error) => return (client, Err(error)),
+        }
+    }
+    let revoked = match committed {
+        Some(revoked) => revoked,
+        None => match commit_batch(client, &config.cdn, plan, &batch).await {
+            Ok(revoked) => revoked,
+            Err(error) => return (client, Err(error)),
+        },
+    };
+    let purge = if purge_failed.load(Ordering::Relaxed) {
+        None
+    } else {
+        let purge = revoked.after_commit.purge(config, client).await;
+        if matches!(purge.0, PurgeOutcome::Failed { .. }) {
+            purge_failed.store(true, Ordering::Relaxed);
+        }
+        Some(purge)
+    };
+    (client, Ok(Committed { batch: revoked, purge }))
+}
+
+/// Checks every serial of `plan` before anything is written: all must have a row, and no
+/// reason change may move a revocation time later.
+async fn check(client: &mut Client, plan: &RevokePlan, progress: &mut dyn Progress) -> Result<Checked, StatusError> {
+    let total = plan.serials.len();
+    progress.stage("checking", total as u64);
+    // Only reads; the transaction holds the temporary table.
+    let tx = client.transaction().await.map_err(db("starting a transaction"))?;
+    tx.batch_execute(certificates::REVOKE_CHECK_TABLE).await.map_err(db("creating the check table"))?;
+    let sink = tx.copy_in(certificates::REVOKE_CHECK_COPY).await.map_err(db("starting COPY"))?;
+    let writer = BinaryCopyInWriter::new(sink, &[Type::INT4, Type::BYTEA]);
+    pin_mut!(writer);
+    for (i, (serial, _)) in plan.serials.iter().enumerate() {
+        let position = i32::try_from(i).map_err(|_| StatusError::TooMany { given: total })?;
+        let values: [&(dyn ToSql + Sync); 2] = [&position, &serial.as_bytes()];
+        writer.as_mut().write(&values).await.map_err(db("streaming the serials (COPY)"))?;
+        if (i + 1) % CHECK_PROGRESS_STEP == 0 {
+            progress.advance(i as u64 + 1);
+        }
+    }
+    writer.as_mut().finish().await.map_err(db("finishing COPY"))?;
+    let found = certificates::check_streamed(&tx, plan.issuer.id).await.map_err(db("checking the serials"))?;
+    tx.rollback().await.map_err(db("ending the check"))?;
+    if total % CHECK_PROGRESS_STEP != 0 {
+        progress.advance(total as u64);
+    }
+
+    let explicit_at = plan.at_given.then_some(plan.at);
+    let mut missing = Vec::new();
+    let mut refused: Option<(usize, StatusError)> = None;
+    let mut checked = Checked { order: Vec::with_capacity(total), revoked: HashSet::new() };
+    for (i, state) in found {
+        let Some((serial, origin)) = plan.serials.get(i) else { continue };
+        checked.order.push(i);
+        match state {
+            None => missing.push((i, (serial.clone(), origin.clone()))),
+            Some(state) if state.reason.is_some() => {
+                checked.revoked.insert(i);
+                if let Err(e) = rekey_time(plan.reason, &state, explicit_at, serial) {
+                    // The first in the operator's order, as a single transaction would say.
+                    if refused.as_ref().is_none_or(|(first, _)| i < *first) {
+                        refused = Some((i, e));
+                    }
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    if !missing.is_empty() {
+        missing.sort_unstable_by_key(|(i, _)| *i);
+        let missing = missing.into_iter().map(|(_, m)| m).collect();
+        return Err(StatusError::UnknownSerials { issuer: plan.issuer.name.clone(), missing });
+    }
+    match refused {
+        Some((_, refused)) => Err(refused),
+        None => Ok(checked),
+    }
+}
+
+/// What the check found: the order to revoke in, and which certificates are revoked already.
+struct Checked {
+    /// Every position in `plan.serials`, in the order their rows lie in the table: batches
+    /// taken in this order each touch a few hundred pages of the table rather than one page
+    /// per certificate, which matters once the table is larger than Postgres's cache.
+    order: Vec<usize>,
+    /// Positions of the certificates already revoked.
+    revoked: HashSet<usize>,
+}
+
+/// The fast way to commit a batch whose certificates the check saw all good: revoke them
+/// without reading them first. The version is taken before the rows are locked, so the
+/// UPDATE changes only rows still good and at a lower version; if any row was changed since
+/// the check, nothing is committed and `None` says to take the ordinary way
+/// ([`commit_batch`]). Versions still only grow along each row's changes.
+async fn revoke_good(
+    client: &mut Client,
+    cdn: &CdnConfig,
+    plan: &RevokePlan,
+    batch: &[&Entry],
+) -> Result<Option<Revoked>, StatusError> {
     let issuer = &plan.issuer;
     let tx = client.transaction().await.map_err(db("starting a transaction"))?;
     let txn_now = transaction_now(&tx).await?;
-    let states =
-        certificates::statuses(&tx, issuer.id, &serial_bytes, true).await.map_err(db("reading the current status"))?;
-    check_known(plan, &states)?;
-    let (verdicts, refused) = classify(plan, &states);
+    let version = next_version(&tx).await?;
+    let changed = certificates::revoke(&tx, issuer.id, &serial_bytes(batch), plan.reason.code(), plan.at, version)
+        .await
+        .map_err(db("revoking"))?;
+    if changed as usize != batch.len() {
+        // Dropping `tx` rolls it back.
+        return Ok(None);
+    }
+    let serials = serials_of(batch);
+    let cdn_ids = record_changes(&tx, cdn, plan, txn_now, version, &[], &serials).await?;
+    tx.commit().await.map_err(db("committing the revocation"))?;
+    log_committed(plan, version, &serials, &[]);
+    let after_commit = after_commit(issuer, txn_now, &serials, cdn_ids);
+    Ok(Some(Revoked {
+        version,
+        revoked: serials.into_iter().cloned().collect(),
+        reason_changed: Vec::new(),
+        unchanged: Vec::new(),
+        after_commit,
+    }))
+}
+
+/// One batch of `plan` in one transaction (see [`crate::status`]). The purges the commit owes
+/// are in the outcome, not yet done.
+async fn commit_batch(
+    client: &mut Client,
+    cdn: &CdnConfig,
+    plan: &RevokePlan,
+    batch: &[&Entry],
+) -> Result<Revoked, StatusError> {
+    let issuer = &plan.issuer;
+    let tx = client.transaction().await.map_err(db("starting a transaction"))?;
+    let txn_now = transaction_now(&tx).await?;
+    let states = certificates::statuses(&tx, issuer.id, &serial_bytes(batch), true)
+        .await
+        .map_err(db("reading the current status"))?;
+    check_known(plan, batch, &states)?;
+    let (verdicts, refused) = classify(plan, batch, &states);
     if let Some(refused) = refused {
         return Err(refused);
     }
-    let to_change: Vec<&Serial> = verdicts.iter().filter(|(_, v)| *v == Verdict::Revoke).map(|(s, _)| *s).collect();
-    let rekeys: Vec<(&Serial, DateTime<Utc>)> = verdicts
+    let to_change: Vec<&Serial> =
+        verdicts.iter().filter(|(_, _, v)| *v == Verdict::Revoke).map(|(s, _, _)| *s).collect();
+    let rekeys: Vec<Rekey> = verdicts
         .iter()
-        .filter_map(|(s, v)| match v {
-            Verdict::ChangeReason { revoked_at } => Some((*s, *revoked_at)),
+        .filter_map(|(serial, was, v)| match v {
+            Verdict::ChangeReason { revoked_at } => Some(Rekey { serial, was, revoked_at: *revoked_at }),
             _ => None,
         })
         .collect();
-    let version = if to_change.is_empty() && rekeys.is_empty() { 0 } else { next_version(&tx).await? };
+    let changed: Vec<&Serial> = rekeys.iter().map(|r| r.serial).chain(to_change.iter().copied()).collect();
+    let mut version = 0;
     let mut cdn_ids = Vec::new();
+    if !changed.is_empty() {
+        version = next_version(&tx).await?;
+        if !rekeys.is_empty() {
+            change_reasons(&tx, plan, version, &rekeys).await?;
+        }
+        if !to_change.is_empty() {
+            let bytes: Vec<&[u8]> = to_change.iter().map(|s| s.as_bytes()).collect();
+            let changed = certificates::revoke(&tx, issuer.id, &bytes, plan.reason.code(), plan.at, version)
+                .await
+                .map_err(db("revoking"))?;
+            if changed as usize != to_change.len() {
+                // Cannot happen: the rows are locked. Dropping `tx` rolls everything back.
+                return Err(StatusError::RevokedCount { expected: to_change.len(), changed: changed as usize });
+            }
+        }
+        cdn_ids = record_changes(&tx, cdn, plan, txn_now, version, &rekeys, &to_change).await?;
+    }
+    tx.commit().await.map_err(db("committing the revocation"))?;
+
+    log_committed(plan, version, &to_change, &rekeys);
+    let unchanged = verdicts
+        .into_iter()
+        .filter_map(|(s, _, v)| match v {
+            Verdict::AlreadyRevoked(state) => Some((s.clone(), state)),
+            _ => None,
+        })
+        .collect();
+    Ok(Revoked {
+        version,
+        revoked: to_change.into_iter().cloned().collect(),
+        reason_changed: rekeys.into_iter().map(|r| (r.serial.clone(), r.revoked_at)).collect(),
+        unchanged,
+        after_commit: after_commit(issuer, txn_now, &changed, cdn_ids),
+    })
+}
+
+/// Everything a batch writes beside the status, once the status rows are changed at
+/// `version`: pending purges, CDN purges, audit rows (last: see [`crate::status`]) and the
+/// notifications. Returns the CDN purges' ids.
+async fn record_changes(
+    tx: &Transaction<'_>,
+    cdn: &CdnConfig,
+    plan: &RevokePlan,
+    txn_now: DateTime<Utc>,
+    version: i64,
+    rekeys: &[Rekey<'_>],
+    to_change: &[&Serial],
+) -> Result<Vec<i64>, StatusError> {
+    let issuer = &plan.issuer;
+    let changed: Vec<&Serial> = rekeys.iter().map(|r| r.serial).chain(to_change.iter().copied()).collect();
+    arm_purges(tx, issuer.id, &changed, txn_now).await?;
+    let cdn_ids = record_cdn_purges(tx, cdn, issuer, "revoke", &changed).await?;
+    audit_changes(tx, plan, rekeys, to_change).await?;
+    notify(tx, issuer.id, true, version, &changed).await?;
+    Ok(cdn_ids)
+}
+
+/// The purges a committed batch owes for `changed`.
+fn after_commit(issuer: &IssuerRow, txn_now: DateTime<Utc>, changed: &[&Serial], cdn_ids: Vec<i64>) -> AfterCommit {
+    let targets = changed
+        .iter()
+        .map(|s| PurgeTarget { issuer_id: issuer.id, serial: (*s).clone(), since: Some(txn_now) })
+        .collect();
+    AfterCommit { targets, cdn_ids }
+}
+
+fn serials_of<'a>(batch: &[&'a Entry]) -> Vec<&'a Serial> {
+    batch.iter().map(|(s, _)| s).collect()
+}
+
+/// A certificate whose reason becomes keyCompromise.
+struct Rekey<'a> {
+    serial: &'a Serial,
+    /// Its state before.
+    was: &'a StatusRow,
+    /// Its revocation time after.
+    revoked_at: DateTime<Utc>,
+}
+
+/// The audit rows of a batch: one per reason change (each with its own before), one per
+/// revocation (all alike). Written last in the transaction: see [`crate::status`].
+async fn audit_changes(
+    tx: &Transaction<'_>,
+    plan: &RevokePlan,
+    rekeys: &[Rekey<'_>],
+    to_change: &[&Serial],
+) -> Result<(), StatusError> {
     if !rekeys.is_empty() {
-        change_reasons(&tx, plan, txn_now, version, &rekeys, &states).await?;
-        let serials: Vec<&Serial> = rekeys.iter().map(|(s, _)| *s).collect();
-        cdn_ids = record_cdn_purges(&tx, cdn, issuer, "revoke", &serials).await?;
-        notify(&tx, &status_changes(issuer.id, &serials, version)).await?;
+        let key_compromise = RevocationReason::KeyCompromise;
+        let planned: Vec<Planned> = rekeys
+            .iter()
+            .map(|r| Planned {
+                serial: r.serial,
+                before: serde_json::json!({
+                    "status": "revoked",
+                    "reason": r.was.reason.map(RevocationReason::describe_code),
+                    "reason_code": r.was.reason,
+                    "revoked_at": r.was.revoked_at.map(rfc3339),
+                }),
+                after: serde_json::json!({
+                    "status": "revoked",
+                    "reason": key_compromise.name(),
+                    "reason_code": key_compromise.code(),
+                    "revoked_at": rfc3339(r.revoked_at),
+                }),
+            })
+            .collect();
+        audit(tx, plan.issuer.id, "reason_change", &plan.actor, &planned).await?;
     }
     if !to_change.is_empty() {
+        let before = serde_json::json!({ "status": "good" });
         let after = serde_json::json!({
             "status": "revoked",
             "reason": plan.reason.name(),
             "reason_code": plan.reason.code(),
             "revoked_at": rfc3339(plan.at),
         });
-        let planned: Vec<Planned> = to_change
-            .iter()
-            .map(|serial| Planned { serial, before: serde_json::json!({ "status": "good" }), after: after.clone() })
-            .collect();
-        record_planned(&tx, issuer.id, "revoke", &plan.actor, txn_now, &planned).await?;
-        cdn_ids.extend(record_cdn_purges(&tx, cdn, issuer, "revoke", &to_change).await?);
-        let bytes: Vec<&[u8]> = to_change.iter().map(|s| s.as_bytes()).collect();
-        let changed = certificates::revoke(&tx, issuer.id, &bytes, plan.reason.code(), plan.at, version)
-            .await
-            .map_err(db("revoking"))?;
-        if changed.len() != to_change.len() {
-            // Cannot happen: the rows are locked. Dropping `tx` rolls everything back.
-            return Err(StatusError::RevokedCount { expected: to_change.len(), changed: changed.len() });
-        }
-        notify(&tx, &status_changes(issuer.id, &to_change, version)).await?;
+        audit_same(tx, plan.issuer.id, "revoke", &plan.actor, to_change, &before, &after).await?;
     }
-    tx.commit().await.map_err(db("committing the revocation"))?;
+    Ok(())
+}
 
-    for serial in &to_change {
+/// The `jitocsp::audit` log lines of a committed batch: one `info` line per kind of change,
+/// one `debug` line per certificate.
+fn log_committed(plan: &RevokePlan, version: i64, to_change: &[&Serial], rekeys: &[Rekey<'_>]) {
+    let issuer = &plan.issuer;
+    if let (Some(first), Some(last)) = (to_change.first(), to_change.last()) {
         tracing::info!(target: "jitocsp::audit", actor = %plan.actor, action = "revoke", issuer = %issuer.name,
+            issuer_id = issuer.id, certificates = to_change.len(), first_serial = %first, last_serial = %last,
+            reason = plan.reason.name(), revoked_at = %rfc3339(plan.at), version, "certificates revoked");
+    }
+    for serial in to_change {
+        tracing::debug!(target: "jitocsp::audit", actor = %plan.actor, action = "revoke", issuer = %issuer.name,
             issuer_id = issuer.id, serial = %serial, reason = plan.reason.name(),
             revoked_at = %rfc3339(plan.at), version, "certificate revoked");
     }
-    for (serial, new_at) in &rekeys {
+    for rekey in rekeys {
         tracing::info!(target: "jitocsp::audit", actor = %plan.actor, action = "reason_change", issuer = %issuer.name,
-            issuer_id = issuer.id, serial = %serial, reason = plan.reason.name(), revoked_at = %rfc3339(*new_at),
+            issuer_id = issuer.id, serial = %rekey.serial, reason = plan.reason.name(), revoked_at = %rfc3339(rekey.revoked_at),
             version, "revocation reason changed to keyCompromise");
     }
-    let changed: Vec<&Serial> = to_change.iter().chain(rekeys.iter().map(|(s, _)| s)).copied().collect();
-    let targets = changed
-        .iter()
-        .map(|s| PurgeTarget { issuer_id: issuer.id, serial: (*s).clone(), since: Some(txn_now) })
-        .collect();
-    let unchanged = verdicts
-        .into_iter()
-        .filter_map(|(s, v)| match v {
-            Verdict::AlreadyRevoked(state) => Some((s.clone(), state)),
-            _ => None,
-        })
-        .collect();
-    Ok(RevokeOutcome::Committed(Revoked {
-        version,
-        revoked: to_change.into_iter().cloned().collect(),
-        reason_changed: rekeys.into_iter().map(|(s, t)| (s.clone(), t)).collect(),
-        unchanged,
-        after_commit: AfterCommit { targets, cdn_ids },
-    }))
 }
 
-fn status_changes(issuer_id: i32, serials: &[&Serial], version: i64) -> Vec<StatusChange> {
-    serials.iter().map(|s| StatusChange { issuer_id, serial: (*s).clone(), revoked: true, version }).collect()
+fn serial_bytes<'a>(serials: &[&'a Entry]) -> Vec<&'a [u8]> {
+    serials.iter().map(|(s, _)| s.as_bytes()).collect()
 }
 
-/// Fails, naming them, if any serial has no row.
-fn check_known(plan: &RevokePlan, states: &HashMap<Vec<u8>, StatusRow>) -> Result<(), StatusError> {
+/// A serial to revoke and where it came from.
+type Entry = (Serial, Origin);
+
+/// Fails, naming them, if any of `serials` has no row.
+fn check_known(plan: &RevokePlan, serials: &[&Entry], states: &HashMap<Vec<u8>, StatusRow>) -> Result<(), StatusError> {
     let missing: Vec<(Serial, Origin)> =
-        plan.serials.iter().filter(|(s, _)| !states.contains_key(s.as_bytes())).cloned().collect();
+        serials.iter().filter(|(s, _)| !states.contains_key(s.as_bytes())).map(|e| (*e).clone()).collect();
     if missing.is_empty() {
         return Ok(());
     }
     Err(StatusError::UnknownSerials { issuer: plan.issuer.name.clone(), missing })
 }
 
-/// The verdict on each serial of `plan` (all known to `states`), in order, up to the first
-/// refusal.
-fn classify<'p>(
-    plan: &'p RevokePlan,
-    states: &HashMap<Vec<u8>, StatusRow>,
-) -> (Vec<(&'p Serial, Verdict)>, Option<StatusError>) {
+/// The verdict of `plan` on each of `serials` (all known to `states`), with its current state,
+/// in their order, up to the first refusal.
+fn classify<'p, 's>(
+    plan: &RevokePlan,
+    serials: &[&'p Entry],
+    states: &'s HashMap<Vec<u8>, StatusRow>,
+) -> (Vec<(&'p Serial, &'s StatusRow, Verdict)>, Option<StatusError>) {
     let explicit_at = plan.at_given.then_some(plan.at);
-    let mut verdicts = Vec::with_capacity(plan.serials.len());
-    for (serial, _) in &plan.serials {
+    let mut verdicts = Vec::with_capacity(serials.len());
+    for (serial, _) in serials {
         let Some(state) = states.get(serial.as_bytes()) else { continue };
         let verdict = match rekey_time(plan.reason, state, explicit_at, serial) {
             Err(refused) => return (verdicts, Some(refused)),
@@ -216,7 +586,7 @@ fn classify<'p>(
             Ok(None) if state.reason.is_none() => Verdict::Revoke,
             Ok(None) => Verdict::AlreadyRevoked(state.clone()),
         };
-        verdicts.push((serial, verdict));
+        verdicts.push((serial, state, verdict));
     }
     (verdicts, None)
 }
@@ -241,42 +611,18 @@ pub fn rekey_time(
     }
 }
 
-/// Changes the reason of already revoked certificates to keyCompromise, with their audit
-/// rows and pending purges, inside `tx`.
+/// Changes the reason of already revoked certificates to keyCompromise, each with its
+/// revocation time, inside `tx`.
 async fn change_reasons(
     tx: &Transaction<'_>,
     plan: &RevokePlan,
-    txn_now: DateTime<Utc>,
     version: i64,
-    rekeys: &[(&Serial, DateTime<Utc>)],
-    states: &HashMap<Vec<u8>, StatusRow>,
+    rekeys: &[Rekey<'_>],
 ) -> Result<(), StatusError> {
-    let key_compromise = RevocationReason::KeyCompromise;
-    let planned: Vec<Planned> = rekeys
-        .iter()
-        .map(|(serial, new_at)| {
-            let state = &states[serial.as_bytes()];
-            Planned {
-                serial,
-                before: serde_json::json!({
-                    "status": "revoked",
-                    "reason": state.reason.map(RevocationReason::describe_code),
-                    "reason_code": state.reason,
-                    "revoked_at": state.revoked_at.map(rfc3339),
-                }),
-                after: serde_json::json!({
-                    "status": "revoked",
-                    "reason": key_compromise.name(),
-                    "reason_code": key_compromise.code(),
-                    "revoked_at": rfc3339(*new_at),
-                }),
-            }
-        })
-        .collect();
-    record_planned(tx, plan.issuer.id, "reason_change", &plan.actor, txn_now, &planned).await?;
-    let serials: Vec<&[u8]> = rekeys.iter().map(|(s, _)| s.as_bytes()).collect();
-    let times: Vec<DateTime<Utc>> = rekeys.iter().map(|(_, t)| *t).collect();
-    let changed = certificates::set_reasons(tx, plan.issuer.id, &serials, &times, key_compromise.code(), version)
+    let serials: Vec<&[u8]> = rekeys.iter().map(|r| r.serial.as_bytes()).collect();
+    let times: Vec<DateTime<Utc>> = rekeys.iter().map(|r| r.revoked_at).collect();
+    let code = RevocationReason::KeyCompromise.code();
+    let changed = certificates::set_reasons(tx, plan.issuer.id, &serials, &times, code, version)
         .await
         .map_err(db("changing revocation reasons"))?;
     if changed as usize != rekeys.len() {
@@ -345,9 +691,9 @@ mod tests {
         .map(|(s, st)| (s.as_bytes().to_vec(), st))
         .collect();
         let p = plan(&["01", "02", "03"], RevocationReason::KeyCompromise, None);
-        let (verdicts, refused) = classify(&p, &states);
+        let (verdicts, refused) = classify(&p, &p.serials.iter().collect::<Vec<_>>(), &states);
         assert!(refused.is_none());
-        let verdicts: Vec<Verdict> = verdicts.into_iter().map(|(_, v)| v).collect();
+        let verdicts: Vec<Verdict> = verdicts.into_iter().map(|(_, _, v)| v).collect();
         assert_eq!(
             verdicts,
             [
@@ -358,11 +704,14 @@ mod tests {
         );
         // An explicit time after 02's revocation refuses at 02, after judging 01.
         let p = plan(&["01", "02", "03"], RevocationReason::KeyCompromise, Some(t + chrono::TimeDelta::days(1)));
-        let (verdicts, refused) = classify(&p, &states);
+        let (verdicts, refused) = classify(&p, &p.serials.iter().collect::<Vec<_>>(), &states);
         assert_eq!(verdicts.len(), 1);
         assert!(matches!(refused, Some(StatusError::LaterRevocationTime { .. })));
         // Another reason never changes a revoked certificate.
         let p = plan(&["02"], RevocationReason::Superseded, None);
-        assert!(matches!(classify(&p, &states).0[0].1, Verdict::AlreadyRevoked(_)));
+        assert!(matches!(
+            classify(&p, &p.serials.iter().collect::<Vec<_>>(), &states).0[0].2,
+            Verdict::AlreadyRevoked(_)
+        ));
     }
 }

@@ -3,11 +3,10 @@
 
 use tokio_postgres::Client;
 
-use super::record::{next_version, notify, record_cdn_purges, record_planned, transaction_now, Planned};
+use super::record::{arm_purges, audit, next_version, notify, record_cdn_purges, transaction_now, Planned};
 use super::{db, rfc3339, AfterCommit, IssuerRow, StatusError};
 use crate::config::CdnConfig;
 use crate::db::certificates;
-use crate::feed::payload::StatusChange;
 use crate::ocsp::RevocationReason;
 use crate::purge::pending::PurgeTarget;
 use crate::serial::Serial;
@@ -55,11 +54,12 @@ pub async fn unrevoke(client: &mut Client, cdn: &CdnConfig, plan: &UnrevokePlan)
         }),
         after: serde_json::json!({ "status": "good" }),
     };
-    record_planned(&tx, issuer.id, "unrevoke", &plan.actor, txn_now, std::slice::from_ref(&planned)).await?;
+    audit(&tx, issuer.id, "unrevoke", &plan.actor, std::slice::from_ref(&planned)).await?;
+    arm_purges(&tx, issuer.id, &[serial], txn_now).await?;
     let cdn_ids = record_cdn_purges(&tx, cdn, issuer, "unrevoke", &[serial]).await?;
     let version = next_version(&tx).await?;
     certificates::unrevoke(&tx, issuer.id, serial.as_bytes(), hold.code(), version).await.map_err(db("unrevoking"))?;
-    notify(&tx, &[StatusChange { issuer_id: issuer.id, serial: serial.clone(), revoked: false, version }]).await?;
+    notify(&tx, issuer.id, false, version, &[serial]).await?;
     tx.commit().await.map_err(db("committing the unrevoke"))?;
     tracing::info!(target: "jitocsp::audit", actor = %plan.actor, action = "unrevoke", issuer = %issuer.name,
         issuer_id = issuer.id, serial = %serial, version, "certificate hold released");

@@ -8,7 +8,11 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use futures_util::StreamExt;
+use jitocsp::feed::payload::{StatusChanges, CHANNEL};
 use jitocsp::serial::Serial;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::common::{unique, without_hash_parameters, Pki, Site, BIN};
 
@@ -236,4 +240,44 @@ pub(crate) fn off_runtime<T: Send>(work: impl FnOnce() -> T + Send) -> T {
 /// The keys of `entries`.
 pub(crate) fn keys_of(entries: &BTreeMap<String, Vec<u8>>) -> BTreeSet<String> {
     entries.keys().cloned().collect()
+}
+
+/// LISTENs on the status channel of `database_url` (before returning), like a responder.
+pub(crate) async fn listen(database_url: &str) -> Listener {
+    let (client, mut connection) = tokio_postgres::connect(database_url, NoTls).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let AsyncMessage::Notification(n) = message {
+                let _ = tx.send((n.channel().to_owned(), n.payload().to_owned()));
+            }
+        }
+    });
+    client.batch_execute(&format!("LISTEN {CHANNEL}")).await.unwrap();
+    Listener { _client: client, rx }
+}
+
+/// A LISTENing connection and the notifications it received.
+pub(crate) struct Listener {
+    _client: tokio_postgres::Client,
+    rx: UnboundedReceiver<(String, String)>,
+}
+
+impl Listener {
+    /// The next notification about certificates of `issuer_id`, parsed; panics after 5 s
+    /// without one (a failure: notifications arrive at commit).
+    pub(crate) async fn next_for(&mut self, issuer_id: i32) -> StatusChanges {
+        loop {
+            let (channel, payload) = tokio::time::timeout(Duration::from_secs(5), self.rx.recv())
+                .await
+                .expect("a notification within 5 s")
+                .unwrap();
+            assert_eq!(channel, CHANNEL);
+            let changes = StatusChanges::parse(&payload).unwrap();
+            if changes.issuer_id == issuer_id {
+                return changes;
+            }
+        }
+    }
 }

@@ -11,6 +11,7 @@
 mod common;
 mod fixture;
 
+mod bulk;
 mod import;
 mod issuer;
 mod migrate;

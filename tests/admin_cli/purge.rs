@@ -4,10 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use jitocsp::feed::payload::{StatusChange, CHANNEL};
 use jitocsp::serial::Serial;
-use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::common::{skip_unless, Need};
 use super::fixture::*;
@@ -27,17 +24,7 @@ async fn revoke_purges_redis_and_notifies() {
     let bystander = off_runtime(|| f.responder_writes(&["3c02"]));
 
     // Listen before revoking.
-    let (listener, mut connection) = tokio_postgres::connect(&env().database_url, NoTls).await.unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(Ok(message)) = messages.next().await {
-            if let AsyncMessage::Notification(n) = message {
-                let _ = tx.send((n.channel().to_owned(), n.payload().to_owned()));
-            }
-        }
-    });
-    listener.batch_execute(&format!("LISTEN {CHANNEL}")).await.unwrap();
+    let mut listener = listen(&env().database_url).await;
 
     let status = f.admin(&["status", "--issuer", &f.name, "--serial", "3c01"], None).ok();
     assert!(status.stdout.contains("status:      good"), "{}", status.stdout);
@@ -51,22 +38,14 @@ async fn revoke_purges_redis_and_notifies() {
     assert_eq!(f.count("pending_purges WHERE issuer_id = $1").await, 0);
 
     // The notification names this certificate, as revoked, at the row's status version.
-    let mine = loop {
-        let (channel, payload) =
-            tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("a notification within 5 s").unwrap();
-        assert_eq!(channel, CHANNEL);
-        let change = StatusChange::parse(&payload).unwrap();
-        if change.issuer_id == f.id {
-            break change;
-        }
-    };
-    assert_eq!(mine.serial, Serial::from_hex("3c01").unwrap());
+    let mine = listener.next_for(f.id).await;
+    assert_eq!(mine.serials, [Serial::from_hex("3c01").unwrap()]);
     assert!(mine.revoked);
     let version: i64 = db()
         .await
         .query_one(
             "SELECT changed_version FROM certificates WHERE issuer_id = $1 AND serial = $2",
-            &[&f.id, &mine.serial.as_bytes()],
+            &[&f.id, &mine.serials[0].as_bytes()],
         )
         .await
         .unwrap()
