@@ -19,7 +19,7 @@
 //! certificate and CDN purge APIs take tens to hundreds of tags or URLs per call under a
 //! rate limit. A batch is at most `cdn.max_batch` tags and at most `cdn.max_batch` URLs (as
 //! CDN APIs count; at least one certificate), claimed with a lease (`FOR UPDATE SKIP
-//! LOCKED`, so two processes never call a hook for one row at once) right before its call;
+//! LOCKED`, so two processes never call a hook for one row at once) just before its call;
 //! calls start no closer together than `1 / cdn.max_calls_per_second` ([`Pacer`], per
 //! process) and up to 16 run at once. A batch is settled whole: its rows are
 //! deleted when every hook took it, or each has `next_attempt_at` pushed back with
@@ -40,6 +40,7 @@
 //!              "urls": ["http://ocsp.example.com/MFQw...", "..."]}, ...]}
 //! ```
 
+use std::future::Future;
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -64,6 +65,9 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// Hook calls that may run at once in one process. The pace bounds how often calls start;
 /// this bounds how many a slow CDN API can hold open (at 50 calls/s, 300 ms each: 15).
 const MAX_IN_FLIGHT: usize = 16;
+/// How long before its slot a batch may be claimed: long enough to hide the claim's round
+/// trip, far shorter than any lease (at least 5 s).
+const CLAIM_AHEAD: Duration = Duration::from_millis(500);
 /// How often a responder counts the owed purges for [`m::CDN_PURGES_PENDING`].
 const BACKLOG_INTERVAL: Duration = Duration::from_secs(5);
 /// The admin CLI calls the hook itself for at most this many changes; a bulk revocation
@@ -241,10 +245,15 @@ impl Pacer {
         Pacer { interval, next: None }
     }
 
-    /// Takes the first free slot at or after `now` (the caller's clock) and returns when it
-    /// starts; the caller starts its call no earlier.
+    /// When the next call may start, as of `now` (the caller's clock); nothing is taken.
+    pub fn earliest(&self, now: Instant) -> Instant {
+        self.next.filter(|next| *next > now).unwrap_or(now)
+    }
+
+    /// Takes the first free slot at or after `now` and returns when it starts; the caller
+    /// starts its call no earlier.
     pub fn reserve(&mut self, now: Instant) -> Instant {
-        let start = self.next.filter(|next| *next > now).unwrap_or(now);
+        let start = self.earliest(now);
         self.next = Some(start + self.interval);
         start
     }
@@ -490,9 +499,10 @@ fn lease(cdn: &CdnConfig) -> Duration {
     cdn.purge_timeout * 2 + Duration::from_secs(5)
 }
 
-/// Calls until no purge (of `only`, if given) is due: each call waits for its slot from
-/// `pacer`, then claims one batch, so a lease is never spent waiting; up to `MAX_IN_FLIGHT`
-/// calls run at once, settled as each returns.
+/// Calls until no purge (of `only`, if given) is due. Each batch is claimed at most
+/// [`CLAIM_AHEAD`] before its slot from `pacer` (so the claim's round trip overlaps the wait
+/// and a lease is never spent waiting) and its call starts when the pacer says, at the
+/// earliest; up to `MAX_IN_FLIGHT` calls run at once, settled as each returns.
 async fn drain(
     client: &impl GenericClient,
     cdn: &CdnConfig,
@@ -504,37 +514,53 @@ async fn drain(
     let mut exhausted = false;
     loop {
         if !exhausted && in_flight.len() < MAX_IN_FLIGHT {
-            let slot = tokio::time::sleep_until(pacer.reserve(Instant::now()).into());
-            tokio::pin!(slot);
-            loop {
-                tokio::select! {
-                    () = &mut slot => break,
-                    Some((batch, result)) = in_flight.next() => {
-                        settle_into(client, &batch, result, delivery).await?;
-                    }
-                }
-            }
-            match claim(client, only, cdn.max_batch, lease(cdn)).await? {
-                Some(batch) => {
-                    delivery.calls += 1;
-                    // A task of its own, so that the call (and its timeout) runs on while this
-                    // loop waits for the database.
-                    let call = tokio::spawn({
-                        let (cdn, batch) = (cdn.clone(), batch.clone());
-                        async move { call_hooks(&cdn, &batch).await }
-                    });
-                    in_flight.push(async move {
-                        let result = call.await.unwrap_or_else(|e| Err(HookFailure::task(e)));
-                        (batch, result)
-                    });
-                }
-                None => exhausted = true,
-            }
+            let slot = pacer.earliest(Instant::now());
+            let claim_at = slot.checked_sub(CLAIM_AHEAD).unwrap_or(slot);
+            settle_until(client, &mut in_flight, delivery, claim_at).await?;
+            let Some(batch) = claim(client, only, cdn.max_batch, lease(cdn)).await? else {
+                exhausted = true;
+                continue;
+            };
+            // Reserved only now, at the call's start: starts are never closer than the
+            // pace, however long the claim took.
+            let start = pacer.reserve(Instant::now());
+            settle_until(client, &mut in_flight, delivery, start).await?;
+            delivery.calls += 1;
+            // A task of its own, so that the call (and its timeout) runs on while this loop
+            // waits for the database.
+            let call = tokio::spawn({
+                let (cdn, batch) = (cdn.clone(), batch.clone());
+                async move { call_hooks(&cdn, &batch).await }
+            });
+            in_flight.push(async move {
+                let result = call.await.unwrap_or_else(|e| Err(HookFailure::task(e)));
+                (batch, result)
+            });
             continue;
         }
         match in_flight.next().await {
             Some((batch, result)) => settle_into(client, &batch, result, delivery).await?,
             None => return Ok(()),
+        }
+    }
+}
+
+/// Settles the calls that return before `deadline`, then returns at `deadline`.
+async fn settle_until<F>(
+    client: &impl GenericClient,
+    in_flight: &mut FuturesUnordered<F>,
+    delivery: &mut Delivery,
+    deadline: Instant,
+) -> Result<(), PgError>
+where
+    F: Future<Output = (Batch, Result<(), HookFailure>)>,
+{
+    let sleep = tokio::time::sleep_until(deadline.into());
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            () = &mut sleep => return Ok(()),
+            Some((batch, result)) = in_flight.next() => settle_into(client, &batch, result, delivery).await?,
         }
     }
 }
@@ -719,6 +745,8 @@ mod tests {
         let ms = |n: u64| Duration::from_millis(n);
         let slots: Vec<Duration> = (0..6).map(|_| pacer.reserve(t0) - t0).collect();
         assert_eq!(slots, [ms(0), ms(250), ms(500), ms(750), ms(1000), ms(1250)]);
+        // Looking does not take a slot.
+        assert_eq!((pacer.earliest(t0) - t0, pacer.earliest(t0) - t0), (ms(1500), ms(1500)));
         // Asked later than its slot, a call starts when asked.
         assert_eq!(pacer.reserve(t0 + ms(1600)) - t0, ms(1600));
         assert_eq!(pacer.reserve(t0 + ms(1600)) - t0, ms(1850));
