@@ -15,6 +15,20 @@ use common::*;
 
 const NOT_AFTER: &str = "2099-12-31T00:00:00Z";
 
+/// A database of its own (every purge it owes is this test's) with one issuer; `None` when
+/// the services or `more` programs are missing.
+fn own_site(more: &[Need]) -> Option<(Site, Pki, String)> {
+    let needs: Vec<Need> =
+        [Need::Postgres, Need::Redis, Need::Openssl].into_iter().chain(more.iter().copied()).collect();
+    if skip_unless(&needs) {
+        return None;
+    }
+    let site = Site::with_own_database();
+    let pki = Pki::new();
+    let issuer = site.add_issuer(&pki);
+    Some((site, pki, issuer))
+}
+
 /// `count` serials of the form `7xxxxx`, imported for `issuer`.
 fn import(site: &Site, issuer: &str, first: u32, count: u32) -> Vec<String> {
     let serials: Vec<String> = (first..first + count).map(|i| format!("7{i:05x}")).collect();
@@ -69,12 +83,7 @@ fn exactly_once(tags: &[String]) -> BTreeMap<String, usize> {
 /// (`base_url` set), a batch also holds at most 40 URLs, filled certificate by certificate.
 #[test]
 fn owed_purges_go_to_the_hooks_in_batches_of_max_batch() {
-    if skip_unless(&[Need::Postgres, Need::Redis, Need::Openssl, Need::Program("curl"), Need::Program("jq")]) {
-        return;
-    }
-    let site = Site::with_own_database();
-    let pki = Pki::new();
-    let issuer = site.add_issuer(&pki);
+    let Some((site, pki, issuer)) = own_site(&[Need::Program("curl"), Need::Program("jq")]) else { return };
     let cloudflare = HttpSink::accepting();
     let hook = HttpSink::accepting();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/hooks/purge-cdn.sh");
@@ -160,12 +169,7 @@ fn owed_purges_go_to_the_hooks_in_batches_of_max_batch() {
 /// leases kept the two responders off each other's batches, and nothing was lost.
 #[test]
 fn a_failed_batch_is_retried_whole_and_nothing_is_lost_or_repeated() {
-    if skip_unless(&[Need::Postgres, Need::Redis, Need::Openssl]) {
-        return;
-    }
-    let site = Site::with_own_database();
-    let pki = Pki::new();
-    let issuer = site.add_issuer(&pki);
+    let Some((site, pki, issuer)) = own_site(&[]) else { return };
     let hook = HttpSink::start(|n, _| if n == 1 { (503, "busy".into()) } else { (200, String::new()) });
     let purge_url = hook.url("/purge");
     let env = [
