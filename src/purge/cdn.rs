@@ -15,16 +15,16 @@
 //! 3. Rows whose call failed (or that the admin never got to) are delivered by every running
 //!    responder that has a hook configured ([`run`]).
 //!
-//! Both deliver in **batches**, because a mass revocation owes a purge per
-//! certificate and CDN purge APIs take tens to hundreds of tags or URLs per call under a
-//! rate limit. A batch is at most `cdn.max_batch` tags and at most `cdn.max_batch` URLs (as
-//! CDN APIs count; at least one certificate), claimed with a lease (`FOR UPDATE SKIP
-//! LOCKED`, so two processes never call a hook for one row at once) just before its call;
-//! calls start no closer together than `1 / cdn.max_calls_per_second` ([`Pacer`], per
-//! process) and up to 16 run at once. A batch is settled whole: its rows are
-//! deleted when every hook took it, or each has `next_attempt_at` pushed back with
-//! exponential backoff (1 s, 2 s, 4 s, ... at most [`MAX_BACKOFF`]) by its own attempts. A
-//! process that dies mid-call loses its lease after twice `purge_timeout` plus 5 s.
+//! Both deliver in **batches**, because a mass revocation owes a purge per certificate and
+//! CDN purge APIs take tens to hundreds of tags or URLs per call under a rate limit. A batch
+//! is at most `cdn.max_batch` tags and at most `cdn.max_batch` URLs (as CDN APIs count; at
+//! least one certificate), claimed with a lease (`FOR UPDATE SKIP LOCKED`, so two processes
+//! never call a hook for one row at once) just before its call; calls start no closer
+//! together than `1 / cdn.max_calls_per_second` ([`Pacer`], per process) and up to 16 run at
+//! once. A batch is settled whole: its rows are deleted when every hook took it, or each has
+//! `next_attempt_at` pushed back with exponential backoff (1 s, 2 s, 4 s, ... at most
+//! [`MAX_BACKOFF`]) by its own attempts. A process that dies mid-call loses its lease after
+//! twice `purge_timeout` plus 5 s.
 //!
 //! Delivery is at least once: hooks must be idempotent (CDN purges are).
 //!
