@@ -51,12 +51,17 @@ pub const RESPONSE_AGE_SECONDS: &str = "jitocsp_response_age_seconds";
 pub const NOTIFICATIONS: &str = "jitocsp_status_notifications_total";
 /// Pending Redis purges retried, by `result` (done, failed).
 pub const PURGE_RETRIES: &str = "jitocsp_purge_retries_total";
-/// CDN purge hook calls, by `hook` (command, http) and `result` (done, failed).
+/// CDN purge hook calls (one per batch and hook), by `hook` (command, http) and `result`
+/// (done, failed).
 pub const CDN_PURGES: &str = "jitocsp_cdn_purges_total";
-/// CDN purge hook latency in seconds, by `hook`.
+/// CDN purge hook latency in seconds (one call, a whole batch), by `hook`.
 pub const CDN_PURGE_SECONDS: &str = "jitocsp_cdn_purge_duration_seconds";
-/// CDN purges waiting in `cdn_purges` (done or being retried), seen by this responder's last
-/// pass; only responders with a hook configured report it.
+/// Certificates whose CDN purge a batch settled, by `result`: done (every hook took the
+/// batch; the purge is no longer owed) or retried (a hook failed; the purge is due again after
+/// its backoff).
+pub const CDN_PURGE_ITEMS: &str = "jitocsp_cdn_purge_items_total";
+/// CDN purges owed in `cdn_purges` (not yet delivered, or being retried), counted every few
+/// seconds by responders with a hook configured.
 pub const CDN_PURGES_PENDING: &str = "jitocsp_cdn_purges_pending";
 /// 1 while the status-change feed is proven alive (a heartbeat came back within the
 /// deadline); 0 while cached responses need confirming by the primary.

@@ -4,10 +4,8 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -396,45 +394,9 @@ fn responder_serves_with_the_read_only_role_which_cannot_change_a_status() {
     assert!(!ok && text.contains("permission denied"), "{text}");
 }
 
-/// A tiny HTTP endpoint recording POST bodies and answering 200.
-fn purge_endpoint() -> (u16, Arc<Mutex<Vec<String>>>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let bodies = Arc::new(Mutex::new(Vec::new()));
-    let seen = bodies.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut raw = Vec::new();
-            let mut buffer = [0u8; 4096];
-            while let Ok(n) = stream.read(&mut buffer) {
-                if n == 0 {
-                    break;
-                }
-                raw.extend_from_slice(&buffer[..n]);
-                let text = String::from_utf8_lossy(&raw).into_owned();
-                if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                    let len = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
-                        })
-                        .and_then(|v| v.parse::<usize>().ok())
-                        .unwrap_or(0);
-                    if body.len() >= len {
-                        seen.lock().unwrap().push(body.to_owned());
-                        break;
-                    }
-                }
-            }
-            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-        }
-    });
-    (port, bodies)
-}
-
 /// The CDN purge hook gets the certificate's purge tag (the Cache-Tag the responder sends) and
-/// its GET URLs (the very URLs clients use, SHA-1 and SHA-256) on revoke; a failing hook is
+/// its GET URLs (the very URLs clients use, SHA-1 and SHA-256) on revoke, in the batch
+/// contract (tags as arguments, the batch JSON on stdin and in the POST); a failing hook is
 /// retried, by a running responder, until it succeeds, and the metrics say so.
 #[test]
 fn cdn_purge_hook_gets_tag_and_urls_and_is_retried() {
@@ -446,20 +408,24 @@ fn cdn_purge_hook_gets_tag_and_urls_and_is_retried() {
     let cert = pki.leaf("c1", "7501");
     jitocsp_ok(&["admin", "import", "--issuer", &issuer, cert.to_str().unwrap()], &[]);
 
-    // The command fails its first two calls, then succeeds; each call appends a line.
+    // The command fails its first two calls, then succeeds; each call appends a line (its
+    // arguments) and keeps the last JSON it read.
     let calls = pki.file("calls.log");
+    let stdin = pki.file("stdin.json");
     let script = pki.file("purge.sh");
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\necho \"$*\" >> {calls}\nn=$(wc -l < {calls})\n[ \"$n\" -ge 3 ] || {{ echo 'CDN says no' >&2; exit 1; }}\n",
-            calls = calls.display()
+            "#!/bin/sh\necho \"$*\" >> {calls}\ncat > {stdin}\nn=$(wc -l < {calls})\n\
+             [ \"$n\" -ge 3 ] || {{ echo 'CDN says no' >&2; exit 1; }}\n",
+            calls = calls.display(),
+            stdin = stdin.display()
         ),
     )
     .unwrap();
-    let (endpoint, bodies) = purge_endpoint();
+    let endpoint = HttpSink::accepting();
     let command = format!("sh {} \"$@\"", script.display());
-    let purge_url = format!("http://127.0.0.1:{endpoint}/purge");
+    let purge_url = endpoint.url("/purge");
     let base = "http://ocsp.test.example/ocsp";
     let env = [
         ("JITOCSP_CDN_BASE_URL", base),
@@ -490,8 +456,10 @@ fn cdn_purge_hook_gets_tag_and_urls_and_is_retried() {
         .map(str::to_owned)
         .collect();
     assert_eq!(lines.len(), 3, "two failures, then success: {lines:?}");
-    assert!(lines.iter().all(|l| l == &lines[0]), "the same purge each time: {lines:?}");
-    let urls: Vec<&str> = lines[0].split(' ').skip(1).collect();
+    assert!(lines.iter().all(|l| l == &tag), "the same purge each time, its tag the only argument: {lines:?}");
+    let batch: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&stdin).unwrap()).unwrap();
+    assert_eq!(batch["tags"], serde_json::json!([tag]));
+    let urls: Vec<&str> = batch["urls"].as_array().unwrap().iter().filter_map(|u| u.as_str()).collect();
     for request in [&sha1, &sha256] {
         let raw = format!("{base}/{}", b64(request));
         assert!(urls.contains(&raw.as_str()), "{raw} not in {urls:?}");
@@ -502,18 +470,16 @@ fn cdn_purge_hook_gets_tag_and_urls_and_is_retried() {
     let path = &urls[0][base.len()..];
     assert_eq!(server.get(path, &[]).status, 200);
 
-    // The HTTP hook got the JSON each time the command was tried with it (all 3 attempts).
-    let bodies = bodies.lock().unwrap().clone();
-    let mine: Vec<serde_json::Value> = bodies
-        .iter()
-        .filter_map(|b| serde_json::from_str::<serde_json::Value>(b).ok())
-        .filter(|v| v["tag"] == tag.as_str())
-        .collect();
-    assert_eq!(mine.len(), 3, "{bodies:?}");
-    assert_eq!(mine[0]["serial"], "7501");
-    assert_eq!(mine[0]["issuer"], issuer.as_str());
-    assert_eq!(mine[0]["action"], "revoke");
-    assert_eq!(mine[0]["urls"].as_array().unwrap().len(), urls.len());
+    // The HTTP hook got the same JSON each time the command was tried with it (all 3 attempts).
+    let mine: Vec<serde_json::Value> =
+        endpoint.calls().iter().map(SinkCall::json).filter(|v| v["tags"] == serde_json::json!([tag])).collect();
+    assert_eq!(mine.len(), 3, "{mine:?}");
+    assert!(mine.iter().all(|v| *v == batch), "{mine:?}");
+    let purge = &batch["purges"][0];
+    assert_eq!(purge["serial"], "7501");
+    assert_eq!(purge["issuer"], issuer.as_str());
+    assert_eq!(purge["action"], "revoke");
+    assert_eq!(purge["urls"], batch["urls"]);
 
     // The responder's retries are counted (the admin's first attempt is not its own).
     assert!(server.metric("jitocsp_cdn_purges_total", &["hook=\"command\"", "result=\"failed\""]) >= 1.0);

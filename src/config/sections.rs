@@ -333,13 +333,18 @@ pub struct CdnConfig {
     /// Public base URL of the OCSP service as clients and the CDN see it (the certificates'
     /// AIA OCSP URL, path prefix included, no trailing '/'); "" = the hooks get no URLs.
     pub base_url: String,
-    /// Run with `sh -c` per changed certificate, `$1` = purge tag, `$2`... = GET URLs; "" = none.
+    /// Run with `sh -c` once per batch: the purge tags as `$1`..., the batch JSON on stdin
+    /// (see `crate::purge::cdn`); "" = none.
     pub purge_command: String,
-    /// `http://` URL that gets a JSON POST per changed certificate; "" = none.
+    /// `http://` URL that gets a POST of the batch JSON; "" = none.
     pub purge_url: String,
     /// Longest one hook call may take before it counts as failed.
     #[serde(with = "duration")]
     pub purge_timeout: Duration,
+    /// The most tags, and the most URLs, one call carries (how CDN purge APIs count).
+    pub max_batch: usize,
+    /// Hook calls started per second, at most, by one process.
+    pub max_calls_per_second: f64,
 }
 
 impl CdnConfig {
@@ -356,6 +361,12 @@ impl Default for CdnConfig {
             purge_command: String::new(),
             purge_url: String::new(),
             purge_timeout: Duration::from_secs(10),
+            // Cloudflare takes at most 100 tags or URLs per purge call on every plan; Fastly
+            // 256 surrogate keys; Akamai a 50 KB body. 100 fits all three.
+            max_batch: 100,
+            // Cloudflare's Pro plan sustains 5 purge calls/s (Business 10, Enterprise 50;
+            // Akamai 50): a pace most accounts can keep without being refused.
+            max_calls_per_second: 5.0,
         }
     }
 }
@@ -367,6 +378,8 @@ impl fmt::Debug for CdnConfig {
             .field("purge_command", &self.purge_command)
             .field("purge_url", &redact_url(&self.purge_url))
             .field("purge_timeout", &self.purge_timeout)
+            .field("max_batch", &self.max_batch)
+            .field("max_calls_per_second", &self.max_calls_per_second)
             .finish()
     }
 }

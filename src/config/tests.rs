@@ -64,6 +64,7 @@ fn defaults() {
     assert_eq!(c.cdn.base_url, "");
     assert!(!c.cdn.enabled());
     assert_eq!(c.cdn.purge_timeout, Duration::from_secs(10));
+    assert_eq!((c.cdn.max_batch, c.cdn.max_calls_per_second), (100, 5.0));
     // Default::default() is the same thing.
     assert_eq!(format!("{c:?}"), format!("{:?}", Config::default()));
 }
@@ -134,6 +135,8 @@ fn full_file_round_trip() {
         purge_command = "/usr/local/bin/purge \"$1\""
         purge_url = "http://purger:8000/purge"
         purge_timeout = "3s"
+        max_batch = 30
+        max_calls_per_second = 0.5
         "#,
         &[],
     )
@@ -169,6 +172,7 @@ fn full_file_round_trip() {
     assert_eq!(c.cdn.purge_command, "/usr/local/bin/purge \"$1\"");
     assert_eq!(c.cdn.purge_url, "http://purger:8000/purge");
     assert_eq!(c.cdn.purge_timeout, Duration::from_secs(3));
+    assert_eq!((c.cdn.max_batch, c.cdn.max_calls_per_second), (30, 0.5));
     assert!(c.cdn.enabled());
 }
 
@@ -186,6 +190,13 @@ fn log_sample_and_cdn_validated() {
     assert!(e.contains("cdn.purge_url") && e.contains("purge_command"), "{e}");
     let e = err_text("[cdn]\npurge_timeout = \"0s\"\n", &[]);
     assert!(e.contains("cdn.purge_timeout"), "{e}");
+    for bad in ["max_batch = 0", "max_batch = 1001", "max_calls_per_second = 0", "max_calls_per_second = 2000"] {
+        let e = err_text(&format!("[cdn]\n{bad}\n"), &[]);
+        let key = bad.split(' ').next().unwrap_or_default();
+        assert!(e.contains(&format!("cdn.{key}")) && e.contains("between"), "{e}");
+    }
+    let c = load_text("", &[("JITOCSP_CDN_MAX_CALLS_PER_SECOND", "50"), ("JITOCSP_CDN_MAX_BATCH", "256")]).unwrap();
+    assert_eq!((c.cdn.max_batch, c.cdn.max_calls_per_second), (256, 50.0));
     let c = load_text("", &[("JITOCSP_CDN_PURGE_URL", "http://u:secret@purger/p")]).unwrap();
     assert!(!format!("{c:?}").contains("secret"));
 }

@@ -35,6 +35,14 @@ pub fn max_refresh_after(validity: Duration) -> Duration {
     }
 }
 
+/// Largest `cdn.max_batch`: a batch's tags are a command hook's arguments, which must stay far
+/// below the kernel's limit on a command line (about 2 MB), and no CDN takes more per call.
+const MAX_CDN_BATCH: usize = 1000;
+/// `cdn.max_calls_per_second` bounds: one call in about 17 minutes, and a pace no CDN API
+/// allows but a local hook might take.
+const MIN_CDN_RATE: f64 = 0.001;
+const MAX_CDN_RATE: f64 = 1000.0;
+
 fn show(d: Duration) -> humantime::FormattedDuration {
     humantime::format_duration(d)
 }
@@ -194,6 +202,16 @@ pub(super) fn validate(c: &Config, o: &Origins) -> Result<(), ConfigError> {
     let timeout = c.cdn.purge_timeout;
     if timeout.is_zero() || timeout > Duration::from_secs(300) {
         return Err(o.invalid("cdn.purge_timeout", format!("{} must be between 1ms and 5m", show(timeout))));
+    }
+    if !(1..=MAX_CDN_BATCH).contains(&c.cdn.max_batch) {
+        let message = format!("{} must be between 1 and {MAX_CDN_BATCH}", c.cdn.max_batch);
+        return Err(o.invalid("cdn.max_batch", message));
+    }
+    let rate = c.cdn.max_calls_per_second;
+    if !(MIN_CDN_RATE..=MAX_CDN_RATE).contains(&rate) {
+        let message =
+            format!("{rate} must be between {MIN_CDN_RATE} and {MAX_CDN_RATE} (e.g. 0.08 for 5 calls a minute)");
+        return Err(o.invalid("cdn.max_calls_per_second", message));
     }
     Ok(())
 }

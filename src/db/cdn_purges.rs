@@ -1,6 +1,6 @@
 //! `cdn_purges`: the CDN purges a status change owes, one row per certificate, with what the
-//! hook is given and the delivery bookkeeping (lease, attempts, backoff). The rules are in
-//! [`crate::purge::cdn`].
+//! hook is given and the delivery bookkeeping (lease, attempts, backoff), claimed and settled
+//! a batch at a time. The rules are in [`crate::purge::cdn`].
 
 use std::time::Duration;
 
@@ -38,23 +38,33 @@ pub struct Claimed {
     pub attempts: i32,
 }
 
-/// Claims due rows (at most `limit`; with `only`, just those ids) for `lease`, counting the
-/// attempt; rows another process holds are skipped. Returned in id order.
+/// Claims the next batch of due rows for `lease`, counting the attempt: in id order, at most
+/// `max_batch` rows whose URLs add up to at most `max_batch` (the first row is taken whatever
+/// its URLs, so that a row is never stuck); with `only`, just those ids. Rows another process
+/// holds are skipped. Returned in id order.
 pub async fn claim(
     client: &impl GenericClient,
     only: Option<&[i64]>,
-    limit: i64,
+    max_batch: i64,
     lease: Duration,
 ) -> Result<Vec<Claimed>, tokio_postgres::Error> {
+    // The running URL count is taken over the rows locked here, so the batch is exactly what
+    // the hook will get; rows locked but left out are released when the statement ends.
     let rows = client
         .query(
-            "UPDATE cdn_purges p SET lease_until = now() + make_interval(secs => $1), attempts = p.attempts + 1 \
-             WHERE p.id IN (SELECT id FROM cdn_purges \
+            "WITH due AS ( \
+                 SELECT id, cardinality(urls) AS n FROM cdn_purges \
                  WHERE next_attempt_at <= now() AND (lease_until IS NULL OR lease_until < now()) \
                    AND ($2::int8[] IS NULL OR id = ANY($2)) \
-                 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) \
+                 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED), \
+             fit AS ( \
+                 SELECT id FROM (SELECT id, row_number() OVER w AS k, sum(n) OVER w AS urls FROM due \
+                                 WINDOW w AS (ORDER BY id)) d \
+                 WHERE k = 1 OR urls <= $3) \
+             UPDATE cdn_purges p SET lease_until = now() + make_interval(secs => $1), attempts = p.attempts + 1 \
+             FROM fit WHERE p.id = fit.id \
              RETURNING p.id, p.tag, p.urls, p.action, p.attempts",
-            &[&lease.as_secs_f64(), &only, &limit],
+            &[&lease.as_secs_f64(), &only, &max_batch],
         )
         .await?;
     let mut claimed: Vec<Claimed> = rows
@@ -65,24 +75,27 @@ pub async fn claim(
     Ok(claimed)
 }
 
-/// Deletes a delivered purge.
-pub async fn delete(client: &impl GenericClient, id: i64) -> Result<(), tokio_postgres::Error> {
-    client.execute("DELETE FROM cdn_purges WHERE id = $1", &[&id]).await?;
+/// Deletes delivered purges.
+pub async fn delete(client: &impl GenericClient, ids: &[i64]) -> Result<(), tokio_postgres::Error> {
+    client.execute("DELETE FROM cdn_purges WHERE id = ANY($1)", &[&ids]).await?;
     Ok(())
 }
 
-/// Releases a failed purge's lease, recording `error`, and makes it due again after `backoff`.
+/// Releases failed purges' leases, recording `error`, and makes each due again after its
+/// backoff (`ids` and `backoffs` parallel).
 pub async fn reschedule(
     client: &impl GenericClient,
-    id: i64,
+    ids: &[i64],
     error: &str,
-    backoff: Duration,
+    backoffs: &[Duration],
 ) -> Result<(), tokio_postgres::Error> {
+    let seconds: Vec<f64> = backoffs.iter().map(Duration::as_secs_f64).collect();
     client
         .execute(
-            "UPDATE cdn_purges SET lease_until = NULL, last_error = $2, \
-             next_attempt_at = now() + make_interval(secs => $3) WHERE id = $1",
-            &[&id, &error, &backoff.as_secs_f64()],
+            "UPDATE cdn_purges p SET lease_until = NULL, last_error = $2, \
+             next_attempt_at = now() + make_interval(secs => u.backoff) \
+             FROM unnest($1::int8[], $3::float8[]) AS u(id, backoff) WHERE p.id = u.id",
+            &[&ids, &error, &seconds],
         )
         .await?;
     Ok(())

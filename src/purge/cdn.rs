@@ -12,26 +12,41 @@
 //!    `<issuer name>:<serial hex>`) and the GET URLs ([`get_urls`]).
 //! 2. Right after the commit the admin CLI calls the hook itself ([`deliver`]), so that an
 //!    operator sees at once whether the CDN took it.
-//! 3. Rows whose call failed (or that the admin never got to) are retried by every running
-//!    responder that has a hook configured ([`run`]): each pass claims due rows with a lease
-//!    (`FOR UPDATE SKIP LOCKED`, so two processes never call the hook for one row at once),
-//!    calls the hook, and deletes the row on success or pushes `next_attempt_at` back with
-//!    exponential backoff (1 s, 2 s, 4 s, ... at most [`MAX_BACKOFF`]) on failure. A process
-//!    that dies mid-call loses its lease after `purge_timeout` plus a margin.
+//! 3. Rows whose call failed (or that the admin never got to) are delivered by every running
+//!    responder that has a hook configured ([`run`]).
+//!
+//! Both deliver in **batches**, because a mass revocation owes a purge per certificate and
+//! CDN purge APIs take tens to hundreds of tags or URLs per call under a rate limit. A batch
+//! is at most `cdn.max_batch` tags and at most `cdn.max_batch` URLs (as CDN APIs count; at
+//! least one certificate), claimed with a lease (`FOR UPDATE SKIP LOCKED`, so two processes
+//! never call a hook for one row at once) just before its call; calls start no closer
+//! together than `1 / cdn.max_calls_per_second` ([`Pacer`], per process) and up to 16 run at
+//! once. A batch is settled whole: its rows are deleted when every hook took it, or each has
+//! `next_attempt_at` pushed back with exponential backoff (1 s, 2 s, 4 s, ... at most
+//! [`MAX_BACKOFF`]) by its own attempts. A process that dies mid-call loses its lease after
+//! twice `purge_timeout` plus 5 s.
 //!
 //! Delivery is at least once: hooks must be idempotent (CDN purges are).
 //!
-//! Hooks: `cdn.purge_command` is run with `sh -c`, with the tag as `$1` and the URLs as
-//! `$2`..., the same in `JITOCSP_PURGE_*` environment variables, and a JSON description on
-//! stdin; exit status 0 is success. `cdn.purge_url` gets a POST of the same JSON; any 2xx is
-//! success. Both are bounded by `cdn.purge_timeout`.
+//! The hooks' contract, one call per batch: `cdn.purge_command` is run with `sh -c`, with the
+//! purge tags as `$1`..., their number in `JITOCSP_PURGE_COUNT`, and the batch JSON
+//! ([`Batch::json`]) on stdin; exit status 0 is success. `cdn.purge_url` gets a POST of the
+//! same JSON; any 2xx is success. Both are bounded by `cdn.purge_timeout`. The JSON:
+//!
+//! ```json
+//! {"tags": ["e1:0abc", "e1:0abd"],
+//!  "urls": ["http://ocsp.example.com/MFQw...", "..."],
+//!  "purges": [{"tag": "e1:0abc", "issuer": "e1", "serial": "0abc", "action": "revoke",
+//!              "urls": ["http://ocsp.example.com/MFQw...", "..."]}, ...]}
+//! ```
 
+use std::future::Future;
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
-use futures_util::future::join_all;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::GenericClient;
 
@@ -47,8 +62,14 @@ use crate::x509::CertIdHashes;
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest wait between two attempts of one purge.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
-/// Purges a responder claims per pass (called concurrently).
-const BATCH: i64 = 16;
+/// Hook calls that may run at once in one process. The pace bounds how often calls start;
+/// this bounds how many a slow CDN API can hold open (at 50 calls/s, 300 ms each: 15).
+const MAX_IN_FLIGHT: usize = 16;
+/// How long before its slot a batch may be claimed: long enough to hide the claim's round
+/// trip, far shorter than any lease (at least 5 s).
+const CLAIM_AHEAD: Duration = Duration::from_millis(500);
+/// How often a responder counts the owed purges for [`m::CDN_PURGES_PENDING`].
+const BACKLOG_INTERVAL: Duration = Duration::from_secs(5);
 /// The admin CLI calls the hook itself for at most this many changes; a bulk revocation
 /// leaves the rest to the responders.
 pub const ADMIN_INLINE_LIMIT: usize = 100;
@@ -114,7 +135,7 @@ pub async fn enqueue(
     Ok(cdn_purges::insert(tx, issuer_id, &bytes, &tags, &urls, action).await.map_err(PgError::from)?)
 }
 
-/// One purge to deliver.
+/// One certificate's purge, as claimed.
 #[derive(Clone, Debug)]
 pub struct PurgeJob {
     pub id: i64,
@@ -125,34 +146,64 @@ pub struct PurgeJob {
     pub attempts: i32,
 }
 
-impl PurgeJob {
-    /// The JSON the hooks get.
+/// The purges one hook call carries: at most `cdn.max_batch` tags and `cdn.max_batch` URLs
+/// (one certificate at least), in `cdn_purges` id order.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    pub jobs: Vec<PurgeJob>,
+}
+
+impl Batch {
+    pub fn tags(&self) -> impl Iterator<Item = &str> {
+        self.jobs.iter().map(|j| j.tag.as_str())
+    }
+
+    pub fn url_count(&self) -> usize {
+        self.jobs.iter().map(|j| j.urls.len()).sum()
+    }
+
+    /// The JSON both hooks get: flat `tags` and `urls` arrays, ready for a CDN's purge API,
+    /// and `purges`, one object per certificate.
     pub fn json(&self) -> String {
-        let (issuer, serial) = self.tag.rsplit_once(':').unwrap_or((&self.tag, ""));
-        serde_json::json!({
-            "tag": self.tag,
-            "urls": self.urls,
-            "issuer": issuer,
-            "serial": serial,
-            "action": self.action,
-        })
-        .to_string()
+        let purges: Vec<serde_json::Value> = self
+            .jobs
+            .iter()
+            .map(|job| {
+                let (issuer, serial) = job.tag.rsplit_once(':').unwrap_or((&job.tag, ""));
+                serde_json::json!({
+                    "tag": job.tag,
+                    "issuer": issuer,
+                    "serial": serial,
+                    "action": job.action,
+                    "urls": job.urls,
+                })
+            })
+            .collect();
+        let urls: Vec<&str> = self.jobs.iter().flat_map(|j| j.urls.iter().map(String::as_str)).collect();
+        serde_json::json!({ "tags": self.tags().collect::<Vec<_>>(), "urls": urls, "purges": purges }).to_string()
+    }
+
+    /// The most attempts of its purges (for the logs).
+    fn attempt(&self) -> i32 {
+        self.jobs.iter().map(|j| j.attempts).max().unwrap_or(0)
     }
 }
 
-/// Claims due purges (all due ones, at most `limit`; with `only`, just those ids) for
-/// `lease`: nobody else calls their hook until the lease runs out.
+/// Claims the next batch of due purges (with `only`, among those ids) for `lease`: nobody
+/// else calls a hook for them until the lease runs out. `None` when nothing is due.
 async fn claim(
     client: &impl GenericClient,
     only: Option<&[i64]>,
-    limit: i64,
+    max_batch: usize,
     lease: Duration,
-) -> Result<Vec<PurgeJob>, PgError> {
+) -> Result<Option<Batch>, PgError> {
+    let limit = i64::try_from(max_batch).unwrap_or(i64::MAX);
     let claimed = cdn_purges::claim(client, only, limit, lease).await?;
-    Ok(claimed
+    let jobs: Vec<PurgeJob> = claimed
         .into_iter()
         .map(|c| PurgeJob { id: c.id, tag: c.tag, urls: c.urls, action: c.action, attempts: c.attempts })
-        .collect())
+        .collect();
+    Ok((!jobs.is_empty()).then_some(Batch { jobs }))
 }
 
 /// Backoff before attempt `attempts + 1`: 1 s, 2 s, 4 s, ... at most [`MAX_BACKOFF`].
@@ -161,13 +212,51 @@ pub fn backoff(attempts: i32) -> Duration {
     Duration::from_secs(1u64 << exp).min(MAX_BACKOFF)
 }
 
-/// Settles one delivered job: deleted on success, rescheduled with backoff on failure.
-async fn settle(client: &impl GenericClient, job: &PurgeJob, result: &Result<(), HookFailure>) -> Result<(), PgError> {
-    match result {
-        Ok(()) => cdn_purges::delete(client, job.id).await?,
-        Err(error) => cdn_purges::reschedule(client, job.id, &error.to_string(), backoff(job.attempts)).await?,
-    }
+/// Settles one called batch, all its purges alike: deleted when every hook took it, else
+/// rescheduled, each with the backoff of its own attempts.
+async fn settle(client: &impl GenericClient, batch: &Batch, result: &Result<(), HookFailure>) -> Result<(), PgError> {
+    let ids: Vec<i64> = batch.jobs.iter().map(|j| j.id).collect();
+    let (outcome, settled) = match result {
+        Ok(()) => ("done", cdn_purges::delete(client, &ids).await),
+        Err(error) => {
+            let backoffs: Vec<Duration> = batch.jobs.iter().map(|j| backoff(j.attempts)).collect();
+            ("retried", cdn_purges::reschedule(client, &ids, &error.to_string(), &backoffs).await)
+        }
+    };
+    settled?;
+    metrics::counter!(m::CDN_PURGE_ITEMS, "result" => outcome).increment(ids.len() as u64);
     Ok(())
+}
+
+/// Spaces the starts of hook calls at least `1 / max_calls_per_second` apart. A slot is
+/// `max(now, previous slot + interval)`: time spent idle earns no credit, so no window of any
+/// length holds more than its share of calls plus one, however the calls bunch up.
+#[derive(Debug)]
+pub struct Pacer {
+    interval: Duration,
+    next: Option<Instant>,
+}
+
+impl Pacer {
+    pub fn new(calls_per_second: f64) -> Self {
+        // The configuration bounds the rate (crate::config); the clamp keeps an unchecked
+        // value from panicking in Duration.
+        let interval = Duration::from_secs_f64(1.0 / calls_per_second.clamp(0.001, 1e6));
+        Pacer { interval, next: None }
+    }
+
+    /// When the next call may start, as of `now` (the caller's clock); nothing is taken.
+    pub fn earliest(&self, now: Instant) -> Instant {
+        self.next.filter(|next| *next > now).unwrap_or(now)
+    }
+
+    /// Takes the first free slot at or after `now` and returns when it starts; the caller
+    /// starts its call no earlier.
+    pub fn reserve(&mut self, now: Instant) -> Instant {
+        let start = self.earliest(now);
+        self.next = Some(start + self.interval);
+        start
+    }
 }
 
 /// Why one hook call failed. The text is stored in `cdn_purges.last_error` and logged as one
@@ -208,6 +297,13 @@ pub struct HookFailure {
     pub url: Option<HookError>,
 }
 
+impl HookFailure {
+    /// The task calling the hooks ended without an answer (it panicked).
+    fn task(error: tokio::task::JoinError) -> Self {
+        HookFailure { command: Some(HookError::Task(error)), url: None }
+    }
+}
+
 impl std::fmt::Display for HookFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match (&self.command, &self.url) {
@@ -221,28 +317,29 @@ impl std::fmt::Display for HookFailure {
 
 impl std::error::Error for HookFailure {}
 
-/// Calls every configured hook for `job`. Ok only if all succeeded.
-pub async fn call_hooks(cdn: &CdnConfig, job: &PurgeJob) -> Result<(), HookFailure> {
+/// Calls every configured hook once for `batch`. Ok only if all succeeded.
+pub async fn call_hooks(cdn: &CdnConfig, batch: &Batch) -> Result<(), HookFailure> {
     let mut failure = HookFailure { command: None, url: None };
+    let body = batch.json();
     if !cdn.purge_command.is_empty() {
         let started = Instant::now();
-        let result = run_command(cdn, job).await;
+        let result = run_command(cdn, batch, &body).await;
         record("command", started, result.is_ok());
         failure.command = result.err();
     }
     if !cdn.purge_url.is_empty() {
         let started = Instant::now();
-        let result = post_json(&cdn.purge_url, &job.json(), cdn.purge_timeout).await;
+        let result = post_json(&cdn.purge_url, &body, cdn.purge_timeout).await;
         record("http", started, result.is_ok());
         failure.url = result.err();
     }
+    let (purges, urls, attempt) = (batch.jobs.len(), batch.url_count(), batch.attempt());
     if failure.command.is_none() && failure.url.is_none() {
-        tracing::info!(tag = %job.tag, urls = job.urls.len(), attempt = job.attempts, action = %job.action,
-            "CDN purge done");
+        tracing::info!(purges, urls, attempt, first = ?batch.tags().next(), "CDN purge call done");
         Ok(())
     } else {
-        tracing::warn!(tag = %job.tag, attempt = job.attempts, action = %job.action, error = %failure,
-            retry_in = ?backoff(job.attempts), "CDN purge failed; will retry");
+        tracing::warn!(purges, urls, attempt, first = ?batch.tags().next(), error = %failure,
+            retry_in = ?backoff(attempt), "CDN purge call failed; its purges will be retried");
         Err(failure)
     }
 }
@@ -254,34 +351,37 @@ fn record(hook: &'static str, started: Instant, ok: bool) {
 }
 
 /// Runs `cdn.purge_command` with `sh -c` (in a blocking thread), killing it at the timeout.
-async fn run_command(cdn: &CdnConfig, job: &PurgeJob) -> Result<(), HookError> {
+async fn run_command(cdn: &CdnConfig, batch: &Batch, body: &str) -> Result<(), HookError> {
     let command = cdn.purge_command.clone();
     let timeout = cdn.purge_timeout;
-    let job = job.clone();
-    tokio::task::spawn_blocking(move || run_command_blocking(&command, &job, timeout)).await.map_err(HookError::Task)?
+    let tags: Vec<String> = batch.tags().map(str::to_owned).collect();
+    let body = body.to_owned();
+    tokio::task::spawn_blocking(move || run_command_blocking(&command, &tags, body, timeout))
+        .await
+        .map_err(HookError::Task)?
 }
 
-fn run_command_blocking(command: &str, job: &PurgeJob, timeout: Duration) -> Result<(), HookError> {
-    let (issuer, serial) = job.tag.rsplit_once(':').unwrap_or((&job.tag, ""));
+/// The command contract: `$1`... are the purge tags, `JITOCSP_PURGE_COUNT` their number, and
+/// stdin the batch JSON.
+fn run_command_blocking(command: &str, tags: &[String], body: String, timeout: Duration) -> Result<(), HookError> {
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(command)
         .arg("jitocsp-purge")
-        .arg(&job.tag)
-        .args(&job.urls)
-        .env("JITOCSP_PURGE_TAG", &job.tag)
-        .env("JITOCSP_PURGE_URLS", job.urls.join(" "))
-        .env("JITOCSP_PURGE_ISSUER", issuer)
-        .env("JITOCSP_PURGE_SERIAL", serial)
-        .env("JITOCSP_PURGE_ACTION", &job.action)
+        .args(tags)
+        .env("JITOCSP_PURGE_COUNT", tags.len().to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(HookError::Spawn)?;
     if let Some(mut stdin) = child.stdin.take() {
-        // A command that does not read stdin closes the pipe: not an error.
-        let _ = stdin.write_all(job.json().as_bytes());
+        // A batch's JSON can outgrow the pipe's buffer: written from its own thread, so that a
+        // command that never reads stdin is still bounded by the timeout below. A command that
+        // does not read stdin closes the pipe: not an error.
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(body.as_bytes());
+        });
     }
     let (sender, stderr) = std::sync::mpsc::channel();
     if let Some(mut pipe) = child.stderr.take() {
@@ -373,31 +473,25 @@ async fn post_json_inner(url: &str, body: &str) -> Result<(), HookError> {
 /// What [`deliver`] did.
 #[derive(Debug, Default)]
 pub struct Delivery {
+    /// Purges settled as done.
     pub done: usize,
+    /// Purges whose call failed (rescheduled).
     pub failed: usize,
+    /// Batches called.
+    pub calls: usize,
     /// The first failure.
     pub error: Option<HookFailure>,
 }
 
-/// Calls the hooks for the purges `ids` now (the admin CLI, right after its commit): claims
-/// them, calls, settles. Purges someone else holds a lease on are left to them.
+/// Calls the hooks for the purges `ids` now (the admin CLI, right after its commit), in
+/// batches: claims, calls, settles. Purges someone else holds a lease on are left to them.
 pub async fn deliver(client: &impl GenericClient, cdn: &CdnConfig, ids: &[i64]) -> Result<Delivery, CdnError> {
     let mut delivery = Delivery::default();
     if ids.is_empty() || !cdn.enabled() {
         return Ok(delivery);
     }
-    let jobs = claim(client, Some(ids), ids.len() as i64, lease(cdn)).await?;
-    let results = join_all(jobs.iter().map(|job| call_hooks(cdn, job))).await;
-    for (job, result) in jobs.iter().zip(results) {
-        settle(client, job, &result).await?;
-        match result {
-            Ok(()) => delivery.done += 1,
-            Err(e) => {
-                delivery.failed += 1;
-                delivery.error.get_or_insert(e);
-            }
-        }
-    }
+    let mut pacer = Pacer::new(cdn.max_calls_per_second);
+    drain(client, cdn, &mut pacer, Some(ids), &mut delivery).await?;
     Ok(delivery)
 }
 
@@ -405,28 +499,128 @@ fn lease(cdn: &CdnConfig) -> Duration {
     cdn.purge_timeout * 2 + Duration::from_secs(5)
 }
 
-/// One responder pass: claims due purges, calls the hooks, settles. Returns how many were
-/// attempted.
-pub async fn retry_once(pool: &Pool, cdn: &CdnConfig) -> Result<usize, CdnError> {
-    let client = pool.get().await?;
-    let jobs = claim(&**client, None, BATCH, lease(cdn)).await?;
-    let results = join_all(jobs.iter().map(|job| call_hooks(cdn, job))).await;
-    for (job, result) in jobs.iter().zip(&results) {
-        settle(&**client, job, result).await?;
+/// Calls until no purge (of `only`, if given) is due. Each batch is claimed at most
+/// [`CLAIM_AHEAD`] before its slot from `pacer` (so the claim's round trip overlaps the wait
+/// and a lease is never spent waiting) and its call starts when the pacer says, at the
+/// earliest; up to `MAX_IN_FLIGHT` calls run at once, settled as each returns.
+async fn drain(
+    client: &impl GenericClient,
+    cdn: &CdnConfig,
+    pacer: &mut Pacer,
+    only: Option<&[i64]>,
+    delivery: &mut Delivery,
+) -> Result<(), CdnError> {
+    let mut in_flight = FuturesUnordered::new();
+    let mut exhausted = false;
+    loop {
+        if !exhausted && in_flight.len() < MAX_IN_FLIGHT {
+            let slot = pacer.earliest(Instant::now());
+            let claim_at = slot.checked_sub(CLAIM_AHEAD).unwrap_or(slot);
+            settle_until(client, &mut in_flight, delivery, claim_at).await?;
+            let Some(batch) = claim(client, only, cdn.max_batch, lease(cdn)).await? else {
+                exhausted = true;
+                continue;
+            };
+            // Reserved only now, at the call's start: starts are never closer than the
+            // pace, however long the claim took.
+            let start = pacer.reserve(Instant::now());
+            settle_until(client, &mut in_flight, delivery, start).await?;
+            delivery.calls += 1;
+            // A task of its own, so that the call (and its timeout) runs on while this loop
+            // waits for the database.
+            let call = tokio::spawn({
+                let (cdn, batch) = (cdn.clone(), batch.clone());
+                async move { call_hooks(&cdn, &batch).await }
+            });
+            in_flight.push(async move {
+                let result = call.await.unwrap_or_else(|e| Err(HookFailure::task(e)));
+                (batch, result)
+            });
+            continue;
+        }
+        match in_flight.next().await {
+            Some((batch, result)) => settle_into(client, &batch, result, delivery).await?,
+            None => return Ok(()),
+        }
     }
-    let pending = cdn_purges::count(&**client).await.map_err(PgError::from)?;
-    metrics::gauge!(m::CDN_PURGES_PENDING).set(pending as f64);
-    Ok(jobs.len())
 }
 
-/// Runs forever in a responder with a hook configured, retrying owed purges.
+/// Settles the calls that return before `deadline`, then returns at `deadline`.
+async fn settle_until<F>(
+    client: &impl GenericClient,
+    in_flight: &mut FuturesUnordered<F>,
+    delivery: &mut Delivery,
+    deadline: Instant,
+) -> Result<(), PgError>
+where
+    F: Future<Output = (Batch, Result<(), HookFailure>)>,
+{
+    let sleep = tokio::time::sleep_until(deadline.into());
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            () = &mut sleep => return Ok(()),
+            Some((batch, result)) = in_flight.next() => settle_into(client, &batch, result, delivery).await?,
+        }
+    }
+}
+
+async fn settle_into(
+    client: &impl GenericClient,
+    batch: &Batch,
+    result: Result<(), HookFailure>,
+    delivery: &mut Delivery,
+) -> Result<(), PgError> {
+    settle(client, batch, &result).await?;
+    match result {
+        Ok(()) => delivery.done += batch.jobs.len(),
+        Err(e) => {
+            delivery.failed += batch.jobs.len();
+            delivery.error.get_or_insert(e);
+        }
+    }
+    Ok(())
+}
+
+/// One responder pass: calls the hooks for every due purge, paced by `pacer`, then returns
+/// what it did.
+pub async fn drain_once(pool: &Pool, cdn: &CdnConfig, pacer: &mut Pacer) -> Result<Delivery, CdnError> {
+    let client = pool.get().await?;
+    let mut delivery = Delivery::default();
+    drain(&**client, cdn, pacer, None, &mut delivery).await?;
+    Ok(delivery)
+}
+
+/// Runs forever in a responder with a hook configured, delivering owed purges, and reports
+/// how many are owed.
 pub async fn run(pool: Pool, cdn: CdnConfig) {
+    tokio::spawn(report_backlog(pool.clone()));
+    // One pacer for the life of the process: the pace holds across passes.
+    let mut pacer = Pacer::new(cdn.max_calls_per_second);
     let mut interval = tokio::time::interval(POLL_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        if let Err(error) = retry_once(&pool, &cdn).await {
-            tracing::warn!(%error, "retrying CDN purges failed");
+        if let Err(error) = drain_once(&pool, &cdn, &mut pacer).await {
+            tracing::warn!(%error, "delivering CDN purges failed");
+        }
+    }
+}
+
+/// Sets [`m::CDN_PURGES_PENDING`] every [`BACKLOG_INTERVAL`], apart from the passes, which
+/// may last as long as a mass revocation takes to drain.
+async fn report_backlog(pool: Pool) {
+    let mut interval = tokio::time::interval(BACKLOG_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let counted = match pool.get().await {
+            Ok(client) => cdn_purges::count(&**client).await.map_err(|e| PgError::from(e).to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match counted {
+            Ok(pending) => metrics::gauge!(m::CDN_PURGES_PENDING).set(pending as f64),
+            Err(error) => tracing::warn!(%error, "counting owed CDN purges failed"),
         }
     }
 }
@@ -479,47 +673,114 @@ mod tests {
         assert_eq!(backoff(0), Duration::from_secs(1));
     }
 
-    #[test]
-    fn json_names_everything() {
-        let job = PurgeJob {
-            id: 1,
-            tag: "e1:0abc".into(),
-            urls: vec!["http://x/y".into()],
-            action: "revoke".into(),
+    fn batch_for_test() -> Batch {
+        let job = |id: i64, tag: &str, urls: &[&str], action: &str| PurgeJob {
+            id,
+            tag: tag.into(),
+            urls: urls.iter().map(|u| u.to_string()).collect(),
+            action: action.into(),
             attempts: 1,
         };
-        let v: serde_json::Value = serde_json::from_str(&job.json()).unwrap();
-        assert_eq!(v["tag"], "e1:0abc");
-        assert_eq!(v["issuer"], "e1");
-        assert_eq!(v["serial"], "0abc");
-        assert_eq!(v["urls"][0], "http://x/y");
-        assert_eq!(v["action"], "revoke");
+        Batch {
+            jobs: vec![
+                job(1, "e1:0abc", &["http://x/a", "http://x/b"], "revoke"),
+                job(2, "e:2:0def", &[], "unrevoke"),
+                job(3, "e1:01", &["http://x/c"], "revoke"),
+            ],
+        }
     }
 
     #[test]
-    fn command_hook_gets_tag_urls_and_json_and_fails_on_exit_status() {
+    fn batch_json_has_flat_arrays_and_each_purge() {
+        let v: serde_json::Value = serde_json::from_str(&batch_for_test().json()).unwrap();
+        assert_eq!(v["tags"], serde_json::json!(["e1:0abc", "e:2:0def", "e1:01"]));
+        assert_eq!(v["urls"], serde_json::json!(["http://x/a", "http://x/b", "http://x/c"]));
+        let purges = v["purges"].as_array().unwrap();
+        assert_eq!(purges.len(), 3);
+        assert_eq!(purges[0]["issuer"], "e1");
+        assert_eq!(purges[0]["serial"], "0abc");
+        assert_eq!(purges[0]["urls"], serde_json::json!(["http://x/a", "http://x/b"]));
+        // An issuer name may hold ':'; the serial (hex) never does.
+        assert_eq!((purges[1]["issuer"].as_str(), purges[1]["serial"].as_str()), (Some("e:2"), Some("0def")));
+        assert_eq!(purges[1]["action"], "unrevoke");
+        assert_eq!(purges[1]["urls"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn command_hook_gets_tags_count_and_json_and_fails_on_exit_status() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
-        let job = PurgeJob {
-            id: 1,
-            tag: "e1:0abc".into(),
-            urls: vec!["http://x/a".into(), "http://x/b".into()],
-            action: "revoke".into(),
-            attempts: 1,
-        };
-        let cmd =
-            format!("printf '%s|' \"$@\" > {0}; echo \"$JITOCSP_PURGE_SERIAL\" >> {0}; cat >> {0}", out.display());
-        run_command_blocking(&cmd, &job, Duration::from_secs(5)).unwrap();
+        let batch = batch_for_test();
+        let tags: Vec<String> = batch.tags().map(str::to_owned).collect();
+        let cmd = format!("printf '%s|' \"$@\" > {0}; echo \"$JITOCSP_PURGE_COUNT\" >> {0}; cat >> {0}", out.display());
+        run_command_blocking(&cmd, &tags, batch.json(), Duration::from_secs(5)).unwrap();
         let text = std::fs::read_to_string(&out).unwrap();
-        assert!(text.starts_with("e1:0abc|http://x/a|http://x/b|0abc\n{"), "{text}");
-        let e = run_command_blocking("echo nope >&2; exit 3", &job, Duration::from_secs(5)).unwrap_err();
+        assert_eq!(text, format!("e1:0abc|e:2:0def|e1:01|3\n{}", batch.json()));
+        let e = run_command_blocking("echo nope >&2; exit 3", &tags, batch.json(), Duration::from_secs(5)).unwrap_err();
         assert_eq!(e.to_string(), "exited with exit status: 3: nope");
-        let e = run_command_blocking("sleep 5", &job, Duration::from_millis(100)).unwrap_err();
+        let e = run_command_blocking("sleep 5", &tags, batch.json(), Duration::from_millis(100)).unwrap_err();
         assert!(matches!(e, HookError::CommandTimeout(_)), "{e}");
         let both = HookFailure { command: Some(e), url: Some(HookError::NotHttp) };
         assert_eq!(
             both.to_string(),
             "purge_command: timed out after 100ms; purge_url: only http:// URLs are supported"
         );
+    }
+
+    /// A body larger than a pipe holds, to a command that never reads it: the timeout still
+    /// ends the call (the body is written from a thread of its own).
+    #[test]
+    fn command_ignoring_a_large_body_is_still_timed_out() {
+        let body = "x".repeat(1 << 20);
+        let e = run_command_blocking("sleep 5", &[], body, Duration::from_millis(200)).unwrap_err();
+        assert!(matches!(e, HookError::CommandTimeout(_)), "{e}");
+    }
+
+    /// The pace, with the clock given: calls asked for at once are spread `1 / rate` apart,
+    /// and an idle spell earns no burst.
+    #[test]
+    fn pacer_spaces_calls_and_saves_no_credit() {
+        let mut pacer = Pacer::new(4.0);
+        let t0 = Instant::now();
+        let ms = |n: u64| Duration::from_millis(n);
+        let slots: Vec<Duration> = (0..6).map(|_| pacer.reserve(t0) - t0).collect();
+        assert_eq!(slots, [ms(0), ms(250), ms(500), ms(750), ms(1000), ms(1250)]);
+        // Looking does not take a slot.
+        assert_eq!((pacer.earliest(t0) - t0, pacer.earliest(t0) - t0), (ms(1500), ms(1500)));
+        // Asked later than its slot, a call starts when asked.
+        assert_eq!(pacer.reserve(t0 + ms(1600)) - t0, ms(1600));
+        assert_eq!(pacer.reserve(t0 + ms(1600)) - t0, ms(1850));
+        // After ten idle seconds, still one call per interval.
+        let t1 = t0 + Duration::from_secs(12);
+        let later: Vec<Duration> = (0..3).map(|_| pacer.reserve(t1) - t1).collect();
+        assert_eq!(later, [ms(0), ms(250), ms(500)]);
+    }
+
+    /// Counted over many calls asked for at random moments, no one-second window holds more
+    /// calls than the rate allows (the first call of a window may sit on its edge: rate + 1).
+    #[test]
+    fn pacer_never_exceeds_the_rate_in_any_window() {
+        for rate in [0.5, 5.0, 50.0] {
+            let mut pacer = Pacer::new(rate);
+            let t0 = Instant::now();
+            let mut asked = t0;
+            let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+            let starts: Vec<Instant> = (0..500)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    asked += Duration::from_micros(seed % 400_000);
+                    pacer.reserve(asked)
+                })
+                .collect();
+            assert!(starts
+                .windows(2)
+                .all(|w| w[1] - w[0] >= Duration::from_secs_f64(1.0 / rate) - Duration::from_nanos(1)));
+            for (i, start) in starts.iter().enumerate() {
+                let in_window = starts[i..].iter().take_while(|s| **s - *start < Duration::from_secs(1)).count();
+                assert!(in_window as f64 <= rate.ceil(), "rate {rate}: {in_window} calls within 1 s");
+            }
+        }
     }
 }
