@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# loadtest/ci-smoke.sh [DIR] — a small cache-drop in both modes, checked.
+# loadtest/ci-smoke.sh [DIR] — a small cache-drop in both modes, and a small mass revocation,
+# checked.
 #
 # Origin mode (cold Redis) and cdn mode (nginx from deploy/ in front, its cache purged by
 # serial slices), 20,000 certificates, full rate 500 requests/s, 2 s per step, 5% POST and 5%
@@ -33,5 +34,10 @@ assert all(st["purge"] and st["purge"]["removed"] > 0 for st in s), "cdn: a purg
 print(f"cdn: hit ratio {s[0]['cdn_hit_ratio']:.3f} at 1/16 -> {s[-1]['cdn_hit_ratio']:.3f} at 1; "
       f"origin {s[0]['origin_rps']:.0f} -> {s[-1]['origin_rps']:.0f} req/s")
 PY
-echo "ci-smoke: both modes passed (reports in $OUT)"
+# A mass revocation at a small size: revoke time, RSS, hot path during, the CDN hook drained,
+# revoked answers verified (loadtest/README.md, "Mass revocation").
+loadtest/mass-revoke.sh --count 20000 --revoke 5000 --no-build --out "$OUT/mass-revoke" \
+    -- --hot 2000 --baseline-seconds 2 --drain-timeout 180
+[ -s "$OUT/mass-revoke/report.json" ] || { echo "ci-smoke: mass-revoke: report.json missing" >&2; exit 1; }
+echo "ci-smoke: both modes and the mass revocation passed (reports in $OUT)"
 [ "$KEEP" -eq 1 ] || rm -rf "$OUT"
