@@ -143,7 +143,8 @@ fn owed_purges_go_to_the_hooks_in_batches_of_max_batch() {
     let posts: Vec<serde_json::Value> = hook.calls()[7..].iter().map(SinkCall::json).collect();
     let mut more_tags: Vec<String> = more.iter().map(|s| format!("{issuer}:{s}")).collect();
     let mut got: Vec<String> = posts.iter().flat_map(|p| strings(&p["tags"])).collect();
-    (more_tags.sort(), got.sort());
+    more_tags.sort();
+    got.sort();
     assert_eq!(got, more_tags, "each once");
     let url_counts: Vec<Vec<usize>> = posts
         .iter()

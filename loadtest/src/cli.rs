@@ -68,6 +68,32 @@ pub enum Command {
     },
 }
 
+/// The jitocsp a subcommand starts and measures itself (`bench`, `mass-revoke`), and where
+/// it writes.
+#[derive(Args, Clone)]
+pub struct RunArgs {
+    /// NAME=CA_CERT: an issuer made for this run, already added to jitocsp with its key as
+    /// signer.
+    #[arg(long)]
+    pub issuer: String,
+    /// The jitocsp binary to run (release).
+    #[arg(long)]
+    pub jitocsp: PathBuf,
+    /// Logs and working files go here.
+    #[arg(long)]
+    pub work: PathBuf,
+    /// report.txt and report.json go here.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: String,
+    /// jitocsp's Redis key prefix (the caller unlinks the keys afterwards).
+    #[arg(long)]
+    pub key_prefix: String,
+}
+
 #[derive(Args, Clone)]
 pub struct CorpusArgs {
     /// NAME=CA_CERT: an issuer's name in jitocsp and its CA certificate (PEM or DER). Repeatable.

@@ -32,29 +32,12 @@ use crate::gen::{Check, Ctx, Target};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// NAME=CA_CERT: the bench issuer, already added to jitocsp with its key as signer.
-    #[arg(long)]
-    pub issuer: String,
+    #[command(flatten)]
+    pub run: crate::cli::RunArgs,
     /// The CA's private key (PKCS#8 PEM): openssl ocsp signs with it, and the raw signing rate
     /// is measured with it.
     #[arg(long)]
     pub ca_key: PathBuf,
-    /// The jitocsp binary to run (release).
-    #[arg(long)]
-    pub jitocsp: PathBuf,
-    /// Logs, nginx's files and openssl's index go here.
-    #[arg(long)]
-    pub work: PathBuf,
-    /// report.txt and report.json go here.
-    #[arg(long)]
-    pub out: PathBuf,
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
-    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
-    pub redis_url: String,
-    /// jitocsp's Redis key prefix (the caller unlinks the keys afterwards).
-    #[arg(long)]
-    pub key_prefix: String,
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
     /// Seconds per recorded run.
@@ -158,12 +141,12 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.runs >= 1 && a.duration >= 1, "--runs and --duration must be at least 1");
     anyhow::ensure!(a.hot_certs >= SAMPLE, "--hot-certs must be at least {SAMPLE}");
     let layout = Layout::new(&a);
-    let corpus = Arc::new(Corpus::load(std::slice::from_ref(&a.issuer), layout.seeded, 0.0, a.corpus_seed)?);
-    std::fs::create_dir_all(&a.work)?;
+    let corpus = Arc::new(Corpus::load(std::slice::from_ref(&a.run.issuer), layout.seeded, 0.0, a.corpus_seed)?);
+    std::fs::create_dir_all(&a.run.work)?;
     let load_average_start = crate::report::load_average();
     eprintln!("bench: seeding {} certificates", layout.seeded);
     let started = Instant::now();
-    crate::seed::seed(&a.database_url, &corpus, true, false).await?;
+    crate::seed::seed(&a.run.database_url, &corpus, true, false).await?;
     let seed_seconds = started.elapsed().as_secs_f64();
     write_openssl_index(&a, &corpus, &layout.reference)?;
 
@@ -199,7 +182,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     };
     let report = report::BenchReport::new(meta, bench.records, ceilings, Vec::new());
     let text = report.text();
-    crate::report::write_json_and_text(&a.out, &report, &text)?;
+    crate::report::write_json_and_text(&a.run.out, &report, &text)?;
     print!("{text}");
     if !report.ok {
         bail!("something did not work (PROBLEM lines above)");
@@ -230,11 +213,11 @@ impl Bench<'_> {
     async fn jitocsp(&self, tag: &str, local_entries: usize, warm: u64, sample: Range<u64>) -> anyhow::Result<Jitocsp> {
         let a = self.a;
         let spec = JitocspSpec {
-            binary: &a.jitocsp,
-            work: &a.work,
-            database_url: &a.database_url,
-            redis_url: &a.redis_url,
-            key_prefix: &a.key_prefix,
+            binary: &a.run.jitocsp,
+            work: &a.run.work,
+            database_url: &a.run.database_url,
+            redis_url: &a.run.redis_url,
+            key_prefix: &a.run.key_prefix,
             workers: a.workers,
             backend: &a.backend,
             env: &[],
@@ -300,7 +283,7 @@ impl Bench<'_> {
         let cycle = Arc::new(Pick::Cycle { count: layout.hot });
 
         let mut j = self.jitocsp("hot", 0, layout.hot, hot_sample.clone()).await?;
-        let (nginx, nginx_addr) = tokio::task::block_in_place(|| procs::nginx(&a.work, a.workers, &j.response))?;
+        let (nginx, nginx_addr) = tokio::task::block_in_place(|| procs::nginx(&a.run.work, a.workers, &j.response))?;
         let (status, head, body) = procs::http_get(nginx_addr, "/x")?;
         anyhow::ensure!(status == 200 && body == j.response, "nginx does not serve the response file");
         let nginx_sizes = Sizes { body: body.len(), head };
@@ -350,7 +333,7 @@ impl Bench<'_> {
 
     fn openssl_starter(&self, addr: SocketAddr) -> measure::Fresh {
         let a = self.a;
-        let (work, ca, key) = (a.work.clone(), self.ca_path(), a.ca_key.clone());
+        let (work, ca, key) = (a.run.work.clone(), self.ca_path(), a.ca_key.clone());
         let probe = self.path(self.layout.reference.sample.start);
         Box::new(move || procs::openssl_ocsp(&work, addr, &ca, &key, &probe))
     }
@@ -368,7 +351,7 @@ impl Bench<'_> {
     }
 
     fn ca_path(&self) -> PathBuf {
-        PathBuf::from(self.a.issuer.split_once('=').map_or("", |(_, p)| p))
+        PathBuf::from(self.a.run.issuer.split_once('=').map_or("", |(_, p)| p))
     }
 
     fn path(&self, index: u64) -> String {
@@ -395,7 +378,7 @@ fn check_alive(server: &mut procs::Server) -> anyhow::Result<()> {
 /// openssl's CA database: a "V" line for each of its serials, valid for 30 days.
 fn write_openssl_index(a: &BenchArgs, corpus: &Corpus, walks: &Walks) -> anyhow::Result<()> {
     let not_after = (chrono::Utc::now() + chrono::TimeDelta::days(30)).format("%y%m%d%H%M%SZ").to_string();
-    let path = a.work.join("index.txt");
+    let path = a.run.work.join("index.txt");
     let mut out = std::io::BufWriter::new(std::fs::File::create(&path)?);
     let issuer = &corpus.issuers[0];
     for index in walks.sample.start..walks.end() {

@@ -22,7 +22,6 @@ mod sink;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -39,24 +38,8 @@ use crate::verify::{judge, Verdict};
 
 #[derive(clap::Args)]
 pub struct MassRevokeArgs {
-    /// NAME=CA_CERT: a fresh issuer, already added to jitocsp with its key as signer.
-    #[arg(long)]
-    pub issuer: String,
-    /// The jitocsp binary (release).
-    #[arg(long)]
-    pub jitocsp: PathBuf,
-    /// Logs and the serials file go here.
-    #[arg(long)]
-    pub work: PathBuf,
-    /// report.txt and report.json go here.
-    #[arg(long)]
-    pub out: PathBuf,
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
-    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
-    pub redis_url: String,
-    #[arg(long)]
-    pub key_prefix: String,
+    #[command(flatten)]
+    pub run: crate::cli::RunArgs,
     /// Certificates imported.
     #[arg(long, default_value_t = 100_000)]
     pub count: u64,
@@ -140,14 +123,14 @@ pub async fn run(a: MassRevokeArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.revoke >= 1 && a.hot >= 1, "--revoke and --hot must be at least 1");
     anyhow::ensure!(a.hot + a.revoke <= a.count, "--hot + --revoke must not exceed --count");
     anyhow::ensure!(a.sample <= a.revoke, "--sample must not exceed --revoke");
-    std::fs::create_dir_all(&a.work)?;
-    let corpus = Arc::new(Corpus::load(std::slice::from_ref(&a.issuer), a.count, 0.0, 1)?);
+    std::fs::create_dir_all(&a.run.work)?;
+    let corpus = Arc::new(Corpus::load(std::slice::from_ref(&a.run.issuer), a.count, 0.0, 1)?);
     let issuer = &corpus.issuers[0];
     let mut problems = Vec::new();
 
     eprintln!("mass-revoke: seeding {} certificates", a.count);
     let started = Instant::now();
-    crate::seed::seed(&a.database_url, &corpus, true, false).await?;
+    crate::seed::seed(&a.run.database_url, &corpus, true, false).await?;
     let seed_seconds = started.elapsed().as_secs_f64();
 
     let sink = sink::Sink::start(&issuer.name, a.refuse_every)?;
@@ -156,11 +139,11 @@ pub async fn run(a: MassRevokeArgs) -> anyhow::Result<()> {
         ("JITOCSP_CDN_BASE_URL".to_owned(), "http://ocsp.example.test".to_owned()),
     ];
     let spec = JitocspSpec {
-        binary: &a.jitocsp,
-        work: &a.work,
-        database_url: &a.database_url,
-        redis_url: &a.redis_url,
-        key_prefix: &a.key_prefix,
+        binary: &a.run.jitocsp,
+        work: &a.run.work,
+        database_url: &a.run.database_url,
+        redis_url: &a.run.redis_url,
+        key_prefix: &a.run.key_prefix,
         workers: a.workers,
         backend: "ring",
         env: &hook_env,
@@ -184,7 +167,7 @@ pub async fn run(a: MassRevokeArgs) -> anyhow::Result<()> {
     let hot_before = closed::run_for(&ctx, a.connections, baseline, hot(), 64).await;
     eprintln!("mass-revoke: hot path before: {}", line(&hot_before));
 
-    let serials = a.work.join("serials.txt");
+    let serials = a.run.work.join("serials.txt");
     write_serials(&serials, &corpus, revoked.clone())?;
     eprintln!("mass-revoke: revoking {} certificates in one admin revoke", a.revoke);
     let peak = Arc::new(AtomicU64::new(0));
@@ -192,17 +175,17 @@ pub async fn run(a: MassRevokeArgs) -> anyhow::Result<()> {
     let sampler = spawn_rss_sampler(pid, peak.clone(), stop.clone());
     let revoke_started = Instant::now();
     let admin = {
-        let mut command = Command::new(&a.jitocsp);
+        let mut command = Command::new(&a.run.jitocsp);
         command
             .args(["admin", "revoke", "--issuer", &issuer.name, "--reason", &a.reason, "--serials-file"])
             .arg(&serials)
-            .env("DATABASE_URL", &a.database_url)
-            .env("REDIS_URL", &a.redis_url)
-            .env("JITOCSP_CACHE_KEY_PREFIX", &a.key_prefix)
+            .env("DATABASE_URL", &a.run.database_url)
+            .env("REDIS_URL", &a.run.redis_url)
+            .env("JITOCSP_CACHE_KEY_PREFIX", &a.run.key_prefix)
             .envs(hook_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
-            .stdout(std::fs::File::create(a.work.join("admin-revoke.out"))?)
-            .stderr(std::fs::File::create(a.work.join("admin-revoke.log"))?);
+            .stdout(std::fs::File::create(a.run.work.join("admin-revoke.out"))?)
+            .stderr(std::fs::File::create(a.run.work.join("admin-revoke.log"))?);
         tokio::task::spawn_blocking(move || command.status())
     };
     let mut hot_during = Vec::new();
@@ -218,12 +201,12 @@ pub async fn run(a: MassRevokeArgs) -> anyhow::Result<()> {
     rss.peak_during = peak.load(Ordering::Relaxed);
     rss.after_revoke = rss_kib(pid);
     // A line per certificate, then the summary lines: keep the last few.
-    let printed = std::fs::read_to_string(a.work.join("admin-revoke.out")).unwrap_or_default();
+    let printed = std::fs::read_to_string(a.run.work.join("admin-revoke.out")).unwrap_or_default();
     let mut tail: Vec<&str> = printed.lines().rev().take(3).collect();
     tail.reverse();
     let admin_summary = tail.join("; ");
     if !status.success() {
-        problems.push(format!("admin revoke failed ({status}); see {}", a.work.join("admin-revoke.log").display()));
+        problems.push(format!("admin revoke failed ({status}); see {}", a.run.work.join("admin-revoke.log").display()));
     }
     eprintln!("mass-revoke: revoked in {revoke_seconds:.1} s: {admin_summary}");
 
@@ -277,7 +260,7 @@ pub async fn run(a: MassRevokeArgs) -> anyhow::Result<()> {
         problems,
     };
     let text = text(&report);
-    crate::report::write_json_and_text(&a.out, &report, &text)?;
+    crate::report::write_json_and_text(&a.run.out, &report, &text)?;
     print!("{text}");
     anyhow::ensure!(report.ok, "something did not work (PROBLEM lines above)");
     Ok(())
