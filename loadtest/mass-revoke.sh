@@ -10,21 +10,22 @@
 #   after --, options for `jitocsp-loadtest mass-revoke` (see its --help): --hot, --sample,
 #   --connections, --baseline-seconds, --refuse-every, --drain-timeout, --reason, --workers
 #
-# Brings up the project-local Postgres and Redis (scripts/services.sh up) and uses the
-# `jitocsp_loadtest` database on them (as loadtest/cache-drop.sh does), makes a fresh P-256
-# CA added as a new issuer (revocations are final, so every run needs its own certificates),
+# Brings up the project-local Postgres and Redis (scripts/services.sh up) and uses a database
+# of its own on them, `jitocsp_massrevoke`, makes a fresh P-256 CA added as a new issuer
+# (revocations are final, so every run needs its own certificates),
 # and runs `jitocsp-loadtest mass-revoke`, which seeds the certificates, starts `jitocsp serve`
 # with its CDN purge hook pointed at a local stand-in CDN API, serves a hot set under load,
 # revokes, and reports revoke time, responder RSS, hot-path latency before/during/after, the
-# hook's calls, and verified revoked answers. At the end the run's certificate rows and Redis
-# keys are deleted (its audit rows stay: the audit log is append-only).
+# hook's calls, and verified revoked answers. At the end the run's issuer is retired (its key
+# goes with the work directory) and its certificate rows and Redis keys are deleted (its
+# audit rows stay: the audit log is append-only).
 # Exit status: 0 when everything worked, 1 when something did not, 2 on bad usage.
 # Environment: JITOCSP_LOADTEST_DATABASE_URL and JITOCSP_LOADTEST_REDIS_URL (both) use those
 # services instead.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 cd "$ROOT"
-usage() { sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 die() { printf 'mass-revoke: error: %s\n' "$*" >&2; exit 1; }
 step() { printf '==> %s\n' "$*" >&2; }
 COUNT=100000 REVOKE=50000 OUT="$ROOT/target/mass-revoke" BUILD=1
@@ -57,7 +58,7 @@ else
     bash scripts/services.sh up
     # shellcheck source=/dev/null
     . "$ROOT/.local/env"
-    LT_DATABASE_URL="${DATABASE_URL%/*}/jitocsp_loadtest"
+    LT_DATABASE_URL="${DATABASE_URL%/*}/jitocsp_massrevoke"
 fi
 export REDIS_URL
 export DATABASE_URL="$LT_DATABASE_URL"
@@ -75,6 +76,8 @@ cleanup() {
     redis-cli -u "$REDIS_URL" --scan --pattern "$ISSUER*" 2>/dev/null \
         | xargs -r -n 1000 redis-cli -u "$REDIS_URL" unlink >/dev/null 2>&1
     if [ -n "$ISSUER_ADDED" ]; then
+        "$BIN" admin issuer retire --name "$ISSUER" >/dev/null 2>&1 \
+            || printf 'mass-revoke: could not retire issuer %s (retire it by hand)\n' "$ISSUER" >&2
         psql -X -q "$DATABASE_URL" -v ON_ERROR_STOP=1 -v issuer="$ISSUER" >/dev/null 2>&1 <<'SQL' \
             || printf 'mass-revoke: could not delete the certificates of issuer %s (delete them by hand)\n' "$ISSUER" >&2
 DELETE FROM pending_purges WHERE issuer_id = (SELECT id FROM issuers WHERE name = :'issuer');
