@@ -8,6 +8,7 @@
 #   scripts/services.sh redis-start  start only Redis
 #   scripts/services.sh pg-stop      stop only Postgres (tests simulate DB outages)
 #   scripts/services.sh pg-start     start only Postgres
+#   scripts/services.sh pg-restart   restart the Postgres in use (tests of a database restart)
 #   scripts/services.sh standby-up   a streaming standby of that Postgres (pg_basebackup),
 #                                    127.0.0.1:54330, for read-replica tests (idempotent)
 #   scripts/services.sh standby-stop stop the standby
@@ -300,6 +301,16 @@ pg_stop() {
         log "stopping postgres"
         pg_ctl_ -m fast -w -t 60 stop >/dev/null || die "pg_ctl stop failed"
     fi
+}
+
+# Stops and starts the cluster in use (this checkout's or the one it shares), as a crash-free
+# restart would; clients see their connections close.
+pg_restart() {
+    ensure_pg_installed
+    pg_paths
+    pg_pid_alive || die "postgres is not running (scripts/services.sh up)"
+    log "restarting postgres"
+    run_detached pg_ctl_ -l "$PGLOG" -m fast -w -t 60 restart >/dev/null || die "pg_ctl restart failed"
 }
 
 # ---------------------------------------------------------------- TLS
@@ -736,6 +747,7 @@ case "$cmd" in
     redis-start) with_lock redis_start ;;
     pg-stop)     with_lock pg_stop ;;
     pg-start)    with_lock pg_start ;;
+    pg-restart)  with_lock pg_restart ;;
     ensure-cmd)  with_lock ensure_cmd "$@" ;;
     standby-up)  with_lock cmd_standby_up ;;
     standby-stop) with_lock cmd_standby_stop ;;

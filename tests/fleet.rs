@@ -342,9 +342,7 @@ fn one_round() {
 
     // Postgres restarted (the standby reconnects to it by itself).
     fleet.set_fault("postgres restart");
-    services("pg-stop");
-    std::thread::sleep(Duration::from_secs(2));
-    services("pg-start");
+    services("pg-restart");
     let live: Vec<&Server> = servers.iter().flatten().collect();
     let restarted = Instant::now();
     while !live.iter().all(|s| s.metrics_text().contains("jitocsp_listener_connected 1")) {
