@@ -87,29 +87,13 @@ case "$REDIS" in cold|warm) ;; *) die "--redis cold|warm" ;; esac
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd -P)"
 
-BIN="$ROOT/target/release/jitocsp"
-LT="$ROOT/target/release/jitocsp-loadtest"
-if [ "$BUILD" -eq 1 ]; then
-    step "cargo build --release (jitocsp, jitocsp-loadtest)"
-    cargo build --release -q -p jitocsp -p jitocsp-loadtest
-fi
-[ -x "$BIN" ] && [ -x "$LT" ] || die "missing $BIN or $LT (build them, or drop --no-build)"
+# shellcheck source=loadtest/lib.sh
+. "$ROOT/loadtest/lib.sh"
+release_binaries "$BUILD"
 
 step "services"
 bash scripts/services.sh ensure-cmd openssl openssl curl curl python3 python3 nginx nginx
-# The load test has its own database on the same Postgres, so test data and load data never mix.
-# JITOCSP_LOADTEST_DATABASE_URL and JITOCSP_LOADTEST_REDIS_URL, when both set, name services
-# already running (one database per engineer on a shared machine), and none is started.
-if [ -n "${JITOCSP_LOADTEST_DATABASE_URL:-}" ] && [ -n "${JITOCSP_LOADTEST_REDIS_URL:-}" ]; then
-    LT_DATABASE_URL="$JITOCSP_LOADTEST_DATABASE_URL"
-    REDIS_URL="$JITOCSP_LOADTEST_REDIS_URL"
-else
-    bash scripts/services.sh up
-    # shellcheck source=/dev/null
-    . "$ROOT/.local/env"
-    LT_DATABASE_URL="${DATABASE_URL%/*}/jitocsp_loadtest"
-fi
-export REDIS_URL
+loadtest_services jitocsp_loadtest
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 

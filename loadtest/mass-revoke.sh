@@ -43,24 +43,11 @@ while [ $# -gt 0 ]; do
 done
 [[ "$COUNT" =~ ^[1-9][0-9]*$ && "$REVOKE" =~ ^[1-9][0-9]*$ ]] || { echo "mass-revoke: --count and --revoke take positive integers" >&2; exit 2; }
 
-BIN="$ROOT/target/release/jitocsp"
-LT="$ROOT/target/release/jitocsp-loadtest"
-if [ "$BUILD" -eq 1 ]; then
-    step "cargo build --release (jitocsp, jitocsp-loadtest)"
-    cargo build --release -q -p jitocsp -p jitocsp-loadtest
-fi
-[ -x "$BIN" ] && [ -x "$LT" ] || die "missing $BIN or $LT (build them, or drop --no-build)"
+# shellcheck source=loadtest/lib.sh
+. "$ROOT/loadtest/lib.sh"
+release_binaries "$BUILD"
 bash scripts/services.sh ensure-cmd openssl openssl psql postgresql-client redis-cli redis-tools
-if [ -n "${JITOCSP_LOADTEST_DATABASE_URL:-}" ] && [ -n "${JITOCSP_LOADTEST_REDIS_URL:-}" ]; then
-    LT_DATABASE_URL="$JITOCSP_LOADTEST_DATABASE_URL"
-    REDIS_URL="$JITOCSP_LOADTEST_REDIS_URL"
-else
-    bash scripts/services.sh up
-    # shellcheck source=/dev/null
-    . "$ROOT/.local/env"
-    LT_DATABASE_URL="${DATABASE_URL%/*}/jitocsp_massrevoke"
-fi
-export REDIS_URL
+loadtest_services jitocsp_massrevoke
 export DATABASE_URL="$LT_DATABASE_URL"
 
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"

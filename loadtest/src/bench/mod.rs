@@ -212,16 +212,7 @@ impl Bench<'_> {
     /// Starts jitocsp with `local_entries`, requests `warm` once each, verifies `sample`.
     async fn jitocsp(&self, tag: &str, local_entries: usize, warm: u64, sample: Range<u64>) -> anyhow::Result<Jitocsp> {
         let a = self.a;
-        let spec = JitocspSpec {
-            binary: &a.run.jitocsp,
-            work: &a.run.work,
-            database_url: &a.run.database_url,
-            redis_url: &a.run.redis_url,
-            key_prefix: &a.run.key_prefix,
-            workers: a.workers,
-            backend: &a.backend,
-            env: &[],
-        };
+        let spec = JitocspSpec { run: &a.run, workers: a.workers, backend: &a.backend, env: &[] };
         let (server, listen, metrics) = tokio::task::block_in_place(|| procs::jitocsp(&spec, tag, local_entries))?;
         let full = self.ctx(listen, false, Check::Full);
         if warm > 0 {

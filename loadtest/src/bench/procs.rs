@@ -127,11 +127,8 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, usize, Ve
 
 /// How jitocsp is started.
 pub struct JitocspSpec<'a> {
-    pub binary: &'a Path,
-    pub work: &'a Path,
-    pub database_url: &'a str,
-    pub redis_url: &'a str,
-    pub key_prefix: &'a str,
+    /// The binary, work directory, services and key prefix of the run.
+    pub run: &'a crate::cli::RunArgs,
     pub workers: usize,
     pub backend: &'a str,
     /// Further environment, e.g. the CDN purge hook's settings.
@@ -145,17 +142,17 @@ pub fn jitocsp(
     local_entries: usize,
 ) -> anyhow::Result<(Server, SocketAddr, SocketAddr)> {
     let (listen, metrics) = (free_addr()?, free_addr()?);
-    let mut command = Command::new(spec.binary);
+    let mut command = Command::new(&spec.run.jitocsp);
     command
         .args(["serve", "--listen", &listen.to_string(), "--metrics-listen", &metrics.to_string()])
-        .env("DATABASE_URL", spec.database_url)
-        .env("REDIS_URL", spec.redis_url)
+        .env("DATABASE_URL", &spec.run.database_url)
+        .env("REDIS_URL", &spec.run.redis_url)
         .env("JITOCSP_CACHE_LOCAL_ENTRIES", local_entries.to_string())
-        .env("JITOCSP_CACHE_KEY_PREFIX", spec.key_prefix)
+        .env("JITOCSP_CACHE_KEY_PREFIX", &spec.run.key_prefix)
         .env("JITOCSP_SERVER_WORKERS", spec.workers.to_string())
         .env("JITOCSP_SIGNING_P256_BACKEND", spec.backend)
         .envs(spec.env.iter().map(|(k, v)| (k, v)));
-    let mut server = Server::spawn("jitocsp serve", command, spec.work.join(format!("jitocsp.{tag}.log")), false)?;
+    let mut server = Server::spawn("jitocsp serve", command, spec.run.work.join(format!("jitocsp.{tag}.log")), false)?;
     server.wait_ready(metrics, "/healthz", Duration::from_secs(30))?;
     Ok((server, listen, metrics))
 }

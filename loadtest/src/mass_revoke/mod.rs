@@ -138,16 +138,7 @@ pub async fn run(a: MassRevokeArgs) -> anyhow::Result<()> {
         ("JITOCSP_CDN_PURGE_URL".to_owned(), format!("http://{}/purge", sink.addr)),
         ("JITOCSP_CDN_BASE_URL".to_owned(), "http://ocsp.example.test".to_owned()),
     ];
-    let spec = JitocspSpec {
-        binary: &a.run.jitocsp,
-        work: &a.run.work,
-        database_url: &a.run.database_url,
-        redis_url: &a.run.redis_url,
-        key_prefix: &a.run.key_prefix,
-        workers: a.workers,
-        backend: "ring",
-        env: &hook_env,
-    };
+    let spec = JitocspSpec { run: &a.run, workers: a.workers, backend: "ring", env: &hook_env };
     let (mut server, listen, _metrics) = tokio::task::block_in_place(|| procs::jitocsp(&spec, "mass-revoke", 65_536))?;
     let ctx =
         Arc::new(Ctx::new(Target { addr: listen, host: listen.to_string(), prefix: String::new() }, corpus.clone()));
