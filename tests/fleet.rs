@@ -30,12 +30,6 @@ const COLD_EVERY: Duration = Duration::from_millis(200);
 /// How long after `admin revoke` returns a responder may still answer good.
 const REVOCATION_BOUND: Duration = Duration::from_secs(1);
 
-fn services(command: &str) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh");
-    let output = Command::new("bash").args([script, command]).output().expect("bash");
-    assert!(output.status.success(), "services.sh {command}: {}", String::from_utf8_lossy(&output.stderr));
-}
-
 /// nginx from deploy/nginx/jitocsp-cdn.conf with the responders as its upstream, in a
 /// temporary directory; killed on drop.
 struct Nginx {
@@ -246,15 +240,9 @@ fn one_round() {
     let database = site.database_url.rsplit_once('/').map(|(_, db)| db.to_owned()).unwrap();
     let replica = with_database(&std::env::var("JITOCSP_TEST_STANDBY_URL").unwrap(), &database);
     let seeds = cluster_seeds();
-    let nodes = seeds.iter().map(|s| format!("redis://{s}")).collect::<Vec<_>>().join(",");
-    let first_seed = format!("redis://{}", seeds[0]);
-    let env = [
-        ("REDIS_URL", first_seed.as_str()),
-        ("JITOCSP_REDIS_MODE", "cluster"),
-        ("JITOCSP_REDIS_NODES", nodes.as_str()),
-        ("JITOCSP_REDIS_TIMEOUT_MS", "250"),
-        ("JITOCSP_DATABASE_READ_URL", replica.as_str()),
-    ];
+    let mut settings = cluster_env();
+    settings.push(("JITOCSP_DATABASE_READ_URL", replica));
+    let env: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
 
     let first = Arc::new(Pki::new());
     let first_issuer = site.add_issuer(&first);

@@ -30,15 +30,8 @@ fn a_primary_killed_under_load_costs_no_wrong_answer_and_readiness_recovers() {
     let certs: Vec<PathBuf> = (0..24).map(|i| pki.leaf(&format!("c{i}"), &format!("c1{i:02x}"))).collect();
     let paths: Vec<&str> = certs.iter().map(|c| c.to_str().unwrap()).collect();
     site.jitocsp_ok(&[&["admin", "import", "--issuer", &issuer][..], &paths].concat(), &[]);
-    let first_seed = format!("redis://{}", seeds[0]);
-    let nodes = seeds.iter().map(|s| format!("redis://{s}")).collect::<Vec<_>>().join(",");
-    let server = Arc::new(site.serve(&[
-        ("REDIS_URL", &first_seed),
-        ("JITOCSP_REDIS_MODE", "cluster"),
-        ("JITOCSP_REDIS_NODES", &nodes),
-        // A dead primary is then noticed quickly by each request that needs it.
-        ("JITOCSP_REDIS_TIMEOUT_MS", "250"),
-    ]));
+    let env = cluster_env();
+    let server = Arc::new(site.serve(&env.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>()));
     let requests: Arc<Vec<Vec<u8>>> = Arc::new(certs.iter().map(|c| pki.request(c, "-sha1")).collect());
     for (request, cert) in requests.iter().zip(&certs) {
         let text = openssl_check_response(&pki, &server.post(request).body, cert, "-sha1");

@@ -11,18 +11,47 @@ pub struct Restore(pub &'static [&'static str]);
 impl Drop for Restore {
     fn drop(&mut self) {
         for command in self.0 {
-            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh");
-            let output = Command::new("bash").args([script, command]).output();
-            if !output.as_ref().is_ok_and(|o| o.status.success()) && !std::thread::panicking() {
-                panic!("scripts/services.sh {command} could not restore the test services: {output:?}");
+            if let Err(error) = try_services(command) {
+                if !std::thread::panicking() {
+                    panic!("scripts/services.sh {command} could not restore the test services: {error}");
+                }
             }
         }
+    }
+}
+
+/// Runs scripts/services.sh COMMAND; panics if it fails.
+pub fn services(command: &str) {
+    if let Err(error) = try_services(command) {
+        panic!("scripts/services.sh {command}: {error}");
+    }
+}
+
+fn try_services(command: &str) -> Result<(), String> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh");
+    let output = Command::new("bash").args([script, command]).output().map_err(|e| e.to_string())?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
     }
 }
 
 /// The seed nodes (HOST:PORT) of the test Redis Cluster (`JITOCSP_TEST_REDIS_CLUSTER`).
 pub fn cluster_seeds() -> Vec<String> {
     std::env::var("JITOCSP_TEST_REDIS_CLUSTER").unwrap_or_default().split(',').map(str::to_owned).collect()
+}
+
+/// The settings of a responder using the test Redis Cluster (`redis.mode = "cluster"`), its
+/// Redis timeout short so that a dead primary is noticed quickly by each request needing it.
+pub fn cluster_env() -> Vec<(&'static str, String)> {
+    let seeds = cluster_seeds();
+    vec![
+        ("REDIS_URL", format!("redis://{}", seeds[0])),
+        ("JITOCSP_REDIS_MODE", "cluster".to_owned()),
+        ("JITOCSP_REDIS_NODES", seeds.iter().map(|s| format!("redis://{s}")).collect::<Vec<_>>().join(",")),
+        ("JITOCSP_REDIS_TIMEOUT_MS", "250".to_owned()),
+    ]
 }
 
 /// `redis-cli -p PORT ARGS...`: its standard output.
