@@ -647,12 +647,19 @@ EOF
     die "cluster node $port did not answer PING; see $dir/redis.log"
 }
 
-# Every slot served, six nodes connected, and three of them replicas (of live primaries).
+# Every slot served, six nodes connected, three of them replicas, and every replica's link to
+# its primary up (a replica that has just rejoined and not synced yet cannot take over when
+# its primary dies, which is what the fault tests then make happen).
 cluster_ok() {
-    local nodes
+    local nodes port
     redis-cli -p $((CLUSTER_BASE + 1)) cluster info 2>/dev/null | grep -q '^cluster_state:ok' || return 1
     nodes="$(redis-cli -p $((CLUSTER_BASE + 1)) cluster nodes 2>/dev/null | grep -v fail)"
-    [ "$(grep -c ' connected' <<<"$nodes")" -ge 6 ] && [ "$(grep -c ' slave ' <<<"$nodes")" -ge 3 ]
+    [ "$(grep -c ' connected' <<<"$nodes")" -ge 6 ] && [ "$(grep -c ' slave ' <<<"$nodes")" -ge 3 ] || return 1
+    for port in $(cluster_ports); do
+        if redis-cli -p "$port" info replication 2>/dev/null | grep -q '^role:slave'; then
+            redis-cli -p "$port" info replication | grep -q '^master_link_status:up' || return 1
+        fi
+    done
 }
 
 cmd_cluster_up() {
