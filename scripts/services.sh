@@ -16,6 +16,9 @@
 #                                    127.0.0.1:7001-7006, buses 17001-17006 (idempotent: restarts missing
 #                                    nodes, which rejoin; creates the cluster once)
 #   scripts/services.sh cluster-down stop it and forget it
+#   scripts/services.sh cluster-tls-up   the same on 127.0.0.1:7101-7106 (buses 17101-17106),
+#                                    TLS only (clients, bus, replication), with the test CA
+#   scripts/services.sh cluster-tls-down stop it and forget it
 #   scripts/services.sh ensure-cmd CMD PACKAGE [CMD PACKAGE...]
 #                                    apt-get install PACKAGE when CMD is missing
 #
@@ -323,15 +326,32 @@ tls_paths() {
     TLS_DIR="$(dirname "$PGDATA")/tls"
 }
 
+# True if FILE (a certificate in TLS_DIR) is issued by the test CA and not within a day of expiry.
+tls_valid() {
+    openssl verify -CAfile "$TLS_DIR/ca.pem" "$TLS_DIR/$1" >/dev/null 2>&1 \
+        && openssl x509 -in "$TLS_DIR/$1" -noout -checkend 86400 >/dev/null 2>&1
+}
+
+# tls_issue CA_DIR OUT_DIR NAME SUBJECT EXTENSION...: OUT_DIR/NAME.key, a P-256 key, and
+# OUT_DIR/NAME.pem, its certificate issued by CA_DIR/ca.pem with those extension lines.
+# openssl's messages go to OUT_DIR/log.
+tls_issue() {
+    local ca="$1" out="$2" name="$3" subject="$4"
+    shift 4
+    printf '%s\n' "$@" >"$out/$name.ext"
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "$subject" \
+        -keyout "$out/$name.key" -out "$out/$name.csr" 2>>"$out/log" \
+        && openssl x509 -req -in "$out/$name.csr" -CA "$ca/ca.pem" -CAkey "$ca/ca.key" -CAcreateserial \
+            -CAserial "$out/ca.srl" -days 825 -extfile "$out/$name.ext" -out "$out/$name.pem" 2>>"$out/log"
+}
+
 # The test CA and server certificate: made when missing, not verifiable, or within a day of
 # expiry, and kept otherwise (so `up` changes nothing on a second run).
 tls_certs() {
     ensure_cmd openssl openssl
     tls_paths
     mkdir -p "$TLS_DIR"
-    if [ -f "$TLS_DIR/ca.key" ] && [ -f "$TLS_DIR/server.key" ] \
-        && openssl verify -CAfile "$TLS_DIR/ca.pem" "$TLS_DIR/server.pem" >/dev/null 2>&1 \
-        && openssl x509 -in "$TLS_DIR/server.pem" -noout -checkend 86400 >/dev/null 2>&1; then
+    if [ -f "$TLS_DIR/ca.key" ] && [ -f "$TLS_DIR/server.key" ] && tls_valid server.pem; then
         return 0
     fi
     log "making a test CA and a server certificate (127.0.0.1, localhost) in $TLS_DIR"
@@ -340,15 +360,30 @@ tls_certs() {
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
         -subj "/CN=jitocsp test services CA" -addext "basicConstraints=critical,CA:TRUE" \
         -addext "keyUsage=critical,keyCertSign,cRLSign" -keyout "$tmp/ca.key" -out "$tmp/ca.pem" 2>"$tmp/log" \
-        && openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
-            -keyout "$tmp/server.key" -out "$tmp/server.csr" 2>>"$tmp/log" \
-        && printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=critical,CA:FALSE" \
-            "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" >"$tmp/server.ext" \
-        && openssl x509 -req -in "$tmp/server.csr" -CA "$tmp/ca.pem" -CAkey "$tmp/ca.key" -CAcreateserial \
-            -CAserial "$tmp/ca.srl" -days 825 -extfile "$tmp/server.ext" -out "$tmp/server.pem" 2>>"$tmp/log" \
+        && tls_issue "$tmp" "$tmp" server /CN=localhost "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+            "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" \
         || { cat "$tmp/log" >&2; rm -rf "$tmp"; die "openssl failed to make the test certificates"; }
     chmod 600 "$tmp/ca.key" "$tmp/server.key"
     mv -f "$tmp/ca.key" "$tmp/ca.pem" "$tmp/server.key" "$tmp/server.pem" "$TLS_DIR/"
+    rm -rf "$tmp"
+}
+
+# cluster-client.pem and .key: the certificate the TLS cluster's nodes show each other on the
+# bus and replication links (a node verifies a client's certificate when shown, and
+# server.pem, for serverAuth only, is refused as a client's). Made like server.pem's.
+tls_cluster_client_cert() {
+    tls_certs
+    if [ -f "$TLS_DIR/cluster-client.key" ] && tls_valid cluster-client.pem; then
+        return 0
+    fi
+    log "making the TLS cluster nodes' client certificate in $TLS_DIR"
+    local tmp
+    tmp="$(mktemp -d "$TLS_DIR/new.XXXXXX")"
+    tls_issue "$TLS_DIR" "$tmp" cluster-client "/CN=jitocsp test cluster node" "basicConstraints=critical,CA:FALSE" \
+        "keyUsage=critical,digitalSignature" "extendedKeyUsage=clientAuth" \
+        || { cat "$tmp/log" >&2; rm -rf "$tmp"; die "openssl failed to make the cluster client certificate"; }
+    chmod 600 "$tmp/cluster-client.key"
+    mv -f "$tmp/cluster-client.key" "$tmp/cluster-client.pem" "$TLS_DIR/"
     rm -rf "$tmp"
 }
 
@@ -608,23 +643,84 @@ redis_stop() {
 }
 
 # ---------------------------------------------------------------- Redis Cluster
-# Six nodes (3 primaries, 3 replicas), each in .local/redis-cluster/PORT with its own
-# nodes.conf, so a node killed by a test and started again rejoins the cluster it knew (as a
-# replica if it was failed over). cluster-node-timeout 2000 ms: a dead primary's replica
+# Two clusters, each of six nodes (3 primaries, 3 replicas) with a directory per node holding
+# its own nodes.conf, so a node killed by a test and started again rejoins the cluster it knew
+# (as a replica if it was failed over). cluster-node-timeout 2000 ms: a dead primary's replica
 # takes over within a few seconds.
-CLUSTER_BASE="${JITOCSP_CLUSTER_BASE_PORT:-7000}"
-CLUSTER_DIR="$LOCAL/redis-cluster"
+#   cluster-up      plaintext, 127.0.0.1:7001-7006, in .local/redis-cluster
+#   cluster-tls-up  TLS only (`port 0`; clients, the cluster bus and replication all on TLS:
+#                   server.pem of the test CA, which names 127.0.0.1 and localhost, and
+#                   cluster-client.pem for the nodes' own links), 127.0.0.1:7101-7106, buses
+#                   17101-17106, in .local/redis-cluster-tls. Six idle nodes cost next to
+#                   nothing (well under 1% of a core each), and the replicas keep
+#                   `tls-replication` exercised.
+# The commands below act on the cluster that cluster_use chose.
+
+# cluster_use plain|tls: which cluster the cluster_* functions act on.
+cluster_use() {
+    case "$1" in
+        plain)
+            CLUSTER_PORT_VAR=JITOCSP_CLUSTER_BASE_PORT
+            CLUSTER_BASE="${JITOCSP_CLUSTER_BASE_PORT:-7000}"
+            CLUSTER_DIR="$LOCAL/redis-cluster"
+            CLUSTER_TLS=0
+            CLUSTER_CLI=(redis-cli -h 127.0.0.1)
+            ;;
+        tls)
+            CLUSTER_PORT_VAR=JITOCSP_CLUSTER_TLS_BASE_PORT
+            CLUSTER_BASE="${JITOCSP_CLUSTER_TLS_BASE_PORT:-7100}"
+            CLUSTER_DIR="$LOCAL/redis-cluster-tls"
+            CLUSTER_TLS=1
+            tls_paths
+            CLUSTER_CLI=(redis-cli --tls --cacert "$TLS_DIR/ca.pem" -h 127.0.0.1)
+            ;;
+    esac
+}
+
 cluster_ports() { seq $((CLUSTER_BASE + 1)) $((CLUSTER_BASE + 6)); }
+
+# cluster_cli PORT ARGS...: redis-cli to 127.0.0.1:PORT of the cluster in use (TLS verified
+# by the test CA for the TLS one). Bounded: redis-cli --tls waits without limit for a
+# handshake that something else on the port never answers.
+cluster_cli() {
+    local port="$1"
+    shift
+    timeout 10 "${CLUSTER_CLI[@]}" -p "$port" "$@"
+}
+
+# The node's listening settings: a plain port, or TLS only.
+cluster_node_listen() {
+    local port="$1"
+    if [ "$CLUSTER_TLS" -eq 0 ]; then
+        echo "port $port"
+        return 0
+    fi
+    # tls-auth-clients optional, as on the single TLS Redis: a client may show a certificate
+    # (verified when shown); the nodes show theirs to each other.
+    cat <<CONF
+port 0
+tls-port $port
+tls-cluster yes
+tls-replication yes
+tls-cert-file "$TLS_DIR/server.pem"
+tls-key-file "$TLS_DIR/server.key"
+tls-client-cert-file "$TLS_DIR/cluster-client.pem"
+tls-client-key-file "$TLS_DIR/cluster-client.key"
+tls-ca-cert-file "$TLS_DIR/ca.pem"
+tls-auth-clients optional
+CONF
+}
 
 cluster_node_start() {
     local port="$1" dir="$CLUSTER_DIR/$1"
-    if [ "$(redis-cli -p "$port" ping 2>/dev/null)" = "PONG" ]; then return 0; fi
-    port_in_use "$port" && die "port $port is in use but does not answer PING (set JITOCSP_CLUSTER_BASE_PORT?)"
+    if [ "$(cluster_cli "$port" ping 2>/dev/null)" = "PONG" ]; then return 0; fi
+    port_in_use "$port" && die "port $port is in use but does not answer PING (set $CLUSTER_PORT_VAR?)"
     mkdir -p "$dir"
-    cat >"$dir/redis.conf" <<EOF
-# generated by scripts/services.sh cluster-up; regenerated on every start
-bind 127.0.0.1
-port $port
+    {
+        echo "# generated by scripts/services.sh; regenerated on every start"
+        echo "bind 127.0.0.1"
+        cluster_node_listen "$port"
+        cat <<CONF
 daemonize yes
 pidfile "$dir/redis.pid"
 logfile "$dir/redis.log"
@@ -636,12 +732,13 @@ maxmemory-policy allkeys-lru
 cluster-enabled yes
 cluster-config-file nodes.conf
 cluster-node-timeout 2000
-EOF
+CONF
+    } >"$dir/redis.conf"
     rm -f "$dir/redis.pid"
     run_detached redis-server "$dir/redis.conf" >/dev/null || die "redis-server on $port failed; see $dir/redis.log"
     local i
     for i in $(seq 1 50); do
-        [ "$(redis-cli -p "$port" ping 2>/dev/null)" = "PONG" ] && return 0
+        [ "$(cluster_cli "$port" ping 2>/dev/null)" = "PONG" ] && return 0
         sleep 0.1
     done
     die "cluster node $port did not answer PING; see $dir/redis.log"
@@ -652,27 +749,29 @@ EOF
 # its primary dies, which is what the fault tests then make happen).
 cluster_ok() {
     local nodes port
-    redis-cli -p $((CLUSTER_BASE + 1)) cluster info 2>/dev/null | grep -q '^cluster_state:ok' || return 1
-    nodes="$(redis-cli -p $((CLUSTER_BASE + 1)) cluster nodes 2>/dev/null | grep -v fail)"
+    cluster_cli $((CLUSTER_BASE + 1)) cluster info 2>/dev/null | grep -q '^cluster_state:ok' || return 1
+    nodes="$(cluster_cli $((CLUSTER_BASE + 1)) cluster nodes 2>/dev/null | grep -v fail)"
     [ "$(grep -c ' connected' <<<"$nodes")" -ge 6 ] && [ "$(grep -c ' slave ' <<<"$nodes")" -ge 3 ] || return 1
     for port in $(cluster_ports); do
-        if redis-cli -p "$port" info replication 2>/dev/null | grep -q '^role:slave'; then
-            redis-cli -p "$port" info replication | grep -q '^master_link_status:up' || return 1
+        if cluster_cli "$port" info replication 2>/dev/null | grep -q '^role:slave'; then
+            cluster_cli "$port" info replication | grep -q '^master_link_status:up' || return 1
         fi
     done
 }
 
-cmd_cluster_up() {
+cluster_up() {
     ensure_cmd redis-server redis-server redis-cli redis-tools
     local port nodes=() i
     for port in $(cluster_ports); do
         cluster_node_start "$port"
         nodes+=("127.0.0.1:$port")
     done
-    if [ "$(redis-cli -p $((CLUSTER_BASE + 1)) cluster info | tr -d '\r' | sed -n 's/^cluster_known_nodes://p')" = 1 ]; then
+    if [ "$(cluster_cli $((CLUSTER_BASE + 1)) cluster info | tr -d '\r' | sed -n 's/^cluster_known_nodes://p')" = 1 ]; then
         log "creating the Redis Cluster on ${nodes[*]}"
-        redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >/dev/null \
-            || die "redis-cli --cluster create failed"
+        # It waits for the nodes to meet with no deadline of its own; nodes that cannot reach
+        # each other's bus (a TLS misconfiguration) would hang it.
+        timeout 120 "${CLUSTER_CLI[@]}" --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >/dev/null \
+            || die "redis-cli --cluster create failed or timed out; see $CLUSTER_DIR/*/redis.log"
     fi
     for i in $(seq 1 150); do
         if cluster_ok; then
@@ -681,17 +780,26 @@ cmd_cluster_up() {
         fi
         sleep 0.2
     done
-    redis-cli -p $((CLUSTER_BASE + 1)) cluster nodes >&2 || true
+    cluster_cli $((CLUSTER_BASE + 1)) cluster nodes >&2 || true
     die "the Redis Cluster did not reach cluster_state:ok with 6 connected nodes"
 }
 
-cmd_cluster_down() {
+cluster_down() {
     local port
     for port in $(cluster_ports); do
-        redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
+        cluster_cli "$port" shutdown nosave >/dev/null 2>&1 || true
     done
     rm -rf "$CLUSTER_DIR"
 }
+
+cmd_cluster_up() { cluster_use plain; cluster_up; }
+cmd_cluster_down() { cluster_use plain; cluster_down; }
+cmd_cluster_tls_up() {
+    tls_cluster_client_cert
+    cluster_use tls
+    cluster_up
+}
+cmd_cluster_tls_down() { cluster_use tls; cluster_down; }
 
 # ---------------------------------------------------------------- main
 
@@ -740,7 +848,7 @@ cmd_status() {
 }
 
 usage() {
-    sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -760,6 +868,8 @@ case "$cmd" in
     standby-stop) with_lock cmd_standby_stop ;;
     cluster-up)  with_lock cmd_cluster_up ;;
     cluster-down) with_lock cmd_cluster_down ;;
+    cluster-tls-up) with_lock cmd_cluster_tls_up ;;
+    cluster-tls-down) with_lock cmd_cluster_tls_down ;;
     -h|--help|help) usage ;;
     *) printf 'services: unknown command %q\n' "$cmd" >&2; usage ;;
 esac

@@ -11,6 +11,7 @@
 # Tests receive DATABASE_URL and REDIS_URL (tests/common: the services),
 # JITOCSP_TEST_STANDBY_URL (the test database on a streaming standby, tests/revocation_truth.rs),
 # JITOCSP_TEST_REDIS_CLUSTER (seed nodes of a Redis Cluster, tests/redis_cluster.rs),
+# JITOCSP_TEST_REDIS_CLUSTER_TLS (seed nodes of a Redis Cluster speaking only TLS, tests/tls.rs),
 # JITOCSP_TEST_JUDGE and JITOCSP_TEST_PYTHON (tests/common::judge runs that judge.py with that
 # Python, the one pkilint and cryptography were installed for; a bare `cargo test` falls back
 # to python3 and tests/judges/judge.py) and JITOCSP_ROOT. They also receive
@@ -45,6 +46,8 @@ bash scripts/services.sh up
 bash scripts/services.sh standby-up
 # A Redis Cluster (3 primaries, 3 replicas), for tests/redis_cluster.rs.
 bash scripts/services.sh cluster-up
+# The same speaking only TLS (the test CA of `up`), for tests/tls.rs.
+bash scripts/services.sh cluster-tls-up
 # shellcheck source=/dev/null
 . "$ROOT/.local/env"
 # Tests get a database and a Redis DB of their own, emptied at every run, so that a run on a
@@ -56,7 +59,8 @@ JITOCSP_TEST_STANDBY_URL="${STANDBY_DATABASE_URL%/*}/jitocsp_test"
 REDIS_URL="${REDIS_URL%/}/1"
 redis-cli -u "$REDIS_URL" FLUSHDB >/dev/null
 JITOCSP_TEST_REDIS_CLUSTER=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003
-export DATABASE_URL REDIS_URL JITOCSP_TEST_STANDBY_URL JITOCSP_TEST_REDIS_CLUSTER
+JITOCSP_TEST_REDIS_CLUSTER_TLS=127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103
+export DATABASE_URL REDIS_URL JITOCSP_TEST_STANDBY_URL JITOCSP_TEST_REDIS_CLUSTER JITOCSP_TEST_REDIS_CLUSTER_TLS
 export JITOCSP_ROOT="$ROOT"
 # Everything above is provided, so no test may skip for want of it.
 export JITOCSP_TEST_REQUIRE_ALL=1
