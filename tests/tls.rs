@@ -5,10 +5,12 @@
 //! responder, the listener and the admin CLI are given only TLS URLs, so every answer that
 //! needs the database or lands in Redis went through verified TLS; a wrong CA, a wrong host
 //! name and a client certificate the server does not trust are refused, each with a message
-//! naming the failure.
+//! naming the failure. The same for a Redis Cluster whose nodes speak only TLS
+//! (`scripts/services.sh cluster-tls-up`, seeds in `JITOCSP_TEST_REDIS_CLUSTER_TLS`).
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
@@ -21,6 +23,15 @@ use common::{make_ca, output_text as text, pairs, skip_unless, tls_services, Nee
 /// The services these tests talk to, or `None` (after saying why) when the test must skip.
 fn services() -> Option<TlsServices> {
     if skip_unless(&[Need::Postgres, Need::Redis, Need::Openssl, Need::TlsServices]) {
+        return None;
+    }
+    Some(tls_services())
+}
+
+/// As [`services`], with the TLS-only Redis Cluster too.
+fn cluster_services() -> Option<TlsServices> {
+    let needs = [Need::Postgres, Need::Redis, Need::Openssl, Need::TlsServices, Need::RedisClusterTls];
+    if skip_unless(&needs) {
         return None;
     }
     Some(tls_services())
@@ -224,6 +235,101 @@ fn client_certificates_are_shown_and_checked_by_the_servers() {
         !output.status.success() && message.contains(&key.display().to_string()) && message.contains("0644"),
         "{message}"
     );
+}
+
+#[test]
+fn responder_and_admin_cli_use_a_redis_cluster_over_tls() {
+    let Some(tls) = cluster_services() else { return };
+    // Its own database: the only pending purges `admin revoke` may meet are its own.
+    let site = Site::with_own_database();
+    let env = tls.cluster_env(&site, &tls.ca(), "rediss");
+    let env = pairs(&env);
+    let pki = Pki::new();
+    let issuer = site.add_issuer_with(&pki, &format!("file:{}", pki.file("ca.key").display()), None, &env);
+    site.import_serials(&issuer, &["7301", "7302"], &hours_from_now(24 * 30));
+    let server = site.serve(&env);
+    let lookups = |result: &str| server.metric("jitocsp_cache_lookups_total", &["tier=\"redis\"", result]);
+
+    // A miss: signed, and stored in the cluster (after the answer is sent, so waited for).
+    let good = pki.leaf("good", "7301");
+    let request = pki.request(&good, "-sha256");
+    let signed = server.post(&request);
+    let checked = common::openssl_check_response(&pki, &signed.body, &good, "-sha256");
+    assert!(checked.contains("Response verify OK") && checked.contains(": good"), "{checked}");
+    assert_eq!((lookups("result=\"miss\""), lookups("result=\"hit\"")), (1.0, 0.0));
+    let mut stored = BTreeMap::new();
+    server.wait_until(Duration::from_secs(10), |_| {
+        stored = tls.cluster_entries(&site.key_prefix);
+        !stored.is_empty()
+    });
+    assert_eq!(stored.len(), 1, "{:?}", stored.keys());
+    let (key, value) = stored.iter().next().unwrap();
+    assert!(contains(value, &signed.body), "{key} in the TLS cluster does not hold the response served");
+    // A hit: the very response stored, read back from the cluster.
+    let cached = server.post(&request);
+    assert_eq!(cached.body, signed.body, "the second answer is not the cached one");
+    assert_eq!(lookups("result=\"hit\""), 1.0);
+    let status = site.jitocsp_ok(&["admin", "status", "--issuer", &issuer, "--serial", "7301"], &env);
+    assert!(status.contains("present") && !status.contains("unreachable"), "{status}");
+
+    // `admin revoke` deletes the cached "good" from the TLS cluster itself: gone before the
+    // responder is asked again, which then answers revoked.
+    let revoked = pki.leaf("revoked", "7302");
+    let request = pki.request(&revoked, "-sha256");
+    let checked = common::openssl_check_response(&pki, &server.post(&request).body, &revoked, "-sha256");
+    assert!(checked.contains(": good"), "{checked}");
+    let mut added = Vec::new();
+    server.wait_until(Duration::from_secs(10), |_| {
+        added = tls.cluster_entries(&site.key_prefix).into_keys().filter(|k| !stored.contains_key(k)).collect();
+        !added.is_empty()
+    });
+    let output = site
+        .jitocsp_ok(&["admin", "revoke", "--issuer", &issuer, "--serial", "7302", "--reason", "keyCompromise"], &env);
+    assert!(output.contains("purged the cached responses of 1 certificate"), "{output}");
+    let left = tls.cluster_entries(&site.key_prefix);
+    assert!(!left.contains_key(&added[0]) && left.contains_key(key), "after the revocation: {:?}", left.keys());
+    assert_eq!(site.sql("SELECT count(*) FROM pending_purges"), "0");
+    let checked = common::openssl_check_response(&pki, &server.post(&request).body, &revoked, "-sha256");
+    assert!(checked.contains("Response verify OK") && checked.contains(": revoked"), "{checked}");
+}
+
+#[test]
+fn a_redis_cluster_over_tls_refuses_another_ca_and_plaintext() {
+    let Some(tls) = cluster_services() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let other = other_ca(dir.path(), "other-ca");
+    let site = Site::new();
+    site.jitocsp_ok(&["migrate"], &[]);
+    let with_redis = |scheme: &str, ca: Option<&Path>| {
+        let mut env = tls.cluster_env(&site, &tls.ca(), scheme);
+        env.retain(|(k, _)| k != "JITOCSP_REDIS_TLS_CA_FILE");
+        env.extend(ca.map(|ca| ("JITOCSP_REDIS_TLS_CA_FILE".to_owned(), ca.display().to_string())));
+        env
+    };
+
+    // The nodes' certificates are not from the CA given: serve stops at start-up, and
+    // `admin status` reports Redis unreachable, both naming the verification failure.
+    let env = with_redis("rediss", Some(&other));
+    let message = serve_failure(&site, &pairs(&env));
+    eprintln!("redis cluster, wrong CA (serve): {message}");
+    assert!(message.contains("invalid peer certificate") && message.contains("UnknownIssuer"), "{message}");
+    let pki = Pki::new();
+    let issuer = site.add_issuer_with(&pki, &format!("file:{}", pki.file("ca.key").display()), None, &[]);
+    let status = site.jitocsp_ok(&["admin", "status", "--issuer", &issuer, "--serial", "01"], &pairs(&env));
+    eprintln!("redis cluster, wrong CA (admin status): {status}");
+    assert!(status.contains("Redis unreachable") && status.contains("UnknownIssuer"), "{status}");
+
+    // Plaintext redis:// seeds: the nodes speak only TLS and hang up, so the responder, which
+    // needs the slot map at start-up, does not start.
+    let env = with_redis("redis", None);
+    let message = serve_failure(&site, &pairs(&env));
+    eprintln!("redis cluster, plaintext seeds: {message}");
+    assert!(message.lines().any(|l| l.starts_with("error: redis")), "{message}");
+}
+
+/// Whether `needle` occurs in `haystack`.
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// A byte relay from a free port on 127.0.0.2 to `port` on 127.0.0.1; its port. Runs until

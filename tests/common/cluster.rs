@@ -39,7 +39,17 @@ fn try_services(command: &str) -> Result<(), String> {
 
 /// The seed nodes (HOST:PORT) of the test Redis Cluster (`JITOCSP_TEST_REDIS_CLUSTER`).
 pub fn cluster_seeds() -> Vec<String> {
-    std::env::var("JITOCSP_TEST_REDIS_CLUSTER").unwrap_or_default().split(',').map(str::to_owned).collect()
+    seeds_in("JITOCSP_TEST_REDIS_CLUSTER")
+}
+
+/// The seed nodes (HOST:PORT) of the TLS-only test Redis Cluster
+/// (`JITOCSP_TEST_REDIS_CLUSTER_TLS`, scripts/services.sh cluster-tls-up).
+pub fn cluster_tls_seeds() -> Vec<String> {
+    seeds_in("JITOCSP_TEST_REDIS_CLUSTER_TLS")
+}
+
+fn seeds_in(name: &str) -> Vec<String> {
+    std::env::var(name).unwrap_or_default().split(',').map(str::to_owned).collect()
 }
 
 /// The settings of a responder using the test Redis Cluster (`redis.mode = "cluster"`), its
@@ -56,19 +66,28 @@ pub fn cluster_env() -> Vec<(&'static str, String)> {
 
 /// `redis-cli -p PORT ARGS...`: its standard output.
 pub fn redis_cli(port: &str, args: &[&str]) -> String {
-    let output = Command::new("redis-cli").args(["-p", port]).args(args).output().expect("redis-cli");
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    String::from_utf8_lossy(&redis_cli_raw(&[], port, args)).into_owned()
+}
+
+/// `redis-cli OPTIONS... -p PORT ARGS...`: its standard output as bytes (a value may be binary).
+pub fn redis_cli_raw(options: &[&str], port: &str, args: &[&str]) -> Vec<u8> {
+    Command::new("redis-cli").args(options).args(["-p", port]).args(args).output().expect("redis-cli").stdout
+}
+
+/// The ports of the primaries that serve slots, from `CLUSTER NODES` output.
+pub fn primaries_serving_slots(nodes: &str) -> Vec<String> {
+    nodes
+        .lines()
+        .filter(|l| l.contains("master") && !l.contains("fail") && l.split(' ').count() > 8)
+        .filter_map(|l| l.split(' ').nth(1)?.split('@').next()?.rsplit(':').next().map(str::to_owned))
+        .collect()
 }
 
 /// (port, pid) of a cluster primary that serves slots, other than the node at `seed_port`.
 pub fn cluster_primary_other_than(seed_port: &str) -> (String, u32) {
     let nodes = redis_cli(seed_port, &["cluster", "nodes"]);
-    let port = nodes
-        .lines()
-        .filter(|l| l.contains("master") && !l.contains("fail") && l.split(' ').count() > 8)
-        .filter_map(|l| l.split(' ').nth(1)?.split('@').next()?.rsplit(':').next().map(str::to_owned))
-        .find(|p| p != seed_port)
-        .expect("a primary other than the seed");
+    let port =
+        primaries_serving_slots(&nodes).into_iter().find(|p| p != seed_port).expect("a primary other than the seed");
     let pid = redis_cli(&port, &["info", "server"])
         .lines()
         .find_map(|l| l.strip_prefix("process_id:"))

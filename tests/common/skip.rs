@@ -35,6 +35,10 @@ pub enum Need {
     /// `JITOCSP_TEST_REDIS_CLUSTER` names seed nodes (HOST:PORT,...) of a Redis Cluster whose
     /// state is ok.
     RedisCluster,
+    /// `JITOCSP_TEST_REDIS_CLUSTER_TLS` names seed nodes (HOST:PORT,...) of a Redis Cluster that
+    /// speaks TLS (`scripts/services.sh cluster-tls-up`) and whose state, asked over TLS
+    /// verified by the services' test CA, is ok.
+    RedisClusterTls,
     /// The `openssl` command, which makes every test PKI and checks responses.
     Openssl,
     /// SoftHSM2's PKCS#11 module and its tools, as scripts/softhsm.sh finds them.
@@ -55,6 +59,7 @@ impl std::fmt::Display for Need {
             Need::Standby => write!(f, "a Postgres streaming standby"),
             Need::TlsServices => write!(f, "Postgres and Redis over TLS"),
             Need::RedisCluster => write!(f, "a Redis Cluster"),
+            Need::RedisClusterTls => write!(f, "a Redis Cluster over TLS"),
             Need::Openssl => write!(f, "openssl"),
             Need::SoftHsm2 => write!(f, "SoftHSM2"),
             Need::Judge => write!(f, "the external judge"),
@@ -94,6 +99,7 @@ fn probe(need: Need) -> Result<(), String> {
         Need::Standby => standby_answers(),
         Need::TlsServices => tls_answers(),
         Need::RedisCluster => redis_cluster_answers(),
+        Need::RedisClusterTls => redis_cluster_tls_answers(),
         Need::Redis => service_url("REDIS_URL").and_then(|url| redis_answers(&url)),
         Need::Openssl => program("openssl"),
         Need::SoftHsm2 => softhsm2(),
@@ -172,10 +178,15 @@ fn standby_answers() -> Result<(), String> {
     }
 }
 
+/// The services' TLS files (ca.pem, ...): `JITOCSP_TEST_TLS_DIR` (or the one in `.local/env`),
+/// else this checkout's `.local/tls`.
+pub fn tls_dir() -> PathBuf {
+    service_url("JITOCSP_TEST_TLS_DIR").map(PathBuf::from).unwrap_or_else(|_| root().join(".local/tls"))
+}
+
 /// Both services answer over TLS verified by the test CA (which names 127.0.0.1).
 fn tls_answers() -> Result<(), String> {
-    let dir = service_url("JITOCSP_TEST_TLS_DIR").map(PathBuf::from).unwrap_or_else(|_| root().join(".local/tls"));
-    let ca = dir.join("ca.pem");
+    let ca = tls_dir().join("ca.pem");
     if !ca.is_file() {
         return Err(format!("{} does not exist", ca.display()));
     }
@@ -222,6 +233,29 @@ fn redis_cluster_answers() -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("the Redis Cluster at {first} is not ok (scripts/services.sh cluster-up)"))
+    }
+}
+
+/// The first seed answers `CLUSTER INFO` with `cluster_state:ok` over TLS verified by the
+/// services' CA (redis-cli: independent of the client under test).
+fn redis_cluster_tls_answers() -> Result<(), String> {
+    const NAME: &str = "JITOCSP_TEST_REDIS_CLUSTER_TLS";
+    let seeds = std::env::var(NAME).ok().filter(|v| !v.is_empty()).ok_or_else(|| format!("{NAME} is not set"))?;
+    let first = seeds.split(',').next().unwrap_or_default();
+    let (host, port) = first.rsplit_once(':').ok_or_else(|| format!("{NAME}: {first:?} is not HOST:PORT"))?;
+    let ca = tls_dir().join("ca.pem").to_string_lossy().into_owned();
+    program("redis-cli")?;
+    // Bounded: redis-cli waits for a TLS handshake without limit, and a plaintext node never
+    // answers one.
+    let info = succeeds(
+        "timeout",
+        &["10", "redis-cli", "--tls", "--cacert", &ca, "-h", host, "-p", port, "cluster", "info"],
+        &format!("{first} does not answer verified TLS within 10 s"),
+    )?;
+    if info.lines().any(|l| l.trim() == "cluster_state:ok") {
+        Ok(())
+    } else {
+        Err(format!("the Redis Cluster at {first} is not ok over TLS (scripts/services.sh cluster-tls-up): {info:?}"))
     }
 }
 

@@ -1,11 +1,12 @@
 //! The TLS side of the test services (`scripts/services.sh up`: a test CA, Postgres `ssl = on`
 //! on its port, Redis on a TLS port) and client certificates issued for them.
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use super::{must, redis_url, service_url, Site};
+use super::{cluster_tls_seeds, must, primaries_serving_slots, redis_cli_raw, redis_url, service_url, tls_dir, Site};
 
 /// Where the test services' TLS is: their CA and the Redis TLS URL.
 pub struct TlsServices {
@@ -19,9 +20,7 @@ pub struct TlsServices {
 /// `JITOCSP_TEST_REDIS_TLS_PORT` (else the Redis port + 1). Call after
 /// `skip_unless(&[Need::TlsServices, ...])`.
 pub fn tls_services() -> TlsServices {
-    let dir = service_url("JITOCSP_TEST_TLS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join(".local/tls"));
+    let dir = tls_dir();
     let mut redis = url::Url::parse(&redis_url()).expect("REDIS_URL");
     let tls_port = match service_url("JITOCSP_TEST_REDIS_TLS_PORT") {
         Ok(port) => port.parse().expect("JITOCSP_TEST_REDIS_TLS_PORT"),
@@ -51,6 +50,41 @@ impl TlsServices {
             ("JITOCSP_REDIS_URL".into(), self.redis_url.clone()),
             ("JITOCSP_REDIS_TLS_CA_FILE".into(), ca.into()),
         ]
+    }
+
+    /// As [`TlsServices::env`], with the TLS-only test Redis Cluster as Redis
+    /// (`redis.mode = "cluster"`): its seeds as `scheme://HOST:PORT` URLs, `rediss` for TLS.
+    pub fn cluster_env(&self, site: &Site, ca: &str, scheme: &str) -> Vec<(String, String)> {
+        let seeds: Vec<String> = cluster_tls_seeds().iter().map(|seed| format!("{scheme}://{seed}")).collect();
+        let mut env = self.env(site, ca);
+        env.retain(|(k, _)| k != "JITOCSP_REDIS_URL");
+        env.push(("JITOCSP_REDIS_URL".into(), seeds[0].clone()));
+        env.push(("JITOCSP_REDIS_MODE".into(), "cluster".into()));
+        env.push(("JITOCSP_REDIS_NODES".into(), seeds.join(",")));
+        env
+    }
+
+    /// Every key under `prefix` in the TLS-only test Redis Cluster, with its value, read by
+    /// redis-cli over TLS verified by the services' CA (not by the client under test): SCAN
+    /// on each primary, and GET there.
+    pub fn cluster_entries(&self, prefix: &str) -> BTreeMap<String, Vec<u8>> {
+        let ca = self.ca();
+        let tls = ["--tls", "--cacert", ca.as_str(), "-h", "127.0.0.1"];
+        let seed = cluster_tls_seeds()[0].rsplit(':').next().expect("HOST:PORT").to_owned();
+        let nodes = String::from_utf8_lossy(&redis_cli_raw(&tls, &seed, &["cluster", "nodes"])).into_owned();
+        let primaries = primaries_serving_slots(&nodes);
+        assert!(!primaries.is_empty(), "no primaries in the TLS cluster's CLUSTER NODES: {nodes}");
+        let mut entries = BTreeMap::new();
+        for port in primaries {
+            let keys = redis_cli_raw(&tls, &port, &["--scan", "--pattern", &format!("{prefix}:*")]);
+            for key in String::from_utf8_lossy(&keys).lines().filter(|k| !k.is_empty()) {
+                // Not on a terminal, redis-cli prints the raw value and a newline.
+                let mut value = redis_cli_raw(&tls, &port, &["get", key]);
+                assert_eq!(value.pop(), Some(b'\n'), "GET {key} on {port}");
+                entries.insert(key.to_owned(), value);
+            }
+        }
+        entries
     }
 
     /// A client certificate `<name>.pem` and its key `<name>.key` (mode 0600) in `dir`, issued
