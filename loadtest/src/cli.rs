@@ -126,7 +126,8 @@ pub struct LoadArgs {
     /// Keep-alive connections (each carries one request at a time).
     #[arg(long, default_value_t = 128)]
     pub connections: usize,
-    /// Generator threads (the scheduler has one more of its own).
+    /// Generator threads, each with its own runtime and share of the connections (the
+    /// open-loop scheduler has one more of its own).
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
     /// Zipf exponent of certificate popularity.

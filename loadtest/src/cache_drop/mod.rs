@@ -21,6 +21,7 @@ use crate::{cdn, report};
 
 /// The schedule: one step per fraction, each `step` long, at `rates[k]` requests/s.
 pub struct Plan {
+    pub full_rate: f64,
     pub fractions: Vec<f64>,
     pub rates: Vec<f64>,
     pub step: Duration,
@@ -48,7 +49,7 @@ impl Plan {
             bail!("the schedule lasts {total_seconds} s, over --max-seconds {}", args.max_seconds);
         }
         let windows = (0..fractions.len()).map(|k| (step * k as u32, step)).collect();
-        Ok(Plan { fractions, rates, step, windows })
+        Ok(Plan { full_rate: args.full_rate, fractions, rates, step, windows })
     }
 
     /// The whole schedule's length.
@@ -75,7 +76,7 @@ pub async fn run(args: CacheDropArgs) -> anyhow::Result<()> {
         Mode::Origin => None,
     };
     let requested = Arc::new(Requested::new(corpus.issuers.len(), corpus.count));
-    let ctx = Arc::new(Ctx::with_origins(targets, corpus));
+    let ctx = Arc::new(Ctx::with_origins(targets, corpus, args.load.threads));
 
     let warm = warm::run(&args, &ctx, &requested, &cdn_cache).await?;
     let outcome = steps::run(&args, &plan, &ctx, &requested, &cdn_cache, &metrics).await?;

@@ -18,10 +18,8 @@ pub fn report(
     warm: Option<WarmReport>,
     metrics: bool,
 ) -> Report {
-    let rec = ctx.recorder.lock().expect("recorder lock");
-    let steps = step_reports(plan, ctx, &rec, &o);
-    let timeline = timeline(&rec);
-    drop(rec);
+    let steps = step_reports(plan, ctx, &o.recorder, &o);
+    let timeline = timeline(&o.recorder);
     let corpus = &ctx.corpus;
     let sum = |f: fn(&StepReport) -> u64| steps.iter().map(f).sum::<u64>();
     Report {
