@@ -71,12 +71,12 @@ pub async fn run(
         args.mode,
         plan.fractions.len(),
         plan.step.as_secs_f64(),
-        plan.rates,
-        args.load.targets.join(", ")
+        plan.rates.iter().map(|r| r.round()).collect::<Vec<_>>(),
+        ctx.targets.iter().map(|t| t.addr.to_string()).collect::<Vec<_>>().join(", ")
     );
     let sched_requested = requested.clone();
     let plan_of_requests =
-        schedule::Plan { phases, t0, poisson: args.arrival == Arrival::Poisson, max_requests: args.max_requests };
+        schedule::Plan { phases, t0, poisson: args.arrival() == Arrival::Poisson, max_requests: args.max_requests };
     let scheduled = template.empty_like();
     let scheduler = std::thread::Builder::new()
         .name("scheduler".into())
