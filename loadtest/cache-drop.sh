@@ -2,6 +2,7 @@
 # loadtest/cache-drop.sh — replay a CDN cache drop against a local jitocsp, on loopback only.
 #
 #   loadtest/cache-drop.sh --mode origin|cdn --full-rate F --step-seconds S --out DIR [options]
+#   loadtest/cache-drop.sh --find-max --out DIR [options]     what drop does my origin survive?
 #
 # Brings up the project-local Postgres and Redis (scripts/services.sh up), a database
 # `jitocsp_loadtest` on that Postgres (migrated), a P-256 test CA (kept in .local/loadtest/)
@@ -36,6 +37,18 @@
 #   --check                  verify the report (every step with figures, every answer
 #                            verified, success >= --min-success [0.999]); exit 1 if not
 #   --no-build               use the existing target/release binaries
+#
+# --find-max: F_max by bisection (jitocsp-loadtest cache-drop --find-max, loadtest/README.md):
+# the largest F at which every step has success >= 99.9% and p99 < 100 ms, origin mode,
+# against a responder started afresh for each probe with a Redis key prefix of its own
+# (cold), divided by nginx's static-file rate measured by the same generator in the same run.
+# Defaults change to --count 1000000, --arrival poisson, --step-seconds 6, --threads 2;
+# --full-rate, --ceiling and --origins do not apply. Results: DIR/find-max.txt and .json, and
+# each probe's full report in DIR/probe-NN-F/; the responders' and nginx's logs in DIR/work/.
+#   --lo F [1000]            lowest full rate tried (if it fails, F_max is below it)
+#   --hi F [nginx's rate]    highest full rate considered (never tried itself)
+#   --precision R [1.1]      stop when hi/lo < R
+#   --reference-seconds S [5] each closed-loop nginx run (one before the probes, one after)
 # Environment: JITOCSP_LOADTEST_DATABASE_URL and JITOCSP_LOADTEST_REDIS_URL (both) use those
 # services instead of starting the project-local ones and the jitocsp_loadtest database.
 set -euo pipefail
@@ -45,12 +58,12 @@ cd "$ROOT"
 
 die() { printf 'cache-drop: error: %s\n' "$*" >&2; exit 2; }
 step() { printf '==> %s\n' "$*" >&2; }
-usage() { sed -n '2,40p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,53p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 MODE="" FULL_RATE="" STEP_SECONDS="" OUT=""
-COUNT=20000 REVOKED=0.05 REDIS=cold FRACTIONS="1/16,1/8,1/4,1/2,1" ARRIVAL=constant
-ZIPF=1.0 POST=0 SHA256=0 CONNECTIONS=128 THREADS=1 WORKERS=0 CEILING=0 CHECK=0 MIN_SUCCESS=0.999 BUILD=1
-CORPUS_SEED=1 ORIGINS=1
+COUNT="" REVOKED=0.05 REDIS=cold FRACTIONS="1/16,1/8,1/4,1/2,1" ARRIVAL=""
+ZIPF=1.0 POST=0 SHA256=0 CONNECTIONS=128 THREADS="" WORKERS=0 CEILING=0 CHECK=0 MIN_SUCCESS=0.999 BUILD=1
+CORPUS_SEED=1 ORIGINS=1 FIND_MAX=0 FIND_MAX_ARGS=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --mode) MODE="$2"; shift 2 ;;
@@ -73,13 +86,26 @@ while [ $# -gt 0 ]; do
         --check) CHECK=1; shift ;;
         --min-success) MIN_SUCCESS="$2"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
+        --find-max) FIND_MAX=1; shift ;;
+        --lo|--hi|--precision|--reference-seconds) FIND_MAX_ARGS+=("$1" "$2"); shift 2 ;;
         -h|--help) usage ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
 done
+if [ "$FIND_MAX" -eq 1 ]; then
+    [ -z "$MODE" ] || [ "$MODE" = origin ] || die "--find-max measures an origin (--mode origin)"
+    MODE=origin
+    [ -z "$FULL_RATE" ] || die "--find-max chooses the full rates itself: no --full-rate"
+    [ "$CEILING" = 0 ] && [ "$ORIGINS" = 1 ] && [ "$REDIS" = cold ] && [ "$CHECK" -eq 0 ] \
+        || die "--ceiling, --origins, --redis and --check do not apply to --find-max"
+    COUNT="${COUNT:-1000000}" ARRIVAL="${ARRIVAL:-poisson}" STEP_SECONDS="${STEP_SECONDS:-6}" THREADS="${THREADS:-2}"
+else
+    [ ${#FIND_MAX_ARGS[@]} -eq 0 ] || die "--lo, --hi, --precision and --reference-seconds need --find-max"
+    [ -n "$FULL_RATE" ] || die "--full-rate F is required"
+    [ -n "$STEP_SECONDS" ] || die "--step-seconds S is required"
+fi
+COUNT="${COUNT:-20000}" ARRIVAL="${ARRIVAL:-constant}" THREADS="${THREADS:-1}"
 case "$MODE" in origin|cdn) ;; *) die "--mode origin|cdn is required" ;; esac
-[ -n "$FULL_RATE" ] || die "--full-rate F is required"
-[ -n "$STEP_SECONDS" ] || die "--step-seconds S is required"
 [ -n "$OUT" ] || die "--out DIR is required"
 case "$REDIS" in cold|warm) ;; *) die "--redis cold|warm" ;; esac
 [[ "$ORIGINS" =~ ^[1-9][0-9]?$ ]] || die "--origins takes 1 to 99"
@@ -115,9 +141,12 @@ cleanup() {
         for _ in $(seq 1 50); do [ -f "$WORK/nginx.pid" ] || break; sleep 0.1; done
     fi
     [ -f "$WORK/log/jitocsp-error.log" ] && cp "$WORK/log/jitocsp-error.log" "$OUT/nginx-error.log" 2>/dev/null
-    # This run's Redis keys (its own prefix) are dropped; nothing else is touched.
-    redis-cli -u "$REDIS_URL" --scan --pattern "$PREFIX:*" 2>/dev/null \
-        | xargs -r -n 1000 redis-cli -u "$REDIS_URL" unlink >/dev/null 2>&1 || true
+    # This run's Redis keys (its own prefix, and --find-max's PREFIX-pN) are dropped; nothing
+    # else is touched.
+    for pattern in "$PREFIX:*" "$PREFIX-*:*"; do
+        redis-cli -u "$REDIS_URL" --scan --pattern "$pattern" 2>/dev/null \
+            | xargs -r -n 1000 redis-cli -u "$REDIS_URL" unlink >/dev/null 2>&1 || true
+    done
     rm -rf "$WORK"
     exit "$rc"
 }
@@ -154,6 +183,17 @@ fi
 step "seed $COUNT certificates for $ISSUER"
 DATABASE_URL="$LT_DATABASE_URL" "$LT" seed "${CORPUS[@]}" "${SEED_MODE[@]}"
 echo "$STAMP" >"$STATE/seeded"
+
+if [ "$FIND_MAX" -eq 1 ]; then
+    # The subcommand starts (and restarts) the responders and nginx itself.
+    step "cache-drop --find-max: $COUNT certificates, $STEP_SECONDS s steps, $ARRIVAL arrivals"
+    "$LT" cache-drop --find-max --mode origin "${CORPUS[@]}" --connections "$CONNECTIONS" --threads "$THREADS" \
+        --zipf "$ZIPF" --post-share "$POST" --sha256-share "$SHA256" --step-seconds "$STEP_SECONDS" \
+        --fractions "$FRACTIONS" --arrival "$ARRIVAL" --out "$OUT" --jitocsp "$BIN" --work "$OUT/work" \
+        --database-url "$LT_DATABASE_URL" --redis-url "$REDIS_URL" --key-prefix "$PREFIX" --workers "$WORKERS" \
+        "${FIND_MAX_ARGS[@]}"
+    exit 0
+fi
 
 OCSP_PORTS=() METRICS_PORTS=() TARGETS=() METRICS=()
 for n in $(seq 1 "$ORIGINS"); do

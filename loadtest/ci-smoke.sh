@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# loadtest/ci-smoke.sh [DIR] — a small cache-drop in both modes, and a small mass revocation,
-# checked.
+# loadtest/ci-smoke.sh [DIR] — a small cache-drop in both modes, a small F_max bisection, and a
+# small mass revocation, checked.
 #
 # Origin mode (cold Redis) and cdn mode (nginx from deploy/ in front, its cache purged by
 # serial slices), 20,000 certificates, full rate 500 requests/s, 2 s per step, 5% POST and 5%
@@ -33,6 +33,20 @@ assert s[-1]["origin_rps"] > s[0]["origin_rps"], "cdn: the origin saw no more tr
 assert all(st["purge"] and st["purge"]["removed"] > 0 for st in s), "cdn: a purge removed nothing"
 print(f"cdn: hit ratio {s[0]['cdn_hit_ratio']:.3f} at 1/16 -> {s[-1]['cdn_hit_ratio']:.3f} at 1; "
       f"origin {s[0]['origin_rps']:.0f} -> {s[-1]['origin_rps']:.0f} req/s")
+PY
+# The bisection at a toy size (two probes of 5 x 1 s, about 20 s): it must run its
+# probes against fresh responders, measure nginx twice and report; whether a probe passes is
+# the machine's business, not the smoke's.
+loadtest/cache-drop.sh --find-max --no-build --count 20000 --step-seconds 1 --lo 500 --hi 2000 --precision 2.1 \
+    --reference-seconds 1 --connections 32 --out "$OUT/find-max"
+python3 - "$OUT/find-max/find-max.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["problems"] == [], r["problems"]
+assert len(r["nginx_runs"]) == 2 and r["nginx_rps"] > 0, "nginx measured before and after"
+assert r["probes"] and r["probes"][0]["full_rate"] == 500, r["probes"]
+assert r["found"]["kind"] in ("below", "at", "at_least"), r["found"]
+print(f"find-max: {len(r['probes'])} probes, found {r['found']}, nginx {r['nginx_rps']:.0f} req/s")
 PY
 # A mass revocation at a small size: revoke time, RSS, hot path during, the CDN hook drained,
 # revoked answers verified (loadtest/README.md, "Mass revocation").

@@ -74,6 +74,10 @@ cleanup() {
     redis-cli -u "$REDIS_URL" --scan --pattern "$ISSUER*" 2>/dev/null \
         | xargs -r -n 1000 redis-cli -u "$REDIS_URL" unlink >/dev/null 2>&1
     if [ "$KEEP" -eq 0 ] && [ -n "$ISSUER_ADDED" ]; then
+        # Its key goes with the work directory: a responder started later on this database
+        # would not be ready with a live issuer it cannot sign for.
+        "$BIN/jitocsp" admin issuer retire --name "$ISSUER" >/dev/null 2>&1 \
+            || log "could not retire issuer $ISSUER (retire it by hand)"
         # The certificate rows (millions) go; the issuer row stays (audit log).
         psql -X -q "$DATABASE_URL" -v ON_ERROR_STOP=1 -v issuer="$ISSUER" >/dev/null 2>&1 <<'SQL' \
             || log "could not delete the certificates of issuer $ISSUER (harmless; delete them by hand)"

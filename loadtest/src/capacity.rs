@@ -26,7 +26,7 @@ pub async fn run(args: CapacityArgs) -> anyhow::Result<()> {
         Some(_) => Arc::new(placeholder_corpus()?),
         None => Arc::new(load_corpus(&args.corpus)?),
     };
-    let mut ctx = Ctx::with_origins(targets, corpus.clone());
+    let mut ctx = Ctx::with_origins(targets, corpus.clone(), args.load.threads);
     ctx.static_path = args.static_path.clone().map(|p| format!("{}{p}", ctx.prefix())).unwrap_or_default();
     let ctx = Arc::new(ctx);
     let hot = args.hot_set.clamp(1, corpus.count);

@@ -114,8 +114,9 @@ pub struct CorpusArgs {
 pub struct LoadArgs {
     /// Where requests go: http://HOST:PORT[/prefix] (loopback only unless --allow-remote).
     /// Repeat it to load several origins (a fleet without its load balancer): connections are
-    /// spread over them in turn, and the report has per-origin figures.
-    #[arg(long = "target", required = true)]
+    /// spread over them in turn, and the report has per-origin figures. Required, except by
+    /// `cache-drop --find-max`, which starts the responders it loads.
+    #[arg(long = "target")]
     pub targets: Vec<String>,
     /// The responder's metrics listener, http://HOST:PORT (read for Redis hits, signatures/s,
     /// Postgres reads/s). Repeat it for several origins: their counters are summed.
@@ -126,7 +127,8 @@ pub struct LoadArgs {
     /// Keep-alive connections (each carries one request at a time).
     #[arg(long, default_value_t = 128)]
     pub connections: usize,
-    /// Generator threads (the scheduler has one more of its own).
+    /// Generator threads, each with its own runtime and share of the connections (the
+    /// open-loop scheduler has one more of its own).
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
     /// Zipf exponent of certificate popularity.
@@ -166,14 +168,17 @@ pub struct CacheDropArgs {
     pub mode: Mode,
     /// Full traffic F (requests/s): origin mode offers F x fraction at each step; cdn mode
     /// offers F to the CDN throughout and purges that fraction of its cache at each step.
+    /// With --find-max, the rates tried are chosen by the bisection.
+    #[arg(long, required_unless_present = "find_max", conflicts_with = "find_max")]
+    pub full_rate: Option<f64>,
+    /// Seconds per step [default: 10; 6 with --find-max].
     #[arg(long)]
-    pub full_rate: f64,
-    #[arg(long, default_value_t = 10.0)]
-    pub step_seconds: f64,
+    pub step_seconds: Option<f64>,
     #[arg(long, default_value = "1/16,1/8,1/4,1/2,1")]
     pub fractions: String,
-    #[arg(long, value_enum, default_value_t = Arrival::Constant)]
-    pub arrival: Arrival,
+    /// Arrival process [default: constant; poisson with --find-max].
+    #[arg(long, value_enum)]
+    pub arrival: Option<Arrival>,
     /// Before the steps, request each of the first --warm-count certificates once through the
     /// target (origin mode: a warm Redis; cdn mode always warms the CDN).
     #[arg(long)]
@@ -200,6 +205,18 @@ pub struct CacheDropArgs {
     /// Seed of the request sequence.
     #[arg(long, default_value_t = 7)]
     pub request_seed: u64,
+    #[command(flatten)]
+    pub find_max: crate::cache_drop::find_max::FindMaxArgs,
+}
+
+impl CacheDropArgs {
+    pub fn step_seconds(&self) -> f64 {
+        self.step_seconds.unwrap_or(if self.find_max.find_max { 6.0 } else { 10.0 })
+    }
+
+    pub fn arrival(&self) -> Arrival {
+        self.arrival.unwrap_or(if self.find_max.find_max { Arrival::Poisson } else { Arrival::Constant })
+    }
 }
 
 #[derive(Args)]
@@ -254,8 +271,11 @@ pub fn check_shares(load: &LoadArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every `--target`, parsed; they must share one path prefix.
+/// Every `--target`, parsed (at least one); they must share one path prefix.
 pub fn targets(load: &LoadArgs) -> anyhow::Result<Vec<Target>> {
+    if load.targets.is_empty() {
+        bail!("--target is required");
+    }
     let targets =
         load.targets.iter().map(|t| Target::parse(t, load.allow_remote)).collect::<anyhow::Result<Vec<_>>>()?;
     if targets.iter().any(|t| t.prefix != targets[0].prefix) {

@@ -2,15 +2,17 @@
 //! has an answer. Used to warm caches (each request of a list once), for capacity runs and for
 //! the benchmark's throughput runs (for a duration). The open-loop scheduler is in [`crate::gen`].
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::join_all;
 use rand::{Rng as _, SeedableRng as _};
 
 use crate::corpus::{Corpus, HashAlg};
-use crate::gen::{self, Ask, Conn, Ctx, Job, Recorder, Requested};
+use crate::gen::{self, on_threads, Ask, Conn, Ctx, Job, Recorder, Requested};
 use crate::report::WarmReport;
 
 /// Requests each of `list` once over `connections` connections, marking GETs in `requested`.
@@ -21,34 +23,37 @@ pub async fn each_once(
     requested: Option<&Arc<Requested>>,
 ) -> WarmReport {
     let started = Instant::now();
-    *ctx.recorder.lock().expect("recorder lock") = Recorder::new(
+    let template = Recorder::new(
         started,
         vec![(Duration::ZERO, Duration::from_secs(1 << 30))],
         Duration::from_secs(3600),
         Duration::ZERO,
     );
-    let list = Arc::new(list);
-    let next = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for connection in 0..connections {
-        let (ctx, list, next, requested) = (ctx.clone(), list.clone(), next.clone(), requested.cloned());
-        tasks.push(tokio::spawn(async move {
-            let mut conn = Conn::to_origin(connection);
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                let Some(ask) = list.get(i).copied() else { break };
-                if let (Some(r), Ask::Ocsp { issuer, index, alg, post: false }) = (&requested, ask) {
-                    r.mark(issuer, index, alg);
+    let next = AtomicU64::new(0);
+    let recorders = on_threads(ctx.threads, |thread| {
+        let (list, next, rec) = (&list, &next, RefCell::new(template.empty_like()));
+        async move {
+            join_all(gen::connections_of(thread, ctx.threads, connections).map(|connection| {
+                let rec = &rec;
+                async move {
+                    let mut conn = Conn::to_origin(connection);
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                        let Some(ask) = list.get(i).copied() else { break };
+                        if let (Some(r), Ask::Ocsp { issuer, index, alg, post: false }) = (requested, ask) {
+                            r.mark(issuer, index, alg);
+                        }
+                        let job = Job { intended: Instant::now(), step: 0, ask, check_signature: i % 64 == 0 };
+                        let answered = ctx.execute(&mut conn, &job).await;
+                        rec.borrow_mut().record(&job, answered);
+                    }
                 }
-                let job = Job { intended: Instant::now(), step: 0, ask, check_signature: i % 64 == 0 };
-                ctx.execute(&mut conn, job).await;
-            }
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-    let rec = ctx.recorder.lock().expect("recorder lock");
+            }))
+            .await;
+            rec.into_inner()
+        }
+    });
+    let rec = merged(template, recorders);
     let s = &rec.steps[0];
     WarmReport {
         requests: list.len() as u64,
@@ -56,6 +61,14 @@ pub async fn each_once(
         failed: s.failed() + s.try_later,
         seconds: started.elapsed().as_secs_f64(),
     }
+}
+
+/// `template` with every thread's recording added.
+pub fn merged(mut template: Recorder, recorders: Vec<Recorder>) -> Recorder {
+    for r in recorders {
+        template.merge(r);
+    }
+    template
 }
 
 /// GETs for the first `count` certificates of every issuer (SHA-1, and SHA-256 too if asked).
@@ -136,6 +149,10 @@ pub struct RunStats {
     pub failures: BTreeMap<String, u64>,
     /// A walk ran out of certificates before the end (the run is invalid).
     pub exhausted: bool,
+    /// CPU the generator process used during the run, in cores, and per answer: what the
+    /// client took from the machine it shares with the server.
+    pub client_cores: f64,
+    pub client_us_per_answer: f64,
 }
 
 /// Runs `connections` connections for `duration`, each asking what `pick` says, and checks
@@ -148,32 +165,40 @@ pub async fn run_for(
     verify_every: u64,
 ) -> RunStats {
     let t0 = Instant::now() + Duration::from_millis(200);
-    *ctx.recorder.lock().expect("recorder lock") =
+    let template =
         Recorder::new(t0, vec![(Duration::ZERO, duration)], Duration::from_secs(1), duration + gen::REQUEST_TIMEOUT);
     let verify_every = verify_every.max(1);
-    let mut tasks = Vec::new();
-    for c in 0..connections {
-        let (ctx, pick) = (ctx.clone(), pick.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut conn = Conn::to_origin(c);
-            let mut rng = rand::rngs::StdRng::seed_from_u64(c as u64);
+    let end = t0 + duration;
+    let cpu_before = gen::process_cpu_seconds();
+    let recorders = on_threads(ctx.threads, |thread| {
+        let (pick, rec) = (&pick, RefCell::new(template.empty_like()));
+        async move {
             tokio::time::sleep_until(t0.into()).await;
-            let end = t0 + duration;
-            let mut n = 0u64;
-            while Instant::now() < end {
-                let Some(ask) = pick.ask(c, n, &mut rng) else { break };
-                n += 1;
-                let job = Job { intended: Instant::now(), step: 0, ask, check_signature: n % verify_every == 0 };
-                ctx.execute(&mut conn, job).await;
-            }
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-    let rec = ctx.recorder.lock().expect("recorder lock");
+            join_all(gen::connections_of(thread, ctx.threads, connections).map(|c| {
+                let rec = &rec;
+                async move {
+                    let mut conn = Conn::to_origin(c);
+                    let mut rng = rand::rngs::StdRng::seed_from_u64(c as u64);
+                    let mut n = 0u64;
+                    while Instant::now() < end {
+                        let Some(ask) = pick.ask(c, n, &mut rng) else { break };
+                        n += 1;
+                        let job =
+                            Job { intended: Instant::now(), step: 0, ask, check_signature: n % verify_every == 0 };
+                        let answered = ctx.execute(&mut conn, &job).await;
+                        rec.borrow_mut().record(&job, answered);
+                    }
+                }
+            }))
+            .await;
+            rec.into_inner()
+        }
+    });
+    let cpu = gen::process_cpu_seconds() - cpu_before;
+    let rec = merged(template, recorders);
     let st = &rec.steps[0];
     let seconds = duration.as_secs_f64();
+    let elapsed = t0.elapsed().as_secs_f64().max(seconds);
     RunStats {
         seconds,
         answered_total: st.answered,
@@ -187,5 +212,7 @@ pub async fn run_for(
         failed: st.failed(),
         failures: st.failures.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
         exhausted: pick.exhausted(),
+        client_cores: cpu / elapsed,
+        client_us_per_answer: if st.answered > 0 { cpu * 1e6 / st.answered as f64 } else { 0.0 },
     }
 }

@@ -1,6 +1,13 @@
 //! The load generator's connections: a fixed set of keep-alive HTTP/1.1 connections (each to
 //! one origin), each driven by one task, and the [`Recorder`] every answer is judged into.
 //!
+//! The connections run on [`on_threads`]: `--threads` OS threads, each with a single-threaded
+//! runtime of its own that drives its share of the connections and records into a recorder of
+//! its own; the recorders are merged when the run is over. Nothing is shared between the
+//! threads while requests fly (no lock, no cross-thread wake-up), which is what lets the
+//! generator keep up with nginx on the machine it shares with the server (docs/benchmarks.md,
+//! "The client").
+//!
 //! Open loop: [`crate::schedule`] computes each request's *intended* send time from the
 //! arrival process alone and hands the request to whichever connection is free; latency is
 //! measured here from that intended time, so time spent waiting for a busy server (or for a
@@ -9,22 +16,20 @@
 //! CPU use this tells a saturated generator from a slow server.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::io::Write as _;
 use std::net::{SocketAddr, ToSocketAddrs as _};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use base64::Engine as _;
-use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt as _, Full};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper::{header, Method, Request};
-use hyper_util::rt::TokioIo;
 
 use crate::corpus::{Corpus, HashAlg, Status};
 use crate::verify::{generalized_time, judge, Verdict};
+use crate::wire::{Failure, Wire};
 
 /// Requests that take longer than this are failures ("timeout"): the CA/B Forum limit (BR 4.10.2).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,6 +59,11 @@ impl Target {
             bail!("{url}: {} is not a loopback address; pass --allow-remote to load another host", addr.ip());
         }
         Ok(Target { addr, host: authority.to_owned(), prefix: path.to_owned() })
+    }
+
+    /// A server we started ourselves, on `addr`, serving at the root.
+    pub fn at(addr: SocketAddr) -> Target {
+        Target { addr, host: addr.to_string(), prefix: String::new() }
     }
 }
 
@@ -134,6 +144,41 @@ impl StepStats {
     pub fn failed(&self) -> u64 {
         self.failures.values().sum()
     }
+
+    fn merge(&mut self, other: StepStats) {
+        self.scheduled += other.scheduled;
+        self.backlog_dropped += other.backlog_dropped;
+        self.answered += other.answered;
+        self.completed_in_window += other.completed_in_window;
+        self.ok_in_window += other.ok_in_window;
+        self.ok += other.ok;
+        self.good += other.good;
+        self.revoked += other.revoked;
+        self.try_later += other.try_later;
+        self.signatures_checked += other.signatures_checked;
+        self.post += other.post;
+        add_histogram(&mut self.latency_us, &other.latency_us);
+        for (k, v) in other.failures {
+            *self.failures.entry(k).or_default() += v;
+        }
+        for (k, v) in other.cdn {
+            *self.cdn.entry(k).or_default() += v;
+        }
+        for (i, o) in other.origins.into_iter().enumerate() {
+            let mine = self.origin(i);
+            mine.answered += o.answered;
+            mine.ok += o.ok;
+            mine.try_later += o.try_later;
+            mine.failed += o.failed;
+            add_histogram(&mut mine.latency_us, &o.latency_us);
+        }
+    }
+}
+
+/// Adds `b`'s counts to `a`. Histograms are only ever added to one made the same way (same
+/// bounds), so adding cannot fail.
+fn add_histogram(a: &mut Histogram<u64>, b: &Histogram<u64>) {
+    a.add(b).expect("histograms with the same bounds");
 }
 
 /// Latencies from 1 us to 1 hour, 3 significant digits.
@@ -170,6 +215,10 @@ pub struct Recorder {
 impl Recorder {
     pub fn new(t0: Instant, windows: Vec<(Duration, Duration)>, bucket_width: Duration, total: Duration) -> Recorder {
         let n = (total.as_secs_f64() / bucket_width.as_secs_f64()).ceil() as usize + 1;
+        Recorder::with_buckets(t0, windows, bucket_width, n)
+    }
+
+    fn with_buckets(t0: Instant, windows: Vec<(Duration, Duration)>, bucket_width: Duration, n: usize) -> Recorder {
         let buckets = (0..n)
             .map(|_| Bucket {
                 scheduled: 0,
@@ -180,6 +229,24 @@ impl Recorder {
             .collect();
         let steps = windows.iter().map(|_| StepStats::new()).collect();
         Recorder { t0, windows, steps, bucket_width, buckets }
+    }
+
+    /// An empty recorder with the same windows and buckets (one per generator thread).
+    pub fn empty_like(&self) -> Recorder {
+        Recorder::with_buckets(self.t0, self.windows.clone(), self.bucket_width, self.buckets.len())
+    }
+
+    /// Adds what `other` (made by [`Recorder::empty_like`]) recorded.
+    pub fn merge(&mut self, other: Recorder) {
+        for (a, b) in self.steps.iter_mut().zip(other.steps) {
+            a.merge(b);
+        }
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets) {
+            a.scheduled += b.scheduled;
+            a.answered += b.answered;
+            a.ok += b.ok;
+            add_histogram(&mut a.latency_us, &b.latency_us);
+        }
     }
 
     fn bucket(&self, at: Instant) -> Option<usize> {
@@ -199,7 +266,8 @@ impl Recorder {
         }
     }
 
-    fn record(&mut self, job: &Job, origin: usize, done: Instant, verdict: Verdict, cdn: Option<&str>, checked: bool) {
+    pub fn record(&mut self, job: &Job, answered: Answered) {
+        let Answered { origin, done, verdict, cdn, checked } = answered;
         let latency = done.saturating_duration_since(job.intended).as_micros().max(1) as u64;
         let answered = !matches!(verdict, Verdict::Fail(f) if f.starts_with("no answer:"));
         let in_window = self.window_of(done);
@@ -236,7 +304,7 @@ impl Recorder {
             Verdict::Fail(what) => *step.failures.entry(what).or_default() += 1,
         }
         if let Some(c) = cdn {
-            *step.cdn.entry(c.to_owned()).or_default() += 1;
+            *step.cdn.entry(c).or_default() += 1;
         }
         if answered {
             if let Some(w) = in_window {
@@ -275,7 +343,8 @@ pub struct Ctx {
     /// connection keeping to one of them ([`Conn::to_origin`]). They share one path prefix.
     pub targets: Vec<Target>,
     pub corpus: Arc<Corpus>,
-    pub recorder: Mutex<Recorder>,
+    /// Generator threads (each with its own runtime and its share of the connections).
+    pub threads: usize,
     /// Path of the static file (Ask::Static).
     pub static_path: String,
     /// Send `Connection: close` and open a new connection for every request.
@@ -284,22 +353,14 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// Keep-alive, every answer fully checked, no static path; the recorder is replaced by
-    /// each phase that records.
-    pub fn new(target: Target, corpus: Arc<Corpus>) -> Ctx {
-        Ctx::with_origins(vec![target], corpus)
+    /// Keep-alive, every answer fully checked, no static path.
+    pub fn new(target: Target, corpus: Arc<Corpus>, threads: usize) -> Ctx {
+        Ctx::with_origins(vec![target], corpus, threads)
     }
 
     /// As [`Ctx::new`], for several origins (at least one).
-    pub fn with_origins(targets: Vec<Target>, corpus: Arc<Corpus>) -> Ctx {
-        Ctx {
-            targets,
-            corpus,
-            recorder: Mutex::new(Recorder::new(Instant::now(), vec![], Duration::from_secs(1), Duration::ZERO)),
-            static_path: String::new(),
-            close: false,
-            check: Check::Full,
-        }
+    pub fn with_origins(targets: Vec<Target>, corpus: Arc<Corpus>, threads: usize) -> Ctx {
+        Ctx { targets, corpus, threads: threads.max(1), static_path: String::new(), close: false, check: Check::Full }
     }
 
     /// The path prefix every origin serves under.
@@ -308,38 +369,53 @@ impl Ctx {
     }
 }
 
-/// One keep-alive connection, to one origin.
+/// Runs `run(thread)` on each of `threads` OS threads, each with a single-threaded runtime of
+/// its own, and returns what each returned, in thread order. Blocks the calling runtime thread
+/// (other tasks of the caller's runtime, such as the metrics sampler, carry on elsewhere).
+pub fn on_threads<T, F, Fut>(threads: usize, run: F) -> Vec<T>
+where
+    T: Send,
+    F: Fn(usize) -> Fut + Sync,
+    Fut: Future<Output = T>,
+{
+    tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads.max(1))
+                .map(|thread| {
+                    let run = &run;
+                    std::thread::Builder::new()
+                        .name(format!("generator-{thread}"))
+                        .spawn_scoped(scope, move || {
+                            let runtime = tokio::runtime::Builder::new_current_thread()
+                                .enable_all()
+                                .build()
+                                .expect("a generator thread's runtime");
+                            runtime.block_on(run(thread))
+                        })
+                        .expect("starting a generator thread")
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+        })
+    })
+}
+
+/// The connections of `thread` out of `threads`, by their index among `connections`.
+pub fn connections_of(thread: usize, threads: usize, connections: usize) -> impl Iterator<Item = usize> {
+    (thread..connections).step_by(threads.max(1))
+}
+
+/// One keep-alive connection, to one origin, with the buffer its requests are written into.
 pub struct Conn {
-    sender: Option<SendRequest<Full<Bytes>>>,
+    wire: Option<Wire>,
     origin: usize,
+    request: Vec<u8>,
 }
 
 impl Conn {
     /// A connection to origin `index` of [`Ctx::targets`] (modulo their number).
     pub fn to_origin(index: usize) -> Conn {
-        Conn { sender: None, origin: index }
-    }
-
-    async fn ready(&mut self, addr: SocketAddr) -> Result<&mut SendRequest<Full<Bytes>>, &'static str> {
-        if let Some(s) = &mut self.sender {
-            if s.ready().await.is_err() {
-                self.sender = None;
-            }
-        }
-        if self.sender.is_none() {
-            let stream = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
-                .await
-                .map_err(|_| "no answer: connect timeout")?
-                .map_err(|_| "no answer: connect refused")?;
-            let _ = stream.set_nodelay(true);
-            let (sender, conn) =
-                http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream)).await.map_err(|_| "no answer: handshake")?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            self.sender = Some(sender);
-        }
-        Ok(self.sender.as_mut().expect("connected above"))
+        Conn { wire: None, origin: index, request: Vec::with_capacity(512) }
     }
 }
 
@@ -373,94 +449,132 @@ pub fn get_path(prefix: &str, der: &[u8]) -> String {
     path
 }
 
+/// What became of one job, for [`Recorder::record`].
+pub struct Answered {
+    pub origin: usize,
+    pub done: Instant,
+    pub verdict: Verdict,
+    /// nginx's `X-Cache-Status` (cdn mode).
+    pub cdn: Option<String>,
+    /// The answer's signature was checked.
+    pub checked: bool,
+}
+
+/// The request line's target and the body of one job's request.
+fn write_request(out: &mut Vec<u8>, ask: &Ask, ctx: &Ctx, target: &Target) -> Option<crate::corpus::OcspAsk> {
+    out.clear();
+    let (ocsp, post) = match *ask {
+        Ask::Ocsp { issuer, index, alg, post } => (Some(ctx.corpus.issuers[issuer as usize].request(index, alg)), post),
+        Ask::Static { .. } => (None, false),
+    };
+    match (&ocsp, post) {
+        (Some(o), false) => {
+            out.extend_from_slice(b"GET ");
+            out.extend_from_slice(target.prefix.as_bytes());
+            out.push(b'/');
+            let at = out.len();
+            out.resize(at + o.der.len().div_ceil(3) * 4, 0);
+            let n = base64::engine::general_purpose::STANDARD
+                .encode_slice(&o.der, &mut out[at..])
+                .expect("room for the base64 was made above");
+            out.truncate(at + n);
+        }
+        (Some(_), true) => {
+            out.extend_from_slice(b"POST ");
+            out.extend_from_slice(if target.prefix.is_empty() { b"/" } else { target.prefix.as_bytes() });
+        }
+        (None, _) => {
+            out.extend_from_slice(b"GET ");
+            out.extend_from_slice(ctx.static_path.as_bytes());
+        }
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+    out.extend_from_slice(target.host.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if ctx.close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    match (&ocsp, post) {
+        (Some(o), true) => {
+            let _ = write!(out, "Content-Type: application/ocsp-request\r\nContent-Length: {}\r\n\r\n", o.der.len());
+            out.extend_from_slice(&o.der);
+        }
+        _ => out.extend_from_slice(b"\r\n"),
+    }
+    ocsp
+}
+
 impl Ctx {
-    /// Sends one job on `conn`, judges the answer and records it.
-    pub async fn execute(&self, conn: &mut Conn, job: Job) {
+    /// Sends one job on `conn` and judges the answer (the caller records it).
+    pub async fn execute(&self, conn: &mut Conn, job: &Job) -> Answered {
         let origin = conn.origin % self.targets.len();
         let target = &self.targets[origin];
-        let (method, uri, body, cert_id, expected, issuer) = match job.ask {
-            Ask::Ocsp { issuer, index, alg, post } => {
-                let iss = &self.corpus.issuers[issuer as usize];
-                let crate::corpus::OcspAsk { cert_id, der } = iss.request(index, alg);
-                let expected = self.corpus.status(issuer as usize, index);
-                if post {
-                    let path = if target.prefix.is_empty() { "/".to_owned() } else { target.prefix.clone() };
-                    (Method::POST, path, Bytes::from(der), cert_id, expected, Some(iss))
-                } else {
-                    (Method::GET, get_path(&target.prefix, &der), Bytes::new(), cert_id, expected, Some(iss))
-                }
+        let ocsp = write_request(&mut conn.request, &job.ask, self, target);
+        let (issuer, expected) = match job.ask {
+            Ask::Ocsp { issuer, index, .. } => {
+                (Some(&self.corpus.issuers[issuer as usize]), self.corpus.status(issuer as usize, index))
             }
-            Ask::Static { .. } => (Method::GET, self.static_path.clone(), Bytes::new(), Vec::new(), Status::Good, None),
+            Ask::Static { .. } => (None, Status::Good),
         };
-        let build = || {
-            let mut builder = Request::builder().method(method.clone()).uri(&uri).header(header::HOST, &target.host);
-            if method == Method::POST {
-                builder = builder.header(header::CONTENT_TYPE, "application/ocsp-request");
-            }
-            if self.close {
-                builder = builder.header(header::CONNECTION, "close");
-            }
-            builder.body(Full::new(body.clone())).expect("valid request")
-        };
+        let checked = job.check_signature && issuer.is_some() && self.check == Check::Full;
+        let Conn { wire, request, .. } = conn;
         let outcome = tokio::time::timeout(REQUEST_TIMEOUT, async {
             // A kept-alive connection the server has just closed fails at once: like any HTTP
             // client, retry that once on a new connection.
             let mut attempt = 0;
             loop {
                 attempt += 1;
-                let reused = conn.sender.is_some();
-                let sender = conn.ready(target.addr).await?;
-                match sender.send_request(build()).await {
-                    Ok(response) => {
-                        let status = response.status().as_u16();
-                        let cdn =
-                            response.headers().get("x-cache-status").and_then(|v| v.to_str().ok()).map(str::to_owned);
-                        let body =
-                            response.into_body().collect().await.map_err(|_| "no answer: HTTP error")?.to_bytes();
-                        return Ok::<_, &'static str>((status, cdn, body));
+                let reused = wire.is_some();
+                let w = match wire {
+                    Some(w) => w,
+                    None => wire.insert(Wire::connect(target.addr).await?),
+                };
+                match w.exchange(request).await {
+                    Ok(answer) => {
+                        let verdict = if answer.status != 200 {
+                            Verdict::Fail("HTTP status not 200")
+                        } else {
+                            let cert_id = ocsp.as_ref().map_or(&[][..], |o| &o.cert_id[..]);
+                            self.judge(&job.ask, answer.body, cert_id, expected, issuer.filter(|_| checked))
+                        };
+                        let cdn = answer.cache_status.map(|c| String::from_utf8_lossy(c).into_owned());
+                        return Ok::<_, Failure>((verdict, cdn, answer.close));
                     }
-                    Err(_) if reused && attempt == 1 => conn.sender = None,
-                    Err(_) => return Err("no answer: HTTP error"),
+                    Err(Failure::Closed) if reused && attempt == 1 => *wire = None,
+                    Err(f) => return Err(f),
                 }
             }
         })
         .await;
         let done = Instant::now();
-        let (verdict, cdn, checked) = match outcome {
-            Err(_) => {
-                conn.sender = None;
-                (Verdict::Fail("no answer: timeout"), None, false)
-            }
-            Ok(Err(what)) => {
-                conn.sender = None;
-                (Verdict::Fail(what), None, false)
-            }
-            Ok(Ok((status, cdn, body))) => {
-                if self.close {
-                    conn.sender = None;
-                }
-                let verdict = if status != 200 {
-                    Verdict::Fail("HTTP status not 200")
-                } else {
-                    match job.ask {
-                        Ask::Static { len } if body.len() == len => Verdict::Ok(Status::Good),
-                        Ask::Static { .. } => Verdict::Fail("static file of the wrong size"),
-                        Ask::Ocsp { .. } => match self.check {
-                            Check::Full => {
-                                let key = issuer.filter(|_| job.check_signature).map(|i| &i.key);
-                                judge(&body, &cert_id, expected, &now_generalized(), key)
-                            }
-                            Check::Size { len, slack } if body.len().abs_diff(len) <= slack => {
-                                Verdict::Ok(Status::Good)
-                            }
-                            Check::Size { .. } => Verdict::Fail("response of the wrong size"),
-                        },
-                    }
-                };
-                (verdict, cdn, job.check_signature && issuer.is_some() && self.check == Check::Full)
-            }
+        let (verdict, cdn, checked, keep) = match outcome {
+            Err(_) => (Verdict::Fail("no answer: timeout"), None, false, false),
+            Ok(Err(f)) => (Verdict::Fail(f.what()), None, false, false),
+            Ok(Ok((verdict, cdn, close))) => (verdict, cdn, checked, !close && !self.close),
         };
-        self.recorder.lock().expect("recorder lock").record(&job, origin, done, verdict, cdn.as_deref(), checked);
+        if !keep {
+            *wire = None;
+        }
+        Answered { origin, done, verdict, cdn, checked }
+    }
+
+    fn judge(
+        &self,
+        ask: &Ask,
+        body: &[u8],
+        cert_id: &[u8],
+        expected: Status,
+        key_of: Option<&crate::corpus::Issuer>,
+    ) -> Verdict {
+        match *ask {
+            Ask::Static { len } if body.len() == len => Verdict::Ok(Status::Good),
+            Ask::Static { .. } => Verdict::Fail("static file of the wrong size"),
+            Ask::Ocsp { .. } => match self.check {
+                Check::Full => judge(body, cert_id, expected, &now_generalized(), key_of.map(|i| &i.key)),
+                Check::Size { len, slack } if body.len().abs_diff(len) <= slack => Verdict::Ok(Status::Good),
+                Check::Size { .. } => Verdict::Fail("response of the wrong size"),
+            },
+        }
     }
 }
 
@@ -508,10 +622,15 @@ pub fn process_cpu_seconds() -> f64 {
 /// utime + stime of process `pid` ("self" for this one) in clock ticks, from /proc/PID/stat
 /// (0 if it is gone).
 pub fn cpu_ticks(pid: &str) -> u64 {
+    stat_fields(pid, &[11, 12])
+}
+
+/// The sum of some numeric fields of /proc/PID/stat, counted from the one after the command
+/// name (index 0 is the state, 11 and 12 utime and stime, 13 and 14 the waited-for children's
+/// utime and stime); 0 for fields or processes that are not there.
+pub fn stat_fields(pid: &str, indices: &[usize]) -> u64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
     let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else { return 0 };
     let fields: Vec<&str> = after.split(' ').collect();
-    // Fields 14 and 15 of the whole line are utime and stime; `after` starts at field 3.
-    fields.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+    indices.iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum()
 }

@@ -22,6 +22,7 @@ mod schedule;
 mod scrape;
 mod seed;
 mod verify;
+mod wire;
 
 use std::time::Duration;
 

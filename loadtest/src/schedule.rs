@@ -11,7 +11,7 @@ use rand::{Rng as _, SeedableRng as _};
 use rand_distr::Distribution as _;
 
 use crate::corpus::{Corpus, HashAlg};
-use crate::gen::{new_histogram, Ask, Ctx, Job, Requested};
+use crate::gen::{new_histogram, Ask, Job, Recorder, Requested};
 
 /// Draws requests: issuer uniformly, certificate by Zipf popularity, hash and method by share.
 pub struct Sampler {
@@ -88,14 +88,15 @@ pub struct Plan {
 /// Runs the schedule on the calling thread: each request's intended time comes from the
 /// arrival process only; every request whose time has come is handed to the connections at
 /// once. A full queue (more than the channel's capacity waiting for a connection) is recorded
-/// as a generator failure, never silently skipped. GET URLs are marked in `requested`.
+/// as a generator failure, never silently skipped. GET URLs are marked in `requested`; what
+/// was scheduled is counted in `rec`, returned to be merged with what the connections recorded.
 pub fn schedule(
     plan: Plan,
     mut sampler: Sampler,
     tx: async_channel::Sender<Job>,
-    ctx: &Ctx,
+    mut rec: Recorder,
     requested: Option<&Requested>,
-) -> SchedulerReport {
+) -> (SchedulerReport, Recorder) {
     let Plan { phases, t0, poisson, max_requests } = plan;
     let mut lag = Vec::new();
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5c4e_d01e);
@@ -130,13 +131,11 @@ pub fn schedule(
             if let (Some(r), Ask::Ocsp { issuer, index, alg, post: false }) = (requested, job.ask) {
                 r.mark(issuer, index, alg);
             }
-            let mut rec = ctx.recorder.lock().expect("recorder lock");
             rec.scheduled(&job);
             if tx.try_send(job).is_err() {
                 rec.steps[step].backlog_dropped += 1;
                 *rec.steps[step].failures.entry("generator backlog full").or_default() += 1;
             }
-            drop(rec);
             sent += 1;
             next += gap(&mut rng);
         }
@@ -145,5 +144,5 @@ pub fn schedule(
     for p in purges {
         let _ = p.join();
     }
-    SchedulerReport { lag_us: lag }
+    (SchedulerReport { lag_us: lag }, rec)
 }

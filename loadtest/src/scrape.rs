@@ -4,10 +4,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt as _, Empty};
-use hyper::Request;
-use hyper_util::rt::TokioIo;
+use crate::wire::Wire;
 
 /// The counters that matter here, summed over their labels.
 #[derive(Clone, Copy, Debug, Default)]
@@ -72,15 +69,12 @@ pub fn parse(text: &str) -> Counters {
 /// GET /metrics from `addr` (one short connection).
 pub async fn fetch(addr: SocketAddr) -> anyhow::Result<Counters> {
     let text = tokio::time::timeout(Duration::from_secs(5), async {
-        let stream = tokio::net::TcpStream::connect(addr).await?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let request = Request::get("/metrics").header(hyper::header::HOST, addr.to_string()).body(Empty::new())?;
-        let response = sender.send_request(request).await?;
-        let body = response.into_body().collect().await?.to_bytes();
-        Ok::<_, anyhow::Error>(String::from_utf8_lossy(&body).into_owned())
+        let mut wire = Wire::connect(addr).await.map_err(|f| anyhow::anyhow!("{addr}/metrics: {}", f.what()))?;
+        let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let answer =
+            wire.exchange(request.as_bytes()).await.map_err(|f| anyhow::anyhow!("{addr}/metrics: {}", f.what()))?;
+        anyhow::ensure!(answer.status == 200, "{addr}/metrics: HTTP {}", answer.status);
+        Ok::<_, anyhow::Error>(String::from_utf8_lossy(answer.body).into_owned())
     })
     .await
     .map_err(|_| anyhow::anyhow!("{addr}/metrics: no answer within 5 s"))??;

@@ -120,6 +120,31 @@ impl Side {
     }
 }
 
+/// One wrk run against `side`'s server, GET `path` (the client check), recorded as a run of
+/// `figure` named `wrk`.
+pub fn wrk_run(
+    side: &Side,
+    figure: &str,
+    run: usize,
+    path: &str,
+    threads: usize,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<RunRecord> {
+    let cpu0 = CpuSample::take(&side.pids);
+    let stats = super::wrk::run(side.ctx.targets[0].addr, path, threads, connections, duration)?;
+    let cpu1 = CpuSample::take(&side.pids);
+    Ok(RunRecord {
+        figure: figure.to_owned(),
+        role: "reference",
+        name: "wrk",
+        run,
+        stats,
+        other_cpu_pct: cpu0.other_pct(&cpu1),
+        counters: None,
+    })
+}
+
 /// A verified answer's sizes.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct Sizes {
@@ -177,7 +202,9 @@ impl CpuSample {
         let mut all = vec![std::process::id()];
         all.extend_from_slice(pids);
         all.extend(procs::children_of(pids));
-        let ours = all.iter().map(|pid| gen::cpu_ticks(&pid.to_string())).sum();
+        // Children we have waited for (wrk) did our work too.
+        let ours =
+            all.iter().map(|pid| gen::cpu_ticks(&pid.to_string())).sum::<u64>() + gen::stat_fields("self", &[13, 14]);
         CpuSample { busy: total - idle, total, ours }
     }
 

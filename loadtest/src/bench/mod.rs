@@ -10,10 +10,11 @@
 //! Each figure: an unrecorded warm-up of each side, then `--runs` runs alternating which side
 //! goes first, closed loop over `--connections` connections.
 
-mod measure;
+pub(crate) mod measure;
 pub(crate) mod procs;
 mod report;
 mod speed;
+mod wrk;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -82,8 +83,9 @@ pub struct BenchArgs {
     pub corpus_seed: u64,
 }
 
-/// Certificates verified before each figure.
-const SAMPLE: u64 = 10;
+/// Certificates verified before each figure (and before `cache-drop --find-max` serves one of
+/// their answers from nginx).
+pub(crate) const SAMPLE: u64 = 10;
 /// ECDSA signatures vary by a byte or two in DER.
 const SIZE_SLACK: usize = 8;
 
@@ -199,8 +201,7 @@ struct Bench<'a> {
 
 impl Bench<'_> {
     fn ctx(&self, addr: SocketAddr, close: bool, check: Check) -> Arc<Ctx> {
-        let target = Target { addr, host: addr.to_string(), prefix: String::new() };
-        let mut ctx = Ctx::new(target, self.corpus.clone());
+        let mut ctx = Ctx::new(Target::at(addr), self.corpus.clone(), self.a.threads);
         (ctx.close, ctx.check) = (close, check);
         Arc::new(ctx)
     }
@@ -289,6 +290,7 @@ impl Bench<'_> {
         self.figure("hot", &mut subject, Some(&mut nginx_side), |_, _| cycle.clone()).await?;
         check_alive(&mut j.server)?;
         drop(j);
+        self.client_check(&mut nginx_side, &cycle).await?;
 
         let mut j = self.jitocsp("hot-local", 100_000, layout.hot, hot_sample).await?;
         let mut subject = self.jitocsp_side(&j, false);
@@ -320,6 +322,36 @@ impl Bench<'_> {
         self.figure("signatures", &mut subject, None, |_, run| layout.keepalive.pick(run)).await?;
         check_alive(&mut j.server)?;
         Ok((jitocsp_sizes, nginx_sizes, openssl_sizes))
+    }
+
+    /// The generator and wrk against the hot reference's nginx, alternating: whether the
+    /// generator, rather than the servers, sets the hot rates (docs/benchmarks.md, "The client").
+    async fn client_check(&mut self, nginx: &mut Side, cycle: &Arc<Pick>) -> anyhow::Result<()> {
+        let a = self.a;
+        if !wrk::available() {
+            eprintln!("bench: client check skipped: wrk is not installed");
+            return Ok(());
+        }
+        eprintln!("bench: client check: this generator and wrk against nginx, {} x {} s each", a.runs, a.duration);
+        let duration = Duration::from_secs(a.duration);
+        let path = self.path(0);
+        for run in 1..=a.runs {
+            for generator_first in [run % 2 == 1, run % 2 == 0] {
+                let record = if generator_first {
+                    let mut r = nginx.run("client", "subject", run, a.connections, duration, cycle.clone()).await?;
+                    r.name = "generator";
+                    r
+                } else {
+                    let (threads, connections) = (a.threads, a.connections);
+                    tokio::task::block_in_place(|| {
+                        measure::wrk_run(nginx, "client", run, &path, threads, connections, duration)
+                    })?
+                };
+                eprintln!("bench:   client {} run {run}: {:.0} answers/s", record.name, record.stats.rps);
+                self.records.push(record);
+            }
+        }
+        Ok(())
     }
 
     fn openssl_starter(&self, addr: SocketAddr) -> measure::Fresh {

@@ -61,10 +61,27 @@ pub struct Figure {
     pub met: Option<bool>,
 }
 
+/// The generator against wrk on the hot reference's nginx (medians of the alternating runs).
+#[derive(Clone, Debug, Serialize)]
+pub struct ClientCheck {
+    pub generator_rps: f64,
+    pub wrk_rps: f64,
+    /// generator / wrk: near 1 or above, the generator is not what bounds the hot rates.
+    pub ratio: f64,
+    /// Client CPU per answer (us): the generator process's, wrk's.
+    pub generator_us_per_answer: f64,
+    pub wrk_us_per_answer: f64,
+}
+
+/// Below this share of wrk's rate against nginx, the generator may be what bounds the hot rates.
+const CLIENT_CHECK_MIN: f64 = 0.9;
+
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchReport {
     pub meta: Meta,
     pub figures: Vec<Figure>,
+    /// None when wrk is not installed.
+    pub client: Option<ClientCheck>,
     pub ceilings: Vec<Ceiling>,
     pub runs: Vec<RunRecord>,
     pub warnings: Vec<String>,
@@ -119,8 +136,16 @@ impl BenchReport {
                 }
             })
             .collect();
+        let client = client_check(&runs);
+        if let Some(c) = client.as_ref().filter(|c| c.ratio < CLIENT_CHECK_MIN) {
+            warnings.push(format!(
+                "the generator drove nginx at {:.2}x wrk's rate (below {CLIENT_CHECK_MIN}): the hot ratios may measure the \
+                 client rather than the servers",
+                c.ratio
+            ));
+        }
         let ok = problems.is_empty();
-        BenchReport { meta, figures, ceilings, runs, warnings, problems, ok }
+        BenchReport { meta, figures, client, ceilings, runs, warnings, problems, ok }
     }
 
     pub fn text(&self) -> String {
@@ -177,6 +202,30 @@ impl BenchReport {
                 writeln!(out, "{:<48} {subject:<34} {reference:<36}  {ratio:<6}  >={:<4}  {met}", f.label, f.target);
             let _ = writeln!(out, "{:<48} {:<34} {:<36}", "", "", format!("  = {}", f.reference));
         }
+        match &self.client {
+            Some(c) => {
+                let _ = writeln!(
+                    out,
+                    "\nclient check (the hot reference's nginx, runs alternating, medians): jitocsp-loadtest {} req/s at \
+                     {:.1} us of client CPU per answer, wrk -t{} -c{} {} req/s at {:.1} us: {:.2}x{}",
+                    thousands(c.generator_rps.round() as u64),
+                    c.generator_us_per_answer,
+                    m.generator_threads,
+                    m.connections,
+                    thousands(c.wrk_rps.round() as u64),
+                    c.wrk_us_per_answer,
+                    c.ratio,
+                    if c.ratio >= CLIENT_CHECK_MIN {
+                        " (the generator keeps up with wrk: it does not bound the hot rates)"
+                    } else {
+                        " (BELOW wrk: see the warning)"
+                    }
+                );
+            }
+            None => {
+                let _ = writeln!(out, "\nclient check: not run (wrk is not installed)");
+            }
+        }
         let _ = writeln!(out, "\nsigning ceilings on this machine (nothing else of ours running):");
         for c in &self.ceilings {
             let name = match c.implementation.as_str() {
@@ -189,11 +238,12 @@ impl BenchReport {
         let _ = writeln!(
             out,
             "\nper run (answers/s within the run, latency p50/p99 ms, failures, CPU used by other processes during the \
-             run as % of the machine;\n         jitocsp: signatures, Postgres reads, cache hits, answers not successful):"
+             run as % of the machine, the client's CPU in cores and us per answer;\n         jitocsp: signatures, \
+             Postgres reads, cache hits, answers not successful):"
         );
         for r in &self.runs {
             let mut line = format!(
-                "  {:<10} run {} {:<12} {:>10}  {:6.2}/{:7.2} ms  err={}  other_cpu={:.0}%",
+                "  {:<10} run {} {:<12} {:>10}  {:6.2}/{:7.2} ms  err={}  other_cpu={:.0}%  client={:.2}c/{:.1}us",
                 r.figure,
                 r.run,
                 r.name,
@@ -201,7 +251,9 @@ impl BenchReport {
                 r.stats.p50_ms,
                 r.stats.p99_ms,
                 r.stats.failed,
-                r.other_cpu_pct
+                r.other_cpu_pct,
+                r.stats.client_cores,
+                r.stats.client_us_per_answer
             );
             if let Some(c) = &r.counters {
                 let _ = write!(
@@ -241,6 +293,20 @@ impl BenchReport {
         );
         out
     }
+}
+
+fn client_check(runs: &[RunRecord]) -> Option<ClientCheck> {
+    let of = |name: &str, f: fn(&RunRecord) -> f64| {
+        median(runs.iter().filter(|r| r.figure == "client" && r.name == name).map(f).collect())
+    };
+    let (generator_rps, wrk_rps) = (of("generator", |r| r.stats.rps)?, of("wrk", |r| r.stats.rps)?);
+    Some(ClientCheck {
+        generator_rps,
+        wrk_rps,
+        ratio: generator_rps / wrk_rps,
+        generator_us_per_answer: of("generator", |r| r.stats.client_us_per_answer)?,
+        wrk_us_per_answer: of("wrk", |r| r.stats.client_us_per_answer)?,
+    })
 }
 
 /// What makes a run invalid (problems) or worth reading with care (warnings).

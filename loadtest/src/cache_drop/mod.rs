@@ -4,7 +4,11 @@
 //!   finds nginx's files;
 //! - [`steps`]: the open-loop schedule, with the responder's metrics sampled alongside;
 //! - [`summary`]: per-step figures, timeline and metrics series, written as the report.
+//!
+//! [`find_max`] (`--find-max`) runs the same schedule many times, at full rates chosen by
+//! bisection, against responders it starts itself.
 
+pub mod find_max;
 mod steps;
 mod summary;
 mod warm;
@@ -21,6 +25,7 @@ use crate::{cdn, report};
 
 /// The schedule: one step per fraction, each `step` long, at `rates[k]` requests/s.
 pub struct Plan {
+    pub full_rate: f64,
     pub fractions: Vec<f64>,
     pub rates: Vec<f64>,
     pub step: Duration,
@@ -29,18 +34,17 @@ pub struct Plan {
 }
 
 impl Plan {
-    fn new(args: &CacheDropArgs) -> anyhow::Result<Plan> {
+    fn new(args: &CacheDropArgs, full_rate: f64) -> anyhow::Result<Plan> {
         let fractions = args.fractions.split(',').map(parse_fraction).collect::<anyhow::Result<Vec<_>>>()?;
         anyhow::ensure!(!fractions.is_empty(), "--fractions lists no step");
-        anyhow::ensure!(args.full_rate > 0.0 && args.full_rate <= 1e6, "--full-rate must be in (0, 1000000]");
-        anyhow::ensure!(args.step_seconds >= 0.5, "--step-seconds must be at least 0.5");
-        let step = Duration::from_secs_f64(args.step_seconds);
-        let rates: Vec<f64> = fractions
-            .iter()
-            .map(|f| if args.mode == Mode::Origin { args.full_rate * f } else { args.full_rate })
-            .collect();
-        let planned: f64 = rates.iter().map(|r| r * args.step_seconds).sum();
-        let total_seconds = args.step_seconds * fractions.len() as f64;
+        anyhow::ensure!(full_rate > 0.0 && full_rate <= 1e6, "--full-rate must be in (0, 1000000]");
+        let step_seconds = args.step_seconds();
+        anyhow::ensure!(step_seconds >= 0.5, "--step-seconds must be at least 0.5");
+        let step = Duration::from_secs_f64(step_seconds);
+        let rates: Vec<f64> =
+            fractions.iter().map(|f| if args.mode == Mode::Origin { full_rate * f } else { full_rate }).collect();
+        let planned: f64 = rates.iter().map(|r| r * step_seconds).sum();
+        let total_seconds = step_seconds * fractions.len() as f64;
         if planned > args.max_requests as f64 {
             bail!("the schedule has {planned:.0} requests, over --max-requests {}", args.max_requests);
         }
@@ -48,7 +52,7 @@ impl Plan {
             bail!("the schedule lasts {total_seconds} s, over --max-seconds {}", args.max_seconds);
         }
         let windows = (0..fractions.len()).map(|k| (step * k as u32, step)).collect();
-        Ok(Plan { fractions, rates, step, windows })
+        Ok(Plan { full_rate, fractions, rates, step, windows })
     }
 
     /// The whole schedule's length.
@@ -62,10 +66,14 @@ pub type CdnCache = Option<(PathBuf, Vec<usize>)>;
 
 pub async fn run(args: CacheDropArgs) -> anyhow::Result<()> {
     check_shares(&args.load)?;
+    if args.find_max.find_max {
+        return find_max::run(&args).await;
+    }
+    let full_rate = args.full_rate.context("--full-rate is required")?;
     let corpus = Arc::new(load_corpus(&args.corpus)?);
     let targets = targets(&args.load)?;
     let metrics = metrics_addrs(&args.load)?;
-    let plan = Plan::new(&args)?;
+    let plan = Plan::new(&args, full_rate)?;
     let cdn_cache: CdnCache = match args.mode {
         Mode::Cdn => {
             let dir = args.nginx_cache_dir.clone().context("--mode cdn needs --nginx-cache-dir")?;
@@ -75,7 +83,7 @@ pub async fn run(args: CacheDropArgs) -> anyhow::Result<()> {
         Mode::Origin => None,
     };
     let requested = Arc::new(Requested::new(corpus.issuers.len(), corpus.count));
-    let ctx = Arc::new(Ctx::with_origins(targets, corpus));
+    let ctx = Arc::new(Ctx::with_origins(targets, corpus, args.load.threads));
 
     let warm = warm::run(&args, &ctx, &requested, &cdn_cache).await?;
     let outcome = steps::run(&args, &plan, &ctx, &requested, &cdn_cache, &metrics).await?;

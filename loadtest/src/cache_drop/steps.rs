@@ -2,22 +2,27 @@
 //! the CDN purge at each step's start in cdn mode, and the responder's metrics sampled every
 //! second and at each step boundary.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context as _};
+use futures_util::future::join_all;
 
 use super::{CdnCache, Plan};
 use crate::cdn;
 use crate::cli::{Arrival, CacheDropArgs};
-use crate::gen::{self, Conn, Ctx, Job, Recorder, Requested};
+use crate::closed::merged;
+use crate::gen::{self, on_threads, Conn, Ctx, Job, Recorder, Requested};
 use crate::report;
 use crate::schedule::{self, Phase, Sampler, SchedulerReport};
 use crate::scrape::{self, Sample};
 
-/// What the steps leave for the summary (the client's figures are in the context's recorder).
+/// What the steps leave for the summary.
 pub struct Outcome {
+    /// What the client saw: every generator thread's recording and the scheduler's, merged.
+    pub recorder: Recorder,
     pub samples: Vec<Sample>,
     pub purges: Vec<(usize, cdn::PurgeResult)>,
     pub scheduler: SchedulerReport,
@@ -39,21 +44,10 @@ pub async fn run(
     let run = plan.run();
     let bucket = Duration::from_secs_f64((run.as_secs_f64() / 300.0).max(0.25));
     let drain = gen::REQUEST_TIMEOUT + Duration::from_secs(2);
-    *ctx.recorder.lock().expect("recorder lock") = Recorder::new(t0, plan.windows.clone(), bucket, run + drain);
+    let template = Recorder::new(t0, plan.windows.clone(), bucket, run + drain);
 
-    let backlog = ((args.full_rate * 5.0) as usize).max(10_000);
+    let backlog = ((plan.full_rate * 5.0) as usize).max(10_000);
     let (tx, rx) = async_channel::bounded::<Job>(backlog);
-    let mut workers = Vec::new();
-    for connection in 0..args.load.connections {
-        let (ctx, rx) = (ctx.clone(), rx.clone());
-        workers.push(tokio::spawn(async move {
-            let mut conn = Conn::to_origin(connection);
-            while let Ok(job) = rx.recv().await {
-                ctx.execute(&mut conn, job).await;
-            }
-        }));
-    }
-    drop(rx);
 
     let mut times: Vec<f64> = (0..=run.as_secs_f64().ceil() as u64 + 1).map(|s| s as f64).collect();
     times.extend(plan.windows.iter().map(|(s, _)| s.as_secs_f64()));
@@ -76,31 +70,50 @@ pub async fn run(
         "cache-drop {:?}: {} steps of {} s, rates {:?} req/s -> {}",
         args.mode,
         plan.fractions.len(),
-        args.step_seconds,
-        plan.rates,
-        args.load.targets.join(", ")
+        plan.step.as_secs_f64(),
+        plan.rates.iter().map(|r| r.round()).collect::<Vec<_>>(),
+        ctx.targets.iter().map(|t| t.addr.to_string()).collect::<Vec<_>>().join(", ")
     );
-    let (sched_ctx, sched_requested) = (ctx.clone(), requested.clone());
+    let sched_requested = requested.clone();
     let plan_of_requests =
-        schedule::Plan { phases, t0, poisson: args.arrival == Arrival::Poisson, max_requests: args.max_requests };
+        schedule::Plan { phases, t0, poisson: args.arrival() == Arrival::Poisson, max_requests: args.max_requests };
+    let scheduled = template.empty_like();
     let scheduler = std::thread::Builder::new()
         .name("scheduler".into())
-        .spawn(move || schedule::schedule(plan_of_requests, sampler, tx, &sched_ctx, Some(&sched_requested)))
+        .spawn(move || schedule::schedule(plan_of_requests, sampler, tx, scheduled, Some(&sched_requested)))
         .context("starting the scheduler thread")?;
-    let scheduler = tokio::task::spawn_blocking(move || scheduler.join())
+
+    // The connections end when the scheduler is done and the queue is empty, or at the
+    // deadline: whatever is still in flight then is counted as unanswered.
+    let deadline = tokio::time::Instant::from_std(t0 + run + drain);
+    let connections = args.load.connections;
+    let recorders = on_threads(ctx.threads, |thread| {
+        let (rx, rec) = (rx.clone(), RefCell::new(template.empty_like()));
+        async move {
+            let all = join_all(gen::connections_of(thread, ctx.threads, connections).map(|connection| {
+                let (rx, rec) = (rx.clone(), &rec);
+                async move {
+                    let mut conn = Conn::to_origin(connection);
+                    while let Ok(job) = rx.recv().await {
+                        let answered = ctx.execute(&mut conn, &job).await;
+                        rec.borrow_mut().record(&job, answered);
+                    }
+                }
+            }));
+            let _ = tokio::time::timeout_at(deadline, all).await;
+            rec.into_inner()
+        }
+    });
+    drop(rx);
+    let (scheduler, scheduled) = tokio::task::spawn_blocking(move || scheduler.join())
         .await?
         .map_err(|_| anyhow!("the scheduler thread panicked"))?;
-
     let load_average_end = report::load_average();
-    let deadline = tokio::time::Instant::now() + drain;
-    for w in &mut workers {
-        if tokio::time::timeout_at(deadline, &mut *w).await.is_err() {
-            w.abort();
-        }
-    }
+    let mut recorder = merged(template, recorders);
+    recorder.merge(scheduled);
     let samples = sampler_task.await.unwrap_or_default();
     let purges = std::mem::take(&mut *purges.lock().expect("purges lock"));
-    Ok(Outcome { samples, purges, scheduler, load_average_start, load_average_end })
+    Ok(Outcome { recorder, samples, purges, scheduler, load_average_start, load_average_end })
 }
 
 /// One phase per step; in cdn mode each starts by purging its share of nginx's cache.

@@ -18,18 +18,16 @@ pub fn report(
     warm: Option<WarmReport>,
     metrics: bool,
 ) -> Report {
-    let rec = ctx.recorder.lock().expect("recorder lock");
-    let steps = step_reports(plan, ctx, &rec, &o);
-    let timeline = timeline(&rec);
-    drop(rec);
+    let steps = step_reports(plan, ctx, &o.recorder, &o);
+    let timeline = timeline(&o.recorder);
     let corpus = &ctx.corpus;
     let sum = |f: fn(&StepReport) -> u64| steps.iter().map(f).sum::<u64>();
     Report {
         mode: format!("{:?}", args.mode).to_lowercase(),
-        target: args.load.targets.join(","),
-        full_rate: args.full_rate,
-        step_seconds: args.step_seconds,
-        arrival: format!("{:?}", args.arrival).to_lowercase(),
+        target: ctx.targets.iter().map(|t| format!("http://{}{}", t.host, t.prefix)).collect::<Vec<_>>().join(","),
+        full_rate: plan.full_rate,
+        step_seconds: plan.step.as_secs_f64(),
+        arrival: format!("{:?}", args.arrival()).to_lowercase(),
         redis: args.redis_label.clone().unwrap_or_else(|| if warm.is_some() { "warm".into() } else { "cold".into() }),
         certificates_per_issuer: corpus.count,
         issuers: corpus.issuers.iter().map(|i| i.name.clone()).collect(),

@@ -140,8 +140,7 @@ pub async fn run(a: MassRevokeArgs) -> anyhow::Result<()> {
     ];
     let spec = JitocspSpec { run: &a.run, workers: a.workers, backend: "ring", env: &hook_env };
     let (mut server, listen, _metrics) = tokio::task::block_in_place(|| procs::jitocsp(&spec, "mass-revoke", 65_536))?;
-    let ctx =
-        Arc::new(Ctx::new(Target { addr: listen, host: listen.to_string(), prefix: String::new() }, corpus.clone()));
+    let ctx = Arc::new(Ctx::new(Target::at(listen), corpus.clone(), a.threads));
     let revoked = a.hot..a.hot + a.revoke;
     let sample: Vec<u64> = (0..a.sample).map(|i| revoked.start + i * a.revoke / a.sample.max(1)).collect();
 
