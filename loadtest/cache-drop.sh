@@ -34,6 +34,9 @@
 #   --ceiling SECONDS [0]    also measure, in the same run, nginx serving a static file of
 #                            the response's size and jitocsp's hot path (closed loop), each
 #                            for SECONDS; results in DIR/capacity.jsonl and DIR/report.txt
+#   --cache-lock on|off [on] cdn mode: nginx's proxy_cache_lock (deploy/nginx/jitocsp-cdn.conf
+#                            ships it on; off lets concurrent misses of one key through,
+#                            where the origin's single flight coalesces them)
 #   --check                  verify the report (every step with figures, every answer
 #                            verified, success >= --min-success [0.999]); exit 1 if not
 #   --no-build               use the existing target/release binaries
@@ -58,12 +61,12 @@ cd "$ROOT"
 
 die() { printf 'cache-drop: error: %s\n' "$*" >&2; exit 2; }
 step() { printf '==> %s\n' "$*" >&2; }
-usage() { sed -n '2,53p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,56p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 MODE="" FULL_RATE="" STEP_SECONDS="" OUT=""
 COUNT="" REVOKED=0.05 REDIS=cold FRACTIONS="1/16,1/8,1/4,1/2,1" ARRIVAL=""
 ZIPF=1.0 POST=0 SHA256=0 CONNECTIONS=128 THREADS="" WORKERS=0 CEILING=0 CHECK=0 MIN_SUCCESS=0.999 BUILD=1
-CORPUS_SEED=1 ORIGINS=1 FIND_MAX=0 FIND_MAX_ARGS=()
+CORPUS_SEED=1 ORIGINS=1 FIND_MAX=0 FIND_MAX_ARGS=() CACHE_LOCK=on
 while [ $# -gt 0 ]; do
     case "$1" in
         --mode) MODE="$2"; shift 2 ;;
@@ -83,6 +86,7 @@ while [ $# -gt 0 ]; do
         --workers) WORKERS="$2"; shift 2 ;;
         --origins) ORIGINS="$2"; shift 2 ;;
         --ceiling) CEILING="$2"; shift 2 ;;
+        --cache-lock) CACHE_LOCK="$2"; shift 2 ;;
         --check) CHECK=1; shift ;;
         --min-success) MIN_SUCCESS="$2"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
@@ -108,6 +112,7 @@ COUNT="${COUNT:-20000}" ARRIVAL="${ARRIVAL:-constant}" THREADS="${THREADS:-1}"
 case "$MODE" in origin|cdn) ;; *) die "--mode origin|cdn is required" ;; esac
 [ -n "$OUT" ] || die "--out DIR is required"
 case "$REDIS" in cold|warm) ;; *) die "--redis cold|warm" ;; esac
+case "$CACHE_LOCK" in on|off) ;; *) die "--cache-lock on|off" ;; esac
 [[ "$ORIGINS" =~ ^[1-9][0-9]?$ ]] || die "--origins takes 1 to 99"
 [ "$MODE" = origin ] || [ "$REDIS" = cold ] || die "--redis applies to origin mode (cdn mode warms the CDN and so Redis)"
 mkdir -p "$OUT"
@@ -234,6 +239,7 @@ if [ "$MODE" = cdn ] || [ "$CEILING" != 0 ]; then
     NGINX_CONF="$WORK/nginx.conf"
     sed -e "s#/var/cache/nginx/jitocsp#$WORK/cache#g" -e "s#/var/log/nginx/jitocsp#$WORK/log/jitocsp#g" \
         -e "s#/run/nginx-jitocsp.pid#$WORK/nginx.pid#" -e "s#127.0.0.1:8081#127.0.0.1:$CDN_PORT#" \
+        -e "s#proxy_cache_lock on;#proxy_cache_lock $CACHE_LOCK;#" \
         deploy/nginx/jitocsp-cdn.conf >"$NGINX_CONF.origins"
     # Every instance in the upstream, in place of the example's one.
     upstream=""
