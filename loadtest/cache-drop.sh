@@ -173,7 +173,10 @@ if [ ! -f "$STATE/ca.pem" ]; then
     rm -f "$STATE/seeded"
 fi
 ISSUER="loadtest-$(openssl x509 -in "$STATE/ca.pem" -noout -fingerprint -sha256 | cut -d= -f2 | tr -d : | cut -c1-12 | tr A-F a-f)"
-if ! DATABASE_URL="$LT_DATABASE_URL" "$BIN" admin issuer list | grep -qw "$ISSUER"; then
+# Captured first: under pipefail, `list | grep -q` fails when grep exits before the list is
+# written out (the list grows with every bench run's issuer).
+ISSUERS="$(DATABASE_URL="$LT_DATABASE_URL" "$BIN" admin issuer list)"
+if ! grep -qw "$ISSUER" <<<"$ISSUERS"; then
     DATABASE_URL="$LT_DATABASE_URL" "$BIN" admin issuer add --name "$ISSUER" --cert "$STATE/ca.pem" \
         --signer "file:$STATE/ca.key" >/dev/null
     rm -f "$STATE/seeded"
