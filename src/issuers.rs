@@ -290,6 +290,12 @@ impl LiveIssuers {
         self.current.load_full()
     }
 
+    /// Swaps in another set, as a reload does.
+    #[cfg(test)]
+    pub(crate) fn replace(&self, issuers: IssuerSet) {
+        self.current.store(Arc::new(issuers));
+    }
+
     /// The `issuers` table may have changed: [`LiveIssuers::keep_current`] reloads. Calls
     /// that arrive while a reload runs cause one more reload after it, never none.
     pub fn mark_stale(&self) {

@@ -28,8 +28,8 @@
 //!   `pipeline/fresh.rs`.
 //! - [`issuers`]: the issuers served, matched by precomputed CertID hashes.
 //! - [`cache`]: the [`cache::ResponseCache`] trait, its Redis implementation
-//!   ([`cache::redis`]), the local tier ([`cache::local`]) and the key and purge-tag layout
-//!   ([`cache::keys`]).
+//!   ([`cache::redis`]), the local tier ([`cache::local`]) with its front keyed by the raw
+//!   request ([`cache::raw`]), and the key and purge-tag layout ([`cache::keys`]).
 //! - [`store`]: the [`store::StatusStore`] trait and its Postgres implementation (point
 //!   reads batched by [`store::batch`]).
 //! - [`signer`]: the [`signer::Signer`] trait, opened from a spec with the public key it
@@ -67,8 +67,10 @@
 //!
 //! ## One request, start to end
 //!
-//! 1. [`http`] takes the DER from the GET path or POST body (or answers malformedRequest)
-//!    and [`ocsp::request::parse`] turns it into CertIDs and an optional nonce.
+//! 1. [`http`] asks the raw-request tier about the GET path or POST body as it arrived
+//!    ([`pipeline::Responder::answer_again`]: a request seen before, still servable, is
+//!    answered here, step 6). Otherwise it takes the DER from the path or body (or answers
+//!    malformedRequest) and [`ocsp::request::parse`] turns it into CertIDs and a nonce.
 //! 2. [`pipeline::Responder::answer`]: a single CertID without a nonce to echo (nearly all
 //!    traffic) goes the cached way; anything else is read and signed fresh, never cached.
 //! 3. The CertID's issuer hashes are looked up in [`issuers::IssuerSet`]; no match is

@@ -7,8 +7,14 @@ pub const REQUESTS: &str = "jitocsp_requests_total";
 pub const REQUEST_SECONDS: &str = "jitocsp_request_duration_seconds";
 /// Cache lookups of single-certificate requests, by `tier` (local, redis) and `result`
 /// (hit, miss, stale = valid but due for re-signing, unusable = must not be served, verified
-/// = served after a Postgres check while notifications were down, corrupt, error).
+/// = served after a Postgres check while notifications were down, corrupt, error). Local hits
+/// also have a `key`: `request` for the raw-request tier (the request's bytes, not decoded),
+/// `certid` for the decoded certificate and CertID form.
 pub const CACHE_LOOKUPS: &str = "jitocsp_cache_lookups_total";
+/// Keys in the raw-request tier (at most `cache.local_entries`), and the certificates they
+/// belong to (sampled when /metrics is scraped).
+pub const LOCAL_REQUEST_KEYS: &str = "jitocsp_local_request_keys";
+pub const LOCAL_REQUEST_CERTIFICATES: &str = "jitocsp_local_request_certificates";
 /// Misses that joined a signing already in flight for the same certificate.
 pub const SINGLE_FLIGHT_JOINS: &str = "jitocsp_single_flight_joins_total";
 /// Signatures made, by `issuer` and `signer` (the signer's description: `file:PATH` or the
@@ -151,6 +157,7 @@ impl RequestMetrics {
 
 /// Handles for what the pipeline records on every cache hit (see [`RequestMetrics`]).
 pub struct HitMetrics {
+    pub raw_hit: Counter,
     pub local_hit: Counter,
     pub redis_hit: Counter,
     pub redis_miss: Counter,
@@ -160,7 +167,8 @@ pub struct HitMetrics {
 impl HitMetrics {
     pub fn register() -> Self {
         HitMetrics {
-            local_hit: metrics::counter!(CACHE_LOOKUPS, "tier" => "local", "result" => "hit"),
+            raw_hit: metrics::counter!(CACHE_LOOKUPS, "tier" => "local", "result" => "hit", "key" => "request"),
+            local_hit: metrics::counter!(CACHE_LOOKUPS, "tier" => "local", "result" => "hit", "key" => "certid"),
             redis_hit: metrics::counter!(CACHE_LOOKUPS, "tier" => "redis", "result" => "hit"),
             redis_miss: metrics::counter!(CACHE_LOOKUPS, "tier" => "redis", "result" => "miss"),
             redis_get_seconds: metrics::histogram!(REDIS_SECONDS, "op" => "get"),

@@ -1,11 +1,16 @@
 //! The request pipeline: how one OCSP request becomes one OCSP response.
 //!
 //! ```text
-//! request ─► issuer match ─► local tier ─► Redis ─► single flight ─► Postgres ─► sign ─► Redis SET
-//!               │ none          │ hit         │ hit     │ join            │ no row / expired
-//!               ▼               ▼             ▼         ▼                 ▼
-//!          unauthorized      serve         serve     share result     unissued policy / unauthorized
+//! raw tier ─► decode ─► issuer match ─► local tier ─► Redis ─► single flight ─► Postgres ─► sign ─► Redis SET
+//!   │ hit                  │ none          │ hit         │ hit     │ join            │ no row / expired
+//!   ▼                      ▼               ▼             ▼         ▼                 ▼
+//! serve               unauthorized      serve         serve     share result     unissued policy / unauthorized
 //! ```
+//!
+//! The raw tier ([`crate::cache::raw`]) answers a request seen before byte for byte (the same
+//! GET path or POST body) without decoding it: [`Responder::answer_again`]. It holds only what
+//! the rest of this pipeline served as a cacheable response to that request, each entry bound
+//! to the issuer set it was matched in, and applies the same freshness rules on every hit.
 //!
 //! Every cached response passes `Responder::freshness` before it is served: never past its
 //! nextUpdate, never for a certificate expired beyond the grace, never if a status change with
@@ -40,6 +45,7 @@ use futures_util::future::{BoxFuture, FutureExt, Shared};
 use crate::cache::keys::purge_tag;
 use crate::cache::keys::response_key;
 use crate::cache::local::{LocalTier, ResponseId};
+use crate::cache::raw::{RawEntry, RawRequest, RawTier};
 use crate::cache::ResponseCache;
 use crate::config::{NoncePolicy, ResponsesConfig, UnissuedPolicy};
 use crate::entry::{CachedResponse, Facts};
@@ -143,6 +149,8 @@ enum Unproven {
 /// Answers OCSP requests. Generic over the cache and the store so tests can swap them.
 pub struct Responder<C, S> {
     issuers: LiveIssuers,
+    /// The local tier's front, as large as it: keyed by the request as it arrived.
+    raw: RawTier,
     local: LocalTier,
     cache: C,
     store: S,
@@ -170,6 +178,7 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
     ) -> Self {
         Responder {
             issuers: LiveIssuers::new(issuers),
+            raw: RawTier::new(local.capacity()),
             local,
             cache,
             store,
@@ -195,23 +204,56 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
         &self.store
     }
 
-    /// Answers a decoded request.
-    pub async fn answer(self: &Arc<Self>, mut request: OcspRequest) -> Answer {
+    /// Answers a request seen before byte for byte from the raw tier, without decoding it:
+    /// `None` unless the response it was answered with is still servable by the rules every
+    /// cached response follows ([`Responder::freshness`]) and the issuer set it was matched in
+    /// is still the one served. Then decode it and call [`Responder::answer`].
+    pub fn answer_again(&self, raw: RawRequest<'_>) -> Option<Answer> {
+        let entry = self.raw.get(raw)?;
+        if !entry.matched_in(&self.issuers.current()) {
+            return None;
+        }
+        let heard = self.changes.heard(entry.id.issuer_id, &entry.id.serial);
+        if self.freshness(&heard, &entry.response, Utc::now().timestamp()) != Freshness::Serve {
+            return None;
+        }
+        self.hits.raw_hit.increment(1);
+        Some(Answer::Response {
+            response: entry.response.clone(),
+            caching: Caching::Public,
+            changed_at: heard.changed_at(),
+        })
+    }
+
+    /// Answers a decoded request. `raw` is the request as it arrived: if it is answered with a
+    /// cacheable response, the raw tier keeps that for [`Responder::answer_again`].
+    pub async fn answer(self: &Arc<Self>, mut request: OcspRequest, raw: Option<RawRequest<'_>>) -> Answer {
         let echo_nonce = self.policy.nonce == NoncePolicy::Echo && request.nonce.is_some();
         if request.certs.len() == 1 && !echo_nonce {
+            // A nonce that is ignored still makes every request's bytes new: not worth a key.
+            let raw = raw.filter(|_| request.nonce.is_none());
             if let Some(cert) = request.certs.pop() {
-                return self.answer_one(cert).await;
+                return self.answer_one(cert, raw).await;
             }
         }
         self.answer_fresh(request).await
     }
 
     /// One CertID, no nonce: the cacheable case, which is nearly all traffic.
-    async fn answer_one(self: &Arc<Self>, cert: RequestedCert) -> Answer {
-        let Some(issuer) = self.issuers.current().find(&cert).cloned() else {
-            return Answer::Error(OcspErrorStatus::Unauthorized);
+    async fn answer_one(self: &Arc<Self>, cert: RequestedCert, raw: Option<RawRequest<'_>>) -> Answer {
+        let (issuer, issuers) = {
+            let issuers = self.issuers.current();
+            let Some(issuer) = issuers.find(&cert).cloned() else {
+                return Answer::Error(OcspErrorStatus::Unauthorized);
+            };
+            (issuer, Arc::clone(&issuers))
         };
         let id = ResponseId { issuer_id: issuer.id, serial: cert.serial.clone(), variant: cert.variant };
+        let remember = |response: &Arc<CachedResponse>| {
+            if let Some(raw) = raw {
+                self.raw.insert(raw, RawEntry::new(id.clone(), response.clone(), &issuers));
+            }
+        };
         let now = Utc::now().timestamp();
         let heard = self.changes.heard(id.issuer_id, &id.serial);
         let changed_at = heard.changed_at();
@@ -219,6 +261,7 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
         if let Some(response) = self.local.get(&id) {
             if self.freshness(&heard, &response, now) == Freshness::Serve {
                 self.hits.local_hit.increment(1);
+                remember(&response);
                 return Answer::Response { response, caching: Caching::Public, changed_at };
             }
             self.local.remove(&id);
@@ -234,7 +277,8 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
                 Some(response) => match self.freshness(&heard, &response, now) {
                     Freshness::Serve => {
                         self.hits.redis_hit.increment(1);
-                        self.local.insert(id, response.clone());
+                        remember(&response);
+                        self.local.insert(id.clone(), response.clone());
                         return Answer::Response { response, caching: Caching::Public, changed_at };
                     }
                     Freshness::Verify(why) if self.confirmed_by_primary(&id, &response, why).await => {
@@ -268,7 +312,12 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
         let changed_at = self.changes.heard(id.issuer_id, &id.serial).changed_at();
         match produced {
             Ok(Produced::Response { response, cacheable }) => {
-                let caching = if cacheable { Caching::Public } else { Caching::NoCache };
+                let caching = if cacheable {
+                    remember(&response);
+                    Caching::Public
+                } else {
+                    Caching::NoCache
+                };
                 Answer::Response { response, caching, changed_at }
             }
             Ok(Produced::Refused(status)) => Answer::Error(status),
@@ -588,6 +637,11 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
     pub fn signing_waiting(&self) -> usize {
         self.limiter.waiting()
     }
+
+    /// Keys in the raw tier, and certificates they belong to, for metrics.
+    pub fn raw_tier_size(&self) -> (usize, usize) {
+        self.raw.size()
+    }
 }
 
 /// Removes a flight from the table when its task ends, however it ends.
@@ -612,6 +666,7 @@ impl<C: ResponseCache, S: StatusStore> Subscriber for Responder<C, S> {
     }
 
     fn forget(&self, issuer_id: i32, serial: &Serial) {
+        self.raw.remove_certificate(issuer_id, serial);
         self.local.remove_certificate(issuer_id, serial);
         self.recent.remove_certificate(issuer_id, serial);
     }

@@ -221,6 +221,9 @@ async fn render_metrics(probes: web::Data<Probes>) -> HttpResponse {
     let changes = probes.responder.changes().summary();
     metrics::gauge!(m::CHANGES_REMEMBERED).set(changes.remembered as f64);
     metrics::gauge!(m::CHANGE_FLOOR_ACTIVE).set(if changes.floor.is_some() { 1.0 } else { 0.0 });
+    let (keys, certificates) = probes.responder.raw_tier_size();
+    metrics::gauge!(m::LOCAL_REQUEST_KEYS).set(keys as f64);
+    metrics::gauge!(m::LOCAL_REQUEST_CERTIFICATES).set(certificates as f64);
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(probes.metrics.render())
 }
 

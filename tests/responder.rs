@@ -478,11 +478,27 @@ fn head_and_conditional_get() {
     if skip_unless(&[Need::Postgres, Need::Redis, Need::Openssl]) {
         return;
     }
+    head_and_conditional_get_with(&[]);
+}
+
+/// The same from the raw-request tier: every request after the first is answered from its
+/// bytes, with the same headers, validators and 304s.
+#[test]
+fn head_and_conditional_get_from_request_bytes() {
+    if skip_unless(&[Need::Postgres, Need::Redis, Need::Openssl]) {
+        return;
+    }
+    let server = head_and_conditional_get_with(&[("JITOCSP_CACHE_LOCAL_ENTRIES", "1000")]);
+    let hits = server.metric("jitocsp_cache_lookups_total", &["tier=\"local\"", "key=\"request\""]);
+    assert!(hits >= 1.0, "no request was answered from its bytes");
+}
+
+fn head_and_conditional_get_with(env: &[(&str, &str)]) -> Server {
     let pki = Pki::new();
     let issuer = add_issuer(&pki);
     let good = pki.leaf("good", "4001");
     jitocsp_ok(&["admin", "import", "--issuer", &issuer, good.to_str().unwrap()], &[]);
-    let server = Server::start(&[]);
+    let server = Server::start(env);
     let path = format!("/{}", b64(&pki.request(&good, "-sha1")));
 
     let before_get = std::time::Instant::now();
@@ -524,6 +540,14 @@ fn head_and_conditional_get() {
     let last_modified = get.header("last-modified").to_owned();
     assert_eq!(server.get(&path, &[("If-Modified-Since", &last_modified)]).status, 304);
     assert_eq!(server.get(&path, &[("If-None-Match", "\"something-else\"")]).status, 200);
+    // Conditional headers apply to GET and HEAD only, however often a POST is seen.
+    let request = pki.request(&good, "-sha1");
+    for _ in 0..2 {
+        let headers = [("Content-Type", "application/ocsp-request"), ("If-None-Match", etag.as_str())];
+        let post = block_on(http(server.port, "POST", "/", &headers, &request)).unwrap();
+        assert_eq!((post.status, post.header("etag")), (200, etag.as_str()));
+    }
+    server
 }
 
 /// A serial (hex) and openssl's SHA-256 request for it, whose base64 has '+', '/' and '='.
@@ -557,6 +581,15 @@ fn request_with_plus_slash_and_padding(pki: &Pki) -> (String, Vec<u8>) {
     panic!("no serial of 8 to 10 octets whose request's base64 has '+', '/' and '='");
 }
 
+/// An issuer of `pki` and a certificate imported there (good for 30 days) whose SHA-256
+/// request's base64 has '+', '/' and '=': (issuer, serial, request).
+fn imported_with_plus_slash_and_padding(pki: &Pki) -> (String, String, Vec<u8>) {
+    let issuer = add_issuer(pki);
+    let (serial, der) = request_with_plus_slash_and_padding(pki);
+    site().import_serials(&issuer, &[&serial], &hours_from_now(24 * 30));
+    (issuer, serial, der)
+}
+
 /// Every spelling of a GET path that clients and proxies produce reaches the same answer, for
 /// a request whose base64 has '+', '/' and '=' padding: the characters that break.
 #[test]
@@ -565,9 +598,7 @@ fn get_path_encodings() {
         return;
     }
     let pki = Pki::new();
-    let issuer = add_issuer(&pki);
-    let (serial, der) = request_with_plus_slash_and_padding(&pki);
-    site().import_serials(&issuer, &[&serial], &hours_from_now(24 * 30));
+    let (_, serial, der) = imported_with_plus_slash_and_padding(&pki);
     let server = Server::start(&[("JITOCSP_SERVER_PATH_PREFIX", "/ocsp")]);
     let plain = b64(&der);
     let variants = [
@@ -589,4 +620,84 @@ fn get_path_encodings() {
     }
     let response = server.get(&format!("/{plain}"), &[]);
     assert_eq!(response.body, [0x30, 0x03, 0x0a, 0x01, 0x01], "outside the prefix");
+}
+
+/// The raw-request tier (issue 11): a certificate asked about in every form clients use (GET
+/// in standard base64 and percent-encoded, SHA-1 with and without hash parameters, SHA-256,
+/// POST) is answered from the request's bytes once seen, and `admin revoke` drops every one of
+/// those keys at once: the tier ends up empty, not merely refused by the freshness rule, and
+/// every form then answers revoked.
+#[test]
+fn a_revocation_drops_every_request_form_kept_by_its_bytes() {
+    if skip_unless(&[Need::Postgres, Need::Redis, Need::Openssl, Need::Judge]) {
+        return;
+    }
+    let pki = Pki::new();
+    let (issuer, serial, sha256) = imported_with_plus_slash_and_padding(&pki);
+    let sha1 = pki.request_serial(&serial, "-sha1");
+    let sha1_absent = without_hash_parameters(&sha1);
+    let server = Server::start(&[("JITOCSP_CACHE_LOCAL_ENTRIES", "1000")]);
+    let plain = b64(&sha256);
+    let get = |der: &[u8], path: String| (der.to_vec(), Some(path));
+    let forms = [
+        get(&sha1, format!("/{}", b64(&sha1))),
+        get(&sha1_absent, format!("/{}", b64(&sha1_absent))),
+        get(&sha256, format!("/{plain}")),
+        get(&sha256, format!("/{}", plain.replace('+', "%2B").replace('/', "%2F").replace('=', "%3D"))),
+        get(&sha256, format!("/{}", plain.replace('/', "%2f"))),
+        get(&sha256, format!("//{}", plain.replace('+', "%20"))),
+        (sha1.clone(), None),
+        (sha256.clone(), None),
+    ];
+    let ask = |(der, path): &(Vec<u8>, Option<String>)| match path {
+        Some(path) => server.get(path, &[]),
+        None => server.post(der),
+    };
+    let request_hits = || server.metric("jitocsp_cache_lookups_total", &["tier=\"local\"", "key=\"request\""]);
+    let kept = || server.metric("jitocsp_local_request_keys", &[]);
+    // Asks until the answer came from the request's bytes. A request can miss once for a
+    // passing reason (an issuer reload after the listener connects makes every key miss once;
+    // a late heartbeat of the feed on a loaded machine makes hits wait for the primary).
+    let from_bytes = |form: &(Vec<u8>, Option<String>)| {
+        for _ in 0..50 {
+            let before = request_hits();
+            let response = ask(form);
+            if request_hits() - before == 1.0 {
+                return response;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("{:?} never answered from its bytes", form.1);
+    };
+
+    let mut first = Vec::new();
+    for form in &forms {
+        let response = ask(form);
+        let text = judge_exchange(&pki, &form.0, &response, &["--expect-cert-status", "good"]);
+        assert!(text.contains(&format!("serial={serial}")), "{:?}: {text}", form.1);
+        first.push(response.body);
+    }
+    for (form, body) in forms.iter().zip(&first) {
+        assert_eq!(&from_bytes(form).body, body, "{:?}: the same response again", form.1);
+    }
+    assert_eq!(kept(), forms.len() as f64, "one key per form");
+    assert_eq!(server.metric("jitocsp_local_request_certificates", &[]), 1.0);
+
+    jitocsp_ok(&["admin", "revoke", "--issuer", &issuer, "--serial", &serial, "--reason", "keyCompromise"], &[]);
+    // The notification drops the keys; a key it missed would stay (refused on a hit, by the
+    // freshness rule, but kept) and this would time out.
+    let heard = std::time::Instant::now();
+    while kept() != 0.0 && heard.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(kept(), 0.0, "keys of the revoked certificate still kept 10 s after `admin revoke`");
+    assert_eq!(server.metric("jitocsp_local_request_certificates", &[]), 0.0);
+    for form in &forms {
+        let text = judge_exchange(&pki, &form.0, &ask(form), &["--expect-cert-status", "revoked"]);
+        assert!(text.contains(&format!("serial={serial}")), "{:?}: {text}", form.1);
+    }
+    // The revoked answers are kept by their bytes in turn.
+    for form in &forms {
+        judge_exchange(&pki, &form.0, &from_bytes(form), &["--expect-cert-status", "revoked"]);
+    }
 }

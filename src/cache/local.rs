@@ -2,10 +2,11 @@
 //!
 //! The local tier, in front of Redis, is optional (`cache.local_entries = 0` turns it off). It
 //! saves the Redis round trip for the most requested certificates, which during a CDN cache
-//! drop are requested by the thousand. The pipeline also keeps a small tier of responses it
-//! signed in the last seconds, asked only when Redis misses or fails (see `pipeline`).
-//! Revocation notifications remove entries from both; the pipeline's freshness checks apply
-//! to their entries exactly as to Redis's.
+//! drop are requested by the thousand. Its front, the raw-request tier ([`super::raw`], as
+//! large), saves the decoding too for requests seen before byte for byte. The pipeline also
+//! keeps a small tier of responses it signed in the last seconds, asked only when Redis misses
+//! or fails (see `pipeline`). Revocation notifications remove entries from all of them; the
+//! pipeline's freshness checks apply to their entries exactly as to Redis's.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +28,7 @@ pub struct ResponseId {
 /// A bounded, concurrent, in-process response cache.
 pub struct LocalTier {
     cache: Option<Cache<ResponseId, (Arc<CachedResponse>, Instant)>>,
+    entries: usize,
     /// How long an entry is kept at most, on top of the pipeline's own freshness rules.
     ttl: Option<Duration>,
 }
@@ -34,7 +36,12 @@ pub struct LocalTier {
 impl LocalTier {
     /// A tier holding up to `entries` responses; 0 disables it.
     pub fn new(entries: usize) -> Self {
-        LocalTier { cache: (entries > 0).then(|| Cache::new(entries)), ttl: None }
+        LocalTier { cache: (entries > 0).then(|| Cache::new(entries)), entries, ttl: None }
+    }
+
+    /// How many responses it holds at most (0: it is off).
+    pub fn capacity(&self) -> usize {
+        self.entries
     }
 
     /// A tier whose entries are forgotten `ttl` after they were inserted.

@@ -1,8 +1,10 @@
 //! The response cache tiers: Redis (shared by every instance) and the optional in-process
-//! local tier. Neither holds anything that cannot be regenerated from Postgres and a signer.
+//! local tier, whose front is keyed by the raw request ([`raw`]). None holds anything that
+//! cannot be regenerated from Postgres and a signer.
 
 pub mod keys;
 pub mod local;
+pub mod raw;
 pub mod redis;
 
 use std::future::Future;

@@ -184,7 +184,8 @@ impl fmt::Debug for RedisConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
-    /// Entries in the in-process tier; 0 = no local tier.
+    /// Entries in the in-process tier, and keys in its raw-request front (each); 0 = no local
+    /// tier.
     pub local_entries: usize,
     /// Prefix of every Redis key.
     pub key_prefix: String,

@@ -3,7 +3,9 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use actix_web::http::header;
+use std::cell::RefCell;
+
+use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder};
 
@@ -13,8 +15,9 @@ use crate::ocsp::OcspErrorStatus;
 use crate::pipeline::{Answer, Caching};
 
 pub const OCSP_RESPONSE: &str = "application/ocsp-response";
-/// Names the certificate a response is about, so a CDN can purge it by tag on revocation.
-pub const PURGE_TAG_HEADER: &str = "Cache-Tag";
+/// Names the certificate a response is about, so a CDN can purge it by tag on revocation
+/// (`Cache-Tag`; HTTP/1.1 header names are case-insensitive and actix sends them lower case).
+pub const PURGE_TAG_HEADER: &str = "cache-tag";
 /// Error responses and answers that must not be reused.
 const NO_CACHE: &str = "max-age=0, no-cache";
 /// How long after this responder heard of a certificate's status change an
@@ -45,7 +48,7 @@ pub fn respond(answer: &Answer, request: &HttpRequest, now: i64, policy: CachePo
             };
             builder
                 .insert_header((header::ETAG, response.headers.etag.clone()))
-                .insert_header((PURGE_TAG_HEADER, response.headers.purge_tag.clone()));
+                .insert_header((HeaderName::from_static(PURGE_TAG_HEADER), response.headers.purge_tag.clone()));
             if *caching == Caching::Public && not_modified(request, response, *changed_at) {
                 return builder.status(StatusCode::NOT_MODIFIED).finish();
             }
@@ -57,7 +60,7 @@ pub fn respond(answer: &Answer, request: &HttpRequest, now: i64, policy: CachePo
 /// An OCSP error response (never HTML), uncacheable.
 pub fn error(http_status: StatusCode, status: OcspErrorStatus) -> HttpResponse {
     HttpResponse::build(http_status)
-        .insert_header((header::CONTENT_TYPE, OCSP_RESPONSE))
+        .insert_header((header::CONTENT_TYPE, HeaderValue::from_static(OCSP_RESPONSE)))
         .insert_header((header::CACHE_CONTROL, NO_CACHE))
         .body(error_response(status))
 }
@@ -73,16 +76,41 @@ fn cacheable(response: &CachedResponse, now: i64, policy: CachePolicy) -> HttpRe
     }
     let mut builder = HttpResponse::Ok();
     builder
-        .insert_header((header::CONTENT_TYPE, OCSP_RESPONSE))
+        .insert_header((header::CONTENT_TYPE, HeaderValue::from_static(OCSP_RESPONSE)))
         .insert_header((header::LAST_MODIFIED, response.headers.last_modified.clone()))
         .insert_header((header::EXPIRES, response.headers.expires.clone()))
-        .insert_header((header::CACHE_CONTROL, format!("max-age={max_age}, public, no-transform, must-revalidate")));
+        .insert_header((header::CACHE_CONTROL, public_cache_control(max_age)));
     builder
+}
+
+/// `max-age=N, public, no-transform, must-revalidate`. The hits of one second mostly share N
+/// (their responses were signed in the same minute), so each thread keeps the values it made
+/// last, by N: a hit then formats and allocates nothing.
+fn public_cache_control(max_age: u64) -> HeaderValue {
+    const KEPT: usize = 16;
+    thread_local! {
+        static MADE: RefCell<[Option<(u64, HeaderValue)>; KEPT]> = const { RefCell::new([const { None }; KEPT]) };
+    }
+    MADE.with(|made| {
+        let mut made = made.borrow_mut();
+        let slot = &mut made[(max_age % KEPT as u64) as usize];
+        match slot {
+            Some((kept, value)) if *kept == max_age => value.clone(),
+            _ => {
+                let text = format!("max-age={max_age}, public, no-transform, must-revalidate");
+                let value = HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("max-age=0"));
+                *slot = Some((max_age, value.clone()));
+                value
+            }
+        }
+    })
 }
 
 fn uncacheable(cache_control: &'static str) -> HttpResponseBuilder {
     let mut builder = HttpResponse::Ok();
-    builder.insert_header((header::CONTENT_TYPE, OCSP_RESPONSE)).insert_header((header::CACHE_CONTROL, cache_control));
+    builder
+        .insert_header((header::CONTENT_TYPE, HeaderValue::from_static(OCSP_RESPONSE)))
+        .insert_header((header::CACHE_CONTROL, HeaderValue::from_static(cache_control)));
     builder
 }
 

@@ -15,6 +15,7 @@ use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 
+use crate::cache::raw::RawRequest;
 use crate::cache::ResponseCache;
 use crate::metrics::{self as m, RequestMetrics};
 use crate::ocsp::{request, OcspErrorStatus, ResponseStatus};
@@ -53,34 +54,38 @@ async fn handle<C: ResponseCache, S: StatusStore>(
 ) -> HttpResponse {
     let started = Instant::now();
     let method = request.method().clone();
-    let der = match method {
-        Method::GET | Method::HEAD => get::decode_path(request.uri().path(), &service.path_prefix).map_err(|e| {
-            tracing::debug!(error = %e, "undecodable GET");
-            StatusCode::OK
-        }),
-        Method::POST => read_body(&request, body, service.body_timeout).await,
-        _ => {
-            return HttpResponse::MethodNotAllowed().insert_header((header::ALLOW, "GET, HEAD, POST")).finish();
-        }
-    };
     let method_index = match method {
         Method::GET => 0,
         Method::HEAD => 1,
         Method::POST => 2,
         _ => 3,
     };
-    let answer = match der {
-        Ok(der) => match request::parse(&der) {
-            Ok(parsed) => service.responder.answer(parsed).await,
-            Err(e) => {
-                tracing::debug!(error = %e, "malformed request");
-                Answer::Error(OcspErrorStatus::MalformedRequest)
+    let responder = &service.responder;
+    // A request seen before byte for byte is answered before any decoding (the raw tier).
+    let answer = match method {
+        Method::GET | Method::HEAD => {
+            let path = request.uri().path();
+            let raw = RawRequest::Get(path.as_bytes());
+            match responder.answer_again(raw) {
+                Some(answer) => answer,
+                None => match get::decode_path(path, &service.path_prefix) {
+                    Ok(der) => answer_der(responder, &der, raw).await,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "undecodable GET");
+                        return refuse(&service, method_index, &method, StatusCode::OK, started);
+                    }
+                },
             }
+        }
+        Method::POST => match read_body(&request, body, service.body_timeout).await {
+            Ok(der) => match responder.answer_again(RawRequest::Post(&der)) {
+                Some(answer) => answer,
+                None => answer_der(responder, &der, RawRequest::Post(&der)).await,
+            },
+            Err(http_status) => return refuse(&service, method_index, &method, http_status, started),
         },
-        Err(http_status) => {
-            service.metrics.request(method_index, ResponseStatus::MalformedRequest, started.elapsed().as_secs_f64());
-            log_request(service.request_sample, &method, ResponseStatus::MalformedRequest, None, started);
-            return headers::error(http_status, OcspErrorStatus::MalformedRequest);
+        _ => {
+            return HttpResponse::MethodNotAllowed().insert_header((header::ALLOW, "GET, HEAD, POST")).finish();
         }
     };
     let now = chrono::Utc::now().timestamp();
@@ -98,6 +103,35 @@ async fn handle<C: ResponseCache, S: StatusStore>(
     };
     log_request(service.request_sample, &method, outcome, tag, started);
     headers::respond(&answer, &request, now, service.cache_policy)
+}
+
+/// Decodes a request and has it answered; `raw` is how it arrived.
+async fn answer_der<C: ResponseCache, S: StatusStore>(
+    responder: &Arc<Responder<C, S>>,
+    der: &[u8],
+    raw: RawRequest<'_>,
+) -> Answer {
+    match request::parse(der) {
+        Ok(parsed) => responder.answer(parsed, Some(raw)).await,
+        Err(e) => {
+            tracing::debug!(error = %e, "malformed request");
+            Answer::Error(OcspErrorStatus::MalformedRequest)
+        }
+    }
+}
+
+/// A request whose OCSP request could not even be taken from the HTTP one: malformedRequest,
+/// with `http_status`.
+fn refuse<C, S>(
+    service: &OcspService<C, S>,
+    method_index: usize,
+    method: &Method,
+    http_status: StatusCode,
+    started: Instant,
+) -> HttpResponse {
+    service.metrics.request(method_index, ResponseStatus::MalformedRequest, started.elapsed().as_secs_f64());
+    log_request(service.request_sample, method, ResponseStatus::MalformedRequest, None, started);
+    headers::error(http_status, OcspErrorStatus::MalformedRequest)
 }
 
 /// Reads a POST body of at most [`MAX_POST_BODY`] bytes; larger ones get 413, and one that

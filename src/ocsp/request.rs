@@ -2,8 +2,10 @@
 //! ([`encode`], for the CDN hook's URLs, the load generator and the tests).
 //!
 //! rasn's decoder is lenient (it accepts some BER), which is fine for reading a request but
-//! means the raw request bytes are never a cache key: everything downstream keys on the
-//! normalised (issuer, serial, CertID variant) instead.
+//! means the raw request bytes are never a shared cache key: Redis and the CertID-keyed local
+//! tier key on the normalised (issuer, serial, CertID variant) instead. Only the in-process
+//! raw-request tier ([`crate::cache::raw`]) keys on the bytes, each mapped to the response of
+//! what they decoded to, and dropped with every other key of their certificate.
 //!
 //! Extensions follow RFC 5280 section 4.2 (which RFC 6960 section 4.4 builds on): a critical
 //! extension the responder does not understand fails the request (malformedRequest), a

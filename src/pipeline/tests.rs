@@ -130,6 +130,11 @@ struct Harness {
 const ISSUER_ID: i32 = 1;
 
 fn harness(policy: ResponsesConfig) -> Harness {
+    harness_with_local(policy, 0)
+}
+
+/// A harness whose local tier (and its raw-request front) holds `local_entries`.
+fn harness_with_local(policy: ResponsesConfig, local_entries: usize) -> Harness {
     let signatures = Arc::new(AtomicUsize::new(0));
     let signer_broken = Arc::new(AtomicBool::new(false));
     let signer = CountingSigner {
@@ -148,7 +153,7 @@ fn harness(policy: ResponsesConfig) -> Harness {
     changes.feed.prove(std::time::Instant::now());
     let responder = Arc::new(Responder::new(
         IssuerSet::new(vec![issuer]),
-        LocalTier::new(0),
+        LocalTier::new(local_entries),
         FakeCache::default(),
         FakeStore::default(),
         changes.clone(),
@@ -179,15 +184,20 @@ impl Harness {
     }
 
     fn request(&self, serials: &[&str], nonce: Option<&[u8]>) -> OcspRequest {
-        let hashes = certid_hashes(CA_DER).unwrap();
-        let serials: Vec<Vec<u8>> = serials.iter().map(|s| Serial::from_hex(s).unwrap().as_bytes().to_vec()).collect();
-        let refs: Vec<&[u8]> = serials.iter().map(Vec::as_slice).collect();
-        let der = encode_request(HashAlgorithm::Sha1, true, &hashes.name_sha1, &hashes.key_sha1, &refs, nonce);
-        request::parse(&der).unwrap()
+        request::parse(&request_der(HashAlgorithm::Sha1, serials, nonce)).unwrap()
+    }
+
+    /// Answers `der`, arrived as `raw`, as the HTTP layer does: from the raw tier if it can,
+    /// else decoded.
+    async fn ask_raw(&self, der: &[u8], raw: RawRequest<'_>) -> Answer {
+        match self.responder.answer_again(raw) {
+            Some(answer) => answer,
+            None => self.responder.answer(request::parse(der).unwrap(), Some(raw)).await,
+        }
     }
 
     async fn ask(&self, serial: &str) -> Answer {
-        self.responder.answer(self.request(&[serial], None)).await
+        self.responder.answer(self.request(&[serial], None), None).await
     }
 
     fn signatures(&self) -> usize {
@@ -197,6 +207,24 @@ impl Harness {
     fn reads(&self) -> usize {
         self.responder.store.reads.load(Ordering::SeqCst)
     }
+}
+
+/// A request for `serials` (NULL hash parameters), DER.
+fn request_der(hash: HashAlgorithm, serials: &[&str], nonce: Option<&[u8]>) -> Vec<u8> {
+    let hashes = certid_hashes(CA_DER).unwrap();
+    let serials: Vec<Vec<u8>> = serials.iter().map(|s| Serial::from_hex(s).unwrap().as_bytes().to_vec()).collect();
+    let refs: Vec<&[u8]> = serials.iter().map(Vec::as_slice).collect();
+    let (name, key): (&[u8], &[u8]) = match hash {
+        HashAlgorithm::Sha1 => (&hashes.name_sha1, &hashes.key_sha1),
+        HashAlgorithm::Sha256 => (&hashes.name_sha256, &hashes.key_sha256),
+    };
+    encode_request(hash, true, name, key, &refs, nonce)
+}
+
+/// The GET path of `der`: standard base64, as browsers send it.
+fn get_path(der: &[u8]) -> String {
+    use base64::Engine as _;
+    format!("/{}", base64::engine::general_purpose::STANDARD.encode(der))
 }
 
 fn in_days(days: i64) -> DateTime<Utc> {
@@ -346,17 +374,17 @@ async fn nonces_are_echoed_only_when_configured_and_only_if_valid() {
     let h = harness(ResponsesConfig { nonce: NoncePolicy::Echo, ..Default::default() });
     h.add("1401", in_days(30), None);
     let nonce = [0x04, 0x10, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16];
-    let answer = h.responder.answer(h.request(&["1401"], Some(&nonce))).await;
+    let answer = h.responder.answer(h.request(&["1401"], Some(&nonce)), None).await;
     let Answer::Response { response, caching, .. } = &answer else { panic!("{answer:?}") };
     assert_eq!(*caching, Caching::NoStore);
     assert!(response.der.windows(nonce.len()).any(|w| w == nonce), "nonce echoed");
     assert!(h.responder.cache.values.lock().unwrap().is_empty(), "never cached");
-    let empty = h.responder.answer(h.request(&["1401"], Some(&[0x04, 0x00]))).await;
+    let empty = h.responder.answer(h.request(&["1401"], Some(&[0x04, 0x00])), None).await;
     assert_eq!(error(&empty), OcspErrorStatus::MalformedRequest);
 
     let h = harness(ResponsesConfig::default());
     h.add("1401", in_days(30), None);
-    let answer = h.responder.answer(h.request(&["1401"], Some(&nonce))).await;
+    let answer = h.responder.answer(h.request(&["1401"], Some(&nonce)), None).await;
     let Answer::Response { response, caching, .. } = &answer else { panic!("{answer:?}") };
     assert_eq!(*caching, Caching::Public, "ignored nonce: cacheable");
     assert!(!response.der.windows(nonce.len()).any(|w| w == nonce));
@@ -367,7 +395,7 @@ async fn several_cert_ids_are_answered_in_one_response_with_one_read() {
     let h = harness(ResponsesConfig::default());
     h.add("1501", in_days(30), None);
     h.add("1502", in_days(30), Some(Revocation { at: Utc::now(), reason: RevocationReason::Unspecified }));
-    let answer = h.responder.answer(h.request(&["1501", "1502"], None)).await;
+    let answer = h.responder.answer(h.request(&["1501", "1502"], None), None).await;
     let (status, _) = statuses(&answer);
     assert_eq!(status.len(), 2);
     assert_eq!(status[0], CertStatus::Good);
@@ -376,7 +404,10 @@ async fn several_cert_ids_are_answered_in_one_response_with_one_read() {
     let Answer::Response { response, .. } = &answer else { unreachable!() };
     assert_eq!(response.headers.purge_tag, "unit:1501, unit:1502");
     // One unissued serial among them refuses the whole request (default policy).
-    assert_eq!(error(&h.responder.answer(h.request(&["1501", "15ff"], None)).await), OcspErrorStatus::Unauthorized);
+    assert_eq!(
+        error(&h.responder.answer(h.request(&["1501", "15ff"], None), None).await),
+        OcspErrorStatus::Unauthorized
+    );
 }
 
 #[tokio::test]
@@ -417,7 +448,7 @@ async fn a_replica_behind_a_heard_change_is_bypassed_for_the_primary() {
     assert_eq!(h.responder.store.primary_reads.load(Ordering::SeqCst), 1);
     // The several-CertID path too.
     h.add("1802", in_days(30), None);
-    let answer = h.responder.answer(h.request(&["1801", "1802"], None)).await;
+    let answer = h.responder.answer(h.request(&["1801", "1802"], None), None).await;
     assert!(matches!(statuses(&answer).0[0], CertStatus::Revoked(_)));
 }
 
@@ -498,4 +529,149 @@ async fn below_the_floor_a_cached_response_is_not_served_when_postgres_cannot_co
     assert_eq!(h.changes.heard(ISSUER_ID, &Serial::from_hex("2401").unwrap()).latest(), None, "forgotten");
     h.responder.store.down.store(true, Ordering::SeqCst);
     assert_eq!(error(&h.ask("2401").await), OcspErrorStatus::TryLater, "a known unknown is not served");
+}
+
+#[tokio::test]
+async fn a_request_seen_before_is_answered_from_its_bytes_until_its_certificate_changes() {
+    let h = harness_with_local(ResponsesConfig::default(), 100);
+    h.add("2601", in_days(30), None);
+    let sha1 = request_der(HashAlgorithm::Sha1, &["2601"], None);
+    let sha256 = request_der(HashAlgorithm::Sha256, &["2601"], None);
+    let (path, path256) = (get_path(&sha1), get_path(&sha256));
+    let encoded = path.replace('+', "%2B").replace('/', "%2F").replacen("%2F", "/", 1);
+    let forms = [
+        (sha1.as_slice(), RawRequest::Get(path.as_bytes())),
+        (sha1.as_slice(), RawRequest::Get(encoded.as_bytes())),
+        (sha1.as_slice(), RawRequest::Post(&sha1)),
+        (sha256.as_slice(), RawRequest::Get(path256.as_bytes())),
+        (sha256.as_slice(), RawRequest::Post(&sha256)),
+    ];
+    for (der, raw) in forms {
+        assert!(h.responder.answer_again(raw).is_none(), "not seen yet: {raw:?}");
+        assert_eq!(statuses(&h.ask_raw(der, raw).await), (vec![CertStatus::Good], Caching::Public));
+        let again = h.responder.answer_again(raw).unwrap_or_else(|| panic!("seen: {raw:?}"));
+        assert_eq!(statuses(&again), (vec![CertStatus::Good], Caching::Public));
+    }
+    assert_eq!(h.responder.raw_tier_size(), (forms.len(), 1));
+    assert_eq!(h.signatures(), 2, "one per CertID form, whatever the spelling");
+
+    // The listener records a change, then drops the copies: between the two, the freshness
+    // rule alone refuses every key.
+    h.change("2601", in_days(30), Some(Revocation { at: Utc::now(), reason: RevocationReason::KeyCompromise }));
+    for (_, raw) in forms {
+        assert!(h.responder.answer_again(raw).is_none(), "older than a change heard of: {raw:?}");
+    }
+    h.responder.forget(ISSUER_ID, &Serial::from_hex("2601").unwrap());
+    assert_eq!(h.responder.raw_tier_size(), (0, 0), "every key of the certificate dropped");
+    for (der, raw) in forms {
+        assert!(matches!(statuses(&h.ask_raw(der, raw).await).0[0], CertStatus::Revoked(_)), "{raw:?}");
+        let again = h.responder.answer_again(raw).unwrap_or_else(|| panic!("seen again: {raw:?}"));
+        assert!(matches!(statuses(&again).0[0], CertStatus::Revoked(_)), "{raw:?}");
+    }
+}
+
+#[tokio::test]
+async fn only_cacheable_answers_to_one_certid_without_a_nonce_are_kept_by_their_bytes() {
+    let h = harness_with_local(ResponsesConfig::default(), 100);
+    h.add("2701", in_days(30), None);
+    h.add("2702", in_days(30), None);
+    let nonce = [0x04, 0x10, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16];
+    let with_nonce = request_der(HashAlgorithm::Sha1, &["2701"], Some(&nonce));
+    let two = request_der(HashAlgorithm::Sha1, &["2701", "2702"], None);
+    let unissued = request_der(HashAlgorithm::Sha1, &["27ff"], None);
+    for der in [&with_nonce, &two, &unissued] {
+        h.ask_raw(der, RawRequest::Post(der)).await;
+        assert!(h.responder.answer_again(RawRequest::Post(der)).is_none());
+    }
+    assert_eq!(h.responder.raw_tier_size(), (0, 0));
+
+    let h = harness_with_local(ResponsesConfig { nonce: NoncePolicy::Echo, ..Default::default() }, 100);
+    h.add("2701", in_days(30), None);
+    assert_eq!(statuses(&h.ask_raw(&with_nonce, RawRequest::Post(&with_nonce)).await).1, Caching::NoStore);
+    let h = harness_with_local(ResponsesConfig { unissued: UnissuedPolicy::Unknown, ..Default::default() }, 100);
+    assert_eq!(statuses(&h.ask_raw(&unissued, RawRequest::Post(&unissued)).await).1, Caching::NoCache);
+    assert_eq!(h.responder.raw_tier_size(), (0, 0), "never kept: nonce echoed, or unissued");
+}
+
+#[tokio::test]
+async fn a_request_seen_before_needs_the_feed_alive_and_its_issuer_still_served() {
+    let h = harness_with_local(ResponsesConfig::default(), 100);
+    h.add("2801", in_days(30), None);
+    let der = request_der(HashAlgorithm::Sha1, &["2801"], None);
+    let path = get_path(&der);
+    let raw = RawRequest::Get(path.as_bytes());
+    h.ask_raw(&der, raw).await;
+    assert!(h.responder.answer_again(raw).is_some());
+    h.changes.feed.lost();
+    assert!(h.responder.answer_again(raw).is_none(), "unproven feed: only confirmed responses are served");
+    h.changes.feed.prove(std::time::Instant::now());
+    assert!(h.responder.answer_again(raw).is_some());
+    h.responder.issuers().replace(IssuerSet::new(Vec::new()));
+    assert!(h.responder.answer_again(raw).is_none(), "matched in an issuer set no longer served");
+    assert_eq!(error(&h.ask_raw(&der, raw).await), OcspErrorStatus::Unauthorized, "the issuer is retired");
+}
+
+/// What a local-tier hit costs in-process, before and after the raw-request tier: the path of
+/// a hit before it (percent and base64 decoding, DER decoding, issuer match, CertID-keyed
+/// lookup, freshness) and with it (one lookup by the GET path's bytes, freshness), each with
+/// the HTTP response built as the listener builds it. Figures in docs/benchmarks.md:
+/// `cargo test --release --lib hot_hit_cost -- --ignored --nocapture` (`HOT_HIT_CERTS`, default
+/// 20,000, as many certificates as the wrk and bench figures cycle through).
+#[test]
+#[ignore = "a measurement, not a test"]
+fn hot_hit_cost() {
+    use futures_util::FutureExt as _;
+    const ROUNDS: usize = 10;
+    let certs: usize = std::env::var("HOT_HIT_CERTS").ok().and_then(|n| n.parse().ok()).unwrap_or(20_000);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let h = harness_with_local(ResponsesConfig::default(), 100_000);
+    let serials: Vec<String> = (0..certs).map(|i| format!("7{i:07x}")).collect();
+    let paths: Vec<String> = serials
+        .iter()
+        .map(|serial| {
+            h.add(serial, in_days(30), None);
+            get_path(&request_der(HashAlgorithm::Sha1, &[serial], None))
+        })
+        .collect();
+    runtime.block_on(async {
+        for path in &paths {
+            let der = crate::http::get::decode_path(path, "").unwrap();
+            h.ask_raw(&der, RawRequest::Get(path.as_bytes())).await;
+        }
+    });
+    let http = actix_web::test::TestRequest::default().to_http_request();
+    let policy = crate::http::headers::CachePolicy { max_age_cap: None, refresh_after: Duration::from_secs(48 * 3600) };
+    let respond = |answer: &Answer| {
+        let response = crate::http::headers::respond(answer, &http, Utc::now().timestamp(), policy);
+        assert_eq!(response.status(), actix_web::http::StatusCode::OK);
+    };
+    let time = |label: &str, each: &dyn Fn(&str)| {
+        let mut best = f64::MAX;
+        for _ in 0..ROUNDS {
+            // The feed's proof of life lasts 5 s; the warm-up (20,000 signatures) takes longer.
+            h.changes.feed.prove(std::time::Instant::now());
+            let started = std::time::Instant::now();
+            paths.iter().for_each(|path| each(path));
+            best = best.min(started.elapsed().as_secs_f64() * 1e9 / certs as f64);
+        }
+        println!("{label:<58} {best:>7.0} ns per hit (best of {ROUNDS} rounds of {certs})");
+        best
+    };
+    let before = time("before: decode, parse, match, CertID-keyed tier, respond", &|path| {
+        let der = crate::http::get::decode_path(path, "").unwrap();
+        let request = request::parse(&der).unwrap();
+        let answer = h.responder.answer(request, None).now_or_never().unwrap();
+        respond(&answer);
+    });
+    let after = time("after: raw tier by the path's bytes, respond", &|path| {
+        respond(&h.responder.answer_again(RawRequest::Get(path.as_bytes())).unwrap());
+    });
+    let lookup = time("after, lookup and freshness only (no response built)", &|path| {
+        assert!(h.responder.answer_again(RawRequest::Get(path.as_bytes())).is_some());
+    });
+    println!(
+        "raw tier hit: {:.2}x faster; building the HTTP response is {:.0} ns of it",
+        before / after,
+        after - lookup
+    );
 }

@@ -64,6 +64,7 @@ use crate::feed::payload::StatusChange;
 use crate::serial::Serial;
 use crate::store::Lsn;
 use filter::Filter;
+pub(crate) use runs::KeyHasher;
 use runs::{Key, Recent, Run, State};
 
 /// How old the feed's last proof of life may be before cached responses need confirming by

@@ -133,9 +133,9 @@ impl Floor {
 }
 
 /// Keys are already uniform keyed hashes: the map uses them as they are rather than hashing
-/// them again.
+/// them again. (The raw-request tier's shards too, `cache::raw`.)
 #[derive(Default)]
-pub(super) struct KeyHasher(u64);
+pub(crate) struct KeyHasher(u64);
 
 impl Hasher for KeyHasher {
     fn finish(&self) -> u64 {
