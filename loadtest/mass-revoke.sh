@@ -67,6 +67,7 @@ cleanup() {
             || printf 'mass-revoke: could not retire issuer %s (retire it by hand)\n' "$ISSUER" >&2
         psql -X -q "$DATABASE_URL" -v ON_ERROR_STOP=1 -v issuer="$ISSUER" >/dev/null 2>&1 <<'SQL' \
             || printf 'mass-revoke: could not delete the certificates of issuer %s (delete them by hand)\n' "$ISSUER" >&2
+DELETE FROM pending_purge_batches WHERE issuer_id = (SELECT id FROM issuers WHERE name = :'issuer');
 DELETE FROM pending_purges WHERE issuer_id = (SELECT id FROM issuers WHERE name = :'issuer');
 DELETE FROM cdn_purges WHERE issuer_id = (SELECT id FROM issuers WHERE name = :'issuer');
 DELETE FROM certificates WHERE issuer_id = (SELECT id FROM issuers WHERE name = :'issuer');

@@ -26,17 +26,7 @@ impl ChainedRow {
     /// The bytes the row's hash covers: every field length-prefixed (`<bytes>:<value>;`,
     /// NULL as `-;`), so that no two different rows share a content.
     pub fn content(&self) -> Vec<u8> {
-        fn field(out: &mut Vec<u8>, value: Option<&str>) {
-            match value {
-                None => out.extend_from_slice(b"-;"),
-                Some(v) => {
-                    out.extend_from_slice(format!("{}:", v.len()).as_bytes());
-                    out.extend_from_slice(v.as_bytes());
-                    out.push(b';');
-                }
-            }
-        }
-        let mut out = b"jitocsp-audit-v1;".to_vec();
+        let mut out = CONTENT_TAG.to_vec();
         field(&mut out, Some(&self.chain_seq.to_string()));
         field(&mut out, Some(&self.at_micros.to_string()));
         field(&mut out, Some(&self.actor));
@@ -56,6 +46,77 @@ impl ChainedRow {
         hasher.update(self.content());
         hasher.finalize().into()
     }
+}
+
+/// What every content starts with.
+const CONTENT_TAG: &[u8] = b"jitocsp-audit-v1;";
+
+/// One field of a content: `<bytes>:<value>;`, or `-;` for NULL.
+fn field(out: &mut Vec<u8>, value: Option<&str>) {
+    match value {
+        None => out.extend_from_slice(b"-;"),
+        Some(v) => {
+            out.extend_from_slice(format!("{}:", v.len()).as_bytes());
+            out.extend_from_slice(v.as_bytes());
+            out.push(b';');
+        }
+    }
+}
+
+/// Audit rows alike but for their serial (a bulk revocation's), as the database will store
+/// them: `db_role` is the session's role, `before` and `after` jsonb's text of the JSON.
+#[derive(Clone, Debug)]
+pub struct SameChange<'a> {
+    pub at_micros: i64,
+    pub actor: &'a str,
+    pub db_role: &'a str,
+    pub action: &'a str,
+    pub issuer_id: i32,
+    pub before: &'a str,
+    pub after: &'a str,
+}
+
+/// The chain columns of one appended row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub chain_seq: i64,
+    pub prev_hash: [u8; 32],
+    pub row_hash: [u8; 32],
+}
+
+/// Appends one row of `change` per serial to the chain whose head is (`head_seq`,
+/// `head_hash`), in order: the chain columns a writer fills in itself (sql/0007), the same
+/// as the per-row trigger would have, and as [`ChainedRow::hash_after`] recomputes them.
+pub fn extend_same(head_seq: i64, head_hash: [u8; 32], change: &SameChange<'_>, serials: &[&[u8]]) -> Vec<Link> {
+    // The fields between the position and the serial, and after the serial, are the same
+    // for every row: encoded once.
+    let mut middle = Vec::new();
+    field(&mut middle, Some(&change.at_micros.to_string()));
+    field(&mut middle, Some(change.actor));
+    field(&mut middle, Some(change.db_role));
+    field(&mut middle, Some(change.action));
+    field(&mut middle, Some(&change.issuer_id.to_string()));
+    let mut tail = Vec::new();
+    field(&mut tail, Some(change.before));
+    field(&mut tail, Some(change.after));
+    let mut links = Vec::with_capacity(serials.len());
+    let mut prev = head_hash;
+    let mut content = Vec::new();
+    for (chain_seq, serial) in (head_seq + 1..).zip(serials) {
+        content.clear();
+        content.extend_from_slice(CONTENT_TAG);
+        field(&mut content, Some(&chain_seq.to_string()));
+        content.extend_from_slice(&middle);
+        field(&mut content, Some(&hex::encode(serial)));
+        content.extend_from_slice(&tail);
+        let mut hasher = Sha256::new();
+        hasher.update(prev);
+        hasher.update(&content);
+        let row_hash: [u8; 32] = hasher.finalize().into();
+        links.push(Link { chain_seq, prev_hash: prev, row_hash });
+        prev = row_hash;
+    }
+    links
 }
 
 /// The first thing wrong in the chain.
@@ -221,5 +282,45 @@ mod tests {
         let mut dash = row(1, "x");
         dash.after = Some("-".into());
         assert_ne!(null.content(), dash.content());
+    }
+
+    /// The rows a writer chains itself (a bulk revocation's) are the rows the verifier
+    /// accepts, linked to the head they were appended to.
+    #[test]
+    fn rows_chained_by_the_writer_verify() {
+        let head = chain(&["alice", "bob"]);
+        let head_hash: [u8; 32] = head[1].row_hash.clone().try_into().unwrap();
+        let change = SameChange {
+            at_micros: 1_700_000_000_123_456,
+            actor: "carol ✓",
+            db_role: "jitocsp_admin",
+            action: "revoke",
+            issuer_id: 7,
+            before: r#"{"status": "good"}"#,
+            after: r#"{"reason": "keyCompromise", "status": "revoked"}"#,
+        };
+        let serials: [&[u8]; 3] = [&[0x0a, 0x01], &[0x7f; 20], &[0x01]];
+        let links = extend_same(2, head_hash, &change, &serials);
+        let mut rows = head;
+        for (link, serial) in links.iter().zip(serials) {
+            rows.push(ChainedRow {
+                id: link.chain_seq * 10,
+                chain_seq: link.chain_seq,
+                at_micros: change.at_micros,
+                actor: change.actor.into(),
+                db_role: change.db_role.into(),
+                action: change.action.into(),
+                issuer_id: Some(change.issuer_id),
+                serial: Some(serial.to_vec()),
+                before: Some(change.before.into()),
+                after: Some(change.after.into()),
+                prev_hash: link.prev_hash.to_vec(),
+                row_hash: link.row_hash.to_vec(),
+            });
+        }
+        let verified = walk(&rows).unwrap();
+        assert_eq!((verified.rows, verified.head_seq), (5, 5));
+        assert_eq!(verified.head_hash, links[2].row_hash);
+        assert!(extend_same(2, head_hash, &change, &[]).is_empty());
     }
 }

@@ -44,7 +44,7 @@
 //!   [`feed::log`] remembers the changes by status version, so that no response signed from
 //!   a row older than a change is served after it, and holds the feed's proof of life and
 //!   the primary's WAL positions that bound replica reads.
-//! - [`purge`]: deleting copies a change made wrong: Redis keys and the `pending_purges`
+//! - [`purge`]: deleting copies a change made wrong: Redis keys and the pending-purge
 //!   bookkeeping with its retry ([`purge::pending`]), and the CDN purge hook
 //!   ([`purge::cdn`]).
 //!

@@ -77,13 +77,25 @@ fn no_role_can_change_delete_or_truncate_audit_rows() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success() && stderr.contains("append-only"), "{statement}: {stderr}");
     }
-    // A row inserted with forged chain fields gets the real ones.
+    // A row inserted with forged chain fields but no hash gets the real ones from the trigger.
     site.sql(
-        "INSERT INTO audit_log (actor, action, at, db_role, chain_seq, prev_hash, row_hash) \
-         VALUES ('x', 'forged', '2001-01-01', 'postgres', 1, '\\x00', '\\x00')",
+        "INSERT INTO audit_log (actor, action, at, db_role, chain_seq, prev_hash) \
+         VALUES ('x', 'forged', '2001-01-01', 'postgres', 1, '\\x00')",
     );
     let forged = site.sql("SELECT db_role = session_user, chain_seq > 1, at > now() - interval '1 hour' FROM audit_log WHERE action = 'forged'");
     assert_eq!(forged, "t|t|t");
+    // With a hash, the row is taken as the writer chained it (sql/0007), so checked, and
+    // these fields are refused.
+    let output = std::process::Command::new("psql")
+        .args(["-X", &site.database_url, "-v", "ON_ERROR_STOP=1", "-tAc"])
+        .arg(
+            "INSERT INTO audit_log (actor, action, at, db_role, chain_seq, prev_hash, row_hash) \
+             VALUES ('x', 'forged with a hash', '2001-01-01', 'postgres', 1, '\\x00', '\\x00')",
+        )
+        .output()
+        .expect("psql");
+    assert!(!output.status.success(), "{}", String::from_utf8_lossy(&output.stdout));
+    assert_eq!(site.sql("SELECT count(*) FROM audit_log WHERE action = 'forged with a hash'"), "0");
     let (code, text) = verify(&site);
     assert_eq!(code, 0, "{text}");
 }
@@ -146,7 +158,7 @@ fn rows_written_before_the_chain_existed_join_it_in_order() {
          ('bob', 'import', NULL, '{\"b\": 2, \"a\": [1]}'), ('carol', 'revoke', '{\"status\": \"good\"}', NULL)",
     );
     let migrated = site.jitocsp_ok(&["migrate"], &[]);
-    assert!(migrated.contains("applied migrations [4, 5, 6]"), "{migrated}");
+    assert!(migrated.contains("applied migrations [4, 5, 6, 7]"), "{migrated}");
     assert_eq!(
         site.sql(
             "SELECT string_agg(chain_seq || ':' || actor || ':' || db_role, ',' ORDER BY chain_seq) FROM audit_log"
@@ -208,6 +220,106 @@ fn the_chain_head_cannot_be_forged() {
     // Writers still append where the chain is.
     site.sql("INSERT INTO audit_log (actor, action) VALUES ('alice', 'after the attempts')");
     assert_eq!(site.sql("SELECT chain_seq FROM audit_log_head"), (head.parse::<i64>().unwrap() + 1).to_string());
+    let (code, text) = verify(&site);
+    assert_eq!(code, 0, "{text}");
+}
+
+/// One attempt to append rows a writer chained itself (sql/0007), three revocations between
+/// two rows the trigger chains, all in one transaction; `forge` may change what the rows claim before they are
+/// chained. Returns the database's refusal, if any.
+async fn append_chained(
+    client: &mut tokio_postgres::Client,
+    forge: impl FnOnce(&mut Chained),
+) -> Result<(), tokio_postgres::Error> {
+    use jitocsp::audit::{extend_same, SameChange};
+    let (before, after) = (r#"{"status": "good"}"#, r#"{"reason": "keyCompromise", "status": "revoked"}"#);
+    let tx = client.transaction().await?;
+    tx.execute("INSERT INTO audit_log (actor, action) VALUES ('bulk', 'before the bulk rows')", &[]).await?;
+    let row = tx.query_one("SELECT now(), session_user::text, chain_seq, row_hash FROM audit_log_head", &[]).await?;
+    let mut c = Chained {
+        at: row.get(0),
+        db_role: row.get(1),
+        head_seq: row.get(2),
+        head_hash: row.get::<_, Vec<u8>>(3).try_into().unwrap(),
+        spoil_hash: false,
+    };
+    forge(&mut c);
+    let change = SameChange {
+        at_micros: c.at.timestamp_micros(),
+        actor: "bulk",
+        db_role: &c.db_role,
+        action: "revoke",
+        issuer_id: 1,
+        before,
+        after,
+    };
+    let serials: [&[u8]; 3] = [&[0x0a, 0x01], &[0x0a, 0x02], &[0x0a, 0x03]];
+    let mut links = extend_same(c.head_seq, c.head_hash, &change, &serials);
+    if c.spoil_hash {
+        links[1].row_hash[0] ^= 1;
+    }
+    let seqs: Vec<i64> = links.iter().map(|l| l.chain_seq).collect();
+    let prev: Vec<&[u8]> = links.iter().map(|l| l.prev_hash.as_slice()).collect();
+    let hashes: Vec<&[u8]> = links.iter().map(|l| l.row_hash.as_slice()).collect();
+    tx.execute(
+        "INSERT INTO audit_log (at, actor, db_role, action, issuer_id, serial, before, after, chain_seq, prev_hash, row_hash) \
+         SELECT $1, 'bulk', $2, 'revoke', 1, u.serial, $3::text::jsonb, $4::text::jsonb, u.seq, u.prev, u.hash \
+         FROM unnest($5::bytea[], $6::int8[], $7::bytea[], $8::bytea[]) WITH ORDINALITY AS u(serial, seq, prev, hash, n) \
+         ORDER BY u.n",
+        &[&c.at, &c.db_role, &before, &after, &serials.as_slice(), &seqs, &prev, &hashes],
+    )
+    .await?;
+    tx.execute("INSERT INTO audit_log (actor, action) VALUES ('bulk', 'after the bulk rows')", &[]).await?;
+    tx.commit().await
+}
+
+/// A change to what a writer's rows claim.
+type Forgery = fn(&mut Chained);
+
+/// What a writer's rows claim: their time and role, the head they continue; and whether one
+/// hash is then spoilt.
+struct Chained {
+    at: chrono::DateTime<chrono::Utc>,
+    db_role: String,
+    head_seq: i64,
+    head_hash: [u8; 32],
+    spoil_hash: bool,
+}
+
+/// A writer may chain its rows itself (sql/0007: a bulk revocation does, to keep the chain
+/// locked briefly), but the database checks every row before it keeps any: a wrong hash,
+/// another role, a time outside the writing transaction or a link to the wrong row refuses
+/// the whole statement. Rows chained right are kept, the trigger's rows before and after
+/// them in the same transaction link to them, and the chain verifies. (Before 0007 the trigger overwrote whatever the writer gave.)
+#[test]
+fn rows_a_writer_chains_itself_are_checked_before_they_are_kept() {
+    if skip_unless(&[Need::Postgres, Need::Redis, Need::Openssl]) {
+        return;
+    }
+    let (site, _pki, _issuer) = site_with_history();
+    let head = site.sql("SELECT chain_seq FROM audit_log_head").parse::<i64>().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut client = jitocsp::db::connect(&site.database_url, &Default::default()).await.unwrap();
+        let forgeries: [(&str, Forgery); 5] = [
+            ("a spoilt hash", |c| c.spoil_hash = true),
+            ("another role", |c| c.db_role = "postgres".into()),
+            ("a back-dated time", |c| c.at -= chrono::TimeDelta::hours(1)),
+            ("a time to come", |c| c.at += chrono::TimeDelta::hours(1)),
+            ("a link past the head", |c| c.head_seq += 1),
+        ];
+        for (what, forge) in forgeries {
+            let error = append_chained(&mut client, forge).await.expect_err(what);
+            let message = error.as_db_error().map(|e| e.message().to_owned()).unwrap_or_default();
+            assert!(
+                message.contains("do not match their hash") || message.contains("do not continue the chain"),
+                "{what}: {error:?}"
+            );
+        }
+        append_chained(&mut client, |_| {}).await.unwrap();
+    });
+    assert_eq!(site.sql("SELECT count(*) FROM audit_log WHERE actor = 'bulk'"), "5");
+    assert_eq!(site.sql("SELECT chain_seq FROM audit_log_head"), (head + 5).to_string());
     let (code, text) = verify(&site);
     assert_eq!(code, 0, "{text}");
 }

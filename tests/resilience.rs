@@ -103,7 +103,7 @@ fn revocation_holds_when_the_purge_fails() {
 
     // The responder's retry loop completes the purge: it is the only responder on this
     // database, and this is the only pending purge, so exactly one retry succeeds.
-    let pending = "SELECT count(*) FROM pending_purges";
+    let pending = "SELECT count(*) FROM pending_purge_batches";
     server.wait_until(Duration::from_secs(30), |s| {
         s.metric("jitocsp_purge_retries_total", &["result=\"done\""]) == 1.0 && site.sql(pending) == "0"
     });

@@ -59,11 +59,12 @@ GRANT USAGE ON SCHEMA public TO jitocsp_responder, jitocsp_admin;
 REVOKE ALL ON ALL TABLES IN SCHEMA public FROM jitocsp_responder, jitocsp_admin;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM jitocsp_responder, jitocsp_admin;
 
--- Responder: reads status and issuers; works off the two purge queues (Redis purges in
--- pending_purges, CDN purges in cdn_purges: retries, then deletes what is done). It never
--- changes a status, never adds an issuer and never writes the audit log.
+-- Responder: reads status and issuers; works off the purge queues (Redis purges in
+-- pending_purge_batches and the older pending_purges, CDN purges in cdn_purges: retries,
+-- then deletes what is done). It never changes a status, never adds an issuer and never
+-- writes the audit log.
 GRANT SELECT ON issuers, certificates, audit_log TO jitocsp_responder;
-GRANT SELECT, UPDATE, DELETE ON pending_purges, cdn_purges TO jitocsp_responder;
+GRANT SELECT, UPDATE, DELETE ON pending_purge_batches, pending_purges, cdn_purges TO jitocsp_responder;
 
 -- Admin CLI (issuer add, import, revoke, unrevoke, purge, status): read/write everything.
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO jitocsp_admin;

@@ -3,7 +3,6 @@
 //! Everything here runs before any write. Each error names its source: the file (and
 //! certificate number), or the line number for serials files and stdin.
 
-use std::collections::HashSet;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,6 +12,7 @@ use chrono::{DateTime, Utc};
 use super::AdminError;
 use crate::serial::Serial;
 pub use crate::status::import::ImportRow;
+use crate::status::revoke::first_of_each;
 pub use crate::status::Origin;
 use crate::x509::{load_pem_or_der, parse_cert};
 
@@ -66,18 +66,15 @@ fn is_blank(line: &str) -> bool {
 pub fn read_serials_file(path: &Path) -> Result<Vec<(Serial, Origin)>, AdminError> {
     let (name, lines) = read_lines(path)?;
     let source: Arc<str> = Arc::from(name.as_str());
-    let mut seen = HashSet::new();
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(lines.len());
     for (i, line) in lines.iter().enumerate() {
         if is_blank(line) {
             continue;
         }
         let origin = Origin::Line { source: source.clone(), line: i + 1 };
-        let serial = parse_serial(line, &origin)?;
-        if seen.insert(serial.clone()) {
-            out.push((serial, origin));
-        }
+        out.push((parse_serial(line, &origin)?, origin));
     }
+    let out = first_of_each(out);
     if out.is_empty() {
         return Err(AdminError::input(format!("{name} contains no serial")));
     }

@@ -7,7 +7,7 @@
 //!   all parsed and checked first; a bad line anywhere means no write at all, and the error
 //!   names the file and line (or the serial) that was wrong.
 //! - **One transaction per command, or per batch.** A revocation changes `certificates`,
-//!   writes one `audit_log` row and one `pending_purges` row per changed certificate, and
+//!   writes one `audit_log` row per changed certificate and one `pending_purge_batches` row, and
 //!   queues `NOTIFY jitocsp_status` (many changes per notification), all in one transaction:
 //!   either all of it happened or none did, and responders hear of it only if it committed.
 //!   A revocation of more than `--batch-size` certificates is cut into such transactions,
@@ -17,7 +17,7 @@
 //!   and a plain line per step otherwise; stdout has what they did, as always.
 //! - **Purge after commit.** The Redis keys are deleted only after the commit; when Redis is
 //!   unreachable the command still succeeds (the change is in Postgres, responders were
-//!   notified) and the `pending_purges` rows stay for the responders to retry.
+//!   notified) and the `pending_purge_batches` rows stay for the responders to retry.
 //! - **Exit status**: 0 success, 1 operational failure (Postgres or Redis down...), 2 bad
 //!   input or usage (see [`AdminError::exit_code`]).
 //! - **Audit**: every change writes an `audit_log` row naming the actor

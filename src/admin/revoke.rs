@@ -137,7 +137,7 @@ impl Owed {
                     // Interrupted between a commit and its purge.
                     eprintln!(
                         "warning: the cached responses of {pending} certificate(s) are still to be purged \
-                         (table pending_purges); running responders retry it, `jitocsp admin purge` does it now"
+                         (table pending_purge_batches); running responders retry it, `jitocsp admin purge` does it now"
                     );
                 }
             }

@@ -53,7 +53,7 @@ pub async fn status(args: CertArgs, config: &Config) -> Result<(), AdminError> {
     }
     let pending = pending_purges::for_certificate(&client, issuer.id, serial.as_bytes())
         .await
-        .map_err(db("reading pending_purges"))?;
+        .map_err(db("reading the pending purges"))?;
     match pending {
         None => println!("pending purge: none"),
         Some(p) => println!(

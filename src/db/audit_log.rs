@@ -26,22 +26,71 @@ pub async fn insert_changes(
     Ok(())
 }
 
-/// Writes one row per certificate of `serials` changed by `action`, all with the same
-/// `before` and `after` (JSON), in their order.
-pub async fn insert_same_change(
+/// 'jitaudit' in ASCII: the lock that serializes appends to the chain (sql/0004, 0006).
+const CHAIN_LOCK: i64 = 7667787802505144692;
+
+/// Where a writer that chains its rows itself (sql/0007) appends: the head, read under the
+/// chain's lock (held until `tx` ends), the role the rows must name, and `before` and
+/// `after` as the rows will store them (jsonb's text, which their hashes cover).
+pub struct ChainHead {
+    pub seq: i64,
+    pub hash: [u8; 32],
+    pub db_role: String,
+    pub before: String,
+    pub after: String,
+}
+
+/// Takes the chain's lock and reads its head (see [`ChainHead`]).
+pub async fn lock_head(
     tx: &Transaction<'_>,
+    before: &serde_json::Value,
+    after: &serde_json::Value,
+) -> Result<Option<ChainHead>, tokio_postgres::Error> {
+    // Its own statement: a statement that waited for the lock would still read the head as
+    // it was when it started.
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CHAIN_LOCK]).await?;
+    let row = tx
+        .query_opt(
+            "SELECT h.chain_seq, h.row_hash, session_user::text, $1::text::jsonb::text, $2::text::jsonb::text \
+             FROM audit_log_head h",
+            &[&before.to_string(), &after.to_string()],
+        )
+        .await?;
+    Ok(row.and_then(|r| {
+        Some(ChainHead {
+            seq: r.get(0),
+            hash: r.get::<_, &[u8]>(1).try_into().ok()?,
+            db_role: r.get(2),
+            before: r.get(3),
+            after: r.get(4),
+        })
+    }))
+}
+
+/// Writes one row per serial of `serials` (their order is the chain's), all alike but for
+/// the serial, with the chain columns the writer computed (`links`, parallel to `serials`),
+/// at `at` (the transaction's time). The database checks every row before it keeps any.
+#[allow(clippy::too_many_arguments)]
+pub async fn insert_chained_same_change(
+    tx: &Transaction<'_>,
+    at: DateTime<Utc>,
     actor: &str,
     action: &str,
     issuer_id: i32,
+    head: &ChainHead,
     serials: &[&[u8]],
-    before: &serde_json::Value,
-    after: &serde_json::Value,
+    links: &[crate::audit::Link],
 ) -> Result<(), tokio_postgres::Error> {
+    let seqs: Vec<i64> = links.iter().map(|l| l.chain_seq).collect();
+    let prev: Vec<&[u8]> = links.iter().map(|l| l.prev_hash.as_slice()).collect();
+    let hashes: Vec<&[u8]> = links.iter().map(|l| l.row_hash.as_slice()).collect();
     tx.execute(
-        "INSERT INTO audit_log (actor, action, issuer_id, serial, before, after) \
-         SELECT $1, $2, $3, u.serial, $5::text::jsonb, $6::text::jsonb \
-         FROM unnest($4::bytea[]) WITH ORDINALITY AS u(serial, n) ORDER BY u.n",
-        &[&actor, &action, &issuer_id, &serials, &before.to_string(), &after.to_string()],
+        "INSERT INTO audit_log (at, actor, db_role, action, issuer_id, serial, before, after, \
+                                chain_seq, prev_hash, row_hash) \
+         SELECT $1, $2, $3, $4, $5, u.serial, $6::text::jsonb, $7::text::jsonb, u.seq, u.prev, u.hash \
+         FROM unnest($8::bytea[], $9::int8[], $10::bytea[], $11::bytea[]) WITH ORDINALITY AS u(serial, seq, prev, hash, n) \
+         ORDER BY u.n",
+        &[&at, &actor, &head.db_role, &action, &issuer_id, &head.before, &head.after, &serials, &seqs, &prev, &hashes],
     )
     .await?;
     Ok(())

@@ -6,7 +6,10 @@
 
 use std::collections::HashMap;
 
+use bytes::{BufMut, BytesMut};
 use chrono::{DateTime, Utc};
+use futures_util::{pin_mut, TryStreamExt};
+use tokio_postgres::types::{to_sql_checked, FromSql, IsNull, ToSql, Type};
 use tokio_postgres::{Client, GenericClient, Transaction};
 
 /// The responders' status read, by primary key. Several keys are read with one `= ANY` query
@@ -53,24 +56,79 @@ pub async fn next_version(tx: &Transaction<'_>) -> Result<i64, tokio_postgres::E
     Ok(tx.query_one("SELECT nextval('status_change_seq')", &[]).await?.get(0))
 }
 
+/// The revocation UPDATE, with `$extra` added to its WHERE clause.
+macro_rules! revoke_sql {
+    ($extra:literal) => {
+        concat!(
+            "UPDATE certificates SET reason = $3, revoked_at = $4, changed_at = clock_timestamp(), \
+             changed_version = $5 \
+             WHERE issuer_id = $1 AND serial = ANY($2) AND reason IS NULL AND coalesce(changed_version, 0) < $5",
+            $extra
+        )
+    };
+}
+
 /// Revokes the good certificates among `serials` whose last change is below `version`
 /// (so a row's versions only grow, whether or not the caller locked it before taking
 /// `version`); returns how many it changed.
+///
+/// With `tids`, where the caller found the rows ([`check_streamed`]), they are read there
+/// instead of through the primary key, a lookup saved per row; a row that moved since (it
+/// changed, so it is no longer good at a lower version) is not changed, and the count tells.
+#[allow(clippy::too_many_arguments)]
 pub async fn revoke(
     tx: &Transaction<'_>,
     issuer_id: i32,
     serials: &[&[u8]],
+    tids: Option<&[Tid]>,
     reason_code: i16,
     at: DateTime<Utc>,
     version: i64,
 ) -> Result<u64, tokio_postgres::Error> {
-    tx.execute(
-        "UPDATE certificates SET reason = $3, revoked_at = $4, changed_at = clock_timestamp(), \
-         changed_version = $5 \
-         WHERE issuer_id = $1 AND serial = ANY($2) AND reason IS NULL AND coalesce(changed_version, 0) < $5",
-        &[&issuer_id, &serials, &reason_code, &at, &version],
-    )
-    .await
+    match tids {
+        None => tx.execute(revoke_sql!(""), &[&issuer_id, &serials, &reason_code, &at, &version]).await,
+        Some(tids) => {
+            tx.execute(revoke_sql!(" AND ctid = ANY($6)"), &[&issuer_id, &serials, &reason_code, &at, &version, &tids])
+                .await
+        }
+    }
+}
+
+/// Where a row version lies in the table (its `ctid`): block number and line pointer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Tid {
+    pub block: u32,
+    pub line: u16,
+}
+
+/// A `tid` in binary: the block number (4 octets) and the line pointer (2), big-endian.
+impl<'a> FromSql<'a> for Tid {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        match raw {
+            [b0, b1, b2, b3, l0, l1] => {
+                Ok(Tid { block: u32::from_be_bytes([*b0, *b1, *b2, *b3]), line: u16::from_be_bytes([*l0, *l1]) })
+            }
+            _ => Err(format!("a tid is 6 octets, not {}", raw.len()).into()),
+        }
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::TID
+    }
+}
+
+impl ToSql for Tid {
+    fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.put_u32(self.block);
+        out.put_u16(self.line);
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::TID
+    }
+
+    to_sql_checked!();
 }
 
 /// The temporary table a revocation's check streams its serials into (dropped at commit):
@@ -81,35 +139,51 @@ pub const REVOKE_CHECK_TABLE: &str =
 /// Streams rows (i int4, serial bytea, binary format) into [`REVOKE_CHECK_TABLE`].
 pub const REVOKE_CHECK_COPY: &str = "COPY jitocsp_revoke_check (i, serial) FROM STDIN (FORMAT binary)";
 
+/// A certificate as a revocation's check found it: its state, and where its row lies.
+#[derive(Clone, Debug)]
+pub struct Found {
+    pub state: StatusRow,
+    pub tid: Tid,
+}
+
 /// The state of each serial streamed into [`REVOKE_CHECK_TABLE`], as a certificate of
 /// `issuer_id`: by position, `None` if it has no row. In the order the rows lie in the table
 /// (serials without a row last), so that a caller can work through them page by page.
 ///
 /// One join rather than a lookup per serial: for millions of serials Postgres reads the
-/// table once (a hash join) instead of jumping around a table larger than its cache.
+/// table once (a hash join) instead of jumping around a table larger than its cache. The
+/// hash table is kept in memory (`work_mem` for this transaction, about 100 bytes a serial:
+/// spilled to disk in batches, the join took several times as long), and the rows are put in
+/// table order here rather than by an ORDER BY, which would sort millions of rows on disk.
 pub async fn check_streamed(
     tx: &Transaction<'_>,
     issuer_id: i32,
-) -> Result<Vec<(usize, Option<StatusRow>)>, tokio_postgres::Error> {
+    serials: usize,
+) -> Result<Vec<(usize, Option<Found>)>, tokio_postgres::Error> {
+    let work_mem_kb = (serials / 10).clamp(4 * 1024, 1024 * 1024);
+    // One query over millions of rows: compiling it (JIT, a second or more) does not pay.
+    tx.batch_execute(&format!("SET LOCAL work_mem = '{work_mem_kb}kB'; SET LOCAL jit = off")).await?;
     // A temporary table has no statistics until analysed; without them the planner guesses.
     tx.batch_execute("ANALYZE jitocsp_revoke_check").await?;
     let rows = tx
-        .query(
-            "SELECT t.i, c.serial IS NOT NULL, c.reason, c.revoked_at \
+        .query_raw(
+            "SELECT t.i, c.ctid, c.reason, c.revoked_at \
              FROM jitocsp_revoke_check t \
-             LEFT JOIN certificates c ON c.issuer_id = $1 AND c.serial = t.serial \
-             ORDER BY c.ctid, t.i",
-            &[&issuer_id],
+             LEFT JOIN certificates c ON c.issuer_id = $1 AND c.serial = t.serial",
+            [&issuer_id],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .filter_map(|r| {
-            let index = usize::try_from(r.get::<_, i32>(0)).ok()?;
-            let state = r.get::<_, bool>(1).then(|| StatusRow { reason: r.get(2), revoked_at: r.get(3) });
-            Some((index, state))
-        })
-        .collect())
+    pin_mut!(rows);
+    let mut found = Vec::with_capacity(serials);
+    while let Some(row) = rows.try_next().await? {
+        let Ok(index) = usize::try_from(row.get::<_, i32>(0)) else { continue };
+        let state = row
+            .get::<_, Option<Tid>>(1)
+            .map(|tid| Found { state: StatusRow { reason: row.get(2), revoked_at: row.get(3) }, tid });
+        found.push((index, state));
+    }
+    found.sort_unstable_by_key(|(i, f)| (f.as_ref().map_or(Tid { block: u32::MAX, line: u16::MAX }, |f| f.tid), *i));
+    Ok(found)
 }
 
 /// Sets the reason of revoked certificates to `reason_code`, each with its own revocation
@@ -216,4 +290,19 @@ pub async fn one(
         status: StatusRow { reason: r.get(1), revoked_at: r.get(2) },
         changed_at: r.get(3),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tid_is_six_big_endian_octets() {
+        let tid = Tid { block: 0x0102_0304, line: 0x0506 };
+        let mut out = BytesMut::new();
+        tid.to_sql(&Type::TID, &mut out).unwrap();
+        assert_eq!(&out[..], [1, 2, 3, 4, 5, 6]);
+        assert_eq!(Tid::from_sql(&Type::TID, &out).unwrap(), tid);
+        assert!(Tid::from_sql(&Type::TID, &out[..5]).is_err());
+    }
 }

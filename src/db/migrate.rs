@@ -21,6 +21,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (4, "0004_audit_chain.sql", include_str!("../../sql/0004_audit_chain.sql")),
     (5, "0005_issuer_lifecycle.sql", include_str!("../../sql/0005_issuer_lifecycle.sql")),
     (6, "0006_audit_chain_head.sql", include_str!("../../sql/0006_audit_chain_head.sql")),
+    (7, "0007_bulk_revocation.sql", include_str!("../../sql/0007_bulk_revocation.sql")),
 ];
 
 /// Advisory lock key that `migrate` holds while it works ("jitocsp" in ASCII, as a bigint).

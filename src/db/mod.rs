@@ -6,7 +6,7 @@
 //! way errors are told are decided once.
 //!
 //! Every statement on a table lives in that table's module ([`certificates`],
-//! [`audit_log`], [`pending_purges`], [`cdn_purges`], [`issuers`]) as a small typed
+//! [`audit_log`], [`pending_purges`] (both purge tables), [`cdn_purges`], [`issuers`]) as a small typed
 //! function, or as a constant where the caller prepares it itself (the responders' hot
 //! path). What a statement is *for* (the transaction rules of a status change, the settle
 //! rule of a purge) is told where it is used: [`crate::status`], [`crate::purge`].

@@ -12,7 +12,7 @@ use crate::purge::pending::{self, PurgeOutcome, PurgeTarget, SettleWarning};
 #[derive(Debug, Default)]
 #[must_use = "a committed change owes its purges"]
 pub struct AfterCommit {
-    /// One per changed certificate, settling the `pending_purges` row the change armed.
+    /// One per changed certificate, settling the pending purge the change recorded.
     pub targets: Vec<PurgeTarget>,
     /// The `cdn_purges` rows the change recorded (none without a hook).
     pub cdn_ids: Vec<i64>,

@@ -11,15 +11,20 @@
 //! checked (an unknown serial fails the whole change, [`StatusError::is_input`], and nothing is
 //! written); one status version is taken from `status_change_seq` (after the locks, so
 //! versions grow along each row's changes); the status UPDATE with `changed_version` and
-//! `changed_at = clock_timestamp()`; per certificate changed, one `pending_purges` row (and,
-//! with a CDN hook, one `cdn_purges` row) and one `audit_log` row; notifications on
+//! `changed_at = clock_timestamp()`; one `pending_purge_batches` row holding the changed
+//! serials; per certificate changed, one `audit_log` row (and, with a CDN hook, one
+//! `cdn_purges` row); notifications on
 //! `jitocsp_status` carrying the version (one per couple of hundred certificates, see
 //! [`crate::feed::payload`]); COMMIT. Only after the commit are the Redis keys deleted and
 //! the CDN hook called ([`AfterCommit`]), and neither can undo or fail the change.
 //!
 //! The audit rows of a revocation are written last: appending to the audit chain takes a
 //! lock held until COMMIT (sql/0004, sql/0006), so whatever comes before it can overlap with
-//! another transaction's appends.
+//! another transaction's appends. A revocation computes the chain of its rows itself (under
+//! that lock, from the head it read) and inserts them complete; the database checks every
+//! row's hash, link, role and time in one pass before it keeps any (sql/0007), instead of
+//! computing each row in a trigger. Other changes (unrevoke, reason changes, issuer events)
+//! leave the chain to the trigger, as before.
 //!
 //! Responders compare versions, not times, so the length of the transaction does not matter
 //! to them: a status read at a lower version than a change they heard of is never used.
@@ -37,12 +42,13 @@
 //! first batch, every serial is checked in one read-only pass (streamed with COPY, one
 //! join): an unknown serial, or a reason change that would move a revocation time later,
 //! refuses the whole revocation and nothing is written, as for a single transaction. The
-//! batches follow the order the rows lie in the table, not the operator's, so that each
-//! touches a few hundred pages of a table larger than Postgres's cache rather than one page
-//! per certificate. A batch the check saw all good is revoked without reading its rows
-//! first: its version is taken before the UPDATE, which changes only rows still good and
-//! at a lower version (so versions still grow along each row's changes); if any row changed
-//! since the check, the batch is rolled back and done the ordinary way. A revocation that
+//! batches follow the order the rows lie in the table, not the operator's, in tiles sorted
+//! by serial (see `revoke::tile`), so that each touches a few thousand pages of a table and
+//! index larger than Postgres's cache rather than one page per certificate. A batch the
+//! check saw all good is revoked without reading its rows first, where the check found them
+//! (their `ctid`): its version is taken before the UPDATE, which changes only rows still
+//! there, good and at a lower version (so versions still grow along each row's changes); if
+//! any row changed since the check, the batch is rolled back and done the ordinary way. A revocation that
 //! stops half way (a failure, an interrupted command) leaves whole batches committed;
 //! running it again finishes it, skipping (and reporting) the certificates already revoked.
 //!
@@ -148,6 +154,9 @@ pub enum StatusError {
     },
     #[error("recording the CDN purges")]
     CdnPurges(#[source] CdnError),
+    /// The audit chain's head row (sql/0006) is missing: the schema is damaged.
+    #[error("the audit chain has no head (table audit_log_head is empty); nothing was changed")]
+    NoChainHead,
     /// A batch of a revocation failed; the batches before it are committed.
     #[error(
         "stopped after {done} of {total} certificates (their batches are committed); running the same \
@@ -177,7 +186,8 @@ impl StatusError {
             StatusError::RevokedCount { .. }
             | StatusError::ReasonCount { .. }
             | StatusError::Database { .. }
-            | StatusError::CdnPurges(_) => false,
+            | StatusError::CdnPurges(_)
+            | StatusError::NoChainHead => false,
             StatusError::Stopped { source, .. } => source.is_input(),
         }
     }

@@ -17,9 +17,9 @@ use tokio_postgres::{Client, Transaction};
 use super::record::{arm_purges, audit, audit_same, next_version, notify, record_cdn_purges, transaction_now, Planned};
 use super::{db, rfc3339, AfterCommit, IssuerRow, Origin, Progress, StatusError};
 use crate::config::{CdnConfig, Config};
-use crate::db::certificates::{self, StatusRow};
+use crate::db::certificates::{self, StatusRow, Tid};
 use crate::ocsp::RevocationReason;
-use crate::purge::pending::{PurgeOutcome, PurgeTarget, SettleWarning};
+use crate::purge::pending::{Owed, PurgeOutcome, PurgeTarget, SettleWarning};
 use crate::serial::Serial;
 
 /// Certificates per transaction of a revocation, unless the plan says otherwise: large enough
@@ -33,6 +33,12 @@ pub const DEFAULT_BATCH_SIZE: NonZeroUsize = match NonZeroUsize::new(20_000) {
 /// Batches in flight at once, each on a connection of its own: while one appends its audit
 /// rows (which only one transaction at a time can do), the other locks and updates its rows.
 pub const BATCHES_IN_FLIGHT: usize = 2;
+
+/// Settings for the transaction of a batch. Its statements handle tens of thousands of rows
+/// each, once: compiling them (JIT) costs more than it saves, and the audit chain's check
+/// (sql/0007) reads the batch's new audit rows several times, which it does from memory
+/// rather than from a temporary file if they fit in `work_mem` (a 20,000 batch: 10 MB).
+const BATCH_SETTINGS: &str = "SET LOCAL jit = off; SET LOCAL work_mem = '64MB'";
 
 /// Serials per query of a dry run.
 const PREVIEW_CHUNK: usize = 50_000;
@@ -70,10 +76,22 @@ impl RevokePlan {
         dry_run: bool,
         actor: String,
     ) -> Self {
-        let mut seen = HashSet::with_capacity(serials.len());
-        let serials = serials.into_iter().filter(|(s, _)| seen.insert(s.clone())).collect();
+        let serials = first_of_each(serials);
         RevokePlan { issuer, serials, reason, at, at_given, dry_run, actor, batch_size: DEFAULT_BATCH_SIZE }
     }
+}
+
+/// `serials` without repeats, in their order; of a repeated serial the first is kept.
+pub fn first_of_each<T>(serials: Vec<(Serial, T)>) -> Vec<(Serial, T)> {
+    // Flags rather than a set of copies: a mass revocation has millions of serials.
+    let keep: Vec<bool> = {
+        let mut seen = HashSet::with_capacity(serials.len());
+        serials.iter().map(|(s, _)| seen.insert(s.as_bytes())).collect()
+    };
+    if keep.iter().all(|k| *k) {
+        return serials;
+    }
+    serials.into_iter().zip(keep).filter_map(|(entry, keep)| keep.then_some(entry)).collect()
 }
 
 /// What a revocation does (or would do) to one certificate.
@@ -125,7 +143,7 @@ impl Revoked {
 pub struct Committed {
     pub batch: Revoked,
     /// `None` when not attempted because an earlier batch's purge failed: Redis is likely
-    /// down, and the purges stay owed (`pending_purges`) for the running responders.
+    /// down, and the purges stay owed (`pending_purge_batches`) for the running responders.
     pub purge: Option<(PurgeOutcome, Vec<SettleWarning>)>,
 }
 
@@ -179,18 +197,18 @@ pub async fn revoke(
     let total = plan.serials.len();
     progress.stage("revoking", total as u64);
     let purge_failed = AtomicBool::new(false);
-    let batches = checked.order.chunks(plan.batch_size.get()).map(|positions| {
-        let batch: Vec<&Entry> = positions.iter().filter_map(|i| plan.serials.get(*i)).collect();
+    let batches = checked.order.chunks(plan.batch_size.get()).map(|located| {
+        let batch: Vec<&Entry> = located.iter().filter_map(|(i, _)| plan.serials.get(*i)).collect();
         // The check saw every row of the batch good: no need to read them first.
-        let all_good = positions.iter().all(|i| !checked.revoked.contains(i));
-        (batch, all_good)
+        let all_good = located.iter().all(|(i, _)| !checked.revoked.contains(i));
+        (batch, all_good.then(|| located.iter().map(|(_, tid)| *tid).collect()))
     });
     let mut summary = Summary::default();
     let mut done = 0;
     let failed = in_order(
         vec![first, second],
         batches,
-        |client, (batch, all_good)| run_batch(client, config, plan, batch, all_good, &purge_failed),
+        |client, (batch, good)| run_batch(client, config, plan, batch, good, &purge_failed),
         |committed: Committed| {
             summary.revoked += committed.batch.revoked.len();
             summary.reason_changed += committed.batch.reason_changed.len();
@@ -239,18 +257,19 @@ where
     failed
 }
 
-/// Commits one batch, then purges its Redis keys (unless an earlier purge failed).
+/// Commits one batch, then purges its Redis keys (unless an earlier purge failed). `good`:
+/// the check saw every certificate of the batch good, at these places in the table.
 async fn run_batch<'c>(
     client: &'c mut Client,
     config: &Config,
     plan: &RevokePlan,
     batch: Vec<&Entry>,
-    all_good: bool,
+    good: Option<Vec<Tid>>,
     purge_failed: &AtomicBool,
 ) -> (&'c mut Client, Result<Committed, StatusError>) {
     let mut committed = None;
-    if all_good {
-        match revoke_good(client, &config.cdn, plan, &batch).await {
+    if let Some(tids) = good {
+        match revoke_good(client, &config.cdn, plan, &batch, &tids).await {
             Ok(done) => committed = done,
             Err(error) => return (client, Err(error)),
         }
@@ -294,7 +313,7 @@ async fn check(client: &mut Client, plan: &RevokePlan, progress: &mut dyn Progre
         }
     }
     writer.as_mut().finish().await.map_err(db("finishing COPY"))?;
-    let found = certificates::check_streamed(&tx, plan.issuer.id).await.map_err(db("checking the serials"))?;
+    let found = certificates::check_streamed(&tx, plan.issuer.id, total).await.map_err(db("checking the serials"))?;
     tx.rollback().await.map_err(db("ending the check"))?;
     if total % CHECK_PROGRESS_STEP != 0 {
         progress.advance(total as u64);
@@ -304,21 +323,21 @@ async fn check(client: &mut Client, plan: &RevokePlan, progress: &mut dyn Progre
     let mut missing = Vec::new();
     let mut refused: Option<(usize, StatusError)> = None;
     let mut checked = Checked { order: Vec::with_capacity(total), revoked: HashSet::new() };
-    for (i, state) in found {
+    for (i, found) in found {
         let Some((serial, origin)) = plan.serials.get(i) else { continue };
-        checked.order.push(i);
-        match state {
-            None => missing.push((i, (serial.clone(), origin.clone()))),
-            Some(state) if state.reason.is_some() => {
-                checked.revoked.insert(i);
-                if let Err(e) = rekey_time(plan.reason, &state, explicit_at, serial) {
-                    // The first in the operator's order, as a single transaction would say.
-                    if refused.as_ref().is_none_or(|(first, _)| i < *first) {
-                        refused = Some((i, e));
-                    }
+        let Some(found) = found else {
+            missing.push((i, (serial.clone(), origin.clone())));
+            continue;
+        };
+        checked.order.push((i, found.tid));
+        if found.state.reason.is_some() {
+            checked.revoked.insert(i);
+            if let Err(e) = rekey_time(plan.reason, &found.state, explicit_at, serial) {
+                // The first in the operator's order, as a single transaction would say.
+                if refused.as_ref().is_none_or(|(first, _)| i < *first) {
+                    refused = Some((i, e));
                 }
             }
-            Some(_) => {}
         }
     }
     if !missing.is_empty() {
@@ -326,38 +345,60 @@ async fn check(client: &mut Client, plan: &RevokePlan, progress: &mut dyn Progre
         let missing = missing.into_iter().map(|(_, m)| m).collect();
         return Err(StatusError::UnknownSerials { issuer: plan.issuer.name.clone(), missing });
     }
-    match refused {
-        Some((_, refused)) => Err(refused),
-        None => Ok(checked),
+    if let Some((_, refused)) = refused {
+        return Err(refused);
     }
+    tile(&mut checked.order, plan, plan.batch_size.get().saturating_mul(TILE_BATCHES));
+    Ok(checked)
 }
 
 /// What the check found: the order to revoke in, and which certificates are revoked already.
 struct Checked {
-    /// Every position in `plan.serials`, in the order their rows lie in the table: batches
-    /// taken in this order each touch a few hundred pages of the table rather than one page
-    /// per certificate, which matters once the table is larger than Postgres's cache.
-    order: Vec<usize>,
+    /// Every position in `plan.serials`, with where its row lies, in the order of [`tile`].
+    order: Vec<(usize, Tid)>,
     /// Positions of the certificates already revoked.
     revoked: HashSet<usize>,
+}
+
+/// Batches per tile of [`tile`].
+const TILE_BATCHES: usize = 10;
+
+/// Orders `located` (in the order their rows lie in the table) for the batches: tiles of
+/// `rows_per_tile` rows in table order, each sorted by serial.
+///
+/// A revocation changes each row (new row version) and adds an entry to the primary key,
+/// whose order (by serial) has nothing to do with the table's. In table order alone, a batch
+/// touches a few hundred pages of the table but one page of the primary key per certificate;
+/// by serial alone, the reverse. Tiled, the batches of a tile share its few thousand table
+/// pages (which stay in Postgres's cache from one batch to the next) and each touches a
+/// tenth of the key's pages, several entries each, rather than a page per certificate.
+fn tile(located: &mut [(usize, Tid)], plan: &RevokePlan, rows_per_tile: usize) {
+    let serial = |i: usize| plan.serials.get(i).map(|(s, _)| s.as_bytes());
+    for chunk in located.chunks_mut(rows_per_tile.max(1)) {
+        chunk.sort_by(|(a, _), (b, _)| serial(*a).cmp(&serial(*b)));
+    }
 }
 
 /// The fast way to commit a batch whose certificates the check saw all good: revoke them
 /// without reading them first. The version is taken before the rows are locked, so the
 /// UPDATE changes only rows still good and at a lower version; if any row was changed since
 /// the check, nothing is committed and `None` says to take the ordinary way
-/// ([`commit_batch`]). Versions still only grow along each row's changes.
+/// ([`commit_batch`]). Versions still only grow along each row's changes. The rows are read
+/// where the check found them (`tids`) rather than through the primary key.
 async fn revoke_good(
     client: &mut Client,
     cdn: &CdnConfig,
     plan: &RevokePlan,
     batch: &[&Entry],
+    tids: &[Tid],
 ) -> Result<Option<Revoked>, StatusError> {
     let issuer = &plan.issuer;
     let tx = client.transaction().await.map_err(db("starting a transaction"))?;
+    tx.batch_execute(BATCH_SETTINGS).await.map_err(db("setting up the transaction"))?;
     let txn_now = transaction_now(&tx).await?;
     let version = next_version(&tx).await?;
-    let changed = certificates::revoke(&tx, issuer.id, &serial_bytes(batch), plan.reason.code(), plan.at, version)
+    let (serials, code) = (serial_bytes(batch), plan.reason.code());
+    let changed = certificates::revoke(&tx, issuer.id, &serials, Some(tids), code, plan.at, version)
         .await
         .map_err(db("revoking"))?;
     if changed as usize != batch.len() {
@@ -365,10 +406,10 @@ async fn revoke_good(
         return Ok(None);
     }
     let serials = serials_of(batch);
-    let cdn_ids = record_changes(&tx, cdn, plan, txn_now, version, &[], &serials).await?;
+    let owed = record_changes(&tx, cdn, plan, txn_now, version, &[], &serials).await?;
     tx.commit().await.map_err(db("committing the revocation"))?;
     log_committed(plan, version, &serials, &[]);
-    let after_commit = after_commit(issuer, txn_now, &serials, cdn_ids);
+    let after_commit = after_commit(issuer, owed, &serials);
     Ok(Some(Revoked {
         version,
         revoked: serials.into_iter().cloned().collect(),
@@ -388,6 +429,7 @@ async fn commit_batch(
 ) -> Result<Revoked, StatusError> {
     let issuer = &plan.issuer;
     let tx = client.transaction().await.map_err(db("starting a transaction"))?;
+    tx.batch_execute(BATCH_SETTINGS).await.map_err(db("setting up the transaction"))?;
     let txn_now = transaction_now(&tx).await?;
     let states = certificates::statuses(&tx, issuer.id, &serial_bytes(batch), true)
         .await
@@ -408,7 +450,7 @@ async fn commit_batch(
         .collect();
     let changed: Vec<&Serial> = rekeys.iter().map(|r| r.serial).chain(to_change.iter().copied()).collect();
     let mut version = 0;
-    let mut cdn_ids = Vec::new();
+    let mut owed = Owes::default();
     if !changed.is_empty() {
         version = next_version(&tx).await?;
         if !rekeys.is_empty() {
@@ -416,7 +458,7 @@ async fn commit_batch(
         }
         if !to_change.is_empty() {
             let bytes: Vec<&[u8]> = to_change.iter().map(|s| s.as_bytes()).collect();
-            let changed = certificates::revoke(&tx, issuer.id, &bytes, plan.reason.code(), plan.at, version)
+            let changed = certificates::revoke(&tx, issuer.id, &bytes, None, plan.reason.code(), plan.at, version)
                 .await
                 .map_err(db("revoking"))?;
             if changed as usize != to_change.len() {
@@ -424,7 +466,7 @@ async fn commit_batch(
                 return Err(StatusError::RevokedCount { expected: to_change.len(), changed: changed as usize });
             }
         }
-        cdn_ids = record_changes(&tx, cdn, plan, txn_now, version, &rekeys, &to_change).await?;
+        owed = record_changes(&tx, cdn, plan, txn_now, version, &rekeys, &to_change).await?;
     }
     tx.commit().await.map_err(db("committing the revocation"))?;
 
@@ -441,13 +483,13 @@ async fn commit_batch(
         revoked: to_change.into_iter().cloned().collect(),
         reason_changed: rekeys.into_iter().map(|r| (r.serial.clone(), r.revoked_at)).collect(),
         unchanged,
-        after_commit: after_commit(issuer, txn_now, &changed, cdn_ids),
+        after_commit: after_commit(issuer, owed, &changed),
     })
 }
 
 /// Everything a batch writes beside the status, once the status rows are changed at
-/// `version`: pending purges, CDN purges, audit rows (last: see [`crate::status`]) and the
-/// notifications. Returns the CDN purges' ids.
+/// `version`: the pending purges, CDN purges, audit rows (last: see [`crate::status`]) and
+/// the notifications. Returns what the commit will owe.
 async fn record_changes(
     tx: &Transaction<'_>,
     cdn: &CdnConfig,
@@ -456,23 +498,30 @@ async fn record_changes(
     version: i64,
     rekeys: &[Rekey<'_>],
     to_change: &[&Serial],
-) -> Result<Vec<i64>, StatusError> {
+) -> Result<Owes, StatusError> {
     let issuer = &plan.issuer;
     let changed: Vec<&Serial> = rekeys.iter().map(|r| r.serial).chain(to_change.iter().copied()).collect();
-    arm_purges(tx, issuer.id, &changed, txn_now).await?;
+    let pending = arm_purges(tx, issuer.id, &changed, txn_now).await?;
     let cdn_ids = record_cdn_purges(tx, cdn, issuer, "revoke", &changed).await?;
-    audit_changes(tx, plan, rekeys, to_change).await?;
+    audit_changes(tx, plan, txn_now, rekeys, to_change).await?;
     notify(tx, issuer.id, true, version, &changed).await?;
-    Ok(cdn_ids)
+    Ok(Owes { pending: Some(pending), cdn_ids })
+}
+
+/// The purges a batch recorded as owed: its `pending_purge_batches` row (none when nothing
+/// changed) and its CDN purges.
+#[derive(Default)]
+struct Owes {
+    pending: Option<i64>,
+    cdn_ids: Vec<i64>,
 }
 
 /// The purges a committed batch owes for `changed`.
-fn after_commit(issuer: &IssuerRow, txn_now: DateTime<Utc>, changed: &[&Serial], cdn_ids: Vec<i64>) -> AfterCommit {
-    let targets = changed
-        .iter()
-        .map(|s| PurgeTarget { issuer_id: issuer.id, serial: (*s).clone(), since: Some(txn_now) })
-        .collect();
-    AfterCommit { targets, cdn_ids }
+fn after_commit(issuer: &IssuerRow, owed: Owes, changed: &[&Serial]) -> AfterCommit {
+    let settles = owed.pending.map_or(Owed::Nothing, Owed::Batch);
+    let targets =
+        changed.iter().map(|s| PurgeTarget { issuer_id: issuer.id, serial: (*s).clone(), owed: settles }).collect();
+    AfterCommit { targets, cdn_ids: owed.cdn_ids }
 }
 
 fn serials_of<'a>(batch: &[&'a Entry]) -> Vec<&'a Serial> {
@@ -493,6 +542,7 @@ struct Rekey<'a> {
 async fn audit_changes(
     tx: &Transaction<'_>,
     plan: &RevokePlan,
+    txn_now: DateTime<Utc>,
     rekeys: &[Rekey<'_>],
     to_change: &[&Serial],
 ) -> Result<(), StatusError> {
@@ -526,7 +576,7 @@ async fn audit_changes(
             "reason_code": plan.reason.code(),
             "revoked_at": rfc3339(plan.at),
         });
-        audit_same(tx, plan.issuer.id, "revoke", &plan.actor, to_change, &before, &after).await?;
+        audit_same(tx, plan.issuer.id, "revoke", &plan.actor, to_change, &before, &after, txn_now).await?;
     }
     Ok(())
 }
@@ -713,5 +763,18 @@ mod tests {
             classify(&p, &p.serials.iter().collect::<Vec<_>>(), &states).0[0].2,
             Verdict::AlreadyRevoked(_)
         ));
+    }
+
+    /// Tiles keep table order between them and serial order within.
+    #[test]
+    fn tiles_follow_the_table_and_sort_by_serial_inside() {
+        let p = plan(&["05", "01", "04", "02", "03", "06", "00ff"], RevocationReason::KeyCompromise, None);
+        let mut located: Vec<(usize, Tid)> =
+            (0..p.serials.len()).map(|i| (i, Tid { block: i as u32 / 2, line: 1 + i as u16 % 2 })).collect();
+        tile(&mut located, &p, 3);
+        let hex: Vec<String> = located.iter().map(|(i, _)| p.serials[*i].0.to_hex()).collect();
+        assert_eq!(hex, ["01", "04", "05", "02", "03", "06", "ff"]);
+        // Each serial keeps the place its row was found at.
+        assert!(located.iter().all(|(i, tid)| tid.block == *i as u32 / 2));
     }
 }

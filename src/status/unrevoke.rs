@@ -8,7 +8,7 @@ use super::{db, rfc3339, AfterCommit, IssuerRow, StatusError};
 use crate::config::CdnConfig;
 use crate::db::certificates;
 use crate::ocsp::RevocationReason;
-use crate::purge::pending::PurgeTarget;
+use crate::purge::pending::{Owed, PurgeTarget};
 use crate::serial::Serial;
 
 /// A validated unrevoke.
@@ -55,7 +55,7 @@ pub async fn unrevoke(client: &mut Client, cdn: &CdnConfig, plan: &UnrevokePlan)
         after: serde_json::json!({ "status": "good" }),
     };
     audit(&tx, issuer.id, "unrevoke", &plan.actor, std::slice::from_ref(&planned)).await?;
-    arm_purges(&tx, issuer.id, &[serial], txn_now).await?;
+    let owed = Owed::Batch(arm_purges(&tx, issuer.id, &[serial], txn_now).await?);
     let cdn_ids = record_cdn_purges(&tx, cdn, issuer, "unrevoke", &[serial]).await?;
     let version = next_version(&tx).await?;
     certificates::unrevoke(&tx, issuer.id, serial.as_bytes(), hold.code(), version).await.map_err(db("unrevoking"))?;
@@ -63,6 +63,6 @@ pub async fn unrevoke(client: &mut Client, cdn: &CdnConfig, plan: &UnrevokePlan)
     tx.commit().await.map_err(db("committing the unrevoke"))?;
     tracing::info!(target: "jitocsp::audit", actor = %plan.actor, action = "unrevoke", issuer = %issuer.name,
         issuer_id = issuer.id, serial = %serial, version, "certificate hold released");
-    let targets = vec![PurgeTarget { issuer_id: issuer.id, serial: serial.clone(), since: Some(txn_now) }];
+    let targets = vec![PurgeTarget { issuer_id: issuer.id, serial: serial.clone(), owed }];
     Ok(Unrevoked { version, after_commit: AfterCommit { targets, cdn_ids } })
 }

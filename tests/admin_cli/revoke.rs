@@ -132,7 +132,7 @@ async fn dry_run_and_bad_input_change_nothing() {
     assert_eq!(f.state("2b01").await, Some((None, false, false)));
     assert_eq!(f.state("2b02").await, Some((None, false, false)));
     assert_eq!(f.count("audit_log WHERE issuer_id = $1 AND action = 'revoke'").await, 0);
-    assert_eq!(f.count("pending_purges WHERE issuer_id = $1").await, 0);
+    assert_eq!(f.count("pending_purge_batches WHERE issuer_id = $1").await, 0);
 }
 
 /// Releasing a hold deletes the keys a responder wrote while the certificate was on hold.
