@@ -206,7 +206,7 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
 
     /// Answers a request seen before byte for byte from the raw tier, without decoding it:
     /// `None` unless the response it was answered with is still servable by the rules every
-    /// cached response follows ([`Responder::freshness`]) and the issuer set it was matched in
+    /// cached response follows (`Responder::freshness`) and the issuer set it was matched in
     /// is still the one served. Then decode it and call [`Responder::answer`].
     pub fn answer_again(&self, raw: RawRequest<'_>) -> Option<Answer> {
         let entry = self.raw.get(raw)?;

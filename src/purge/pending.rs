@@ -196,7 +196,7 @@ pub async fn run<C: ResponseCache>(pool: Pool, cache: C, key_prefix: String) {
     }
 }
 
-/// One pass: purges up to [`BATCHES_PER_PASS`] owed batches and [`BATCH`] `pending_purges`
+/// One pass: purges up to `BATCHES_PER_PASS` owed batches and `BATCH` `pending_purges`
 /// rows. Returns how many certificates' purges were completed.
 pub async fn retry_once<C: ResponseCache>(pool: &Pool, cache: &C, key_prefix: &str) -> Result<usize, PendingError> {
     let client = pool.get().await?;
