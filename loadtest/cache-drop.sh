@@ -244,6 +244,10 @@ if [ "$MODE" = cdn ] || [ "$CEILING" != 0 ]; then
         -e "s#/run/nginx-jitocsp.pid#$WORK/nginx.pid#" -e "s#127.0.0.1:8081#127.0.0.1:$CDN_PORT#" \
         -e "s#proxy_cache_lock on;#proxy_cache_lock $CACHE_LOCK;#" \
         deploy/nginx/jitocsp-cdn.conf >"$NGINX_CONF.origins"
+    # The rewrite above matches a literal line: if the shipped config changes, fail rather than
+    # measure the shipped setting under the other's name.
+    grep -q "proxy_cache_lock $CACHE_LOCK;" "$NGINX_CONF.origins" \
+        || die "deploy/nginx/jitocsp-cdn.conf has no 'proxy_cache_lock on;' line for --cache-lock to set"
     # Every instance in the upstream, in place of the example's one.
     upstream=""
     for port in "${OCSP_PORTS[@]}"; do
