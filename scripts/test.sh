@@ -94,6 +94,9 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 
 step "cargo deny (deny.toml: licenses, bans, sources; advisories when the database is at hand)"
 command -v cargo-deny >/dev/null || cargo install --locked cargo-deny@0.20.2
+# cargo-deny reads the metadata of every platform's dependencies (web-sys, android_*), which a
+# build on this host never downloads: fetch them first, or a fresh machine fails here.
+cargo fetch --locked
 cargo deny --offline check licenses bans sources
 # The RustSec database is fetched from github.com; on a machine that cannot reach it the last
 # copy fetched is used, and without any copy the check is reported as not done.
