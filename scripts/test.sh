@@ -113,16 +113,16 @@ step "judge self-test"
 "$PYTHON" tests/judges/selftest.py
 
 step "cargo test"
-rc=0
-cargo test --workspace --all-targets -- --test-threads=2 "$@" || rc=$?
+rc=0 failed=""
+cargo test --workspace --all-targets -- --test-threads=2 "$@" || { rc=$?; failed="cargo test"; }
 
 if [ "$rc" -eq 0 ] && [ "$#" -eq 0 ]; then
     step "cache-drop smoke run (origin and cdn modes)"
-    bash loadtest/ci-smoke.sh || rc=$?
+    bash loadtest/ci-smoke.sh || { rc=$?; failed="the smoke run (loadtest/ci-smoke.sh)"; }
 fi
 if [ "$rc" -eq 0 ]; then
     step "all tests passed"
 else
-    step "cargo test failed (exit $rc)"
+    step "$failed failed (exit $rc)"
 fi
 exit "$rc"

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
+use hdrhistogram::Histogram;
 use rand::{Rng as _, SeedableRng as _};
 
 use crate::corpus::{Corpus, HashAlg};
@@ -153,6 +154,9 @@ pub struct RunStats {
     /// client took from the machine it shares with the server.
     pub client_cores: f64,
     pub client_us_per_answer: f64,
+    /// Every answer's latency in microseconds, so that runs can be pooled.
+    #[serde(skip)]
+    pub latency_us: Option<Histogram<u64>>,
 }
 
 /// Runs `connections` connections for `duration`, each asking what `pick` says, and checks
@@ -163,6 +167,34 @@ pub async fn run_for(
     duration: Duration,
     pick: Arc<Pick>,
     verify_every: u64,
+) -> RunStats {
+    run(ctx, connections, duration, pick, verify_every, None).await
+}
+
+/// As [`run_for`], but at `rate` requests a second in all: each connection sends on a fixed
+/// schedule (staggered against the others), and a latency counts from the time a request
+/// was due, not from when a slow answer to the previous one let it go out, so a stalled
+/// server shows in the latencies rather than in a lower rate (no coordinated omission).
+pub async fn run_paced(
+    ctx: &Arc<Ctx>,
+    connections: usize,
+    duration: Duration,
+    pick: Arc<Pick>,
+    verify_every: u64,
+    rate: f64,
+) -> RunStats {
+    let gap = Duration::from_secs_f64(connections.max(1) as f64 / rate.max(1e-3));
+    run(ctx, connections, duration, pick, verify_every, Some(gap)).await
+}
+
+/// Closed loop, or paced with `gap` between one connection's requests.
+async fn run(
+    ctx: &Arc<Ctx>,
+    connections: usize,
+    duration: Duration,
+    pick: Arc<Pick>,
+    verify_every: u64,
+    gap: Option<Duration>,
 ) -> RunStats {
     let t0 = Instant::now() + Duration::from_millis(200);
     let template =
@@ -181,10 +213,20 @@ pub async fn run_for(
                     let mut rng = rand::rngs::StdRng::seed_from_u64(c as u64);
                     let mut n = 0u64;
                     while Instant::now() < end {
+                        let intended = match gap {
+                            None => Instant::now(),
+                            Some(gap) => {
+                                let due = t0 + gap.mul_f64(n as f64 + c as f64 / connections as f64);
+                                if due >= end {
+                                    break;
+                                }
+                                tokio::time::sleep_until(due.into()).await;
+                                due
+                            }
+                        };
                         let Some(ask) = pick.ask(c, n, &mut rng) else { break };
                         n += 1;
-                        let job =
-                            Job { intended: Instant::now(), step: 0, ask, check_signature: n % verify_every == 0 };
+                        let job = Job { intended, step: 0, ask, check_signature: n % verify_every == 0 };
                         let answered = ctx.execute(&mut conn, &job).await;
                         rec.borrow_mut().record(&job, answered);
                     }
@@ -214,5 +256,6 @@ pub async fn run_for(
         exhausted: pick.exhausted(),
         client_cores: cpu / elapsed,
         client_us_per_answer: if st.answered > 0 { cpu * 1e6 / st.answered as f64 } else { 0.0 },
+        latency_us: Some(st.latency_us.clone()),
     }
 }

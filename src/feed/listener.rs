@@ -129,12 +129,8 @@ async fn listen<R: Subscriber>(
     // Issuer changes made while the connection was down were not heard: reload them all.
     responder.issuers_changed();
     let since = Utc::now() - TimeDelta::from_std(window).unwrap_or(TimeDelta::days(10));
-    let rows = bounded("the catch-up read", client.query(crate::db::certificates::CHANGES_SINCE, &[&since])).await?;
-    for row in &rows {
-        let Ok(serial) = Serial::from_signed_be(row.get::<_, &[u8]>(1)) else { continue };
-        apply(&**responder, &StatusChange { issuer_id: row.get(0), serial, revoked: row.get(2), version: row.get(3) });
-    }
-    tracing::info!(recent_changes = rows.len(), "listening for status changes");
+    let recent_changes = bounded("the catch-up read", catch_up(&client, since, &**responder)).await?;
+    tracing::info!(recent_changes, "listening for status changes");
 
     let client = Arc::new(client);
     let heartbeat = tokio::spawn(heartbeats(client.clone(), heartbeat_channel.clone(), responder.clone()));
@@ -154,11 +150,9 @@ async fn listen<R: Subscriber>(
                     match StatusChanges::parse(&payload) {
                         Ok(changes) => {
                             metrics::counter!(m::NOTIFICATIONS).increment(1);
-                            for change in changes.changes() {
-                                tracing::info!(issuer_id = change.issuer_id, serial = %change.serial,
-                                    revoked = change.revoked, version = change.version, "status change");
-                                apply(&**responder, &change);
-                            }
+                            log_heard(&changes);
+                            let changes: Vec<StatusChange> = changes.changes().collect();
+                            apply(&**responder, &changes);
                         }
                         Err(error) => tracing::error!(%error, "ignoring notification"),
                     }
@@ -229,10 +223,60 @@ fn own_channel_suffix() -> String {
     format!("{}_{nanos}", std::process::id())
 }
 
-/// Records a change as heard now and drops this instance's copies of its responses.
-fn apply<R: Subscriber>(responder: &R, change: &StatusChange) {
-    responder.changes().record(change, Utc::now().timestamp());
-    responder.forget(change.issuer_id, &change.serial);
+/// How many rows of the catch-up are applied at a time: the read is streamed, so a responder
+/// that (re)connects after a mass revocation never holds millions of rows at once.
+const CATCH_UP_CHUNK: usize = 1024;
+
+/// Reads and applies every change since `since`, in chunks as the rows arrive; returns how
+/// many there were.
+async fn catch_up<R: Subscriber>(
+    client: &tokio_postgres::Client,
+    since: chrono::DateTime<Utc>,
+    responder: &R,
+) -> Result<usize, tokio_postgres::Error> {
+    let rows = client.query_raw(crate::db::certificates::CHANGES_SINCE, [&since]).await?;
+    let mut rows = std::pin::pin!(rows);
+    let (mut chunk, mut count) = (Vec::with_capacity(CATCH_UP_CHUNK), 0);
+    while let Some(row) = rows.next().await {
+        let row = row?;
+        count += 1;
+        let Ok(serial) = Serial::from_signed_be(row.get::<_, &[u8]>(1)) else { continue };
+        chunk.push(StatusChange { issuer_id: row.get(0), serial, revoked: row.get(2), version: row.get(3) });
+        if chunk.len() == CATCH_UP_CHUNK {
+            apply(responder, &chunk);
+            chunk.clear();
+        }
+    }
+    apply(responder, &chunk);
+    Ok(count)
+}
+
+/// A notification of at most this many changes is logged a line per change; a larger one (a
+/// bulk revocation sends a few hundred per notification, millions in all) in one line, with
+/// the changes at debug level.
+const LOGGED_EACH: usize = 16;
+
+fn log_heard(changes: &StatusChanges) {
+    let StatusChanges { issuer_id, revoked, version, ref serials } = *changes;
+    if serials.len() <= LOGGED_EACH {
+        for serial in serials {
+            tracing::info!(issuer_id, %serial, revoked, version, "status change");
+        }
+    } else {
+        tracing::info!(issuer_id, count = serials.len(), revoked, version, "status changes");
+        for serial in serials {
+            tracing::debug!(issuer_id, %serial, revoked, version, "status change");
+        }
+    }
+}
+
+/// Records changes as heard now and drops this instance's copies of their responses.
+fn apply<R: Subscriber>(responder: &R, changes: &[StatusChange]) {
+    let heard = changes.iter().map(|change| (change.issuer_id, &change.serial, change.version));
+    responder.changes().record_all(heard, Utc::now().timestamp());
+    for change in changes {
+        responder.forget(change.issuer_id, &change.serial);
+    }
 }
 
 /// Aborts a background task when the connection it belongs to is given up.

@@ -54,6 +54,12 @@ pub struct MassRevokeArgs {
     pub sample: u64,
     #[arg(long, default_value_t = 32)]
     pub connections: usize,
+    /// The hot path's load, in requests a second, paced: each latency counts from when its
+    /// request was due, so the figures are what a client sending this rate sees. 0: a closed
+    /// loop (every connection as fast as it gets answers), whose latencies only say how much
+    /// of the machine the responder got.
+    #[arg(long, default_value_t = 10_000.0)]
+    pub hot_rate: f64,
     /// Seconds of hot-path load before and after the revocation.
     #[arg(long, default_value_t = 5)]
     pub baseline_seconds: u64,
@@ -86,6 +92,7 @@ struct Report {
     count: u64,
     revoke: u64,
     hot: u64,
+    hot_rate: f64,
     seed_seconds: f64,
     revoke_seconds: f64,
     revoke_per_second: f64,
@@ -154,7 +161,18 @@ pub async fn run(a: MassRevokeArgs) -> anyhow::Result<()> {
     let hot = || Arc::new(Pick::Cycle { count: a.hot });
     let baseline = Duration::from_secs(a.baseline_seconds);
     let mut rss = Rss { before: rss_kib(pid), ..Rss::default() };
-    let hot_before = closed::run_for(&ctx, a.connections, baseline, hot(), 64).await;
+    let (hot_rate, connections) = (a.hot_rate, a.connections);
+    let load = |duration| {
+        let (ctx, pick) = (ctx.clone(), hot());
+        async move {
+            if hot_rate > 0.0 {
+                closed::run_paced(&ctx, connections, duration, pick, 64, hot_rate).await
+            } else {
+                closed::run_for(&ctx, connections, duration, pick, 64).await
+            }
+        }
+    };
+    let hot_before = load(baseline).await;
     eprintln!("mass-revoke: hot path before: {}", line(&hot_before));
 
     let serials = a.run.work.join("serials.txt");
@@ -180,7 +198,7 @@ pub async fn run(a: MassRevokeArgs) -> anyhow::Result<()> {
     };
     let mut hot_during = Vec::new();
     while !admin.is_finished() {
-        let stats = closed::run_for(&ctx, a.connections, SLICE, hot(), 64).await;
+        let stats = load(SLICE).await;
         eprintln!("mass-revoke: hot path during: {}", line(&stats));
         hot_during.push(stats);
     }
@@ -200,7 +218,7 @@ pub async fn run(a: MassRevokeArgs) -> anyhow::Result<()> {
     }
     eprintln!("mass-revoke: revoked in {revoke_seconds:.1} s: {admin_summary}");
 
-    let hot_after = closed::run_for(&ctx, a.connections, baseline, hot(), 64).await;
+    let hot_after = load(baseline).await;
     eprintln!("mass-revoke: hot path after: {}", line(&hot_after));
     for (when, stats) in std::iter::once(("before", &hot_before))
         .chain(hot_during.iter().map(|s| ("during", s)))
@@ -235,6 +253,7 @@ pub async fn run(a: MassRevokeArgs) -> anyhow::Result<()> {
         count: a.count,
         revoke: a.revoke,
         hot: a.hot,
+        hot_rate: a.hot_rate,
         seed_seconds,
         revoke_seconds,
         revoke_per_second: a.revoke as f64 / revoke_seconds,
@@ -341,9 +360,8 @@ fn line(s: &RunStats) -> String {
 
 fn text(r: &Report) -> String {
     let mut t = String::new();
-    let during_p99: Vec<f64> = r.hot_during.iter().map(|s| s.p99_ms).collect();
-    let worst = during_p99.iter().copied().fold(0.0, f64::max);
-    let median = crate::report::median(during_p99.clone()).unwrap_or(0.0);
+    let worst = r.hot_during.iter().map(|s| s.p99_ms).fold(0.0, f64::max);
+    let pooled = pooled_p99_ms(&r.hot_during);
     let _ = writeln!(t, "mass revocation, {} ({} cores, git {})", r.stamp, r.cores, r.git);
     let _ = writeln!(t, "  certificates {}, revoked {} in one admin revoke, hot set {}", r.count, r.revoke, r.hot);
     let _ = writeln!(
@@ -359,14 +377,29 @@ fn text(r: &Report) -> String {
         mib(r.rss_kib.after_revoke),
         mib(r.rss_kib.end)
     );
-    let _ = writeln!(t, "  hot path before: {}", line(&r.hot_before));
+    let load = if r.hot_rate > 0.0 {
+        format!("{:.0} requests/s paced, latency from when each was due", r.hot_rate)
+    } else {
+        "closed loop".to_owned()
+    };
+    let _ = writeln!(t, "  hot path ({load}):");
+    let _ = writeln!(t, "    before: {}", line(&r.hot_before));
     let _ = writeln!(
         t,
-        "  hot path during ({} slices of {} s): p99 median {median:.2} ms, worst {worst:.2} ms",
+        "    during ({} slices of {} s): {:.0} answers/s, p99 {pooled:.2} ms (worst slice {worst:.2} ms), {} failed",
         r.hot_during.len(),
-        SLICE.as_secs()
+        SLICE.as_secs(),
+        r.hot_during.iter().map(|s| s.rps).sum::<f64>() / r.hot_during.len().max(1) as f64,
+        r.hot_during.iter().map(|s| s.failed).sum::<u64>()
     );
-    let _ = writeln!(t, "  hot path after:  {}", line(&r.hot_after));
+    let _ = writeln!(t, "    after:  {}", line(&r.hot_after));
+    let ratio = |p99: f64| p99 / r.hot_before.p99_ms.max(1e-9);
+    let _ = writeln!(
+        t,
+        "    p99 against before: during {:.2}x, after {:.2}x (goal <= 1.5x)",
+        ratio(pooled),
+        ratio(r.hot_after.p99_ms)
+    );
     let drained = r
         .hook
         .drained_after_seconds
@@ -385,6 +418,15 @@ fn text(r: &Report) -> String {
         let _ = writeln!(t, "PROBLEM: {p}");
     }
     t
+}
+
+/// The p99 of every answer of the runs together (not a p99 of p99s).
+fn pooled_p99_ms(runs: &[RunStats]) -> f64 {
+    let mut all = crate::gen::new_histogram();
+    for histogram in runs.iter().filter_map(|run| run.latency_us.as_ref()) {
+        let _ = all.add(histogram);
+    }
+    crate::gen::ms(&all, 0.99)
 }
 
 fn mib(kib: u64) -> f64 {

@@ -255,26 +255,42 @@ impl<S: BuildHasher> ChangeLog<S> {
     /// Remembers a change heard of at `heard_at` (Unix seconds). Idempotent; the highest
     /// version per certificate wins.
     pub fn record(&self, change: &StatusChange, heard_at: i64) {
-        let key = self.key(change.issuer_id, &change.serial);
+        self.record_all(std::iter::once((change.issuer_id, &change.serial, change.version)), heard_at);
+    }
+
+    /// Remembers changes heard of together (a notification's, a chunk of the catch-up), as
+    /// [`ChangeLog::record`] each, but under one write lock: a mass revocation arrives a few
+    /// hundred changes at a time, and taking the lock per change would make the hot path's
+    /// lookups wait that many times. Each is `(issuer id, serial, version)`.
+    pub fn record_all<'a>(&self, changes: impl IntoIterator<Item = (i32, &'a Serial, i64)>, heard_at: i64) {
         // A catch-up after a reconnect hears every recent change again: those already
         // remembered cost nothing, and do not push others out.
-        if self.read().find(key).is_some_and(|known| known.change.version >= change.version) {
+        let news: Vec<(Key, i64)> = {
+            let state = self.read();
+            changes
+                .into_iter()
+                .map(|(issuer_id, serial, version)| (self.key(issuer_id, serial), version))
+                .filter(|&(key, version)| state.find(key).is_none_or(|known| known.change.version < version))
+                .collect()
+        };
+        if news.is_empty() {
             return;
         }
-        let heard = Recent {
-            change: LatestChange { version: change.version, heard_at },
-            heard_by: millis_since_epoch(Instant::now()),
-        };
-        let full = {
+        let heard_by = millis_since_epoch(Instant::now());
+        let froze = {
             let mut state = self.write();
-            let full = state.insert(key, heard, self.freeze_at);
-            if full {
-                state.freeze(millis_since_epoch(Instant::now()));
+            let mut froze = false;
+            for (key, version) in news {
+                let heard = Recent { change: LatestChange { version, heard_at }, heard_by };
+                if state.insert(key, heard, self.freeze_at) {
+                    state.freeze(millis_since_epoch(Instant::now()));
+                    froze = true;
+                }
             }
             self.active.store(true, Ordering::Release);
-            full
+            froze
         };
-        if full {
+        if froze {
             self.forget_over_limit();
         }
     }

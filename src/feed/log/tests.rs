@@ -325,3 +325,25 @@ fn footprint(limit: usize, changes: u64) {
         summary.floor.map(|f| f.version),
     );
 }
+
+#[test]
+fn recording_a_batch_remembers_what_recording_each_change_does() {
+    // A small limit, so that a batch fills the map several times over and pushes changes out.
+    let (each, batched) = (ChangeLog::new(100), ChangeLog::new(100));
+    let changes: Vec<(u64, i64)> = (0..1_000u64).map(|i| (i % 700, 1 + (i * 7919 % 13) as i64)).collect();
+    for &(n, v) in &changes {
+        record(&each, n, v, 100);
+    }
+    let serials: Vec<(Serial, i64)> = changes.iter().map(|&(n, v)| (serial(n), v)).collect();
+    for batch in serials.chunks(239) {
+        batched.record_all(batch.iter().map(|(serial, version)| (1, serial, *version)), 100);
+    }
+    let (a, b) = (each.summary(), batched.summary());
+    assert_eq!((a.remembered, a.runs), (b.remembered, b.runs));
+    assert_eq!(a.floor.map(|f| f.version), b.floor.map(|f| f.version));
+    assert!(b.floor.is_some(), "the batches went past the limit");
+    for n in 0..700 {
+        assert_eq!(version(&each, n), version(&batched, n), "certificate {n}");
+        assert_eq!(heard(&each, n).cached(0), heard(&batched, n).cached(0), "certificate {n}");
+    }
+}
