@@ -1,15 +1,18 @@
 //! The Redis tier: one shared cache of encoded responses for every instance.
 //!
-//! Single-node Redis goes through a `ConnectionManager` (one multiplexed connection that
-//! reconnects by itself); Redis Cluster through the cluster client, which routes by slot.
-//! Connections are made lazily, so a responder starts and serves (from Postgres and the
-//! signer) while Redis is down, and uses Redis again as soon as it is back.
+//! Single-node Redis goes through a `ConnectionManager` (a multiplexed connection that
+//! reconnects by itself) per thread that uses it (see `SingleNode`); Redis Cluster through
+//! the cluster client, which routes by slot. Connections are made lazily, so a responder
+//! starts and serves (from Postgres and the signer) while Redis is down, and uses Redis again
+//! as soon as it is back.
 //!
 //! `rediss://` URLs are TLS (redis-rs on rustls with the ring provider): the server's
 //! certificate and host name are verified against `redis.tls_ca_file`, or the system roots
 //! (see [`crate::tls`]), and `redis.tls_cert_file`/`tls_key_file` are shown when set. Every
 //! Redis client of jitocsp (responder, admin CLI) is made by [`client`] or [`cluster_builder`].
 
+use std::cell::RefCell;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -68,8 +71,55 @@ pub enum RedisMode {
 
 #[derive(Clone)]
 enum Connection {
-    Single(ConnectionManager),
+    Single(Arc<SingleNode>),
     Cluster(ClusterConnection),
+}
+
+/// One Redis server, reached by one multiplexed connection per thread.
+///
+/// A multiplexed connection is driven by a task on the runtime of whoever first awaited it.
+/// Shared by the HTTP workers (each a single-threaded runtime), every GET from the workers
+/// other than the driver's crossed threads twice, a wake-up of the driver's thread and one of
+/// the requester's (an eventfd write each): 0.7-0.8 of them per answer on the hot path,
+/// against 0.3 with a connection per thread (docs/benchmarks.md). A connection per thread is
+/// driven on that thread, and the GETs its requests send in one turn of the event loop still
+/// go out in one write.
+struct SingleNode {
+    client: ::redis::Client,
+    config: ConnectionManagerConfig,
+}
+
+/// A thread's connection to one [`SingleNode`], made on one runtime.
+struct ThreadConnection {
+    node: Weak<SingleNode>,
+    runtime: tokio::runtime::Id,
+    manager: ConnectionManager,
+}
+
+thread_local! {
+    /// Usually one entry (one responder per process); tests make several.
+    static CONNECTIONS: RefCell<Vec<ThreadConnection>> = const { RefCell::new(Vec::new()) };
+}
+
+impl SingleNode {
+    /// This thread's connection, made on first use. Keyed by runtime too: a connection's
+    /// driver dies with the runtime it was spawned on, and a thread may run several runtimes
+    /// one after the other (tests do).
+    fn connection(self: &Arc<Self>) -> Result<ConnectionManager, CacheError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| CacheError::NoRuntime)?.id();
+        CONNECTIONS.with(|connections| {
+            let mut connections = connections.borrow_mut();
+            let mine = |c: &ThreadConnection| c.runtime == runtime && std::ptr::eq(c.node.as_ptr(), Arc::as_ptr(self));
+            if let Some(found) = connections.iter().find(|c| mine(c)) {
+                return Ok(found.manager.clone());
+            }
+            // Connections of dropped caches or of other runtimes are not used again here.
+            connections.retain(|c| c.runtime == runtime && c.node.strong_count() > 0);
+            let manager = ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())?;
+            connections.push(ThreadConnection { node: Arc::downgrade(self), runtime, manager: manager.clone() });
+            Ok(manager)
+        })
+    }
 }
 
 /// The Redis response cache.
@@ -96,7 +146,7 @@ impl RedisCache {
                     .set_connection_timeout(Some(timeout))
                     .set_number_of_retries(1)
                     .set_max_delay(Duration::from_millis(500));
-                Connection::Single(ConnectionManager::new_lazy_with_config(client, config)?)
+                Connection::Single(Arc::new(SingleNode { client, config }))
             }
             RedisMode::Cluster => {
                 let seeds: Vec<&str> =
@@ -117,7 +167,7 @@ impl RedisCache {
     /// timer is needed per command.
     async fn run<T: ::redis::FromRedisValue + Send>(&self, cmd: ::redis::Cmd) -> Result<T, CacheError> {
         Ok(match &self.connection {
-            Connection::Single(c) => cmd.query_async(&mut c.clone()).await?,
+            Connection::Single(node) => cmd.query_async(&mut node.connection()?).await?,
             Connection::Cluster(c) => cmd.query_async(&mut c.clone()).await?,
         })
     }

@@ -81,6 +81,40 @@ pub struct BenchArgs {
     pub git: String,
     #[arg(long, default_value_t = 1)]
     pub corpus_seed: u64,
+    /// Which figures to measure, comma-separated (default: all). Certificates are seeded only
+    /// for those, and the signing ceilings are measured only with `signatures`: `--figures
+    /// hot,hot-local` takes a minute or two.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = FigureName::ALL)]
+    pub figures: Vec<FigureName>,
+}
+
+/// The figures `bench` can measure, in the order it measures them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FigureName {
+    Hot,
+    HotLocal,
+    Cold,
+    Signatures,
+}
+
+impl FigureName {
+    const ALL: [FigureName; 4] = [FigureName::Hot, FigureName::HotLocal, FigureName::Cold, FigureName::Signatures];
+
+    /// The name in the report (`report::FIGURES`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FigureName::Hot => "hot",
+            FigureName::HotLocal => "hot-local",
+            FigureName::Cold => "cold",
+            FigureName::Signatures => "signatures",
+        }
+    }
+}
+
+impl BenchArgs {
+    fn wants(&self, figure: FigureName) -> bool {
+        self.figures.contains(&figure)
+    }
 }
 
 /// Certificates verified before each figure (and before `cache-drop --find-max` serves one of
@@ -129,12 +163,14 @@ impl Walks {
 }
 
 impl Layout {
+    /// Figures not measured get empty walks (their samples are still taken, but never asked).
     fn new(a: &BenchArgs) -> Layout {
+        let rate = |figure, rate| if a.wants(figure) { rate } else { 0 };
         let mut next = a.hot_certs;
-        let cold = Walks::take(&mut next, a.cold_max_rate, a);
-        let keepalive = Walks::take(&mut next, a.cold_max_rate, a);
+        let cold = Walks::take(&mut next, rate(FigureName::Cold, a.cold_max_rate), a);
+        let keepalive = Walks::take(&mut next, rate(FigureName::Signatures, a.cold_max_rate), a);
         let seeded = keepalive.end();
-        let reference = Walks::take(&mut next, a.ref_max_rate, a);
+        let reference = Walks::take(&mut next, rate(FigureName::Cold, a.ref_max_rate), a);
         Layout { hot: a.hot_certs, cold, keepalive, reference, seeded }
     }
 }
@@ -154,10 +190,15 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
 
     let mut bench = Bench { a: &a, corpus, layout: &layout, records: Vec::new() };
     let (jitocsp, nginx, openssl) = bench.figures().await?;
-    eprintln!("bench: signing ceilings ({} s each)", a.speed_seconds);
-    let key = std::fs::read(&a.ca_key).with_context(|| format!("reading {}", a.ca_key.display()))?;
-    speed::backend(&a.backend)?;
-    let ceilings = tokio::task::block_in_place(|| speed::ceilings(&key, a.speed_seconds))?;
+    // The ceilings are the signatures figure's reference, and take half a minute.
+    let ceilings = if a.wants(FigureName::Signatures) {
+        eprintln!("bench: signing ceilings ({} s each)", a.speed_seconds);
+        let key = std::fs::read(&a.ca_key).with_context(|| format!("reading {}", a.ca_key.display()))?;
+        speed::backend(&a.backend)?;
+        tokio::task::block_in_place(|| speed::ceilings(&key, a.speed_seconds))?
+    } else {
+        Vec::new()
+    };
 
     let meta = report::Meta {
         stamp: chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string(),
@@ -181,6 +222,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         openssl_version: version("openssl", &["version"]),
         load_average_start,
         load_average_end: crate::report::load_average(),
+        figures: a.figures.iter().map(|f| f.as_str()).collect(),
     };
     let report = report::BenchReport::new(meta, bench.records, ceilings, Vec::new());
     let text = report.text();
@@ -268,60 +310,85 @@ impl Bench<'_> {
         Ok(())
     }
 
-    /// Every figure; returns the verified answers' sizes (jitocsp, nginx, openssl ocsp).
+    /// Every figure asked for; returns the verified answers' sizes (jitocsp, nginx, openssl
+    /// ocsp; zero for a side not run).
     async fn figures(&mut self) -> anyhow::Result<(Sizes, Sizes, Sizes)> {
         let (a, layout) = (self.a, self.layout);
+        let (mut jitocsp_sizes, mut nginx_sizes, mut openssl_sizes) = (None, Sizes::default(), Sizes::default());
         let hot_sample = 0..SAMPLE;
         let cycle = Arc::new(Pick::Cycle { count: layout.hot });
-
-        let mut j = self.jitocsp("hot", 0, layout.hot, hot_sample.clone()).await?;
-        let (nginx, nginx_addr) = tokio::task::block_in_place(|| procs::nginx(&a.run.work, a.workers, &j.response))?;
-        let (status, head, body) = procs::http_get(nginx_addr, "/x")?;
-        anyhow::ensure!(status == 200 && body == j.response, "nginx does not serve the response file");
-        let nginx_sizes = Sizes { body: body.len(), head };
-        let mut nginx_side = Side {
-            name: "nginx",
-            ctx: self.ctx(nginx_addr, false, Self::size_check(nginx_sizes)),
-            metrics: None,
-            pids: vec![nginx.pid()],
-            fresh: None,
-        };
-        let mut subject = self.jitocsp_side(&j, false);
-        self.figure("hot", &mut subject, Some(&mut nginx_side), |_, _| cycle.clone()).await?;
-        check_alive(&mut j.server)?;
-        drop(j);
-        self.client_check(&mut nginx_side, &cycle).await?;
-
-        let mut j = self.jitocsp("hot-local", 100_000, layout.hot, hot_sample).await?;
-        let mut subject = self.jitocsp_side(&j, false);
-        self.figure("hot-local", &mut subject, Some(&mut nginx_side), |_, _| cycle.clone()).await?;
-        check_alive(&mut j.server)?;
-        let jitocsp_sizes = j.sizes;
-        drop((j, nginx));
+        // nginx serves the first hot jitocsp's verified answer to both hot figures.
+        let mut nginx: Option<(procs::Server, Side)> = None;
+        for (figure, local_entries) in [(FigureName::Hot, 0), (FigureName::HotLocal, 100_000)] {
+            if !a.wants(figure) {
+                continue;
+            }
+            let mut j = self.jitocsp(figure.as_str(), local_entries, layout.hot, hot_sample.clone()).await?;
+            if nginx.is_none() {
+                let (server, side, sizes) = self.nginx(&j)?;
+                nginx = Some((server, side));
+                nginx_sizes = sizes;
+            }
+            let Some((_, nginx_side)) = nginx.as_mut() else { bail!("nginx was not started") };
+            let mut subject = self.jitocsp_side(&j, false);
+            self.figure(figure.as_str(), &mut subject, Some(&mut *nginx_side), |_, _| cycle.clone()).await?;
+            check_alive(&mut j.server)?;
+            jitocsp_sizes = Some(j.sizes);
+            drop(j);
+            if figure == FigureName::Hot {
+                self.client_check(nginx_side, &cycle).await?;
+            }
+        }
+        drop(nginx);
+        if !a.wants(FigureName::Cold) && !a.wants(FigureName::Signatures) {
+            return Ok((jitocsp_sizes.unwrap_or_default(), nginx_sizes, openssl_sizes));
+        }
 
         let mut j = self.jitocsp("cold", 0, 0, layout.cold.sample.clone()).await?;
-        let (openssl_addr, openssl_sizes) = self.openssl_sample()?;
-        let mut openssl = Side {
-            name: "openssl-ocsp",
-            ctx: self.ctx(openssl_addr, true, Self::size_check(openssl_sizes)),
-            metrics: None,
-            pids: Vec::new(),
-            fresh: Some(self.openssl_starter(openssl_addr)),
-        };
-        let mut subject = self.jitocsp_side(&j, true);
-        self.figure("cold", &mut subject, Some(&mut openssl), |role, run| match role {
-            "reference" => layout.reference.pick(run),
-            _ => layout.cold.pick(run),
-        })
-        .await?;
+        if a.wants(FigureName::Cold) {
+            let (openssl_addr, sizes) = self.openssl_sample()?;
+            openssl_sizes = sizes;
+            let mut openssl = Side {
+                name: "openssl-ocsp",
+                ctx: self.ctx(openssl_addr, true, Self::size_check(openssl_sizes)),
+                metrics: None,
+                pids: Vec::new(),
+                fresh: Some(self.openssl_starter(openssl_addr)),
+            };
+            let mut subject = self.jitocsp_side(&j, true);
+            self.figure("cold", &mut subject, Some(&mut openssl), |role, run| match role {
+                "reference" => layout.reference.pick(run),
+                _ => layout.cold.pick(run),
+            })
+            .await?;
+        }
 
-        let indices: Vec<u64> = layout.keepalive.sample.clone().collect();
-        let ctx = self.ctx(j.listen, false, Check::Full);
-        tokio::task::block_in_place(|| measure::verify_sample(&ctx, j.listen, &indices))?;
-        let mut subject = self.jitocsp_side(&j, false);
-        self.figure("signatures", &mut subject, None, |_, run| layout.keepalive.pick(run)).await?;
+        if a.wants(FigureName::Signatures) {
+            let indices: Vec<u64> = layout.keepalive.sample.clone().collect();
+            let ctx = self.ctx(j.listen, false, Check::Full);
+            tokio::task::block_in_place(|| measure::verify_sample(&ctx, j.listen, &indices))?;
+            let mut subject = self.jitocsp_side(&j, false);
+            self.figure("signatures", &mut subject, None, |_, run| layout.keepalive.pick(run)).await?;
+        }
         check_alive(&mut j.server)?;
-        Ok((jitocsp_sizes, nginx_sizes, openssl_sizes))
+        Ok((jitocsp_sizes.unwrap_or(j.sizes), nginx_sizes, openssl_sizes))
+    }
+
+    /// Starts nginx serving `j`'s verified answer as a static file, and checks that it does.
+    fn nginx(&self, j: &Jitocsp) -> anyhow::Result<(procs::Server, Side, Sizes)> {
+        let (server, addr) =
+            tokio::task::block_in_place(|| procs::nginx(&self.a.run.work, self.a.workers, &j.response))?;
+        let (status, head, body) = procs::http_get(addr, "/x")?;
+        anyhow::ensure!(status == 200 && body == j.response, "nginx does not serve the response file");
+        let sizes = Sizes { body: body.len(), head };
+        let side = Side {
+            name: "nginx",
+            ctx: self.ctx(addr, false, Self::size_check(sizes)),
+            metrics: None,
+            pids: vec![server.pid()],
+            fresh: None,
+        };
+        Ok((server, side, sizes))
     }
 
     /// The generator and wrk against the hot reference's nginx, alternating: whether the

@@ -42,6 +42,8 @@ pub struct Meta {
     pub openssl_version: String,
     pub load_average_start: String,
     pub load_average_end: String,
+    /// The figures measured (`--figures`); the report has only these.
+    pub figures: Vec<&'static str>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -103,6 +105,7 @@ impl BenchReport {
         let raw = ceilings.iter().find(|c| c.implementation == meta.backend && c.threads == 2).map(|c| c.rate);
         let figures = FIGURES
             .iter()
+            .filter(|(figure, ..)| meta.figures.contains(figure))
             .map(|&(figure, label, reference, target)| {
                 let of = |role: &'static str| runs.iter().filter(move |r| r.role == role && r.figure == figure);
                 let (subject_runs, reference_runs, unit): (Vec<f64>, Vec<f64>, _) = if figure == "signatures" {
