@@ -773,7 +773,9 @@ cluster_up() {
         timeout 120 "${CLUSTER_CLI[@]}" --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >/dev/null \
             || die "redis-cli --cluster create failed or timed out; see $CLUSTER_DIR/*/redis.log"
     fi
-    for i in $(seq 1 150); do
+    # A restarted node rejoins as a replica and must sync in full first: seconds when the
+    # machine is quiet, longer when it is busy (30 s was seen to fall short at load 7-13).
+    for i in $(seq 1 600); do
         if cluster_ok; then
             log "redis cluster ok on 127.0.0.1:$((CLUSTER_BASE + 1))-$((CLUSTER_BASE + 6))"
             return 0
