@@ -77,6 +77,10 @@ pub struct MassRevokeArgs {
     /// Generator threads.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// CPUs (a `taskset -c` list) for `admin revoke`, when the database side of the machine
+    /// is kept apart from the responder's (`mass-revoke.sh --split-cpus`).
+    #[arg(long)]
+    pub admin_cpus: Option<String>,
     #[arg(long, default_value = "unknown")]
     pub git: String,
 }
@@ -93,6 +97,8 @@ struct Report {
     revoke: u64,
     hot: u64,
     hot_rate: f64,
+    /// The CPUs of the database side, when kept apart (`--admin-cpus`).
+    database_cpus: Option<String>,
     seed_seconds: f64,
     revoke_seconds: f64,
     revoke_per_second: f64,
@@ -183,7 +189,14 @@ pub async fn run(a: MassRevokeArgs) -> anyhow::Result<()> {
     let sampler = spawn_rss_sampler(pid, peak.clone(), stop.clone());
     let revoke_started = Instant::now();
     let admin = {
-        let mut command = Command::new(&a.run.jitocsp);
+        let mut command = match &a.admin_cpus {
+            Some(cpus) => {
+                let mut pinned = Command::new("taskset");
+                pinned.args(["-c", cpus]).arg(&a.run.jitocsp);
+                pinned
+            }
+            None => Command::new(&a.run.jitocsp),
+        };
         command
             .args(["admin", "revoke", "--issuer", &issuer.name, "--reason", &a.reason, "--serials-file"])
             .arg(&serials)
@@ -254,6 +267,7 @@ pub async fn run(a: MassRevokeArgs) -> anyhow::Result<()> {
         revoke: a.revoke,
         hot: a.hot,
         hot_rate: a.hot_rate,
+        database_cpus: a.admin_cpus.clone(),
         seed_seconds,
         revoke_seconds,
         revoke_per_second: a.revoke as f64 / revoke_seconds,
@@ -364,6 +378,10 @@ fn text(r: &Report) -> String {
     let pooled = pooled_p99_ms(&r.hot_during);
     let _ = writeln!(t, "mass revocation, {} ({} cores, git {})", r.stamp, r.cores, r.git);
     let _ = writeln!(t, "  certificates {}, revoked {} in one admin revoke, hot set {}", r.count, r.revoke, r.hot);
+    if let Some(cpus) = &r.database_cpus {
+        let _ =
+            writeln!(t, "  Postgres and admin revoke on CPUs {cpus}; the responder, generator and Redis on the others");
+    }
     let _ = writeln!(
         t,
         "  revoke: {:.1} s ({:.0} revocations/s); admin said: {}",
