@@ -1,15 +1,23 @@
 //! The Redis tier: one shared cache of encoded responses for every instance.
 //!
-//! Single-node Redis goes through a `ConnectionManager` (one multiplexed connection that
-//! reconnects by itself); Redis Cluster through the cluster client, which routes by slot.
-//! Connections are made lazily, so a responder starts and serves (from Postgres and the
-//! signer) while Redis is down, and uses Redis again as soon as it is back.
+//! Single-node Redis goes through a `ConnectionManager` (a multiplexed connection that
+//! reconnects by itself) per thread that uses it; Redis Cluster through the cluster client,
+//! which routes by slot. Connections are made lazily, so a responder starts and serves (from
+//! Postgres and the signer) while Redis is down, and uses Redis again as soon as it is back.
+//!
+//! Why one per thread: a multiplexed connection's socket is driven by a task on the runtime
+//! that first used it, and every actix worker is a runtime of its own. One connection shared
+//! by all was driven by the thread that asked first (the metrics server's, answering
+//! `/readyz`), so every GET and SET of every worker was handed to that thread and its answer
+//! handed back: two cross-thread wake-ups per command, which cost the full-drop step 18% of
+//! the responder's CPU on that thread alone (docs/benchmarks.md, "Full-drop capacity").
 //!
 //! `rediss://` URLs are TLS (redis-rs on rustls with the ring provider): the server's
 //! certificate and host name are verified against `redis.tls_ca_file`, or the system roots
 //! (see [`crate::tls`]), and `redis.tls_cert_file`/`tls_key_file` are shown when set. Every
 //! Redis client of jitocsp (responder, admin CLI) is made by [`client`] or [`cluster_builder`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -68,8 +76,24 @@ pub enum RedisMode {
 
 #[derive(Clone)]
 enum Connection {
-    Single(ConnectionManager),
+    Single(Arc<PerThread>),
     Cluster(ClusterConnection),
+}
+
+/// Single mode's connections: one per thread, made on the thread's first command (see the
+/// module documentation), so its socket is driven where its commands are sent from.
+struct PerThread {
+    client: ::redis::Client,
+    config: ConnectionManagerConfig,
+    connections: thread_local::ThreadLocal<ConnectionManager>,
+}
+
+impl PerThread {
+    /// This thread's connection. Making one does not touch the network.
+    fn connection(&self) -> Result<ConnectionManager, CacheError> {
+        let make = || ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone());
+        Ok(self.connections.get_or_try(make)?.clone())
+    }
 }
 
 /// The Redis response cache.
@@ -96,7 +120,10 @@ impl RedisCache {
                     .set_connection_timeout(Some(timeout))
                     .set_number_of_retries(1)
                     .set_max_delay(Duration::from_millis(500));
-                Connection::Single(ConnectionManager::new_lazy_with_config(client, config)?)
+                let connections = PerThread { client, config, connections: thread_local::ThreadLocal::new() };
+                // Made once here, so a configuration redis-rs refuses fails at start-up.
+                connections.connection()?;
+                Connection::Single(Arc::new(connections))
             }
             RedisMode::Cluster => {
                 let seeds: Vec<&str> =
@@ -117,7 +144,7 @@ impl RedisCache {
     /// timer is needed per command.
     async fn run<T: ::redis::FromRedisValue + Send>(&self, cmd: ::redis::Cmd) -> Result<T, CacheError> {
         Ok(match &self.connection {
-            Connection::Single(c) => cmd.query_async(&mut c.clone()).await?,
+            Connection::Single(c) => cmd.query_async(&mut c.connection()?).await?,
             Connection::Cluster(c) => cmd.query_async(&mut c.clone()).await?,
         })
     }
