@@ -281,6 +281,9 @@ LOAD=(--connections "$CONNECTIONS" --threads "$THREADS" --zipf "$ZIPF" --post-sh
       --sha256-share "$SHA256" "${METRICS[@]}")
 RUN=("$LT" cache-drop "${CORPUS[@]}" "${LOAD[@]}" --mode "$MODE" --full-rate "$FULL_RATE"
      --step-seconds "$STEP_SECONDS" --fractions "$FRACTIONS" --arrival "$ARRIVAL" --out "$OUT")
+# Whose CPU is whose in each step's breakdown: the responders, and (through DATABASE_URL and
+# REDIS_URL) the Postgres backends and the Redis they use.
+for pid in "${SERVE_PIDS[@]}"; do RUN+=(--responder-pid "$pid"); done
 if [ "$MODE" = cdn ]; then
     RUN+=(--target "http://127.0.0.1:$CDN_PORT" --nginx-cache-dir "$WORK/cache/cache" --nginx-levels "$LEVELS"
           --redis-label "warm (from the CDN warm-up)")
@@ -289,7 +292,7 @@ else
     [ "$REDIS" = warm ] && RUN+=(--warm)
 fi
 step "cache-drop: mode $MODE, full rate $FULL_RATE req/s, $STEP_SECONDS s per step"
-"${RUN[@]}"
+DATABASE_URL="$LT_DATABASE_URL" "${RUN[@]}"
 
 if [ "$CEILING" != 0 ]; then
     step "ceiling: nginx static file ($STATIC_LEN bytes) and jitocsp hot path, $CEILING s each, closed loop"

@@ -391,17 +391,35 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
                 None => {
                     let this = self.clone();
                     let key = id.clone();
+                    let (landed, result) = tokio::sync::oneshot::channel();
                     // Spawned, so the flight completes (and lands in Redis) even if the request
                     // that started it goes away. The guard removes the flight however the task
                     // ends, a panic included, so the next request starts a new one.
                     let task = tokio::spawn(async move {
-                        let _flight = FlightGuard { responder: &this, id: &key };
+                        let flight = FlightGuard { responder: &this, id: &key };
                         let result = this.produce(&issuer, &cert, &key).await;
                         this.land(&key, &result);
-                        result
+                        drop(flight);
+                        let stored = match &result {
+                            Ok(Produced::Response { response, cacheable: true }) => Some(response.clone()),
+                            _ => None,
+                        };
+                        // The answer does not wait for Redis (one round trip, more under load):
+                        // until the SET lands, `recent` answers the misses it would have.
+                        let _ = landed.send(result);
+                        if let Some(response) = stored {
+                            this.store_response(&key, &response).await;
+                        }
                     });
                     let flight = async move {
-                        task.await.unwrap_or_else(|e| Err(Failure::internal_error(format!("signing task failed: {e}"))))
+                        match result.await {
+                            Ok(result) => result,
+                            // The task ended without a result: it panicked.
+                            Err(_) => Err(Failure::internal_error(match task.await {
+                                Err(e) => format!("signing task failed: {e}"),
+                                Ok(()) => "signing task ended without a result".to_owned(),
+                            })),
+                        }
                     }
                     .boxed()
                     .shared();
@@ -451,7 +469,7 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
             let response = Arc::new(CachedResponse::new(der, facts, &purge_tag(&issuer.name, &cert.serial)));
             let cacheable = record.is_some();
             if cacheable {
-                self.store_response(id, &response, now).await;
+                self.local.insert(id.clone(), response.clone());
             }
             return Ok(Produced::Response { response, cacheable });
         }
@@ -601,10 +619,11 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
         Ok(Bytes::from(assemble(&tbs, issuer.signer().algorithm_der(), &signature, &certs)))
     }
 
-    /// Writes a fresh response to Redis (until its nextUpdate) and the local tier. A Redis
-    /// failure costs a future signature, never an answer.
-    async fn store_response(&self, id: &ResponseId, response: &Arc<CachedResponse>, now: DateTime<Utc>) {
-        let ttl = Duration::from_secs(response.facts.next_update.saturating_sub(now.timestamp()).max(1) as u64);
+    /// Writes a fresh response to Redis, until its nextUpdate. A Redis failure costs a future
+    /// signature, never an answer.
+    async fn store_response(&self, id: &ResponseId, response: &CachedResponse) {
+        let now = Utc::now().timestamp();
+        let ttl = Duration::from_secs(response.facts.next_update.saturating_sub(now).max(1) as u64);
         let key = response_key(&self.key_prefix, id.issuer_id, &id.serial, id.variant);
         let started = Instant::now();
         if let Err(error) = self.cache.set(&key, response.to_bytes(), ttl).await {
@@ -612,7 +631,6 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
             tracing::warn!(%error, key, "redis SET failed");
         }
         metrics::histogram!(m::REDIS_SECONDS, "op" => "set").record(started.elapsed().as_secs_f64());
-        self.local.insert(id.clone(), response.clone());
     }
 
     /// Periodic upkeep of the change log: forgets changes older than any response that could

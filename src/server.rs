@@ -81,7 +81,7 @@ pub async fn build_responder(config: &Config) -> Result<Arc<LiveResponder>, Serv
             config.database.pool_size,
             timeout,
         )?,
-        config.database.pool_size,
+        config.database.read_concurrency,
     );
     let client = crate::db::connect(&config.database.url, &config.database.tls_files()).await?;
     let issuers = IssuerSet::load(&client, &(&config.signing).into()).await?;

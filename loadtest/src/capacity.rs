@@ -41,7 +41,7 @@ pub async fn run(args: CapacityArgs) -> anyhow::Result<()> {
         }
     };
     let t0 = Instant::now() + Duration::from_millis(200);
-    let sampler = scrape::spawn_sampler(metrics, t0, vec![0.0, args.seconds]);
+    let sampler = scrape::spawn_sampler(metrics, t0, vec![0.0, args.seconds], None);
     let duration = Duration::from_secs_f64(args.seconds);
     let st = closed::run_for(&ctx, args.load.connections, duration, Arc::new(pick), args.load.verify_every).await;
     let samples = sampler.await.unwrap_or_default();

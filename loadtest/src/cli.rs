@@ -205,6 +205,11 @@ pub struct CacheDropArgs {
     /// Seed of the request sequence.
     #[arg(long, default_value_t = 7)]
     pub request_seed: u64,
+    /// The responders' process ids (repeat for several): each step's CPU breakdown names
+    /// their share (with the Postgres backends of --database-url's database and the Redis of
+    /// --redis-url).
+    #[arg(long = "responder-pid")]
+    pub responder_pids: Vec<u32>,
     #[command(flatten)]
     pub find_max: crate::cache_drop::find_max::FindMaxArgs,
 }

@@ -15,6 +15,7 @@ mod cdn;
 mod cli;
 mod closed;
 mod corpus;
+mod cpu;
 mod gen;
 mod mass_revoke;
 mod report;

@@ -59,6 +59,9 @@ pub struct StepReport {
     pub generator_lag_p99_ms: f64,
     pub generator_lag_max_ms: f64,
     pub generator_cpu_cores: f64,
+    /// Where the machine's CPU went during the step (see `cpu.rs`), when it was sampled.
+    #[serde(default)]
+    pub cpu: Option<crate::cpu::Breakdown>,
     /// Per origin, when there were several (`--target` repeated); empty otherwise.
     #[serde(default)]
     pub origins: Vec<OriginReport>,
@@ -238,6 +241,7 @@ pub fn text(report: &Report) -> String {
             );
         }
     }
+    cpu_table(&mut out, &report.steps);
     let _ = writeln!(
         out,
         "machine load average (1/5/15 min): {} at the start, {} at the end",
@@ -254,6 +258,56 @@ pub fn text(report: &Report) -> String {
         if report.all_answers_verified { "yes" } else { "NO" }
     );
     out
+}
+
+/// Where each step's CPU went, in cores, and what the responder, its Postgres backends and
+/// its Redis spent together per signature (hits included: at the full step of a cache drop
+/// most of it is the misses').
+fn cpu_table(out: &mut String, steps: &[StepReport]) {
+    let Some(cores) = steps.iter().find_map(|s| s.cpu).map(|c| c.cores) else { return };
+    let _ = writeln!(
+        out,
+        "CPU by step, in cores of the machine's {cores:.1}: jitocsp (user/system), its Postgres backends, the rest of \
+         Postgres, its Redis, this generator, other processes, busy outside processes; irq+softirq overlaps them"
+    );
+    let _ = writeln!(
+        out,
+        "{:>5} {:>8} {:>11} {:>7} {:>7} {:>6} {:>6} {:>7} {:>7} {:>6} {:>6} {:>14}",
+        "step",
+        "jitocsp",
+        "(usr/sys)",
+        "pgBack",
+        "pgOther",
+        "redis",
+        "gen",
+        "others",
+        "outside",
+        "idle",
+        "irq",
+        "us/sig (j+pg+r)"
+    );
+    for s in steps {
+        let Some(c) = s.cpu else { continue };
+        let ours = c.responder() + c.postgres_backends + c.redis;
+        let per_signature =
+            if s.signatures_per_s > 0.0 { format!("{:.0}", ours * 1e6 / s.signatures_per_s) } else { "-".into() };
+        let _ = writeln!(
+            out,
+            "{:>5} {:>8.2} {:>11} {:>7.2} {:>7.2} {:>6.2} {:>6.2} {:>7.2} {:>7.2} {:>6.2} {:>6.2} {:>14}",
+            s.label,
+            c.responder(),
+            format!("{:.2}/{:.2}", c.responder_user, c.responder_system),
+            c.postgres_backends,
+            c.postgres_other,
+            c.redis,
+            c.generator,
+            c.other_processes,
+            c.outside_processes,
+            c.idle,
+            c.kernel_irq,
+            per_signature
+        );
+    }
 }
 
 /// The median of some figures (None for none).

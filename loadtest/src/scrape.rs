@@ -82,11 +82,13 @@ pub async fn fetch(addr: SocketAddr) -> anyhow::Result<Counters> {
 }
 
 /// A sample of the counters at a moment (seconds since the run's start).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Sample {
     pub at: f64,
     pub counters: Counters,
     pub cpu: f64,
+    /// The machine's CPU counters, when the sampler was told whose they are.
+    pub machine: Option<crate::cpu::Snapshot>,
 }
 
 /// Figures between two samples.
@@ -114,9 +116,14 @@ pub fn delta(a: &Sample, b: &Sample) -> Delta {
     }
 }
 
-/// Samples the responders' counters, summed (and our CPU), at the given offsets from `t0`.
-/// A sample that cannot be read from every responder is left out.
-pub fn spawn_sampler(addrs: Vec<SocketAddr>, t0: Instant, times: Vec<f64>) -> tokio::task::JoinHandle<Vec<Sample>> {
+/// Samples the responders' counters, summed (and our CPU, and with `who` the machine's), at
+/// the given offsets from `t0`. A sample that cannot be read from every responder is left out.
+pub fn spawn_sampler(
+    addrs: Vec<SocketAddr>,
+    t0: Instant,
+    times: Vec<f64>,
+    who: Option<crate::cpu::Who>,
+) -> tokio::task::JoinHandle<Vec<Sample>> {
     tokio::spawn(async move {
         let mut samples = Vec::new();
         'sample: for t in times {
@@ -131,7 +138,13 @@ pub fn spawn_sampler(addrs: Vec<SocketAddr>, t0: Instant, times: Vec<f64>) -> to
                     }
                 }
             }
-            samples.push(Sample { at: t0.elapsed().as_secs_f64(), counters, cpu: crate::gen::process_cpu_seconds() });
+            let machine = who.as_ref().map(crate::cpu::snapshot);
+            samples.push(Sample {
+                at: t0.elapsed().as_secs_f64(),
+                counters,
+                cpu: crate::gen::process_cpu_seconds(),
+                machine,
+            });
         }
         samples
     })

@@ -62,6 +62,9 @@ pub struct DatabaseConfig {
     /// `url` and `read_url` by [`super::Config::load`].
     pub password_file: String,
     pub pool_size: usize,
+    /// Status reads in flight at once (see `crate::store::batch`): misses that arrive while
+    /// all are busy are read together in the next query.
+    pub read_concurrency: usize,
     /// Milliseconds; the key predates the duration-string convention and keeps its unit.
     pub connect_timeout_ms: u64,
     /// PEM CA certificates that verify the server when `sslmode` asks for TLS; "" = the
@@ -96,6 +99,7 @@ impl Default for DatabaseConfig {
             read_url: String::new(),
             password_file: String::new(),
             pool_size: 16,
+            read_concurrency: 4,
             connect_timeout_ms: 2000,
             tls_ca_file: String::new(),
             tls_cert_file: String::new(),
@@ -111,6 +115,7 @@ impl fmt::Debug for DatabaseConfig {
             .field("read_url", &redact_url(&self.read_url))
             .field("password_file", &self.password_file)
             .field("pool_size", &self.pool_size)
+            .field("read_concurrency", &self.read_concurrency)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("tls_ca_file", &self.tls_ca_file)
             .field("tls_cert_file", &self.tls_cert_file)

@@ -42,6 +42,7 @@ fn defaults() {
     assert_eq!(c.database.read_url, "");
     assert_eq!(c.database.read_url(), "postgres://jitocsp@127.0.0.1:5432/jitocsp");
     assert_eq!(c.database.pool_size, 16);
+    assert_eq!(c.database.read_concurrency, 4);
     assert_eq!(c.database.connect_timeout_ms, 2000);
     assert_eq!(c.redis.url, "redis://127.0.0.1:6379");
     assert_eq!(c.redis.mode, RedisMode::Single);
@@ -105,6 +106,7 @@ fn full_file_round_trip() {
         read_url = "postgresql://responder@db2:5432/ca"
         password_file = ""
         pool_size = 32
+        read_concurrency = 8
         connect_timeout_ms = 500
         [redis]
         url = "rediss://jitocsp@cache:6380"
@@ -149,6 +151,7 @@ fn full_file_round_trip() {
     assert_eq!(c.database.url, "postgres://responder@db1:5432/ca");
     assert_eq!(c.database.read_url(), "postgresql://responder@db2:5432/ca");
     assert_eq!(c.database.pool_size, 32);
+    assert_eq!(c.database.read_concurrency, 8);
     assert_eq!(c.database.connect_timeout_ms, 500);
     assert_eq!(c.redis.url, "rediss://jitocsp@cache:6380");
     assert_eq!(c.redis.mode, RedisMode::Cluster);
@@ -337,6 +340,7 @@ fn other_validation() {
         ("[server]\npath_prefix = \"/ocsp/\"\n", "server.path_prefix"),
         ("[server]\nworkers = -1\n", "server.workers"),
         ("[database]\npool_size = 0\n", "database.pool_size"),
+        ("[database]\nread_concurrency = 0\n", "database.read_concurrency"),
         ("[database]\nurl = \"mysql://x@y/z\"\n", "database.url"),
         ("[redis]\nurl = \"http://x\"\n", "redis.url"),
         ("[redis]\nmode = \"ring\"\n", "redis.mode"),

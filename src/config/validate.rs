@@ -92,6 +92,9 @@ pub(super) fn validate(c: &Config, o: &Origins) -> Result<(), ConfigError> {
     if c.database.pool_size < 1 {
         return Err(o.invalid("database.pool_size", "must be at least 1"));
     }
+    if c.database.read_concurrency < 1 {
+        return Err(o.invalid("database.read_concurrency", "must be at least 1"));
+    }
     if c.database.connect_timeout_ms < 1 {
         return Err(o.invalid("database.connect_timeout_ms", "must be at least 1 (milliseconds)"));
     }

@@ -217,6 +217,9 @@ pub struct Probe {
     /// step (cores): the generator's own health during the probe.
     pub generator_lag_p99_ms: f64,
     pub generator_cpu_cores: f64,
+    /// Where the machine's CPU went during the last (full) step, and its signatures/s.
+    pub full_step_cpu: Option<crate::cpu::Breakdown>,
+    pub full_step_signatures_per_s: f64,
     pub load_average_start: String,
     pub load_average_end: String,
     /// The probe's full cache-drop report (report.json, .txt, .svg).
@@ -425,7 +428,12 @@ async fn run_probe(
     let responder = Responder::start(s, &format!("p{n}"), format!("{}-p{n}", s.run.key_prefix)).await?;
     let ctx = Arc::new(responder.ctx(corpus, args.load.threads));
     let requested = Arc::new(Requested::new(corpus.issuers.len(), corpus.count));
-    let outcome = steps::run(args, &plan, &ctx, &requested, &None, &[responder.metrics]).await;
+    let who = crate::cpu::Who::new(
+        vec![responder.server.pid()],
+        Some(s.run.database_url.as_str()),
+        Some(s.run.redis_url.as_str()),
+    );
+    let outcome = steps::run(args, &plan, &ctx, &requested, &None, &[responder.metrics], Some(who)).await;
     let alive = responder.stop().await;
     let mut report = summary::report(args, &plan, &ctx, outcome?, None, true);
     report.redis = "cold (a fresh key prefix and a freshly started responder)".into();
@@ -439,6 +447,8 @@ async fn run_probe(
         verdict: rule.judge(&report.steps),
         generator_lag_p99_ms: worst(|s| s.generator_lag_p99_ms),
         generator_cpu_cores: worst(|s| s.generator_cpu_cores),
+        full_step_cpu: report.steps.last().and_then(|s| s.cpu),
+        full_step_signatures_per_s: report.steps.last().map_or(0.0, |s| s.signatures_per_s),
         load_average_start: report.load_average_start.clone(),
         load_average_end: report.load_average_end.clone(),
         report_dir,
@@ -560,6 +570,35 @@ impl FindMaxReport {
                 p.generator_lag_p99_ms,
                 p.load_average_start.split(' ').next().unwrap_or(""),
             );
+        }
+        if self.probes.iter().any(|p| p.full_step_cpu.is_some()) {
+            let _ = writeln!(out);
+            let _ = writeln!(
+                out,
+                "CPU at each probe's full step, in cores: jitocsp (user/system), its Postgres backends, the rest of \
+                 Postgres, its Redis, the generator, other processes, busy outside processes, idle"
+            );
+            for p in &self.probes {
+                let Some(c) = p.full_step_cpu else { continue };
+                let _ = writeln!(
+                    out,
+                    "{:>5}  {:>8.0} req/s  jitocsp {:.2} ({:.2}/{:.2})  pg {:.2}  pg other {:.2}  redis {:.2}  gen {:.2}  \
+                     others {:.2}  outside {:.2}  idle {:.2}  ({:.0} signatures/s)",
+                    p.n,
+                    p.full_rate,
+                    c.responder(),
+                    c.responder_user,
+                    c.responder_system,
+                    c.postgres_backends,
+                    c.postgres_other,
+                    c.redis,
+                    c.generator,
+                    c.other_processes,
+                    c.outside_processes,
+                    c.idle,
+                    p.full_step_signatures_per_s
+                );
+            }
         }
         let _ = writeln!(out);
         let runs: Vec<String> = self.nginx_runs.iter().map(|r| format!("{:.0}", r.ok_rps)).collect();

@@ -86,7 +86,12 @@ pub async fn run(args: CacheDropArgs) -> anyhow::Result<()> {
     let ctx = Arc::new(Ctx::with_origins(targets, corpus, args.load.threads));
 
     let warm = warm::run(&args, &ctx, &requested, &cdn_cache).await?;
-    let outcome = steps::run(&args, &plan, &ctx, &requested, &cdn_cache, &metrics).await?;
+    let who = crate::cpu::Who::new(
+        args.responder_pids.clone(),
+        args.find_max.database_url.as_deref(),
+        args.find_max.redis_url.as_deref(),
+    );
+    let outcome = steps::run(&args, &plan, &ctx, &requested, &cdn_cache, &metrics, Some(who)).await?;
     let report = summary::report(&args, &plan, &ctx, outcome, warm, !metrics.is_empty());
     report::write_all(&report, &args.out)?;
     print!("{}", report::text(&report));

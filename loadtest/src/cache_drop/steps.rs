@@ -37,6 +37,7 @@ pub async fn run(
     requested: &Arc<Requested>,
     cdn_cache: &CdnCache,
     metrics: &[SocketAddr],
+    who: Option<crate::cpu::Who>,
 ) -> anyhow::Result<Outcome> {
     let load_average_start = report::load_average();
     let settle = Duration::from_millis(500);
@@ -54,7 +55,7 @@ pub async fn run(
     times.push(run.as_secs_f64());
     times.sort_by(f64::total_cmp);
     times.dedup_by(|a, b| (*a - *b).abs() < 0.05);
-    let sampler_task = scrape::spawn_sampler(metrics.to_vec(), t0, times);
+    let sampler_task = scrape::spawn_sampler(metrics.to_vec(), t0, times, who);
 
     let purges: Arc<Mutex<Vec<(usize, cdn::PurgeResult)>>> = Arc::default();
     let phases = phases(plan, ctx, requested, cdn_cache, &purges);

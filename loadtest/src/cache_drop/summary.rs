@@ -86,10 +86,13 @@ fn step_reports(plan: &Plan, ctx: &Ctx, rec: &Recorder, o: &Outcome) -> Vec<Step
             .filter(|(k, _)| !k.starts_with("no answer:") && **k != "generator backlog full")
             .map(|(_, v)| v)
             .sum();
-        let d = match (nearest(&o.samples, start), nearest(&o.samples, start + len)) {
-            (Some(a), Some(b)) if b.at > a.at => scrape::delta(a, b),
-            _ => scrape::Delta::default(),
+        let bounds = match (nearest(&o.samples, start), nearest(&o.samples, start + len)) {
+            (Some(a), Some(b)) if b.at > a.at => Some((a, b)),
+            _ => None,
         };
+        let d = bounds.map_or_else(scrape::Delta::default, |(a, b)| scrape::delta(a, b));
+        let cpu =
+            bounds.and_then(|(a, b)| Some(crate::cpu::between(a.machine.as_ref()?, b.machine.as_ref()?, b.at - a.at)));
         let cdn_total: u64 = st.cdn.values().sum();
         let lag = &o.scheduler.lag_us[k];
         steps.push(StepReport {
@@ -129,6 +132,7 @@ fn step_reports(plan: &Plan, ctx: &Ctx, rec: &Recorder, o: &Outcome) -> Vec<Step
             generator_lag_p99_ms: gen::ms(lag, 0.99),
             generator_lag_max_ms: lag.max() as f64 / 1000.0,
             generator_cpu_cores: d.generator_cpu,
+            cpu,
             origins: if st.origins.len() > 1 { origin_reports(st, &ctx.targets) } else { Vec::new() },
         });
     }
