@@ -241,7 +241,9 @@ pub fn text(report: &Report) -> String {
             );
         }
     }
-    cpu_table(&mut out, &report.steps);
+    let rows: Vec<_> =
+        report.steps.iter().filter_map(|s| Some((s.label.clone(), s.cpu?, s.signatures_per_s))).collect();
+    cpu_table(&mut out, "step", &rows);
     let _ = writeln!(
         out,
         "machine load average (1/5/15 min): {} at the start, {} at the end",
@@ -263,17 +265,18 @@ pub fn text(report: &Report) -> String {
 /// Where each step's CPU went, in cores, and what the responder, its Postgres backends and
 /// its Redis spent together per signature (hits included: at the full step of a cache drop
 /// most of it is the misses').
-fn cpu_table(out: &mut String, steps: &[StepReport]) {
-    let Some(cores) = steps.iter().find_map(|s| s.cpu).map(|c| c.cores) else { return };
+/// `rows` are (label, the step's CPU, its signatures/s); `what` names what a row is.
+pub fn cpu_table(out: &mut String, what: &str, rows: &[(String, crate::cpu::Breakdown, f64)]) {
+    let Some(cores) = rows.first().map(|(_, c, _)| c.cores) else { return };
     let _ = writeln!(
         out,
-        "CPU by step, in cores of the machine's {cores:.1}: jitocsp (user/system), its Postgres backends, the rest of \
+        "CPU by {what}, in cores of the machine's {cores:.1}: jitocsp (user/system), its Postgres backends, the rest of \
          Postgres, its Redis, this generator, other processes, busy outside processes; irq+softirq overlaps them"
     );
     let _ = writeln!(
         out,
-        "{:>5} {:>8} {:>11} {:>7} {:>7} {:>6} {:>6} {:>7} {:>7} {:>6} {:>6} {:>14}",
-        "step",
+        "{:>16} {:>8} {:>11} {:>7} {:>7} {:>6} {:>6} {:>7} {:>7} {:>6} {:>6} {:>14}",
+        what,
         "jitocsp",
         "(usr/sys)",
         "pgBack",
@@ -286,15 +289,14 @@ fn cpu_table(out: &mut String, steps: &[StepReport]) {
         "irq",
         "us/sig (j+pg+r)"
     );
-    for s in steps {
-        let Some(c) = s.cpu else { continue };
+    for (label, c, signatures_per_s) in rows {
         let ours = c.responder() + c.postgres_backends + c.redis;
         let per_signature =
-            if s.signatures_per_s > 0.0 { format!("{:.0}", ours * 1e6 / s.signatures_per_s) } else { "-".into() };
+            if *signatures_per_s > 0.0 { format!("{:.0}", ours * 1e6 / signatures_per_s) } else { "-".into() };
         let _ = writeln!(
             out,
-            "{:>5} {:>8.2} {:>11} {:>7.2} {:>7.2} {:>6.2} {:>6.2} {:>7.2} {:>7.2} {:>6.2} {:>6.2} {:>14}",
-            s.label,
+            "{:>16} {:>8.2} {:>11} {:>7.2} {:>7.2} {:>6.2} {:>6.2} {:>7.2} {:>7.2} {:>6.2} {:>6.2} {:>14}",
+            label,
             c.responder(),
             format!("{:.2}/{:.2}", c.responder_user, c.responder_system),
             c.postgres_backends,

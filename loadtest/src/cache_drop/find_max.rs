@@ -571,34 +571,16 @@ impl FindMaxReport {
                 p.load_average_start.split(' ').next().unwrap_or(""),
             );
         }
-        if self.probes.iter().any(|p| p.full_step_cpu.is_some()) {
+        let rows: Vec<_> = self
+            .probes
+            .iter()
+            .filter_map(|p| {
+                Some((format!("{} at {:.0}/s", p.n, p.full_rate), p.full_step_cpu?, p.full_step_signatures_per_s))
+            })
+            .collect();
+        if !rows.is_empty() {
             let _ = writeln!(out);
-            let _ = writeln!(
-                out,
-                "CPU at each probe's full step, in cores: jitocsp (user/system), its Postgres backends, the rest of \
-                 Postgres, its Redis, the generator, other processes, busy outside processes, idle"
-            );
-            for p in &self.probes {
-                let Some(c) = p.full_step_cpu else { continue };
-                let _ = writeln!(
-                    out,
-                    "{:>5}  {:>8.0} req/s  jitocsp {:.2} ({:.2}/{:.2})  pg {:.2}  pg other {:.2}  redis {:.2}  gen {:.2}  \
-                     others {:.2}  outside {:.2}  idle {:.2}  ({:.0} signatures/s)",
-                    p.n,
-                    p.full_rate,
-                    c.responder(),
-                    c.responder_user,
-                    c.responder_system,
-                    c.postgres_backends,
-                    c.postgres_other,
-                    c.redis,
-                    c.generator,
-                    c.other_processes,
-                    c.outside_processes,
-                    c.idle,
-                    p.full_step_signatures_per_s
-                );
-            }
+            crate::report::cpu_table(&mut out, "probe's full step", &rows);
         }
         let _ = writeln!(out);
         let runs: Vec<String> = self.nginx_runs.iter().map(|r| format!("{:.0}", r.ok_rps)).collect();
