@@ -275,7 +275,7 @@ pub fn cpu_table(out: &mut String, what: &str, rows: &[(String, crate::cpu::Brea
     );
     let _ = writeln!(
         out,
-        "{:>16} {:>8} {:>11} {:>7} {:>7} {:>6} {:>6} {:>7} {:>7} {:>6} {:>6} {:>14}",
+        "{:>18} {:>8} {:>11} {:>7} {:>7} {:>6} {:>6} {:>7} {:>7} {:>6} {:>6} {:>14}",
         what,
         "jitocsp",
         "(usr/sys)",
@@ -295,7 +295,7 @@ pub fn cpu_table(out: &mut String, what: &str, rows: &[(String, crate::cpu::Brea
             if *signatures_per_s > 0.0 { format!("{:.0}", ours * 1e6 / signatures_per_s) } else { "-".into() };
         let _ = writeln!(
             out,
-            "{:>16} {:>8.2} {:>11} {:>7.2} {:>7.2} {:>6.2} {:>6.2} {:>7.2} {:>7.2} {:>6.2} {:>6.2} {:>14}",
+            "{:>18} {:>8.2} {:>11} {:>7.2} {:>7.2} {:>6.2} {:>6.2} {:>7.2} {:>7.2} {:>6.2} {:>6.2} {:>14}",
             label,
             c.responder(),
             format!("{:.2}/{:.2}", c.responder_user, c.responder_system),
