@@ -111,9 +111,7 @@ pub fn snapshot(who: &Who) -> Snapshot {
     let Ok(dir) = std::fs::read_dir("/proc") else { return s };
     for pid in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
-        let comm = &stat[open + 1..close];
-        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let Some((comm, fields)) = crate::gen::split_stat(&stat) else { continue };
         let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
         let (user, system) = (tick(11), tick(12));
         if who.responders.contains(&pid) {

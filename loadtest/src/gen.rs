@@ -630,7 +630,14 @@ pub fn cpu_ticks(pid: &str) -> u64 {
 /// utime and stime); 0 for fields or processes that are not there.
 pub fn stat_fields(pid: &str, indices: &[usize]) -> u64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
-    let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else { return 0 };
-    let fields: Vec<&str> = after.split(' ').collect();
+    let Some((_, fields)) = split_stat(&stat) else { return 0 };
     indices.iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum()
+}
+
+/// A /proc/PID/stat line as its command name and the fields after it (numbered as
+/// [`stat_fields`] numbers them). The name is in parentheses and may itself hold spaces and
+/// parentheses, hence the last ')'.
+pub fn split_stat(stat: &str) -> Option<(&str, Vec<&str>)> {
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    Some((stat.get(open + 1..close)?, stat.get(close + 2..)?.split(' ').collect()))
 }
