@@ -421,3 +421,39 @@ fn a_pending_purge_re_armed_during_a_retry_is_kept() {
     );
     assert_eq!(left, rearmed, "the re-armed purge is still owed");
 }
+
+/// A revocation committed while the LISTEN connection is down is never notified to this
+/// responder: only the catch-up read after the reconnect tells it. No request arrives during
+/// the outage (nothing gets confirmed by the primary meanwhile), so the local tier still holds
+/// "good" when the feed is proven alive again; the catch-up must refuse it.
+#[test]
+fn a_revocation_missed_while_the_notification_link_was_down_is_caught_up() {
+    if skip_unless(&[Need::Postgres, Need::Redis, Need::Openssl]) {
+        return;
+    }
+    let pki = Pki::new();
+    let issuer = add_issuer(&pki);
+    let cert = pki.leaf("caught-up", "1a9102");
+    import(&issuer, &cert);
+    let database = database_url();
+    let (authority, _) = database.split_once('@').map(|(_, rest)| (rest, ())).unwrap();
+    let host_port = authority.split('/').next().unwrap();
+    let proxy = Proxy::start(host_port.parse().unwrap(), "jitocsp-listener");
+    let proxied = database.replacen(host_port, &format!("127.0.0.1:{}", proxy.port), 1);
+    let server = Server::start(&[("DATABASE_URL", &proxied), ("JITOCSP_CACHE_LOCAL_ENTRIES", "1000")]);
+    let path = get_path(&pki, &cert);
+    for _ in 0..2 {
+        assert_eq!(status_in(&pki, &server.get(&path, &[]).body, &cert), "good");
+    }
+
+    proxy.blackhole(true);
+    revoke(&issuer, &cert, "keyCompromise", &[]);
+    server.wait_until(Duration::from_secs(30), |s| s.metric("jitocsp_listener_reconnects_total", &[]) >= 1.0);
+    proxy.blackhole(false);
+    server.wait_until(Duration::from_secs(30), |s| {
+        s.metrics_text().contains("jitocsp_listener_connected 1")
+            && !metrics_endpoint(s, "/readyz").1.contains("status-change feed")
+    });
+    assert!(proxy.marked_connections() >= 2, "the listener reconnected");
+    assert_eq!(status_in(&pki, &server.get(&path, &[]).body, &cert), "revoked");
+}
