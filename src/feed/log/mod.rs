@@ -277,21 +277,27 @@ impl<S: BuildHasher> ChangeLog<S> {
             return;
         }
         let heard_by = millis_since_epoch(Instant::now());
-        let froze = {
-            let mut state = self.write();
-            let mut froze = false;
-            for (key, version) in news {
-                let heard = Recent { change: LatestChange { version, heard_at }, heard_by };
-                if state.insert(key, heard, self.freeze_at) {
-                    state.freeze(millis_since_epoch(Instant::now()));
-                    froze = true;
+        let mut news = news.into_iter().peekable();
+        // The lock is let go after each freeze, to forget what is over the limit at once, as
+        // a single change does: the log never holds more than the limit and a map.
+        while news.peek().is_some() {
+            let froze = {
+                let mut state = self.write();
+                let mut froze = false;
+                for (key, version) in news.by_ref() {
+                    let heard = Recent { change: LatestChange { version, heard_at }, heard_by };
+                    if state.insert(key, heard, self.freeze_at) {
+                        state.freeze(millis_since_epoch(Instant::now()));
+                        froze = true;
+                        break;
+                    }
                 }
+                self.active.store(true, Ordering::Release);
+                froze
+            };
+            if froze {
+                self.forget_over_limit();
             }
-            self.active.store(true, Ordering::Release);
-            froze
-        };
-        if froze {
-            self.forget_over_limit();
         }
     }
 
