@@ -177,7 +177,7 @@ impl StepStats {
 
 /// Adds `b`'s counts to `a`. Histograms are only ever added to one made the same way (same
 /// bounds), so adding cannot fail.
-fn add_histogram(a: &mut Histogram<u64>, b: &Histogram<u64>) {
+pub fn add_histogram(a: &mut Histogram<u64>, b: &Histogram<u64>) {
     a.add(b).expect("histograms with the same bounds");
 }
 

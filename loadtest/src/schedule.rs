@@ -1,8 +1,9 @@
 //! The open-loop scheduler: what each request asks ([`Sampler`]) and when it is sent
-//! ([`schedule`]), from the arrival process alone, so that a slow server makes requests late
+//! ([`dispatch`], on each generator thread), from the arrival process alone, so that a slow server makes requests late
 //! (and that lateness is measured), never fewer. The connections that send them are in
 //! [`crate::gen`].
 
+use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
@@ -71,50 +72,70 @@ pub struct Phase {
     pub on_start: Option<Box<dyn FnOnce() + Send>>,
 }
 
-/// What the scheduler saw: per step, how late it handed requests over.
+/// What the dispatchers saw: per step, how late they handed requests over.
 pub struct SchedulerReport {
     pub lag_us: Vec<Histogram<u64>>,
 }
 
-/// An open-loop schedule: its steps, when it starts, and the arrival process.
-pub struct Plan {
-    pub phases: Vec<Phase>,
-    pub t0: Instant,
-    pub poisson: bool,
-    /// The schedule stops after this many requests, whatever the phases say.
-    pub max_requests: u64,
+impl SchedulerReport {
+    /// The report of all generator threads together.
+    pub fn merged(reports: impl IntoIterator<Item = SchedulerReport>) -> SchedulerReport {
+        let mut lag_us: Vec<Histogram<u64>> = Vec::new();
+        for report in reports {
+            for (step, hist) in report.lag_us.into_iter().enumerate() {
+                match lag_us.get_mut(step) {
+                    Some(all) => crate::gen::add_histogram(all, &hist),
+                    None => lag_us.push(hist),
+                }
+            }
+        }
+        SchedulerReport { lag_us }
+    }
 }
 
-/// Runs the schedule on the calling thread: each request's intended time comes from the
-/// arrival process only; every request whose time has come is handed to the connections at
-/// once. A full queue (more than the channel's capacity waiting for a connection) is recorded
-/// as a generator failure, never silently skipped. GET URLs are marked in `requested`; what
-/// was scheduled is counted in `rec`, returned to be merged with what the connections recorded.
-pub fn schedule(
+/// One generator thread's share of an open-loop schedule: its steps (at the thread's share of
+/// each step's rate), when they start, and the arrival process.
+pub struct Plan {
+    /// (rate, start, duration) of each step, the rate already this thread's share.
+    pub steps: Vec<(f64, Duration, Duration)>,
+    pub t0: Instant,
+    pub poisson: bool,
+    /// This thread stops after this many requests, whatever the steps say.
+    pub max_requests: u64,
+    /// Seeds the arrival process (each thread its own).
+    pub seed: u64,
+}
+
+/// Runs `plan` on the calling generator thread's runtime: each request's intended time comes
+/// from the arrival process only; every request whose time has come is handed at once to the
+/// thread's connections through `tx`. A full queue (more than its capacity waiting for a
+/// connection) is recorded as a generator failure, never silently skipped. GET URLs are marked
+/// in `requested`; what was scheduled is counted in `rec`.
+///
+/// Each generator thread runs its own arrival process at its share of the rate (the sum of
+/// independent Poisson processes is a Poisson process of the summed rate), so no request
+/// crosses threads: a scheduler thread handing every request to the generator threads cost
+/// a wake-up of another thread per request, about a third of the generator's CPU
+/// (docs/benchmarks.md). Tokio's timer wakes the dispatcher at most once a millisecond, and
+/// it then sends everything due; a request sent late by that is measured from when it was
+/// due, and the lateness is reported as the scheduler's lag.
+pub async fn dispatch(
     plan: Plan,
     mut sampler: Sampler,
     tx: async_channel::Sender<Job>,
-    mut rec: Recorder,
+    rec: &RefCell<Recorder>,
     requested: Option<&Requested>,
-) -> (SchedulerReport, Recorder) {
-    let Plan { phases, t0, poisson, max_requests } = plan;
+) -> SchedulerReport {
+    let Plan { steps, t0, poisson, max_requests, seed } = plan;
     let mut lag = Vec::new();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5c4e_d01e);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let exp = rand_distr::Exp1;
     let mut sent = 0u64;
-    let mut purges = Vec::new();
-    for (step, phase) in phases.into_iter().enumerate() {
+    for (step, (rate, start, duration)) in steps.into_iter().enumerate() {
         let mut hist = new_histogram();
-        let start = t0 + phase.start;
-        let end = start + phase.duration;
-        let now = Instant::now();
-        if start > now {
-            std::thread::sleep(start - now);
-        }
-        if let Some(f) = phase.on_start {
-            purges.push(std::thread::spawn(f));
-        }
-        let mean = 1.0 / phase.rate.max(1e-9);
+        let (start, end) = (t0 + start, t0 + start + duration);
+        tokio::time::sleep_until(start.into()).await;
+        let mean = 1.0 / rate.max(1e-9);
         let gap = |rng: &mut rand::rngs::StdRng| {
             let x: f64 = if poisson { exp.sample(rng) } else { 1.0 };
             Duration::from_secs_f64(x * mean)
@@ -123,7 +144,7 @@ pub fn schedule(
         while next < end && sent < max_requests {
             let now = Instant::now();
             if next > now {
-                std::thread::sleep(next - now);
+                tokio::time::sleep_until(next.into()).await;
                 continue;
             }
             let _ = hist.record(now.saturating_duration_since(next).as_micros().max(1) as u64);
@@ -131,6 +152,7 @@ pub fn schedule(
             if let (Some(r), Ask::Ocsp { issuer, index, alg, post: false }) = (requested, job.ask) {
                 r.mark(issuer, index, alg);
             }
+            let mut rec = rec.borrow_mut();
             rec.scheduled(&job);
             if tx.try_send(job).is_err() {
                 rec.steps[step].backlog_dropped += 1;
@@ -141,8 +163,21 @@ pub fn schedule(
         }
         lag.push(hist);
     }
-    for p in purges {
-        let _ = p.join();
+    SchedulerReport { lag_us: lag }
+}
+
+/// Runs each step's `on_start` (the CDN purges) on a thread of its own when the step begins,
+/// apart from the dispatchers; returns when every one has finished.
+pub fn run_step_hooks(t0: Instant, hooks: Vec<(Duration, Box<dyn FnOnce() + Send>)>) {
+    let mut running = Vec::new();
+    for (start, hook) in hooks {
+        let now = Instant::now();
+        if t0 + start > now {
+            std::thread::sleep(t0 + start - now);
+        }
+        running.push(std::thread::spawn(hook));
     }
-    (SchedulerReport { lag_us: lag }, rec)
+    for hook in running {
+        let _ = hook.join();
+    }
 }

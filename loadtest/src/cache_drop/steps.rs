@@ -1,13 +1,14 @@
-//! The steps: an open-loop schedule (scheduler thread, `--connections` keep-alive workers),
-//! the CDN purge at each step's start in cdn mode, and the responder's metrics sampled every
-//! second and at each step boundary.
+//! The steps: an open-loop schedule (a dispatcher on each generator thread, feeding that
+//! thread's share of the `--connections` keep-alive connections), the CDN purge at each step's
+//! start in cdn mode, and the responder's metrics sampled every second and at each step
+//! boundary.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context as _};
+use anyhow::Context as _;
 use futures_util::future::join_all;
 
 use super::{CdnCache, Plan};
@@ -47,8 +48,8 @@ pub async fn run(
     let drain = gen::REQUEST_TIMEOUT + Duration::from_secs(2);
     let template = Recorder::new(t0, plan.windows.clone(), bucket, run + drain);
 
-    let backlog = ((plan.full_rate * 5.0) as usize).max(10_000);
-    let (tx, rx) = async_channel::bounded::<Job>(backlog);
+    let threads = ctx.threads;
+    let backlog = ((plan.full_rate * 5.0) as usize).max(10_000).div_ceil(threads);
 
     let mut times: Vec<f64> = (0..=run.as_secs_f64().ceil() as u64 + 1).map(|s| s as f64).collect();
     times.extend(plan.windows.iter().map(|(s, _)| s.as_secs_f64()));
@@ -59,14 +60,17 @@ pub async fn run(
 
     let purges: Arc<Mutex<Vec<(usize, cdn::PurgeResult)>>> = Arc::default();
     let phases = phases(plan, ctx, requested, cdn_cache, &purges);
-    let sampler = Sampler::new(
-        &ctx.corpus,
-        args.load.zipf,
-        args.load.post_share,
-        args.load.sha256_share,
-        args.load.verify_every,
-        args.request_seed,
-    )?;
+    // Each generator thread draws its own requests, from a seed of its own.
+    let samplers = (0..threads as u64)
+        .map(|thread| {
+            let seed = args.request_seed.wrapping_add(thread);
+            let l = &args.load;
+            Sampler::new(&ctx.corpus, l.zipf, l.post_share, l.sha256_share, l.verify_every, seed).map(Some)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?
+        .into_iter()
+        .map(Mutex::new)
+        .collect::<Vec<_>>();
     eprintln!(
         "cache-drop {:?}: {} steps of {} s, rates {:?} req/s -> {}",
         args.mode,
@@ -75,24 +79,27 @@ pub async fn run(
         plan.rates.iter().map(|r| r.round()).collect::<Vec<_>>(),
         ctx.targets.iter().map(|t| t.addr.to_string()).collect::<Vec<_>>().join(", ")
     );
-    let sched_requested = requested.clone();
-    let plan_of_requests =
-        schedule::Plan { phases, t0, poisson: args.arrival() == Arrival::Poisson, max_requests: args.max_requests };
-    let scheduled = template.empty_like();
-    let scheduler = std::thread::Builder::new()
-        .name("scheduler".into())
-        .spawn(move || schedule::schedule(plan_of_requests, sampler, tx, scheduled, Some(&sched_requested)))
-        .context("starting the scheduler thread")?;
+    let shares: Vec<(f64, Duration, Duration)> =
+        phases.iter().map(|p| (p.rate / threads as f64, p.start, p.duration)).collect();
+    let hooks: Vec<_> = phases.into_iter().filter_map(|p| Some((p.start, p.on_start?))).collect();
+    let hooks = std::thread::Builder::new()
+        .name("step-hooks".into())
+        .spawn(move || schedule::run_step_hooks(t0, hooks))
+        .context("starting the step hooks' thread")?;
 
-    // The connections end when the scheduler is done and the queue is empty, or at the
-    // deadline: whatever is still in flight then is counted as unanswered.
+    // Each thread's connections end when its dispatcher is done and its queue is empty, or at
+    // the deadline: whatever is still in flight then is counted as unanswered.
     let deadline = tokio::time::Instant::from_std(t0 + run + drain);
-    let connections = args.load.connections;
-    let recorders = on_threads(ctx.threads, |thread| {
-        let (rx, rec) = (rx.clone(), RefCell::new(template.empty_like()));
+    let (connections, poisson) = (args.load.connections, args.arrival() == Arrival::Poisson);
+    let max_requests = args.max_requests.div_ceil(threads as u64);
+    let per_thread = on_threads(threads, |thread| {
+        let (shares, recorder) = (shares.clone(), RefCell::new(template.empty_like()));
+        let sampler = samplers[thread].lock().ok().and_then(|mut s| s.take());
         async move {
-            let all = join_all(gen::connections_of(thread, ctx.threads, connections).map(|connection| {
-                let (rx, rec) = (rx.clone(), &rec);
+            let (tx, rx) = async_channel::bounded::<Job>(backlog);
+            let rec = &recorder;
+            let all = join_all(gen::connections_of(thread, threads, connections).map(|connection| {
+                let rx = rx.clone();
                 async move {
                     let mut conn = Conn::to_origin(connection);
                     while let Ok(job) = rx.recv().await {
@@ -101,17 +108,24 @@ pub async fn run(
                     }
                 }
             }));
-            let _ = tokio::time::timeout_at(deadline, all).await;
-            rec.into_inner()
+            drop(rx);
+            let seed = 0x5c4e_d01e ^ thread as u64;
+            let schedule = schedule::Plan { steps: shares, t0, poisson, max_requests, seed };
+            let dispatched = async move {
+                match sampler {
+                    Some(sampler) => schedule::dispatch(schedule, sampler, tx, rec, Some(&**requested)).await,
+                    None => SchedulerReport { lag_us: Vec::new() },
+                }
+            };
+            let (lag, _) = tokio::join!(dispatched, tokio::time::timeout_at(deadline, all));
+            (recorder.into_inner(), lag)
         }
     });
-    drop(rx);
-    let (scheduler, scheduled) = tokio::task::spawn_blocking(move || scheduler.join())
-        .await?
-        .map_err(|_| anyhow!("the scheduler thread panicked"))?;
+    let _ = tokio::task::spawn_blocking(move || hooks.join()).await;
     let load_average_end = report::load_average();
-    let mut recorder = merged(template, recorders);
-    recorder.merge(scheduled);
+    let (recorders, lags): (Vec<_>, Vec<_>) = per_thread.into_iter().unzip();
+    let recorder = merged(template, recorders);
+    let scheduler = SchedulerReport::merged(lags);
     let samples = sampler_task.await.unwrap_or_default();
     let purges = std::mem::take(&mut *purges.lock().expect("purges lock"));
     Ok(Outcome { recorder, samples, purges, scheduler, load_average_start, load_average_end })
