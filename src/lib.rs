@@ -31,7 +31,8 @@
 //!   ([`cache::redis`]), the local tier ([`cache::local`]) with its front keyed by the raw
 //!   request ([`cache::raw`]), and the key and purge-tag layout ([`cache::keys`]).
 //! - [`store`]: the [`store::StatusStore`] trait and its Postgres implementation (point
-//!   reads batched by [`store::batch`]).
+//!   reads batched by [`store::batch`], one batcher and pool per HTTP worker by
+//!   [`store::per_runtime`]).
 //! - [`signer`]: the [`signer::Signer`] trait, opened from a spec with the public key it
 //!   must match: a key file ([`signer::software`]) or an HSM ([`signer::pkcs11`]: session
 //!   pool, key lookup, module registry); [`signer::limiter`] bounds how many signatures
@@ -62,6 +63,8 @@
 //!   (`config/sections.rs`), password files and URL redaction (`secrets.rs`), range and
 //!   BR 4.9.10 checks (`validate.rs`). [`secret_file`]: secrets are read only from files
 //!   their owner alone can read. [`metrics`]: metric names.
+//! - [`runtime_local`]: values kept per thread and runtime, so that the Redis and Postgres
+//!   connections are driven on the HTTP worker that uses them.
 //! - [`tls`]: the rustls client settings (CA, client certificate) shared by Postgres and
 //!   Redis; [`db::tls`] reads `sslmode` and makes the Postgres connector.
 //!
@@ -103,6 +106,7 @@ pub mod metrics;
 pub mod ocsp;
 pub mod pipeline;
 pub mod purge;
+pub mod runtime_local;
 pub mod secret_file;
 pub mod serial;
 pub mod server;

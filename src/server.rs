@@ -26,11 +26,12 @@ use crate::pipeline::Responder;
 use crate::purge::{cdn, pending};
 use crate::signer::limiter::SigningLimiter;
 use crate::store::batch::Batching;
-use crate::store::postgres::PgStore;
+use crate::store::per_runtime::{PerRuntimeStore, Shares};
+use crate::store::postgres::{PgStore, PgTargets};
 use crate::store::{StatusStore, StoreError};
 
 /// The responder as `serve` runs it: Redis and Postgres.
-pub type LiveResponder = Responder<RedisCache, Batching<PgStore>>;
+pub type LiveResponder = Responder<RedisCache, PerRuntimeStore<Batching<PgStore>>>;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -73,16 +74,11 @@ pub fn install_metrics() -> Result<PrometheusHandle, ServeError> {
 /// Builds the pipeline from `config`: connects the pools and loads the issuers.
 pub async fn build_responder(config: &Config) -> Result<Arc<LiveResponder>, ServeError> {
     let timeout = Duration::from_millis(config.database.connect_timeout_ms);
-    let store = Batching::new(
-        PgStore::new(
-            &config.database.url,
-            Some(config.database.read_url()),
-            &config.database.tls_files(),
-            config.database.pool_size,
-            timeout,
-        )?,
-        config.database.read_concurrency,
-    );
+    let targets = PgTargets::new(&config.database.url, Some(config.database.read_url()), &config.database.tls_files())?;
+    let shares = Shares::of(config.database.pool_size, config.database.read_concurrency, workers(config));
+    let store = PerRuntimeStore::new(move || {
+        Ok(Batching::new(PgStore::new(targets.clone(), shares.pool_size, timeout)?, shares.read_concurrency))
+    });
     let client = crate::db::connect(&config.database.url, &config.database.tls_files()).await?;
     let issuers = IssuerSet::load(&client, &(&config.signing).into()).await?;
     drop(client);
@@ -120,7 +116,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let responder = build_responder(&config).await?;
     // Purge bookkeeping writes, so it goes to the primary even when reads use a replica.
     let timeout = Duration::from_millis(config.database.connect_timeout_ms);
-    let primary = PgStore::new(&config.database.url, None, &config.database.tls_files(), 2, timeout)?.primary().clone();
+    let primary = PgStore::new(PgTargets::new(&config.database.url, None, &config.database.tls_files())?, 2, timeout)?
+        .primary()
+        .clone();
 
     // The listener needs the primary: replicas do not deliver notifications.
     tokio::spawn(listener::run(
@@ -169,10 +167,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         request_sample: config.log.request_sample,
         body_timeout: config.server.body_timeout,
     });
-    let workers = match config.server.workers {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
+    let workers = workers(&config);
     // actix counts connections per worker; `server.max_connections` is per instance.
     let ocsp_server = HttpServer::new(move || App::new().configure(http::configure(service.clone())))
         .workers(workers)
@@ -261,6 +256,14 @@ async fn readiness(probes: web::Data<Probes>) -> HttpResponse {
 }
 
 /// While the change log is past its limit: what it forgot, what that costs, and until when.
+/// `server.workers`, 0 meaning one per core.
+fn workers(config: &Config) -> usize {
+    match config.server.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
+
 fn change_log_note(responder: &LiveResponder) -> Option<String> {
     let summary = responder.changes().summary();
     let floor = summary.floor?;

@@ -21,8 +21,8 @@ pub enum CacheError {
     #[error("cache configuration: {0}")]
     Config(String),
     /// Redis connections are driven by a Tokio task: a caller outside any runtime is a bug.
-    #[error("redis used outside a Tokio runtime")]
-    NoRuntime,
+    #[error("redis {0}")]
+    NoRuntime(#[from] crate::runtime_local::NoRuntime),
     /// Boxed: a TLS error names files and carries rustls' error; the others are small.
     #[error("redis TLS set-up: {0}")]
     Tls(#[source] Box<crate::tls::TlsError>),

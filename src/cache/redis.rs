@@ -11,8 +11,7 @@
 //! (see [`crate::tls`]), and `redis.tls_cert_file`/`tls_key_file` are shown when set. Every
 //! Redis client of jitocsp (responder, admin CLI) is made by [`client`] or [`cluster_builder`].
 
-use std::cell::RefCell;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -22,6 +21,7 @@ use ::redis::{ClientTlsConfig, TlsCertificates};
 use bytes::Bytes;
 
 use super::{CacheError, ResponseCache};
+use crate::runtime_local::PerRuntime;
 use crate::tls::TlsFiles;
 
 /// A client for one Redis server: TLS for a `rediss://` URL, plaintext otherwise.
@@ -75,50 +75,20 @@ enum Connection {
     Cluster(ClusterConnection),
 }
 
-/// One Redis server, reached by one multiplexed connection per thread.
-///
-/// A multiplexed connection is driven by a task on the runtime of whoever first awaited it.
-/// Shared by the HTTP workers (each a single-threaded runtime), every GET from the workers
-/// other than the driver's crossed threads twice, a wake-up of the driver's thread and one of
-/// the requester's (an eventfd write each): 0.7-0.8 of them per answer on the hot path,
-/// against 0.3 with a connection per thread (docs/benchmarks.md). A connection per thread is
-/// driven on that thread, and the GETs its requests send in one turn of the event loop still
-/// go out in one write.
+/// One Redis server, reached by one multiplexed connection per thread (and runtime) that
+/// uses it: see [`crate::runtime_local`]. Shared by the HTTP workers, a connection took
+/// 0.7-0.8 thread wake-ups per hot answer, against 0.3 with one per thread
+/// (docs/benchmarks.md).
 struct SingleNode {
     client: ::redis::Client,
     config: ConnectionManagerConfig,
-}
-
-/// A thread's connection to one [`SingleNode`], made on one runtime.
-struct ThreadConnection {
-    node: Weak<SingleNode>,
-    runtime: tokio::runtime::Id,
-    manager: ConnectionManager,
-}
-
-thread_local! {
-    /// Usually one entry (one responder per process); tests make several.
-    static CONNECTIONS: RefCell<Vec<ThreadConnection>> = const { RefCell::new(Vec::new()) };
+    connections: PerRuntime<ConnectionManager>,
 }
 
 impl SingleNode {
-    /// This thread's connection, made on first use. Keyed by runtime too: a connection's
-    /// driver dies with the runtime it was spawned on, and a thread may run several runtimes
-    /// one after the other (tests do).
-    fn connection(self: &Arc<Self>) -> Result<ConnectionManager, CacheError> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| CacheError::NoRuntime)?.id();
-        CONNECTIONS.with(|connections| {
-            let mut connections = connections.borrow_mut();
-            let mine = |c: &ThreadConnection| c.runtime == runtime && std::ptr::eq(c.node.as_ptr(), Arc::as_ptr(self));
-            if let Some(found) = connections.iter().find(|c| mine(c)) {
-                return Ok(found.manager.clone());
-            }
-            // Connections of dropped caches or of other runtimes are not used again here.
-            connections.retain(|c| c.runtime == runtime && c.node.strong_count() > 0);
-            let manager = ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())?;
-            connections.push(ThreadConnection { node: Arc::downgrade(self), runtime, manager: manager.clone() });
-            Ok(manager)
-        })
+    /// This thread's connection, made on first use.
+    fn connection(&self) -> Result<ConnectionManager, CacheError> {
+        self.connections.get(|| Ok(ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())?))
     }
 }
 
@@ -146,7 +116,7 @@ impl RedisCache {
                     .set_connection_timeout(Some(timeout))
                     .set_number_of_retries(1)
                     .set_max_delay(Duration::from_millis(500));
-                Connection::Single(Arc::new(SingleNode { client, config }))
+                Connection::Single(Arc::new(SingleNode { client, config, connections: PerRuntime::new() }))
             }
             RedisMode::Cluster => {
                 let seeds: Vec<&str> =

@@ -1,6 +1,7 @@
 //! The authoritative status of certificates: Postgres, behind a small trait.
 
 pub mod batch;
+pub mod per_runtime;
 pub mod postgres;
 
 use std::future::Future;
@@ -37,6 +38,9 @@ pub enum StoreError {
     Setup(#[from] crate::db::tls::PgTlsError),
     #[error("batched status read: {0}")]
     Batched(String),
+    /// Reads are driven by Tokio tasks: a caller outside any runtime is a bug.
+    #[error("postgres {0}")]
+    NoRuntime(#[from] crate::runtime_local::NoRuntime),
     #[error("the replica reported an unreadable WAL position {0:?}")]
     BadLsn(String),
     #[error("row for issuer {issuer_id} serial {serial} has invalid reason code {code}")]

@@ -57,21 +57,36 @@ impl Replica {
     }
 }
 
-impl PgStore {
-    /// Pools for the primary `url` and, if given and different, the replica `read_url`.
-    /// Connections are opened on demand, so start-up does not need the database (cached
-    /// responses are still served while it is down). Both pools use `tls` when their URL's
-    /// `sslmode` asks for TLS (see [`crate::db::tls`]); the TLS files are read here, once.
-    pub fn new(
-        url: &str,
-        read_url: Option<&str>,
-        tls: &TlsFiles,
-        pool_size: usize,
-        timeout: std::time::Duration,
-    ) -> Result<Self, StoreError> {
+/// The servers a [`PgStore`] reads from, their TLS files read: made once, cloned for each
+/// store made from it (see [`crate::store::per_runtime`]).
+#[derive(Clone)]
+pub struct PgTargets {
+    primary: PgTarget,
+    /// `None` when status reads go to the primary.
+    replica: Option<PgTarget>,
+}
+
+impl PgTargets {
+    /// The primary `url` and, if given and different, the replica `read_url`. Both use `tls`
+    /// when their URL's `sslmode` asks for TLS (see [`crate::db::tls`]); the files are read
+    /// here, once.
+    pub fn new(url: &str, read_url: Option<&str>, tls: &TlsFiles) -> Result<Self, StoreError> {
         let replica = match read_url.filter(|r| !r.is_empty() && *r != url) {
-            Some(read_url) => Some(std::sync::Arc::new(Replica {
-                pool: Self::pool(PgTarget::new(read_url, tls)?, pool_size, timeout)?,
+            Some(read_url) => Some(PgTarget::new(read_url, tls)?),
+            None => None,
+        };
+        Ok(PgTargets { primary: PgTarget::new(url, tls)?, replica })
+    }
+}
+
+impl PgStore {
+    /// Pools for `targets`, of at most `pool_size` connections each. Connections are opened
+    /// on demand, so start-up does not need the database (cached responses are still served
+    /// while it is down), and each is driven on the runtime that opened it.
+    pub fn new(targets: PgTargets, pool_size: usize, timeout: std::time::Duration) -> Result<Self, StoreError> {
+        let replica = match targets.replica {
+            Some(target) => Some(std::sync::Arc::new(Replica {
+                pool: Self::pool(target, pool_size, timeout)?,
                 skip_until: AtomicU64::new(0),
                 epoch: Instant::now(),
             })),
@@ -79,7 +94,7 @@ impl PgStore {
         };
         // With a replica, the primary pool serves only the reads a replica could not.
         let primary_size = if replica.is_some() { pool_size.div_ceil(2).max(2) } else { pool_size };
-        Ok(PgStore { primary: Self::pool(PgTarget::new(url, tls)?, primary_size, timeout)?, replica })
+        Ok(PgStore { primary: Self::pool(targets.primary, primary_size, timeout)?, replica })
     }
 
     fn pool(target: PgTarget, pool_size: usize, timeout: std::time::Duration) -> Result<Pool, StoreError> {
