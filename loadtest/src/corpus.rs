@@ -15,6 +15,8 @@ use anyhow::{anyhow, bail, Context as _};
 use jitocsp::ocsp::request::{self, CertIdParts, CertIdVariant};
 use jitocsp::x509::CertIdHashes;
 use p256::ecdsa::VerifyingKey;
+
+use crate::verify::IssuerKey;
 use x509_parser::prelude::FromDer as _;
 
 /// SplitMix64's finaliser: a bijection on u64 with good avalanche.
@@ -53,7 +55,7 @@ impl HashAlg {
 pub struct Issuer {
     pub name: String,
     pub hashes: CertIdHashes,
-    pub key: VerifyingKey,
+    pub key: IssuerKey,
     prefix: [u8; 8],
     salt: u64,
 }
@@ -78,7 +80,7 @@ impl Issuer {
         // Positive, minimal, 16 octets: the first octet is non-zero with its top bit clear.
         prefix[0] = (prefix[0] & 0x3f) | 0x40;
         let salt = mix64(seed.wrapping_add(0x5eed) ^ (position as u64).wrapping_mul(GOLDEN));
-        Issuer { name: name.to_owned(), hashes, key, prefix, salt }
+        Issuer { name: name.to_owned(), hashes, key: IssuerKey::from(&key), prefix, salt }
     }
 
     /// The serial of certificate `index` (minimal DER INTEGER contents, 16 octets).
