@@ -231,7 +231,7 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
         let echo_nonce = self.policy.nonce == NoncePolicy::Echo && request.nonce.is_some();
         if request.certs.len() == 1 && !echo_nonce {
             // A nonce that is ignored still makes every request's bytes new: not worth a key.
-            let raw = raw.filter(|_| request.nonce.is_none());
+            let raw = raw.filter(|_| request.nonce.is_none() && self.raw.is_enabled());
             if let Some(cert) = request.certs.pop() {
                 return self.answer_one(cert, raw).await;
             }
@@ -241,17 +241,18 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
 
     /// One CertID, no nonce: the cacheable case, which is nearly all traffic.
     async fn answer_one(self: &Arc<Self>, cert: RequestedCert, raw: Option<RawRequest<'_>>) -> Answer {
-        let (issuer, issuers) = {
+        let (issuer, matched_in) = {
             let issuers = self.issuers.current();
             let Some(issuer) = issuers.find(&cert).cloned() else {
                 return Answer::Error(OcspErrorStatus::Unauthorized);
             };
-            (issuer, Arc::clone(&issuers))
+            // Only a raw-tier entry keeps the set it was matched in.
+            (issuer, raw.map(|_| Arc::clone(&issuers)))
         };
         let id = ResponseId { issuer_id: issuer.id, serial: cert.serial.clone(), variant: cert.variant };
         let remember = |response: &Arc<CachedResponse>| {
-            if let Some(raw) = raw {
-                self.raw.insert(raw, RawEntry::new(id.clone(), response.clone(), &issuers));
+            if let (Some(raw), Some(issuers)) = (raw, &matched_in) {
+                self.raw.insert(raw, RawEntry::new(id.clone(), response.clone(), issuers));
             }
         };
         let now = Utc::now().timestamp();

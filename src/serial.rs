@@ -92,11 +92,24 @@ impl Serial {
     /// Lower-case hex of the magnitude without the sign byte, as operators and CDNs see it
     /// (`openssl x509 -serial` prints the same digits).
     pub fn to_hex(&self) -> String {
-        let magnitude = match self.0.as_ref() {
+        hex::encode(self.magnitude())
+    }
+
+    /// Appends [`Serial::to_hex`]'s digits to `out`, allocating nothing more (cache keys are
+    /// built on every request).
+    pub fn push_hex(&self, out: &mut String) {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        for byte in self.magnitude() {
+            out.push(DIGITS[usize::from(byte >> 4)] as char);
+            out.push(DIGITS[usize::from(byte & 0x0f)] as char);
+        }
+    }
+
+    fn magnitude(&self) -> &[u8] {
+        match self.0.as_ref() {
             [0, rest @ ..] if !rest.is_empty() => rest,
             all => all,
-        };
-        hex::encode(magnitude)
+        }
     }
 }
 

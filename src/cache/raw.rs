@@ -148,6 +148,11 @@ impl RawTier {
         }
     }
 
+    /// Whether it keeps anything (`cache.local_entries` > 0).
+    pub fn is_enabled(&self) -> bool {
+        self.capacity > 0
+    }
+
     fn enabled_for(&self, bytes: &[u8]) -> bool {
         self.capacity > 0 && bytes.len() <= MAX_KEY_LEN
     }
