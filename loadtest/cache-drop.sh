@@ -22,11 +22,15 @@
 #   --out DIR                where the reports go
 #   --count N [20000]        certificates (one issuer)
 #   --revoked-share R [0.05]
-#   --redis cold|warm [cold] origin mode: warm = every certificate requested once first
+#   --redis cold|warm        origin mode [cold]: warm = every certificate requested once first;
+#                            cdn mode [warm]: the CDN warm-up warms Redis too; cold = its keys
+#                            are unlinked after the warm-up and jitocsp runs without a local
+#                            tier, so every purged URL costs the origin a signature (as after a
+#                            revocation's purge, or a CDN drop together with a Redis loss)
 #   --fractions LIST [1/16,1/8,1/4,1/2,1]
 #   --arrival constant|poisson [constant]
 #   --zipf S [1.0]  --post-share P [0]  --sha256-share P [0]  --connections C [128]
-#   --threads T [1]          generator threads (plus its scheduler thread)
+#   --threads T [1]          generator threads (each runs its own share of the arrivals)
 #   --workers W [0]          JITOCSP_SERVER_WORKERS (0 = one per core)
 #   --origins N [1]          run N jitocsp instances (one fleet: same database, Redis and key
 #                            prefix); origin mode spreads the connections over them and reports
@@ -34,9 +38,10 @@
 #   --ceiling SECONDS [0]    also measure, in the same run, nginx serving a static file of
 #                            the response's size and jitocsp's hot path (closed loop), each
 #                            for SECONDS; results in DIR/capacity.jsonl and DIR/report.txt
-#   --cache-lock on|off [on] cdn mode: nginx's proxy_cache_lock (deploy/nginx/jitocsp-cdn.conf
-#                            ships it on; off lets concurrent misses of one key through,
-#                            where the origin's single flight coalesces them)
+#   --cache-lock on|off [off] cdn mode: nginx's proxy_cache_lock (deploy/nginx/jitocsp-cdn.conf
+#                            ships it off: concurrent misses of one key go through, and the
+#                            origin's single flight coalesces them; on: nginx sends one and
+#                            the others poll for it every 500 ms)
 #   --check                  verify the report (every step with figures, every answer
 #                            verified, success >= --min-success [0.999]); exit 1 if not
 #   --no-build               use the existing target/release binaries
@@ -64,9 +69,9 @@ step() { printf '==> %s\n' "$*" >&2; }
 usage() { sed -n '2,56p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 MODE="" FULL_RATE="" STEP_SECONDS="" OUT=""
-COUNT="" REVOKED=0.05 REDIS=cold FRACTIONS="1/16,1/8,1/4,1/2,1" ARRIVAL=""
+COUNT="" REVOKED=0.05 REDIS="" FRACTIONS="1/16,1/8,1/4,1/2,1" ARRIVAL=""
 ZIPF=1.0 POST=0 SHA256=0 CONNECTIONS=128 THREADS="" WORKERS=0 CEILING=0 CHECK=0 MIN_SUCCESS=0.999 BUILD=1
-CORPUS_SEED=1 ORIGINS=1 FIND_MAX=0 FIND_MAX_ARGS=() CACHE_LOCK=on
+CORPUS_SEED=1 ORIGINS=1 FIND_MAX=0 FIND_MAX_ARGS=() CACHE_LOCK=off
 while [ $# -gt 0 ]; do
     case "$1" in
         --mode) MODE="$2"; shift 2 ;;
@@ -100,7 +105,7 @@ if [ "$FIND_MAX" -eq 1 ]; then
     [ -z "$MODE" ] || [ "$MODE" = origin ] || die "--find-max measures an origin (--mode origin)"
     MODE=origin
     [ -z "$FULL_RATE" ] || die "--find-max chooses the full rates itself: no --full-rate"
-    [ "$CEILING" = 0 ] && [ "$ORIGINS" = 1 ] && [ "$REDIS" = cold ] && [ "$CHECK" -eq 0 ] \
+    [ "$CEILING" = 0 ] && [ "$ORIGINS" = 1 ] && [ -z "$REDIS" ] && [ "$CHECK" -eq 0 ] \
         || die "--ceiling, --origins, --redis and --check do not apply to --find-max"
     COUNT="${COUNT:-1000000}" ARRIVAL="${ARRIVAL:-poisson}" STEP_SECONDS="${STEP_SECONDS:-6}" THREADS="${THREADS:-2}"
 else
@@ -111,10 +116,10 @@ fi
 COUNT="${COUNT:-20000}" ARRIVAL="${ARRIVAL:-constant}" THREADS="${THREADS:-1}"
 case "$MODE" in origin|cdn) ;; *) die "--mode origin|cdn is required" ;; esac
 [ -n "$OUT" ] || die "--out DIR is required"
+if [ "$MODE" = cdn ]; then REDIS="${REDIS:-warm}"; else REDIS="${REDIS:-cold}"; fi
 case "$REDIS" in cold|warm) ;; *) die "--redis cold|warm" ;; esac
 case "$CACHE_LOCK" in on|off) ;; *) die "--cache-lock on|off" ;; esac
 [[ "$ORIGINS" =~ ^[1-9][0-9]?$ ]] || die "--origins takes 1 to 99"
-[ "$MODE" = origin ] || [ "$REDIS" = cold ] || die "--redis applies to origin mode (cdn mode warms the CDN and so Redis)"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd -P)"
 
@@ -204,6 +209,9 @@ if [ "$FIND_MAX" -eq 1 ]; then
 fi
 
 OCSP_PORTS=() METRICS_PORTS=() TARGETS=() METRICS=()
+# A cold Redis behind the CDN is cold in the responders too: no local tier to answer from.
+LOCAL_TIER=()
+[ "$MODE $REDIS" = "cdn cold" ] && LOCAL_TIER=(JITOCSP_CACHE_LOCAL_ENTRIES=0)
 for n in $(seq 1 "$ORIGINS"); do
     OCSP_PORT="$(free_port)"
     METRICS_PORT="$(free_port)"
@@ -211,6 +219,7 @@ for n in $(seq 1 "$ORIGINS"); do
     [ "$ORIGINS" -eq 1 ] || log_file="$OUT/jitocsp-$n.log"
     step "jitocsp serve on 127.0.0.1:$OCSP_PORT (metrics $METRICS_PORT), Redis key prefix $PREFIX (cold)"
     DATABASE_URL="$LT_DATABASE_URL" JITOCSP_CACHE_KEY_PREFIX="$PREFIX" JITOCSP_SERVER_WORKERS="$WORKERS" \
+        env "${LOCAL_TIER[@]}" \
         "$BIN" serve --listen "127.0.0.1:$OCSP_PORT" --metrics-listen "127.0.0.1:$METRICS_PORT" \
         </dev/null >"$log_file" 2>&1 &
     SERVE_PIDS+=($!)
@@ -242,12 +251,12 @@ if [ "$MODE" = cdn ] || [ "$CEILING" != 0 ]; then
     NGINX_CONF="$WORK/nginx.conf"
     sed -e "s#/var/cache/nginx/jitocsp#$WORK/cache#g" -e "s#/var/log/nginx/jitocsp#$WORK/log/jitocsp#g" \
         -e "s#/run/nginx-jitocsp.pid#$WORK/nginx.pid#" -e "s#127.0.0.1:8081#127.0.0.1:$CDN_PORT#" \
-        -e "s#proxy_cache_lock on;#proxy_cache_lock $CACHE_LOCK;#" \
+        -E -e "s#proxy_cache_lock (on|off);#proxy_cache_lock $CACHE_LOCK;#" \
         deploy/nginx/jitocsp-cdn.conf >"$NGINX_CONF.origins"
     # The rewrite above matches a literal line: if the shipped config changes, fail rather than
     # measure the shipped setting under the other's name.
     grep -q "proxy_cache_lock $CACHE_LOCK;" "$NGINX_CONF.origins" \
-        || die "deploy/nginx/jitocsp-cdn.conf has no 'proxy_cache_lock on;' line for --cache-lock to set"
+        || die "deploy/nginx/jitocsp-cdn.conf has no 'proxy_cache_lock on|off;' line for --cache-lock to set"
     # Every instance in the upstream, in place of the example's one.
     upstream=""
     for port in "${OCSP_PORTS[@]}"; do
@@ -285,8 +294,13 @@ RUN=("$LT" cache-drop "${CORPUS[@]}" "${LOAD[@]}" --mode "$MODE" --full-rate "$F
 # REDIS_URL) the Postgres backends and the Redis they use.
 for pid in "${SERVE_PIDS[@]}"; do RUN+=(--responder-pid "$pid"); done
 if [ "$MODE" = cdn ]; then
-    RUN+=(--target "http://127.0.0.1:$CDN_PORT" --nginx-cache-dir "$WORK/cache/cache" --nginx-levels "$LEVELS"
-          --redis-label "warm (from the CDN warm-up)")
+    RUN+=(--target "http://127.0.0.1:$CDN_PORT" --nginx-cache-dir "$WORK/cache/cache" --nginx-levels "$LEVELS")
+    if [ "$REDIS" = cold ]; then
+        RUN+=(--unlink-after-warm --redis-url "$REDIS_URL" --key-prefix "$PREFIX"
+              --redis-label "cold (unlinked after the CDN warm-up; no local tier)")
+    else
+        RUN+=(--redis-label "warm (from the CDN warm-up)")
+    fi
 else
     RUN+=("${TARGETS[@]}" --redis-label "$REDIS")
     [ "$REDIS" = warm ] && RUN+=(--warm)

@@ -185,6 +185,11 @@ pub struct CacheDropArgs {
     pub warm: bool,
     #[arg(long)]
     pub warm_count: Option<u64>,
+    /// cdn mode: after warming the CDN, unlink the responder's Redis keys (--redis-url,
+    /// --key-prefix), so that every URL a step purges costs the origin a signature (start the
+    /// responder without a local tier).
+    #[arg(long)]
+    pub unlink_after_warm: bool,
     /// What to call the responder's Redis in the report (the script starts jitocsp with a fresh
     /// key prefix for a cold one).
     #[arg(long)]

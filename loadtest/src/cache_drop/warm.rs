@@ -1,5 +1,6 @@
 //! The warm-up phase: every certificate requested once through the target before the steps
-//! (origin mode with `--warm`: a warm Redis; cdn mode always: the CDN's cache).
+//! (origin mode with `--warm`: a warm Redis; cdn mode always: the CDN's cache, and with
+//! `--unlink-after-warm` only the CDN's: the responder's Redis keys are unlinked after).
 
 use std::sync::Arc;
 
@@ -34,6 +35,14 @@ pub async fn run(
             "after warming, nginx has no cache file {} for {uri}: wrong --nginx-cache-dir, levels or key",
             file.display()
         );
+    }
+    if args.unlink_after_warm {
+        let f = &args.find_max;
+        let (Some(url), Some(prefix)) = (&f.redis_url, &f.key_prefix) else {
+            anyhow::bail!("--unlink-after-warm needs --redis-url and --key-prefix");
+        };
+        let unlinked = super::find_max::unlink_prefix(url, prefix).await?;
+        eprintln!("warm-up: unlinked {unlinked} Redis keys under {prefix}: (a cold Redis behind a warm CDN)");
     }
     Ok(Some(w))
 }
