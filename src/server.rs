@@ -27,7 +27,7 @@ use crate::purge::{cdn, pending};
 use crate::signer::limiter::SigningLimiter;
 use crate::store::batch::Batching;
 use crate::store::per_runtime::{PerRuntimeStore, Shares};
-use crate::store::postgres::{PgStore, PgTargets};
+use crate::store::postgres::{PgStore, PgTargets, PoolSizes};
 use crate::store::{StatusStore, StoreError};
 
 /// The responder as `serve` runs it: Redis and Postgres.
@@ -77,7 +77,7 @@ pub async fn build_responder(config: &Config) -> Result<Arc<LiveResponder>, Serv
     let targets = PgTargets::new(&config.database.url, Some(config.database.read_url()), &config.database.tls_files())?;
     let shares = Shares::of(config.database.pool_size, config.database.read_concurrency, workers(config));
     let store = PerRuntimeStore::new(move || {
-        Ok(Batching::new(PgStore::new(targets.clone(), shares.pool_size, timeout)?, shares.read_concurrency))
+        Ok(Batching::new(PgStore::new(targets.clone(), shares.pools, timeout)?, shares.read_concurrency))
     });
     let client = crate::db::connect(&config.database.url, &config.database.tls_files()).await?;
     let issuers = IssuerSet::load(&client, &(&config.signing).into()).await?;
@@ -116,9 +116,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let responder = build_responder(&config).await?;
     // Purge bookkeeping writes, so it goes to the primary even when reads use a replica.
     let timeout = Duration::from_millis(config.database.connect_timeout_ms);
-    let primary = PgStore::new(PgTargets::new(&config.database.url, None, &config.database.tls_files())?, 2, timeout)?
-        .primary()
-        .clone();
+    let targets = PgTargets::new(&config.database.url, None, &config.database.tls_files())?;
+    let primary = PgStore::new(targets, PoolSizes::of(2), timeout)?.primary().clone();
 
     // The listener needs the primary: replicas do not deliver notifications.
     tokio::spawn(listener::run(

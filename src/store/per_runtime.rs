@@ -7,10 +7,12 @@
 //! worker (see [`crate::runtime_local`]), a read is written and its answer read by the
 //! worker that asked. The pools and read slots of `database.pool_size` and
 //! `database.read_concurrency` are divided among the workers ([`Shares`]), so the instance
-//! as a whole opens no more connections and runs no more queries at once than before.
+//! as a whole opens about as many connections as one store did (each share is rounded up,
+//! and a worker's read slots always have their connections) and runs as many queries at once.
 
 use std::sync::Arc;
 
+use super::postgres::PoolSizes;
 use super::{ReadFrom, StatusRead, StatusStore, StoreError};
 use crate::runtime_local::PerRuntime;
 use crate::serial::Serial;
@@ -22,16 +24,15 @@ type Make<S> = Box<dyn Fn() -> Result<S, StoreError> + Send + Sync>;
 /// (rounded up, at least 1 each).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Shares {
-    pub pool_size: usize,
+    pub pools: PoolSizes,
     pub read_concurrency: usize,
 }
 
 impl Shares {
     pub fn of(pool_size: usize, read_concurrency: usize, workers: usize) -> Shares {
-        let workers = workers.max(1);
-        let read_concurrency = read_concurrency.div_ceil(workers).max(1);
+        let read_concurrency = read_concurrency.div_ceil(workers.max(1)).max(1);
         // A worker's batched reads must not wait for its own pool.
-        Shares { pool_size: pool_size.div_ceil(workers).max(read_concurrency), read_concurrency }
+        Shares { pools: PoolSizes::of(pool_size).divided(workers, read_concurrency), read_concurrency }
     }
 }
 
@@ -70,11 +71,17 @@ mod tests {
 
     #[test]
     fn shares_divide_the_instance_settings_among_workers() {
-        assert_eq!(Shares::of(16, 4, 2), Shares { pool_size: 8, read_concurrency: 2 });
-        assert_eq!(Shares::of(16, 4, 1), Shares { pool_size: 16, read_concurrency: 4 });
-        // Never less than one slot, nor a pool smaller than the slots.
-        assert_eq!(Shares::of(4, 4, 8), Shares { pool_size: 1, read_concurrency: 1 });
-        assert_eq!(Shares::of(2, 8, 2), Shares { pool_size: 4, read_concurrency: 4 });
+        let shares = |pool, reads, workers| {
+            let s = Shares::of(pool, reads, workers);
+            (s.pools.reads, s.pools.primary_beside_replica, s.read_concurrency)
+        };
+        // The defaults on 2 cores: the instance keeps 16 read and 8 primary connections, 4 slots.
+        assert_eq!(shares(16, 4, 2), (8, 4, 2));
+        assert_eq!(shares(16, 4, 1), (16, 8, 4));
+        // Many workers: never less than one slot and one connection each, nor a read pool
+        // smaller than the slots; the primary's share does not grow with the worker count.
+        assert_eq!(shares(16, 4, 16), (1, 1, 1));
+        assert_eq!(shares(2, 8, 2), (4, 1, 4));
     }
 
     /// Counts the stores made; answers every key as unknown.

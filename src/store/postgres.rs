@@ -79,21 +79,49 @@ impl PgTargets {
     }
 }
 
+/// The most connections each pool of a [`PgStore`] opens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolSizes {
+    /// The pool status reads go to: the replica's, or the primary's when there is none.
+    pub reads: usize,
+    /// The primary's when there is a replica: it then serves only the reads the replica could
+    /// not, and the few that must see the primary.
+    pub primary_beside_replica: usize,
+}
+
+impl PoolSizes {
+    /// The sizes `database.pool_size` gives an instance.
+    pub fn of(pool_size: usize) -> Self {
+        PoolSizes { reads: pool_size, primary_beside_replica: pool_size.div_ceil(2).max(2) }
+    }
+
+    /// A share of these among `workers` (rounded up), with at least `min_reads` connections
+    /// for reads and one to the primary.
+    pub fn divided(self, workers: usize, min_reads: usize) -> Self {
+        let workers = workers.max(1);
+        PoolSizes {
+            reads: self.reads.div_ceil(workers).max(min_reads).max(1),
+            primary_beside_replica: self.primary_beside_replica.div_ceil(workers).max(1),
+        }
+    }
+}
+
 impl PgStore {
-    /// Pools for `targets`, of at most `pool_size` connections each. Connections are opened
-    /// on demand, so start-up does not need the database (cached responses are still served
-    /// while it is down), and each is driven on the runtime that opened it.
-    pub fn new(targets: PgTargets, pool_size: usize, timeout: std::time::Duration) -> Result<Self, StoreError> {
-        let replica = match targets.replica {
-            Some(target) => Some(std::sync::Arc::new(Replica {
-                pool: Self::pool(target, pool_size, timeout)?,
-                skip_until: AtomicU64::new(0),
-                epoch: Instant::now(),
-            })),
-            None => None,
+    /// Pools for `targets`, of at most `sizes` connections. Connections are opened on demand,
+    /// so start-up does not need the database (cached responses are still served while it is
+    /// down), and each is driven on the runtime that opened it.
+    pub fn new(targets: PgTargets, sizes: PoolSizes, timeout: std::time::Duration) -> Result<Self, StoreError> {
+        let (replica, primary_size) = match targets.replica {
+            Some(target) => {
+                let replica = Replica {
+                    pool: Self::pool(target, sizes.reads, timeout)?,
+                    skip_until: AtomicU64::new(0),
+                    epoch: Instant::now(),
+                };
+                (Some(std::sync::Arc::new(replica)), sizes.primary_beside_replica)
+            }
+            None => (None, sizes.reads),
         };
-        // With a replica, the primary pool serves only the reads a replica could not.
-        let primary_size = if replica.is_some() { pool_size.div_ceil(2).max(2) } else { pool_size };
         Ok(PgStore { primary: Self::pool(targets.primary, primary_size, timeout)?, replica })
     }
 
