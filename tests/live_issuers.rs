@@ -198,10 +198,7 @@ fn an_issuer_added_while_the_feed_is_down_is_served_once_it_is_back() {
         return;
     }
     let site = Site::with_own_database();
-    let (authority, _) = site.database_url.split_once('@').map(|(_, rest)| (rest, ())).unwrap();
-    let host_port = authority.split('/').next().unwrap();
-    let proxy = Proxy::start(host_port.parse().unwrap(), "jitocsp-listener");
-    let proxied = site.database_url.replacen(host_port, &format!("127.0.0.1:{}", proxy.port), 1);
+    let (proxy, proxied) = Proxy::for_listener(&site.database_url);
     let server = site.serve(&[("DATABASE_URL", &proxied)]);
     assert_eq!(proxy.marked_connections(), 1, "the listener's connection goes through the proxy");
 

@@ -57,10 +57,7 @@ fn revocations_under_load_and_faults_never_turn_good_past_the_bound() {
     jitocsp_ok(&args, &[]);
     wait_for_standby(&standby);
 
-    let database = database_url();
-    let host_port = database.split_once('@').unwrap().1.split('/').next().unwrap().to_owned();
-    let proxy = Proxy::start(host_port.parse().unwrap(), "jitocsp-listener");
-    let proxied = database.replacen(&host_port, &format!("127.0.0.1:{}", proxy.port), 1);
+    let (proxy, proxied) = Proxy::for_listener(&database_url());
     let mut redis = PrivateRedis::start(free_port());
     let redis_url = redis.url();
     let server = Server::start(&[

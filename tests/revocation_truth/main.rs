@@ -171,11 +171,7 @@ fn a_silently_dead_notification_link_cannot_keep_a_revoked_certificate_good() {
     let issuer = add_issuer(&pki);
     let cert = pki.leaf("blackholed", "1a9101");
     import(&issuer, &cert);
-    let database = database_url();
-    let (authority, _) = database.split_once('@').map(|(_, rest)| (rest, ())).unwrap();
-    let host_port = authority.split('/').next().unwrap();
-    let proxy = Proxy::start(host_port.parse().unwrap(), "jitocsp-listener");
-    let proxied = database.replacen(host_port, &format!("127.0.0.1:{}", proxy.port), 1);
+    let (proxy, proxied) = Proxy::for_listener(&database_url());
     let server = Server::start(&[("DATABASE_URL", &proxied), ("JITOCSP_CACHE_LOCAL_ENTRIES", "1000")]);
     assert_eq!(proxy.marked_connections(), 1, "the listener's connection goes through the proxy");
     let path = get_path(&pki, &cert);
@@ -435,11 +431,7 @@ fn a_revocation_missed_while_the_notification_link_was_down_is_caught_up() {
     let issuer = add_issuer(&pki);
     let cert = pki.leaf("caught-up", "1a9102");
     import(&issuer, &cert);
-    let database = database_url();
-    let (authority, _) = database.split_once('@').map(|(_, rest)| (rest, ())).unwrap();
-    let host_port = authority.split('/').next().unwrap();
-    let proxy = Proxy::start(host_port.parse().unwrap(), "jitocsp-listener");
-    let proxied = database.replacen(host_port, &format!("127.0.0.1:{}", proxy.port), 1);
+    let (proxy, proxied) = Proxy::for_listener(&database_url());
     let server = Server::start(&[("DATABASE_URL", &proxied), ("JITOCSP_CACHE_LOCAL_ENTRIES", "1000")]);
     let path = get_path(&pki, &cert);
     for _ in 0..2 {

@@ -53,6 +53,17 @@ impl Proxy {
         Proxy { port, state, _runtime: runtime }
     }
 
+    /// A proxy in front of the Postgres server of `database_url` that marks the responder's
+    /// LISTEN connection (`application_name` `jitocsp-listener`), and that URL made to go
+    /// through it. Only the host and port change.
+    pub fn for_listener(database_url: &str) -> (Proxy, String) {
+        let after_at = database_url.split_once('@').map_or(database_url, |(_, rest)| rest);
+        let host_port = after_at.split('/').next().unwrap();
+        let proxy = Proxy::start(host_port.parse().unwrap(), "jitocsp-listener");
+        let proxied = database_url.replacen(host_port, &format!("127.0.0.1:{}", proxy.port), 1);
+        (proxy, proxied)
+    }
+
     /// Starts or stops swallowing the traffic of marked connections.
     pub fn blackhole(&self, on: bool) {
         self.state.blackhole.store(on, Ordering::SeqCst);
