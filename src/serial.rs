@@ -92,7 +92,9 @@ impl Serial {
     /// Lower-case hex of the magnitude without the sign byte, as operators and CDNs see it
     /// (`openssl x509 -serial` prints the same digits).
     pub fn to_hex(&self) -> String {
-        hex::encode(self.magnitude())
+        let mut hex = String::with_capacity(2 * self.magnitude().len());
+        self.push_hex(&mut hex);
+        hex
     }
 
     /// Appends [`Serial::to_hex`]'s digits to `out`, allocating nothing more (cache keys are

@@ -254,7 +254,6 @@ async fn readiness(probes: web::Data<Probes>) -> HttpResponse {
     }
 }
 
-/// While the change log is past its limit: what it forgot, what that costs, and until when.
 /// `server.workers`, 0 meaning one per core.
 fn workers(config: &Config) -> usize {
     match config.server.workers {
@@ -263,6 +262,7 @@ fn workers(config: &Config) -> usize {
     }
 }
 
+/// While the change log is past its limit: what it forgot, what that costs, and until when.
 fn change_log_note(responder: &LiveResponder) -> Option<String> {
     let summary = responder.changes().summary();
     let floor = summary.floor?;

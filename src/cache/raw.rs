@@ -154,7 +154,7 @@ impl RawTier {
     }
 
     fn enabled_for(&self, bytes: &[u8]) -> bool {
-        self.capacity > 0 && bytes.len() <= MAX_KEY_LEN
+        self.is_enabled() && bytes.len() <= MAX_KEY_LEN
     }
 
     fn hash(&self, method: Method, bytes: &[u8]) -> Hash {
