@@ -20,6 +20,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 use crate::db::issuers::{self as rows, Served};
+use crate::metrics::SigningMetrics;
 use crate::ocsp::request::RequestedCert;
 use crate::ocsp::HashAlgorithm;
 use crate::signer::{self, Signer, SignerError, SignerOptions, UnavailableSigner};
@@ -41,6 +42,8 @@ pub struct Issuer {
     signer: Arc<dyn Signer>,
     /// Certificates included in every response: the delegated responder certificate, if any.
     included_certs: Vec<Bytes>,
+    /// Registered once: a miss would otherwise look its labels up per signature.
+    signing_metrics: SigningMetrics,
     /// When its row last changed (`issuers.changed_at`): a reload keeps this issuer while the
     /// row's time is the same. None for issuers not loaded from a row (tests).
     changed_at: Option<DateTime<Utc>>,
@@ -120,6 +123,7 @@ impl Issuer {
         let responder_key_hash = certid_hashes_of(&signing_cert).key_sha1;
         Ok(Issuer {
             id,
+            signing_metrics: SigningMetrics::register(&name, signer.describe()),
             name: name.clone(),
             hashes,
             responder_key_hash,
@@ -141,6 +145,10 @@ impl Issuer {
 
     pub fn signer(&self) -> &dyn Signer {
         self.signer.as_ref()
+    }
+
+    pub fn signing_metrics(&self) -> &SigningMetrics {
+        &self.signing_metrics
     }
 
     pub fn responder_key_hash(&self) -> &[u8; 20] {

@@ -209,20 +209,24 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
     /// cached response follows (`Responder::freshness`) and the issuer set it was matched in
     /// is still the one served. Then decode it and call [`Responder::answer`].
     pub fn answer_again(&self, raw: RawRequest<'_>) -> Option<Answer> {
-        let entry = self.raw.get(raw)?;
-        if !entry.matched_in(&self.issuers.current()) {
-            return None;
-        }
-        let heard = self.changes.heard(entry.id.issuer_id, &entry.id.serial);
-        if self.freshness(&heard, &entry.response, Utc::now().timestamp()) != Freshness::Serve {
-            return None;
-        }
+        let now = Utc::now().timestamp();
+        let issuers = self.issuers.current();
+        let answer = self.raw.lookup(raw, |entry| {
+            if !entry.matched_in(&issuers) {
+                return None;
+            }
+            let heard = self.changes.heard(entry.id.issuer_id, &entry.id.serial);
+            if self.freshness(&heard, &entry.response, now) != Freshness::Serve {
+                return None;
+            }
+            Some(Answer::Response {
+                response: entry.response.clone(),
+                caching: Caching::Public,
+                changed_at: heard.changed_at(),
+            })
+        })?;
         self.hits.raw_hit.increment(1);
-        Some(Answer::Response {
-            response: entry.response.clone(),
-            caching: Caching::Public,
-            changed_at: heard.changed_at(),
-        })
+        Some(answer)
     }
 
     /// Answers a decoded request. `raw` is the request as it arrived: if it is answered with a
@@ -606,16 +610,16 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
             Failure::internal_error(error)
         })?;
         let started = Instant::now();
-        let signer = issuer.signer().describe().to_owned();
         let signature = issuer.signer().sign(&tbs).await.map_err(|error| {
+            let signer = issuer.signer().describe().to_owned();
             metrics::counter!(m::SIGNATURE_ERRORS, "issuer" => issuer.name.clone(), "signer" => signer.clone())
                 .increment(1);
             tracing::error!(%error, issuer = %issuer.name, signer, "signing failed");
             Failure::try_later(error)
         })?;
-        metrics::histogram!(m::SIGNATURE_SECONDS, "issuer" => issuer.name.clone(), "signer" => signer.clone())
-            .record(started.elapsed().as_secs_f64());
-        metrics::counter!(m::SIGNATURES, "issuer" => issuer.name.clone(), "signer" => signer).increment(1);
+        let recorded = issuer.signing_metrics();
+        recorded.seconds.record(started.elapsed().as_secs_f64());
+        recorded.signatures.increment(1);
         let certs: Vec<&[u8]> = issuer.included_certs().iter().map(Bytes::as_ref).collect();
         Ok(Bytes::from(assemble(&tbs, issuer.signer().algorithm_der(), &signature, &certs)))
     }

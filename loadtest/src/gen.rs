@@ -614,9 +614,12 @@ impl Requested {
     }
 }
 
+/// The unit of /proc's CPU times (USER_HZ, 100 on Linux's supported architectures).
+pub const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
+
 /// CPU seconds used by this process so far (user + system).
 pub fn process_cpu_seconds() -> f64 {
-    cpu_ticks("self") as f64 / 100.0
+    cpu_ticks("self") as f64 / CLOCK_TICKS_PER_SECOND
 }
 
 /// utime + stime of process `pid` ("self" for this one) in clock ticks, from /proc/PID/stat

@@ -74,6 +74,9 @@ pub struct RunRecord {
     pub stats: RunStats,
     /// Share of all CPU time used by processes other than the generator and this side's.
     pub other_cpu_pct: f64,
+    /// CPU time this side's server processes used per answer, in microseconds: steadier than
+    /// the rate on a shared machine, where the share of the cores a run gets varies.
+    pub server_us_per_answer: f64,
     pub counters: Option<CounterDeltas>,
 }
 
@@ -106,8 +109,9 @@ impl Side {
             role,
             name: self.name,
             run,
-            stats,
             other_cpu_pct: cpu0.other_pct(&cpu1),
+            server_us_per_answer: cpu0.server_us_per_answer(&cpu1, stats.answered_total),
+            stats,
             counters,
         })
     }
@@ -139,8 +143,9 @@ pub fn wrk_run(
         role: "reference",
         name: "wrk",
         run,
-        stats,
         other_cpu_pct: cpu0.other_pct(&cpu1),
+        server_us_per_answer: cpu0.server_us_per_answer(&cpu1, stats.answered_total),
+        stats,
         counters: None,
     })
 }
@@ -180,11 +185,12 @@ pub fn verify_sample(ctx: &Ctx, addr: SocketAddr, indices: &[u64]) -> anyhow::Re
     Ok((body, sizes))
 }
 
-/// CPU time from /proc, in clock ticks: all CPUs' busy and total time, and ours (this
-/// process, the given pids and their children).
+/// CPU time from /proc, in clock ticks: all CPUs' busy and total time, the server's (the
+/// given pids and their children), and ours (that and this process).
 struct CpuSample {
     busy: u64,
     total: u64,
+    server: u64,
     ours: u64,
 }
 
@@ -199,13 +205,21 @@ impl CpuSample {
         let total: u64 = times.iter().sum();
         // idle and iowait are fields 4 and 5 of the cpu line.
         let idle = times.get(3).copied().unwrap_or(0) + times.get(4).copied().unwrap_or(0);
-        let mut all = vec![std::process::id()];
-        all.extend_from_slice(pids);
-        all.extend(procs::children_of(pids));
+        let mut server_pids = pids.to_vec();
+        server_pids.extend(procs::children_of(pids));
+        let server = server_pids.iter().map(|pid| gen::cpu_ticks(&pid.to_string())).sum::<u64>();
         // Children we have waited for (wrk) did our work too.
-        let ours =
-            all.iter().map(|pid| gen::cpu_ticks(&pid.to_string())).sum::<u64>() + gen::stat_fields("self", &[13, 14]);
-        CpuSample { busy: total - idle, total, ours }
+        let ours = server + gen::cpu_ticks(&std::process::id().to_string()) + gen::stat_fields("self", &[13, 14]);
+        CpuSample { busy: total - idle, total, server, ours }
+    }
+
+    fn server_us_per_answer(&self, later: &CpuSample, answers: u64) -> f64 {
+        let ticks = later.server.saturating_sub(self.server);
+        if answers == 0 {
+            0.0
+        } else {
+            ticks as f64 * 1e6 / gen::CLOCK_TICKS_PER_SECOND / answers as f64
+        }
     }
 
     fn other_pct(&self, later: &CpuSample) -> f64 {

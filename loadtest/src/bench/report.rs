@@ -241,12 +241,12 @@ impl BenchReport {
         let _ = writeln!(
             out,
             "\nper run (answers/s within the run, latency p50/p99 ms, failures, CPU used by other processes during the \
-             run as % of the machine, the client's CPU in cores and us per answer;\n         jitocsp: signatures, \
+             run as % of the machine, the client's CPU in cores and us per answer, the server's CPU per answer;\n         jitocsp: signatures, \
              Postgres reads, cache hits, answers not successful):"
         );
         for r in &self.runs {
             let mut line = format!(
-                "  {:<10} run {} {:<12} {:>10}  {:6.2}/{:7.2} ms  err={}  other_cpu={:.0}%  client={:.2}c/{:.1}us",
+                "  {:<10} run {} {:<12} {:>10}  {:6.2}/{:7.2} ms  err={}  other_cpu={:.0}%  client={:.2}c/{:.1}us  server={:.1}us",
                 r.figure,
                 r.run,
                 r.name,
@@ -256,7 +256,8 @@ impl BenchReport {
                 r.stats.failed,
                 r.other_cpu_pct,
                 r.stats.client_cores,
-                r.stats.client_us_per_answer
+                r.stats.client_us_per_answer,
+                r.server_us_per_answer
             );
             if let Some(c) = &r.counters {
                 let _ = write!(

@@ -98,7 +98,7 @@ fn duration_ms(v: &str) -> anyhow::Result<f64> {
 
 /// CPU seconds of this process's children that have been waited for (cutime + cstime).
 fn reaped_children_cpu_seconds() -> f64 {
-    crate::gen::stat_fields("self", &[13, 14]) as f64 / 100.0
+    crate::gen::stat_fields("self", &[13, 14]) as f64 / crate::gen::CLOCK_TICKS_PER_SECOND
 }
 
 #[cfg(test)]

@@ -57,8 +57,10 @@ use std::collections::hash_map::RandomState;
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
 
 use crate::feed::payload::StatusChange;
 use crate::serial::Serial;
@@ -203,7 +205,9 @@ pub struct ChangeLog<S = RandomState> {
     /// The largest run a merge makes: a quarter of the limit, so a merge holds at most that
     /// much twice and an eviction forgets at most that much at once.
     merge_cap: usize,
-    state: RwLock<State>,
+    /// Read on every answer from a cache, by every worker; written per notification and by
+    /// upkeep. Sharded, so that readers on different threads write no common lock word.
+    state: ShardedLock<State>,
     /// Whether anything is remembered or forgotten: while not, a lookup takes no lock.
     active: AtomicBool,
     /// One merge or rebuild at a time: a second would only waste its work.
@@ -233,7 +237,7 @@ impl<S: BuildHasher> ChangeLog<S> {
             limit,
             freeze_at,
             merge_cap: (limit / 4).max(freeze_at),
-            state: RwLock::new(State::new()),
+            state: ShardedLock::new(State::new()),
             active: AtomicBool::new(false),
             maintenance: Mutex::new(()),
             feed: FeedHealth::default(),
@@ -244,11 +248,11 @@ impl<S: BuildHasher> ChangeLog<S> {
         self.keys.hash_one((issuer_id, serial))
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, State> {
+    fn read(&self) -> ShardedLockReadGuard<'_, State> {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, State> {
+    fn write(&self) -> ShardedLockWriteGuard<'_, State> {
         self.state.write().unwrap_or_else(|p| p.into_inner())
     }
 
