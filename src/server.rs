@@ -36,9 +36,10 @@ pub type LiveResponder = Responder<RedisCache, PerRuntimeStore<Batching<PgStore>
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("postgres: {0}")]
+    /// Each store and cache error names its backend ("postgres: ...", "redis: ...").
+    #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("redis: {0}")]
+    #[error(transparent)]
     Cache(#[from] CacheError),
     #[error("loading issuers from postgres: {0}")]
     Issuers(#[from] IssuerLoadError),
@@ -226,11 +227,12 @@ async fn render_metrics(probes: web::Data<Probes>) -> HttpResponse {
 async fn readiness(probes: web::Data<Probes>) -> HttpResponse {
     let responder = &probes.responder;
     let mut problems = Vec::new();
+    // Each error names its backend ("postgres: ...", "redis: ...").
     if let Err(e) = responder.store().ping().await {
-        problems.push(format!("postgres: {e}"));
+        problems.push(e.to_string());
     }
     if let Err(e) = responder.cache().ping().await {
-        problems.push(format!("redis: {e}"));
+        problems.push(e.to_string());
     }
     let issuers = responder.issuers().snapshot();
     for issuer in issuers.iter() {

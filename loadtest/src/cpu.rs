@@ -17,9 +17,6 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-/// `/proc`'s clock ticks per second (USER_HZ, 100 on Linux).
-const TICKS_PER_SECOND: f64 = 100.0;
-
 /// What to look for: the responders' process ids, the run's database and Redis.
 #[derive(Clone, Debug, Default)]
 pub struct Who {
@@ -62,10 +59,32 @@ enum Group {
 pub struct Snapshot {
     /// Per process: its group and its ticks so far (the responder's twice: user, system).
     processes: HashMap<(u32, bool), (Group, u64)>,
-    /// From `/proc/stat`: busy (everything but idle and iowait), interrupts, and all ticks.
-    busy: u64,
-    irq: u64,
-    total: u64,
+    machine: MachineTicks,
+}
+
+/// The whole machine's CPU ticks so far, from the first line of `/proc/stat`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MachineTicks {
+    /// Everything but idle and iowait.
+    pub busy: u64,
+    /// irq and softirq.
+    pub irq: u64,
+    pub total: u64,
+}
+
+impl MachineTicks {
+    /// Zero if `/proc/stat` cannot be read.
+    pub fn now() -> MachineTicks {
+        let line = std::fs::read_to_string("/proc/stat").ok().and_then(|t| t.lines().next().map(str::to_owned));
+        // cpu user nice system idle iowait irq softirq steal ...
+        let f: Vec<u64> =
+            line.iter().flat_map(|l| l.split_whitespace().skip(1).take(8)).filter_map(|v| v.parse().ok()).collect();
+        if f.len() < 8 {
+            return MachineTicks::default();
+        }
+        let total = f.iter().sum::<u64>();
+        MachineTicks { busy: total - f[3] - f[4], irq: f[5] + f[6], total }
+    }
 }
 
 /// A step's CPU use by consumer, in cores (1.0 = one core busy for the whole step).
@@ -97,16 +116,7 @@ impl Breakdown {
 
 /// Reads the counters now; unreadable processes (gone meanwhile) are skipped.
 pub fn snapshot(who: &Who) -> Snapshot {
-    let mut s = Snapshot::default();
-    if let Some(cpu) = std::fs::read_to_string("/proc/stat").ok().and_then(|t| t.lines().next().map(str::to_owned)) {
-        // cpu user nice system idle iowait irq softirq steal ...
-        let f: Vec<u64> = cpu.split_whitespace().skip(1).take(8).filter_map(|v| v.parse().ok()).collect();
-        if f.len() == 8 {
-            s.total = f.iter().sum();
-            s.busy = s.total - f[3] - f[4];
-            s.irq = f[5] + f[6];
-        }
-    }
+    let mut s = Snapshot { machine: MachineTicks::now(), ..Snapshot::default() };
     let me = std::process::id();
     let Ok(dir) = std::fs::read_dir("/proc") else { return s };
     for pid in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
@@ -158,9 +168,10 @@ pub fn between(a: &Snapshot, b: &Snapshot, seconds: f64) -> Breakdown {
         let before = a.processes.get(key).map_or(0, |(_, t)| *t);
         *ticks.entry(*group).or_default() += now.saturating_sub(before);
     }
-    let cores = |t: u64| t as f64 / TICKS_PER_SECOND / seconds.max(1e-9);
+    let cores = |t: u64| t as f64 / crate::gen::CLOCK_TICKS_PER_SECOND / seconds.max(1e-9);
     let of = |g: Group| cores(ticks.get(&g).copied().unwrap_or(0));
     let charged: u64 = ticks.values().sum();
+    let (a, b) = (&a.machine, &b.machine);
     let (busy, irq, total) = (b.busy - a.busy.min(b.busy), b.irq - a.irq.min(b.irq), b.total - a.total.min(b.total));
     Breakdown {
         responder_user: of(Group::ResponderUser),
@@ -194,11 +205,11 @@ mod tests {
 
     #[test]
     fn a_step_counts_only_what_was_used_within_it() {
-        let mut a = Snapshot { busy: 100, irq: 10, total: 300, ..Default::default() };
+        let mut a = Snapshot { machine: MachineTicks { busy: 100, irq: 10, total: 300 }, ..Default::default() };
         a.processes.insert((1, false), (Group::ResponderUser, 50));
         a.processes.insert((1, true), (Group::ResponderSystem, 20));
         a.processes.insert((2, false), (Group::PostgresBackends, 5));
-        let mut b = Snapshot { busy: 260, irq: 30, total: 500, ..Default::default() };
+        let mut b = Snapshot { machine: MachineTicks { busy: 260, irq: 30, total: 500 }, ..Default::default() };
         b.processes.insert((1, false), (Group::ResponderUser, 110));
         b.processes.insert((1, true), (Group::ResponderSystem, 40));
         b.processes.insert((2, false), (Group::PostgresBackends, 35));

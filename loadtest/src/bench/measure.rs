@@ -13,6 +13,7 @@ use serde::Serialize;
 use super::procs::{self, Server};
 use crate::closed::{self, Pick, RunStats};
 use crate::corpus::{HashAlg, Status};
+use crate::cpu::MachineTicks;
 use crate::gen::{self, Ctx};
 use crate::scrape::{self, Counters};
 use crate::verify::{judge, Verdict};
@@ -188,29 +189,20 @@ pub fn verify_sample(ctx: &Ctx, addr: SocketAddr, indices: &[u64]) -> anyhow::Re
 /// CPU time from /proc, in clock ticks: all CPUs' busy and total time, the server's (the
 /// given pids and their children), and ours (that and this process).
 struct CpuSample {
-    busy: u64,
-    total: u64,
+    machine: MachineTicks,
     server: u64,
     ours: u64,
 }
 
 impl CpuSample {
     fn take(pids: &[u32]) -> CpuSample {
-        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-        let times: Vec<u64> = stat
-            .lines()
-            .next()
-            .map(|l| l.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect())
-            .unwrap_or_default();
-        let total: u64 = times.iter().sum();
-        // idle and iowait are fields 4 and 5 of the cpu line.
-        let idle = times.get(3).copied().unwrap_or(0) + times.get(4).copied().unwrap_or(0);
+        let machine = MachineTicks::now();
         let mut server_pids = pids.to_vec();
         server_pids.extend(procs::children_of(pids));
         let server = server_pids.iter().map(|pid| gen::cpu_ticks(&pid.to_string())).sum::<u64>();
         // Children we have waited for (wrk) did our work too.
-        let ours = server + gen::cpu_ticks(&std::process::id().to_string()) + gen::stat_fields("self", &[13, 14]);
-        CpuSample { busy: total - idle, total, server, ours }
+        let ours = server + gen::cpu_ticks("self") + gen::stat_fields("self", &[13, 14]);
+        CpuSample { machine, server, ours }
     }
 
     fn server_us_per_answer(&self, later: &CpuSample, answers: u64) -> f64 {
@@ -223,8 +215,8 @@ impl CpuSample {
     }
 
     fn other_pct(&self, later: &CpuSample) -> f64 {
-        let total = later.total.saturating_sub(self.total);
-        let busy = later.busy.saturating_sub(self.busy);
+        let total = later.machine.total.saturating_sub(self.machine.total);
+        let busy = later.machine.busy.saturating_sub(self.machine.busy);
         let ours = later.ours.saturating_sub(self.ours);
         if total == 0 {
             0.0
