@@ -25,6 +25,7 @@
 use chrono::Utc;
 use tokio_postgres::error::SqlState;
 
+use super::listing::Listing;
 use super::{actor, connect, db, unknown_issuer, AdminError, IssuerAddArgs, IssuerRetireArgs, IssuerSetSignerArgs};
 use crate::config::Config;
 use crate::db::{audit_log, issuers};
@@ -277,13 +278,14 @@ pub async fn list(config: &Config) -> Result<(), AdminError> {
         println!("no issuers (add one with `jitocsp admin issuer add`)");
         return Ok(());
     }
+    let mut out = Listing::new();
     for issuer in listed {
         let issuers::Listed { id, name, signer, cert_der: der, delegated, created_at: created, retired_at } = issuer;
         let (subject, not_after) = match parse_cert(&der, "stored certificate") {
             Ok(c) => (c.subject().to_string(), c.validity().not_after.to_string()),
             Err(e) => (format!("<{e}>"), String::new()),
         };
-        println!(
+        out.line(format_args!(
             "{id}\t{name}\tsubject=\"{subject}\"\tnot_after={not_after}\tsigner={signer}\tresponder_cert={}\tadded={}{}",
             if delegated { "yes" } else { "no" },
             created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -291,7 +293,7 @@ pub async fn list(config: &Config) -> Result<(), AdminError> {
                 "\tretired={}",
                 at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             ))
-        );
+        ));
     }
-    Ok(())
+    out.finish().map_err(AdminError::Output)
 }

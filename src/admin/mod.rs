@@ -31,6 +31,7 @@
 mod import;
 mod inputs;
 mod issuers;
+mod listing;
 mod progress;
 mod purge;
 mod revoke;
@@ -231,6 +232,9 @@ pub enum AdminError {
     /// `audit --verify` found the chain broken, or could not read it.
     #[error("the audit log does not verify")]
     Audit(#[from] crate::audit::VerifyError),
+    /// Standard output could not be written (not a reader that went away: see [`listing`]).
+    #[error("cannot write to standard output")]
+    Output(#[source] std::io::Error),
 }
 
 impl AdminError {
@@ -245,7 +249,8 @@ impl AdminError {
             | AdminError::ConnectTimeout(_)
             | AdminError::Cache { .. }
             | AdminError::Operational(_)
-            | AdminError::Audit(_) => 1,
+            | AdminError::Audit(_)
+            | AdminError::Output(_) => 1,
         }
     }
 

@@ -10,6 +10,7 @@ use chrono::Utc;
 use tokio_postgres::Client;
 
 use super::inputs::{parse_at, parse_serial, read_cert_file, read_serials_file, Origin};
+use super::listing::Listing;
 use super::progress::Reporter;
 use super::purge::report;
 use super::{actor, connect, find_issuer, AdminError, CertArgs, RevokeArgs};
@@ -149,32 +150,40 @@ impl Owed {
 
 fn print_preview(plan: &RevokePlan, preview: Preview) -> Result<(), AdminError> {
     let mut would = 0;
+    let mut out = Listing::new();
     for (serial, verdict) in &preview.verdicts {
         match verdict {
             Verdict::ChangeReason { revoked_at } => {
                 would += 1;
-                println!("would change the reason of {serial} to keyCompromise (revoked at {})", rfc3339(*revoked_at));
+                out.line(format_args!(
+                    "would change the reason of {serial} to keyCompromise (revoked at {})",
+                    rfc3339(*revoked_at)
+                ));
             }
             Verdict::Revoke => {
                 would += 1;
-                println!("would revoke {serial}: good -> revoked ({}, at {})", plan.reason, rfc3339(plan.at));
+                out.line(format_args!(
+                    "would revoke {serial}: good -> revoked ({}, at {})",
+                    plan.reason,
+                    rfc3339(plan.at)
+                ));
             }
-            Verdict::AlreadyRevoked(state) => println!(
+            Verdict::AlreadyRevoked(state) => out.line(format_args!(
                 "already revoked {serial}: {} at {} (would be left unchanged)",
                 state.reason.map(RevocationReason::describe_code).unwrap_or_default(),
                 state.revoked_at.map(rfc3339).unwrap_or_default()
-            ),
+            )),
         }
     }
     if let Some(refused) = preview.refused {
         return Err(refused.into());
     }
-    println!(
+    out.line(format_args!(
         "dry run: would revoke or re-reason {would}, {} left as they are (issuer {:?}); nothing was changed",
         plan.serials.len() - would,
         plan.issuer.name
-    );
-    Ok(())
+    ));
+    out.finish().map_err(AdminError::Output)
 }
 
 fn print_committed(plan: &RevokePlan, revoked: &Revoked) {

@@ -8,6 +8,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::inputs::{parse_serial, Origin};
+use super::listing::Listing;
 use super::{connect, db, find_issuer, AdminError, AuditArgs, CertArgs};
 use crate::cache::keys::all_response_keys;
 use crate::cache::redis::RedisMode;
@@ -148,10 +149,11 @@ pub async fn audit(args: AuditArgs, config: &Config) -> Result<(), AdminError> {
     if entries.is_empty() {
         println!("the audit log is empty");
     }
+    let mut out = Listing::new();
     for e in entries.iter().rev() {
         let serial =
             e.serial.as_ref().map(|s| Serial::from_signed_be(s).map(|s| s.to_hex()).unwrap_or_else(|_| hex::encode(s)));
-        println!(
+        out.line(format_args!(
             "#{}\t{}\t{}\t{}\tissuer={}\tserial={}\tbefore={}\tafter={}",
             e.id,
             time(Some(e.at)),
@@ -161,7 +163,7 @@ pub async fn audit(args: AuditArgs, config: &Config) -> Result<(), AdminError> {
             serial.as_deref().unwrap_or("-"),
             e.before.as_deref().unwrap_or("-"),
             e.after.as_deref().unwrap_or("-"),
-        );
+        ));
     }
-    Ok(())
+    out.finish().map_err(AdminError::Output)
 }

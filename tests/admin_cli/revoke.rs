@@ -198,3 +198,38 @@ async fn audit_lists_the_changes() {
     );
     f.admin(&["audit", "--limit", "0"], None).fails(2, &["--limit"]);
 }
+
+/// `jitocsp admin revoke --dry-run --serials-file big.txt | head`: the listing stops when its
+/// reader goes away, the command ends as it would have (exit 0, no panic), and the dry run
+/// still changes nothing. (`admin audit` and `admin issuer list` write through the same
+/// `Listing`.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_listing_whose_reader_goes_away_ends_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    if skip_unless(&[Need::Postgres, Need::Redis, Need::Openssl]) {
+        return;
+    }
+    let f = Fixture::new("listpipe").await;
+    // Far more output than a pipe buffers (64 KiB), so the command is still writing when the
+    // reader has gone.
+    let serials: Vec<String> = (0..20_000).map(|n| format!("3c{n:06x}")).collect();
+    let import: String = serials.iter().map(|s| format!("{s},2030-01-01T00:00:00Z\n")).collect();
+    f.admin(&["import", "--issuer", &f.name, "-"], Some(&import)).ok();
+    std::fs::write(f.path("all.txt"), serials.join("\n")).unwrap();
+
+    let dry_run =
+        ["admin", "revoke", "--issuer", &f.name, "--serials-file", "all.txt", "--reason", "keyCompromise", "--dry-run"];
+    let mut command = f.site.command(&dry_run);
+    command.current_dir(f.pki.path()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().expect("start jitocsp admin revoke --dry-run");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert!(first.starts_with("would revoke 3c"), "{first}");
+    // The reader is dropped here, as `head` exits after its lines.
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "a closed pipe is not a failure; stderr:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(f.count("certificates WHERE issuer_id = $1 AND reason IS NOT NULL").await, 0, "a dry run");
+}

@@ -62,6 +62,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
 
+#[cfg(test)]
 use crate::feed::payload::StatusChange;
 use crate::serial::Serial;
 use crate::store::Lsn;
@@ -256,16 +257,17 @@ impl<S: BuildHasher> ChangeLog<S> {
         self.state.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Remembers a change heard of at `heard_at` (Unix seconds). Idempotent; the highest
-    /// version per certificate wins.
+    /// One change: [`ChangeLog::record_all`] of one.
+    #[cfg(test)]
     pub fn record(&self, change: &StatusChange, heard_at: i64) {
         self.record_all(std::iter::once((change.issuer_id, &change.serial, change.version)), heard_at);
     }
 
-    /// Remembers changes heard of together (a notification's, a chunk of the catch-up), as
-    /// [`ChangeLog::record`] each, but under one write lock: a mass revocation arrives a few
-    /// hundred changes at a time, and taking the lock per change would make the hot path's
-    /// lookups wait that many times. Each is `(issuer id, serial, version)`.
+    /// Remembers changes heard of together at `heard_at` (Unix seconds): a notification's, a
+    /// chunk of the catch-up. Each is `(issuer id, serial, version)`; idempotent, the highest
+    /// version per certificate wins. One write lock for them all: a mass revocation arrives a
+    /// few hundred changes at a time, and taking the lock per change would make the hot path's
+    /// lookups wait that many times.
     pub fn record_all<'a>(&self, changes: impl IntoIterator<Item = (i32, &'a Serial, i64)>, heard_at: i64) {
         // A catch-up after a reconnect hears every recent change again: those already
         // remembered cost nothing, and do not push others out.

@@ -1,6 +1,7 @@
 use std::hash::{BuildHasherDefault, Hasher};
 
 use super::*;
+use crate::feed::payload::StatusChange;
 
 fn change(issuer_id: i32, serial: &str, revoked: bool, version: i64) -> StatusChange {
     StatusChange { issuer_id, serial: Serial::from_hex(serial).unwrap(), revoked, version }
