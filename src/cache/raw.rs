@@ -115,7 +115,6 @@ struct Filed {
 
 type Certificate = (i32, Serial);
 
-#[derive(Default)]
 struct Index {
     /// Every slot in the map, under its certificate, oldest first.
     by_certificate: HashMap<Certificate, Vec<Filed>>,
@@ -129,13 +128,25 @@ struct Index {
 type Map = HashMap<Hash, Slot, BuildHasherDefault<KeyHasher>>;
 
 /// What the lock guards: the map, and the index that files its keys.
-#[derive(Default)]
 struct Keys {
     map: Map,
     index: Index,
 }
 
 impl Keys {
+    /// Room for `capacity` keys from the start: growing would rehash under the write lock,
+    /// with every hit waiting. The untouched room costs address space, not memory.
+    fn with_capacity(capacity: usize) -> Self {
+        Keys {
+            map: Map::with_capacity_and_hasher(capacity, Default::default()),
+            index: Index {
+                by_certificate: HashMap::with_capacity(capacity),
+                clock: VecDeque::with_capacity(capacity),
+                generations: 0,
+            },
+        }
+    }
+
     /// Removes the slot at `hash` (only if it is of `generation`, when given) from the map and
     /// from its certificate's list.
     fn remove_slot(&mut self, hash: Hash, generation: Option<u64>) -> bool {
@@ -188,7 +199,7 @@ pub struct RawTier {
 impl RawTier {
     /// A tier of at most `capacity` keys; 0 disables it.
     pub fn new(capacity: usize) -> Self {
-        RawTier { capacity, hashes: RandomState::new(), keys: ShardedLock::new(Keys::default()) }
+        RawTier { capacity, hashes: RandomState::new(), keys: ShardedLock::new(Keys::with_capacity(capacity)) }
     }
 
     /// Whether it keeps anything (`cache.local_entries` > 0).
