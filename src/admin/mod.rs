@@ -232,7 +232,8 @@ pub enum AdminError {
     /// `audit --verify` found the chain broken, or could not read it.
     #[error("the audit log does not verify")]
     Audit(#[from] crate::audit::VerifyError),
-    /// Standard output could not be written (not a reader that went away: see [`listing`]).
+    /// Standard output could not be written (other than a reader that went away, which ends a
+    /// listing quietly).
     #[error("cannot write to standard output")]
     Output(#[source] std::io::Error),
 }
