@@ -5,6 +5,7 @@
 //! anything is written.
 
 use super::inputs::{read_cert_file, read_import_stdin, ImportRow};
+use super::listing::say;
 use super::progress::Reporter;
 use super::{actor, connect, find_issuer, AdminError, ImportArgs};
 use crate::config::Config;
@@ -42,7 +43,7 @@ pub async fn run(args: ImportArgs, config: &Config) -> Result<(), AdminError> {
     if let Some(e) = &done.analyze_failed {
         eprintln!("warning: ANALYZE certificates after the import failed: {e}");
     }
-    println!(
+    say!(
         "imported into issuer {:?}: {} certificates read, {} inserted, {} already present ({:.1}s)",
         plan.issuer.name,
         done.given,
@@ -51,7 +52,7 @@ pub async fn run(args: ImportArgs, config: &Config) -> Result<(), AdminError> {
         done.elapsed.as_secs_f64()
     );
     if done.given > done.certificates {
-        println!("{} duplicate lines in the input were ignored", done.given - done.certificates);
+        say!("{} duplicate lines in the input were ignored", done.given - done.certificates);
     }
     if done.not_after_differs > 0 {
         eprintln!(

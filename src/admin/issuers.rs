@@ -25,7 +25,7 @@
 use chrono::Utc;
 use tokio_postgres::error::SqlState;
 
-use super::listing::Listing;
+use super::listing::{say, Listing};
 use super::{actor, connect, db, unknown_issuer, AdminError, IssuerAddArgs, IssuerRetireArgs, IssuerSetSignerArgs};
 use crate::config::Config;
 use crate::db::{audit_log, issuers};
@@ -107,17 +107,17 @@ pub async fn add(args: IssuerAddArgs, config: &Config) -> Result<(), AdminError>
     tx.commit().await.map_err(db("committing"))?;
     tracing::info!(target: "jitocsp::audit", actor = %who, action = "issuer add", issuer = %name, issuer_id = id, signer = %args.signer, "issuer added");
 
-    println!("added issuer {name:?} (id {id})");
-    println!("  subject:          {}", ca.subject());
-    println!("  signer:           {}", args.signer);
+    say!("added issuer {name:?} (id {id})");
+    say!("  subject:          {}", ca.subject());
+    say!("  signer:           {}", args.signer);
     if let Some(path) = &args.responder_cert {
-        println!("  responder cert:   {}", path.display());
+        say!("  responder cert:   {}", path.display());
     }
-    println!("  name hash sha1:   {}", hex::encode(hashes.name_sha1));
-    println!("  key hash sha1:    {}", hex::encode(hashes.key_sha1));
-    println!("  name hash sha256: {}", hex::encode(hashes.name_sha256));
-    println!("  key hash sha256:  {}", hex::encode(hashes.key_sha256));
-    println!("running responders serve it within seconds");
+    say!("  name hash sha1:   {}", hex::encode(hashes.name_sha1));
+    say!("  key hash sha1:    {}", hex::encode(hashes.key_sha1));
+    say!("  name hash sha256: {}", hex::encode(hashes.name_sha256));
+    say!("  key hash sha256:  {}", hex::encode(hashes.key_sha256));
+    say!("running responders serve it within seconds");
     Ok(())
 }
 
@@ -234,12 +234,12 @@ pub async fn set_signer(args: IssuerSetSignerArgs, config: &Config) -> Result<()
         .map_err(db("writing the audit log"))?;
     tx.commit().await.map_err(db("committing"))?;
     tracing::info!(target: "jitocsp::audit", actor = %who, action = "issuer set-signer", issuer = %issuer.name, signer = %args.signer, "issuer signer replaced");
-    println!("issuer {:?}: signer {} -> {}", issuer.name, old_signer, args.signer);
+    say!("issuer {:?}: signer {} -> {}", issuer.name, old_signer, args.signer);
     match &args.responder_cert {
-        Some(path) => println!("  responder cert:   {}", path.display()),
-        None => println!("  responder cert:   none (the CA signs)"),
+        Some(path) => say!("  responder cert:   {}", path.display()),
+        None => say!("  responder cert:   none (the CA signs)"),
     }
-    println!("running responders switch within seconds");
+    say!("running responders switch within seconds");
     Ok(())
 }
 
@@ -253,7 +253,7 @@ pub async fn retire(args: IssuerRetireArgs, config: &Config) -> Result<(), Admin
         return Err(unknown_issuer(&args.name));
     };
     if !issuers::retire(&tx, issuer.id).await.map_err(db("retiring the issuer"))? {
-        println!("issuer {:?} was retired already", issuer.name);
+        say!("issuer {:?} was retired already", issuer.name);
         return Ok(());
     }
     let who = actor();
@@ -264,10 +264,7 @@ pub async fn retire(args: IssuerRetireArgs, config: &Config) -> Result<(), Admin
         .map_err(db("writing the audit log"))?;
     tx.commit().await.map_err(db("committing"))?;
     tracing::info!(target: "jitocsp::audit", actor = %who, action = "issuer retire", issuer = %issuer.name, "issuer retired");
-    println!(
-        "retired issuer {:?}: running responders answer its certificates unauthorized within seconds",
-        issuer.name
-    );
+    say!("retired issuer {:?}: running responders answer its certificates unauthorized within seconds", issuer.name);
     Ok(())
 }
 
@@ -275,7 +272,7 @@ pub async fn list(config: &Config) -> Result<(), AdminError> {
     let client = connect(config).await?;
     let listed = issuers::list(&client).await.map_err(db("listing issuers"))?;
     if listed.is_empty() {
-        println!("no issuers (add one with `jitocsp admin issuer add`)");
+        say!("no issuers (add one with `jitocsp admin issuer add`)");
         return Ok(());
     }
     let mut out = Listing::new();

@@ -1,12 +1,33 @@
-//! Standard output for the listings that can be long: a dry run over a file of serials, the
-//! audit log, the issuers.
+//! Standard output for the admin commands. `println!` panics when the reader of a pipe has
+//! exited (`jitocsp admin revoke ... | head`), which after a commit would cut the command short
+//! (its CDN purges not yet requested, say). Here a reader that went away is not an error: the
+//! command does its work to the end.
 
 use std::fmt::Arguments;
 use std::io::{self, StdoutLock, Write};
 
-/// Lines written to standard output until its reader goes away. `println!` panics when the
-/// reader of a pipe has exited (`jitocsp admin revoke --dry-run ... | head`); here the listing
-/// just stops: the command's work is unaffected, and it ends as it would have.
+/// `println!` for an admin command's report, through [`write_line`].
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::admin::listing::write_line(format_args!($($arg)*))
+    };
+}
+pub(crate) use say;
+
+/// Writes one line of a report. A reader that went away is ignored; another failure (a full
+/// disk behind a redirection) is told on standard error, once per line, and the command goes
+/// on: its exit status says whether its work was done.
+pub fn write_line(line: Arguments<'_>) {
+    if let Err(e) = writeln!(io::stdout(), "{line}") {
+        if e.kind() != io::ErrorKind::BrokenPipe {
+            eprintln!("warning: cannot write to standard output: {e}");
+        }
+    }
+}
+
+/// A listing that can be long (a dry run over a file of serials, the audit log, the issuers):
+/// lines written until the reader goes away, then nothing more; a failure other than that is
+/// the command's error ([`Listing::finish`]), since the listing is what it was asked for.
 pub struct Listing {
     out: StdoutLock<'static>,
     failed: Option<io::Error>,

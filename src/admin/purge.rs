@@ -4,6 +4,7 @@
 use tokio_postgres::Client;
 
 use super::inputs::{parse_serial, Origin};
+use super::listing::say;
 use super::{connect, db, find_issuer, AdminError, CertArgs};
 use crate::config::Config;
 use crate::db::pending_purges;
@@ -15,11 +16,11 @@ pub fn report((outcome, warnings): &(PurgeOutcome, Vec<SettleWarning>)) {
     warn_settle(warnings);
     match outcome {
         PurgeOutcome::Done { purged } => {
-            println!("cache: purged the cached responses of {purged} certificate(s)")
+            say!("cache: purged the cached responses of {purged} certificate(s)")
         }
         PurgeOutcome::Failed { purged, pending, error } => {
             if *purged > 0 {
-                println!("cache: purged the cached responses of {purged} certificate(s)");
+                say!("cache: purged the cached responses of {purged} certificate(s)");
             }
             eprintln!("warning: could not purge the cached responses of {pending} certificate(s): {error}");
             eprintln!(
@@ -56,8 +57,8 @@ pub async fn purge_command(args: CertArgs, config: &Config) -> Result<(), AdminE
     warn_settle(&warnings);
     match outcome {
         PurgeOutcome::Done { .. } => {
-            println!("purged the cached responses of serial {serial} (issuer {:?})", issuer.name);
-            println!("retried {others} other pending purge(s): all done");
+            say!("purged the cached responses of serial {serial} (issuer {:?})", issuer.name);
+            say!("retried {others} other pending purge(s): all done");
             Ok(())
         }
         PurgeOutcome::Failed { purged, error, .. } => Err(AdminError::Cache {

@@ -10,7 +10,7 @@ use chrono::Utc;
 use tokio_postgres::Client;
 
 use super::inputs::{parse_at, parse_serial, read_cert_file, read_serials_file, Origin};
-use super::listing::Listing;
+use super::listing::{say, Listing};
 use super::progress::Reporter;
 use super::purge::report;
 use super::{actor, connect, find_issuer, AdminError, CertArgs, RevokeArgs};
@@ -86,9 +86,11 @@ pub async fn revoke(args: RevokeArgs, config: &Config) -> Result<(), AdminError>
         0 => String::new(),
         n => format!("{n} changed to keyCompromise, "),
     };
-    println!(
+    say!(
         "{} revoked, {rekeyed}{} already revoked (issuer {:?}, reason {reason})",
-        summary.revoked, summary.unchanged, plan.issuer.name
+        summary.revoked,
+        summary.unchanged,
+        plan.issuer.name
     );
     Ok(())
 }
@@ -220,9 +222,9 @@ async fn after_commit(config: &Config, client: &Client, owed: &AfterCommit) {
 fn report_cdn(outcome: CdnOutcome) {
     match outcome {
         CdnOutcome::NotOwed => {}
-        CdnOutcome::Queued(n) => println!("CDN purge: {n} purges queued; running responders deliver them"),
+        CdnOutcome::Queued(n) => say!("CDN purge: {n} purges queued; running responders deliver them"),
         CdnOutcome::Called { owed, delivery: d } if d.failed == 0 && d.done == owed => {
-            println!("CDN purge: done ({} certificate(s))", d.done)
+            say!("CDN purge: done ({} certificate(s))", d.done)
         }
         CdnOutcome::Called { owed, delivery: d } => {
             let left = owed - d.done;
@@ -244,7 +246,7 @@ pub async fn unrevoke(args: CertArgs, config: &Config) -> Result<(), AdminError>
     let issuer = find_issuer(&client, &args.issuer).await?;
     let plan = UnrevokePlan { issuer, serial, actor: actor() };
     let unrevoked = status::unrevoke::unrevoke(&mut client, &config.cdn, &plan).await?;
-    println!("unrevoked {} (issuer {:?}): certificateHold released, status good", plan.serial, plan.issuer.name);
+    say!("unrevoked {} (issuer {:?}): certificateHold released, status good", plan.serial, plan.issuer.name);
     after_commit(config, &client, &unrevoked.after_commit).await;
     Ok(())
 }

@@ -8,7 +8,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::inputs::{parse_serial, Origin};
-use super::listing::Listing;
+use super::listing::{say, Listing};
 use super::{connect, db, find_issuer, AdminError, AuditArgs, CertArgs};
 use crate::cache::keys::all_response_keys;
 use crate::cache::redis::RedisMode;
@@ -27,25 +27,25 @@ pub async fn status(args: CertArgs, config: &Config) -> Result<(), AdminError> {
     let client = connect(config).await?;
     let issuer = find_issuer(&client, &args.issuer).await?;
     let row = certificates::one(&client, issuer.id, serial.as_bytes()).await.map_err(db("reading the certificate"))?;
-    println!("issuer:      {} (id {})", issuer.name, issuer.id);
-    println!("serial:      {serial}");
+    say!("issuer:      {} (id {})", issuer.name, issuer.id);
+    say!("serial:      {serial}");
     match &row {
-        None => println!(
+        None => say!(
             "status:      unknown to this responder (no row; requests get the configured \
              `responses.unissued` answer, never good)"
         ),
         Some(row) => {
             match row.status.reason {
-                None => println!("status:      good"),
-                Some(_) => println!("status:      revoked"),
+                None => say!("status:      good"),
+                Some(_) => say!("status:      revoked"),
             }
-            println!(
+            say!(
                 "reason:      {}",
                 row.status.reason.map(RevocationReason::describe_code).unwrap_or_else(|| "-".to_owned())
             );
-            println!("revoked_at:  {}", time(row.status.revoked_at));
-            println!("changed_at:  {}", time(row.changed_at));
-            println!(
+            say!("revoked_at:  {}", time(row.status.revoked_at));
+            say!("changed_at:  {}", time(row.changed_at));
+            say!(
                 "not_after:   {}{}",
                 time(Some(row.not_after)),
                 if row.not_after < Utc::now() { " (expired)" } else { "" }
@@ -56,8 +56,8 @@ pub async fn status(args: CertArgs, config: &Config) -> Result<(), AdminError> {
         .await
         .map_err(db("reading the pending purges"))?;
     match pending {
-        None => println!("pending purge: none"),
-        Some(p) => println!(
+        None => say!("pending purge: none"),
+        Some(p) => say!(
             "pending purge: since {}, {} failed attempt(s){}",
             time(Some(p.since)),
             p.attempts,
@@ -67,7 +67,7 @@ pub async fn status(args: CertArgs, config: &Config) -> Result<(), AdminError> {
     let keys = all_response_keys(&config.cache.key_prefix, issuer.id, &serial);
     match key_ttls(config, &keys).await {
         Ok(ttls) => {
-            println!("cache:");
+            say!("cache:");
             for (key, ttl) in keys.iter().zip(ttls) {
                 let state = match ttl {
                     -2 => "absent".to_owned(),
@@ -77,10 +77,10 @@ pub async fn status(args: CertArgs, config: &Config) -> Result<(), AdminError> {
                         humantime::format_duration(std::time::Duration::from_secs((ms as u64).div_ceil(1000)))
                     ),
                 };
-                println!("  {key}  {state}");
+                say!("  {key}  {state}");
             }
         }
-        Err(e) => println!("cache:       unknown: Redis unreachable ({e})"),
+        Err(e) => say!("cache:       unknown: Redis unreachable ({e})"),
     }
     Ok(())
 }
@@ -133,7 +133,7 @@ pub async fn audit(args: AuditArgs, config: &Config) -> Result<(), AdminError> {
     if args.verify {
         let client = connect(config).await?;
         let verified = crate::audit::verify(&client).await?;
-        println!(
+        say!(
             "audit log verified: {} rows, chain intact; head: position {}, sha256 {}",
             verified.rows,
             verified.head_seq,
@@ -147,7 +147,7 @@ pub async fn audit(args: AuditArgs, config: &Config) -> Result<(), AdminError> {
     let client = connect(config).await?;
     let entries = audit_log::newest(&client, args.limit).await.map_err(db("reading the audit log"))?;
     if entries.is_empty() {
-        println!("the audit log is empty");
+        say!("the audit log is empty");
     }
     let mut out = Listing::new();
     for e in entries.iter().rev() {

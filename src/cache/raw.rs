@@ -127,31 +127,53 @@ struct Index {
 /// The hash is already a keyed hash: the map uses it as is.
 type Map = HashMap<Hash, Slot, BuildHasherDefault<KeyHasher>>;
 
+/// Parts the map is split into: a part grows (rehashes) on its own, under the write lock, so
+/// the hits that wait for it wait for a sixteenth of the keys to move, not all of them.
+const PARTS: usize = 16;
+
 /// What the lock guards: the map, and the index that files its keys.
 struct Keys {
-    map: Map,
+    parts: Box<[Map]>,
+    len: usize,
     index: Index,
 }
 
 impl Keys {
-    /// Room for `capacity` keys from the start: growing would rehash under the write lock,
-    /// with every hit waiting. The untouched room costs address space, not memory.
-    fn with_capacity(capacity: usize) -> Self {
+    fn new() -> Self {
         Keys {
-            map: Map::with_capacity_and_hasher(capacity, Default::default()),
-            index: Index {
-                by_certificate: HashMap::with_capacity(capacity),
-                clock: VecDeque::with_capacity(capacity),
-                generations: 0,
-            },
+            parts: (0..PARTS).map(|_| Map::default()).collect(),
+            len: 0,
+            index: Index { by_certificate: HashMap::new(), clock: VecDeque::new(), generations: 0 },
+        }
+    }
+
+    fn part(hash: Hash) -> usize {
+        // Not the bits the maps use for their buckets and tags.
+        (hash >> 32) as usize % PARTS
+    }
+
+    fn get(&self, hash: Hash) -> Option<&Slot> {
+        self.parts[Self::part(hash)].get(&hash)
+    }
+
+    fn take(&mut self, hash: Hash) -> Option<Slot> {
+        let slot = self.parts[Self::part(hash)].remove(&hash)?;
+        self.len -= 1;
+        Some(slot)
+    }
+
+    /// Puts `slot` at `hash`, which the caller has emptied.
+    fn put(&mut self, hash: Hash, slot: Slot) {
+        if self.parts[Self::part(hash)].insert(hash, slot).is_none() {
+            self.len += 1;
         }
     }
 
     /// Removes the slot at `hash` (only if it is of `generation`, when given) from the map and
     /// from its certificate's list.
     fn remove_slot(&mut self, hash: Hash, generation: Option<u64>) -> bool {
-        let removed = match self.map.get(&hash) {
-            Some(slot) if generation.is_none_or(|g| g == slot.generation) => self.map.remove(&hash),
+        let removed = match self.get(hash) {
+            Some(slot) if generation.is_none_or(|g| g == slot.generation) => self.take(hash),
             _ => None,
         };
         let Some(slot) = removed else { return false };
@@ -169,7 +191,7 @@ impl Keys {
     /// False only if nothing is left to evict.
     fn evict_one(&mut self) -> bool {
         while let Some(record) = self.index.clock.pop_front() {
-            let referenced = match self.map.get(&record.hash).filter(|slot| slot.generation == record.generation) {
+            let referenced = match self.get(record.hash).filter(|slot| slot.generation == record.generation) {
                 Some(slot) => slot.entry.referenced.swap(false, Ordering::Relaxed),
                 None => continue, // removed since
             };
@@ -184,8 +206,9 @@ impl Keys {
 
     /// Drops the CLOCK records of slots removed since.
     fn compact(&mut self) {
-        let map = &self.map;
-        self.index.clock.retain(|record| map.get(&record.hash).is_some_and(|s| s.generation == record.generation));
+        let mut clock = std::mem::take(&mut self.index.clock);
+        clock.retain(|record| self.get(record.hash).is_some_and(|s| s.generation == record.generation));
+        self.index.clock = clock;
     }
 }
 
@@ -199,7 +222,7 @@ pub struct RawTier {
 impl RawTier {
     /// A tier of at most `capacity` keys; 0 disables it.
     pub fn new(capacity: usize) -> Self {
-        RawTier { capacity, hashes: RandomState::new(), keys: ShardedLock::new(Keys::with_capacity(capacity)) }
+        RawTier { capacity, hashes: RandomState::new(), keys: ShardedLock::new(Keys::new()) }
     }
 
     /// Whether it keeps anything (`cache.local_entries` > 0).
@@ -233,7 +256,7 @@ impl RawTier {
         }
         let hash = self.hash(method, bytes);
         let keys = self.read();
-        let slot = keys.map.get(&hash).filter(|slot| slot.method == method && *slot.key == *bytes)?;
+        let slot = keys.get(hash).filter(|slot| slot.method == method && *slot.key == *bytes)?;
         // A load first: a store on every hit would bounce the line between the cores.
         if !slot.entry.referenced.load(Ordering::Relaxed) {
             slot.entry.referenced.store(true, Ordering::Relaxed);
@@ -260,13 +283,13 @@ impl RawTier {
         if let Some(oldest) = oldest {
             keys.remove_slot(oldest.hash, Some(oldest.generation));
         }
-        while keys.map.len() >= self.capacity && keys.evict_one() {}
+        while keys.len >= self.capacity && keys.evict_one() {}
         keys.index.generations += 1;
         let filed = Filed { hash, generation: keys.index.generations };
-        keys.map.insert(hash, Slot { method, key: bytes.into(), entry, generation: filed.generation });
+        keys.put(hash, Slot { method, key: bytes.into(), entry, generation: filed.generation });
         keys.index.by_certificate.entry(certificate).or_default().push(filed);
         keys.index.clock.push_back(filed);
-        if keys.index.clock.len() > 2 * keys.map.len() + 1024 {
+        if keys.index.clock.len() > 2 * keys.len + 1024 {
             keys.compact();
         }
     }
@@ -279,8 +302,8 @@ impl RawTier {
         let mut keys = self.write();
         let Some(filed) = keys.index.by_certificate.remove(&(issuer_id, serial.clone())) else { return };
         for Filed { hash, generation } in filed {
-            if keys.map.get(&hash).is_some_and(|slot| slot.generation == generation) {
-                keys.map.remove(&hash);
+            if keys.get(hash).is_some_and(|slot| slot.generation == generation) {
+                keys.take(hash);
             }
         }
     }
@@ -288,7 +311,7 @@ impl RawTier {
     /// Keys kept, and certificates they belong to.
     pub fn size(&self) -> (usize, usize) {
         let keys = self.read();
-        (keys.map.len(), keys.index.by_certificate.len())
+        (keys.len, keys.index.by_certificate.len())
     }
 }
 
@@ -322,8 +345,9 @@ mod tests {
     fn assert_consistent(tier: &RawTier) {
         let keys = tier.read();
         let mut in_map: Vec<_> = keys
-            .map
+            .parts
             .iter()
+            .flat_map(|part| part.iter())
             .map(|(hash, slot)| (slot.entry.id.issuer_id, slot.entry.id.serial.clone(), *hash, slot.generation))
             .collect();
         let index = &keys.index;
@@ -340,7 +364,8 @@ mod tests {
         for f in &live {
             assert_eq!(index.clock.iter().filter(|r| *r == f).count(), 1, "one CLOCK record per slot");
         }
-        assert!(keys.map.len() <= tier.capacity);
+        assert_eq!(keys.len, in_map.len());
+        assert!(keys.len <= tier.capacity);
     }
 
     /// The entry's certificate, if this exact request is kept.

@@ -201,8 +201,8 @@ async fn audit_lists_the_changes() {
 
 /// `jitocsp admin revoke --dry-run --serials-file big.txt | head`: the listing stops when its
 /// reader goes away, the command ends as it would have (exit 0, no panic), and the dry run
-/// still changes nothing. (`admin audit` and `admin issuer list` write through the same
-/// `Listing`.)
+/// still changes nothing; a real revocation whose report is not read is done to the end. (Every
+/// admin command writes through `admin::listing`.)
 #[tokio::test(flavor = "multi_thread")]
 async fn a_listing_whose_reader_goes_away_ends_quietly() {
     use std::io::{BufRead, BufReader};
@@ -232,4 +232,18 @@ async fn a_listing_whose_reader_goes_away_ends_quietly() {
     assert_eq!(out.status.code(), Some(0), "a closed pipe is not a failure; stderr:\n{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(f.count("certificates WHERE issuer_id = $1 AND reason IS NOT NULL").await, 0, "a dry run");
+
+    // A real revocation whose report nobody reads (`| true`): it is committed, its purges
+    // done, and the command ends well, where `println!` panicked after the commit (exit 101).
+    std::fs::write(f.path("three.txt"), serials[..3].join("\n")).unwrap();
+    let revoke = ["admin", "revoke", "--issuer", &f.name, "--serials-file", "three.txt", "--reason", "keyCompromise"];
+    let mut command = f.site.command(&revoke);
+    command.current_dir(f.pki.path()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().expect("start jitocsp admin revoke");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(f.count("certificates WHERE issuer_id = $1 AND reason IS NOT NULL").await, 3);
 }
