@@ -209,14 +209,12 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
     /// cached response follows (`Responder::freshness`) and the issuer set it was matched in
     /// is still the one served. Then decode it and call [`Responder::answer`].
     pub fn answer_again(&self, raw: RawRequest<'_>) -> Option<Answer> {
-        let now = Utc::now().timestamp();
-        let issuers = self.issuers.current();
         let answer = self.raw.lookup(raw, |entry| {
-            if !entry.matched_in(&issuers) {
+            if !entry.matched_in(&self.issuers.current()) {
                 return None;
             }
             let heard = self.changes.heard(entry.id.issuer_id, &entry.id.serial);
-            if self.freshness(&heard, &entry.response, now) != Freshness::Serve {
+            if self.freshness(&heard, &entry.response, Utc::now().timestamp()) != Freshness::Serve {
                 return None;
             }
             Some(Answer::Response {

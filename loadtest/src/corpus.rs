@@ -15,9 +15,9 @@ use anyhow::{anyhow, bail, Context as _};
 use jitocsp::ocsp::request::{self, CertIdParts, CertIdVariant};
 use jitocsp::x509::CertIdHashes;
 use p256::ecdsa::VerifyingKey;
+use x509_parser::prelude::FromDer as _;
 
 use crate::verify::IssuerKey;
-use x509_parser::prelude::FromDer as _;
 
 /// SplitMix64's finaliser: a bijection on u64 with good avalanche.
 pub fn mix64(mut z: u64) -> u64 {

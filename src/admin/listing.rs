@@ -4,7 +4,7 @@
 //! command does its work to the end.
 
 use std::fmt::Arguments;
-use std::io::{self, StdoutLock, Write};
+use std::io::{self, BufWriter, StdoutLock, Write};
 
 /// `println!` for an admin command's report, through [`write_line`].
 macro_rules! say {
@@ -25,17 +25,18 @@ pub fn write_line(line: Arguments<'_>) {
     }
 }
 
-/// A listing that can be long (a dry run over a file of serials, the audit log, the issuers):
-/// lines written until the reader goes away, then nothing more; a failure other than that is
-/// the command's error ([`Listing::finish`]), since the listing is what it was asked for.
+/// A listing that can be long (a dry run over a file of serials, what a revocation changed,
+/// the audit log, the issuers): written in large writes (a mass revocation lists millions of
+/// lines) until the reader goes away, then nothing more. [`Listing::finish`] tells of a failure
+/// other than that.
 pub struct Listing {
-    out: StdoutLock<'static>,
+    out: BufWriter<StdoutLock<'static>>,
     failed: Option<io::Error>,
 }
 
 impl Listing {
     pub fn new() -> Self {
-        Listing { out: io::stdout().lock(), failed: None }
+        Listing { out: BufWriter::new(io::stdout().lock()), failed: None }
     }
 
     /// Writes `line` and a newline, unless an earlier line could not be written.

@@ -4,8 +4,6 @@
 //! What committed is printed as soon as it committed, before the purges it owes are
 //! attempted, so that an operator who interrupts a slow purge still knows the change is in.
 
-use std::io::Write;
-
 use chrono::Utc;
 use tokio_postgres::Client;
 
@@ -189,27 +187,22 @@ fn print_preview(plan: &RevokePlan, preview: Preview) -> Result<(), AdminError> 
 }
 
 fn print_committed(plan: &RevokePlan, revoked: &Revoked) {
-    // One write for the batch: a mass revocation prints millions of lines.
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let mut lines = || -> std::io::Result<()> {
-        for serial in &revoked.revoked {
-            writeln!(out, "revoked {serial} ({}, at {})", plan.reason, rfc3339(plan.at))?;
-        }
-        for (serial, new_at) in &revoked.reason_changed {
-            writeln!(out, "changed the reason of {serial} to keyCompromise (revoked at {})", rfc3339(*new_at))?;
-        }
-        for (serial, state) in &revoked.unchanged {
-            writeln!(
-                out,
-                "already revoked {serial}: {} at {}; left unchanged",
-                state.reason.map(RevocationReason::describe_code).unwrap_or_default(),
-                state.revoked_at.map(rfc3339).unwrap_or_default()
-            )?;
-        }
-        out.flush()
-    };
-    // A closed stdout (`| head`) loses the listing, not the revocation.
-    let _ = lines();
+    let mut out = Listing::new();
+    for serial in &revoked.revoked {
+        out.line(format_args!("revoked {serial} ({}, at {})", plan.reason, rfc3339(plan.at)));
+    }
+    for (serial, new_at) in &revoked.reason_changed {
+        out.line(format_args!("changed the reason of {serial} to keyCompromise (revoked at {})", rfc3339(*new_at)));
+    }
+    for (serial, state) in &revoked.unchanged {
+        out.line(format_args!(
+            "already revoked {serial}: {} at {}; left unchanged",
+            state.reason.map(RevocationReason::describe_code).unwrap_or_default(),
+            state.revoked_at.map(rfc3339).unwrap_or_default()
+        ));
+    }
+    // A stdout that cannot be written loses the listing, not the revocation.
+    let _ = out.finish();
 }
 
 /// Purges what the change made wrong and tells the operator how it went. Nothing here can

@@ -156,8 +156,14 @@ impl Keys {
         self.parts[Self::part(hash)].get(&hash)
     }
 
-    fn take(&mut self, hash: Hash) -> Option<Slot> {
-        let slot = self.parts[Self::part(hash)].remove(&hash)?;
+    /// Takes the slot at `hash` out, only if it is of `generation`, when given.
+    fn take(&mut self, hash: Hash, generation: Option<u64>) -> Option<Slot> {
+        let part = &mut self.parts[Self::part(hash)];
+        match part.get(&hash) {
+            Some(slot) if generation.is_none_or(|g| g == slot.generation) => {}
+            _ => return None,
+        }
+        let slot = part.remove(&hash)?;
         self.len -= 1;
         Some(slot)
     }
@@ -172,11 +178,7 @@ impl Keys {
     /// Removes the slot at `hash` (only if it is of `generation`, when given) from the map and
     /// from its certificate's list.
     fn remove_slot(&mut self, hash: Hash, generation: Option<u64>) -> bool {
-        let removed = match self.get(hash) {
-            Some(slot) if generation.is_none_or(|g| g == slot.generation) => self.take(hash),
-            _ => None,
-        };
-        let Some(slot) = removed else { return false };
+        let Some(slot) = self.take(hash, generation) else { return false };
         let certificate = (slot.entry.id.issuer_id, slot.entry.id.serial.clone());
         if let Some(filed) = self.index.by_certificate.get_mut(&certificate) {
             filed.retain(|f| f.generation != slot.generation);
@@ -296,15 +298,13 @@ impl RawTier {
 
     /// Drops every key of one certificate: every spelling, method and CertID form.
     pub fn remove_certificate(&self, issuer_id: i32, serial: &Serial) {
-        if self.capacity == 0 {
+        if !self.is_enabled() {
             return;
         }
         let mut keys = self.write();
         let Some(filed) = keys.index.by_certificate.remove(&(issuer_id, serial.clone())) else { return };
         for Filed { hash, generation } in filed {
-            if keys.get(hash).is_some_and(|slot| slot.generation == generation) {
-                keys.take(hash);
-            }
+            keys.take(hash, Some(generation));
         }
     }
 
