@@ -4,7 +4,8 @@
 //! pipeline checks (status, read time, validity, the certificate's expiry) and the HTTP
 //! header values (ETag, Last-Modified, Expires, purge tag), ready to send: a hit costs one
 //! GET, no parsing of the OCSP structure, no hashing or date formatting, and every header
-//! value and the DER are slices of the one buffer Redis returned, not copies.
+//! value and the DER are slices of the one buffer Redis returned, not copies. A freshly signed
+//! response is laid out the same way, in one allocation that its Redis write sends as it is.
 
 use actix_web::http::header::HeaderValue;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -43,28 +44,60 @@ pub struct Headers {
 }
 
 /// A signed, encoded OCSP response, its facts and its header values.
+///
+/// All of it lives in one buffer, the Redis value ([`CachedResponse::to_bytes`]): the DER and
+/// the header values are slices of it. A hit then reads one contiguous run of memory and
+/// touches one reference count, and a fresh response costs one allocation, which its Redis
+/// write sends as it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CachedResponse {
     /// The complete `OCSPResponse` DER.
     pub der: Bytes,
     pub facts: Facts,
     pub headers: Headers,
+    /// The Redis value that `der` and `headers` are slices of.
+    value: Bytes,
 }
+
+/// Longest header value the layout can hold (its length is a `u16`).
+const MAX_FIELD_LEN: usize = u16::MAX as usize;
 
 impl CachedResponse {
     /// Computes the header values of a freshly signed response.
-    pub fn new(der: Bytes, facts: Facts, purge_tag: &str) -> Self {
-        let etag = format!("\"{}\"", hex::encode(Sha256::digest(&der)));
-        let headers = Headers {
-            etag: header_value(etag.into_bytes().into()),
-            last_modified: header_value(http_date(facts.this_update).into_bytes().into()),
-            expires: header_value(http_date(facts.next_update).into_bytes().into()),
-            // Issuer names are operator text; anything not valid in a header is dropped.
-            purge_tag: header_value(
-                purge_tag.replace(|c: char| !c.is_ascii_graphic() && c != ' ', "").into_bytes().into(),
-            ),
-        };
-        CachedResponse { der, facts, headers }
+    pub fn new(der: &[u8], facts: Facts, purge_tag: &str) -> Self {
+        let mut etag = [b'"'; 2 + 2 * 32];
+        // 32 bytes make exactly 64 hex digits: the slice always fits.
+        let _ = hex::encode_to_slice(Sha256::digest(der), &mut etag[1..65]);
+        let last_modified = http_date(facts.this_update);
+        let expires = http_date(facts.next_update);
+        // Issuer names are operator text; anything not valid in a header is dropped.
+        let mut purge_tag = purge_tag.replace(|c: char| !c.is_ascii_graphic() && c != ' ', "");
+        if purge_tag.len() > MAX_FIELD_LEN {
+            // Only thousands-of-characters issuer names get here: keep the whole tags that fit.
+            purge_tag.truncate(purge_tag[..MAX_FIELD_LEN].rfind(',').unwrap_or(0));
+        }
+        let fields = [&etag[..], last_modified.as_bytes(), expires.as_bytes(), purge_tag.as_bytes()];
+        let len = FIXED_LEN + fields.iter().map(|v| 2 + v.len()).sum::<usize>() + der.len();
+        let mut out = BytesMut::with_capacity(len);
+        out.put_u8(FORMAT);
+        out.put_u8(facts.revoked as u8);
+        out.put_i64(facts.status_version);
+        out.put_i64(facts.this_update);
+        out.put_i64(facts.next_update);
+        out.put_i64(facts.not_after);
+        for value in fields {
+            out.put_u16(value.len() as u16);
+            out.put_slice(value);
+        }
+        out.put_slice(der);
+        let value = out.freeze();
+        // Each field is printable ASCII and fits its length, so the layout always reads back.
+        Self::slice(value.clone()).unwrap_or_else(|| CachedResponse {
+            der: value.slice(len - der.len()..),
+            facts,
+            headers: Headers::empty(),
+            value,
+        })
     }
 
     /// The ETag without its quotes, for comparing with `If-None-Match`.
@@ -73,57 +106,52 @@ impl CachedResponse {
         quoted.get(1..quoted.len().saturating_sub(1)).unwrap_or_default()
     }
 
-    /// The Redis value.
+    /// The Redis value (no copy: the response is kept in that form).
     pub fn to_bytes(&self) -> Bytes {
-        let h = &self.headers;
-        let fields = [&h.etag, &h.last_modified, &h.expires, &h.purge_tag];
-        let len = FIXED_LEN + fields.iter().map(|v| 2 + v.len()).sum::<usize>() + self.der.len();
-        let mut out = BytesMut::with_capacity(len);
-        out.put_u8(FORMAT);
-        out.put_u8(self.facts.revoked as u8);
-        out.put_i64(self.facts.status_version);
-        out.put_i64(self.facts.this_update);
-        out.put_i64(self.facts.next_update);
-        out.put_i64(self.facts.not_after);
-        for value in fields {
-            out.put_u16(value.len() as u16);
-            out.put_slice(value.as_bytes());
-        }
-        out.put_slice(&self.der);
-        out.freeze()
+        self.value.clone()
     }
 
     /// Reads a Redis value; `None` for anything that is not a value this version wrote.
-    pub fn from_bytes(mut value: Bytes) -> Option<Self> {
-        if value.len() <= FIXED_LEN || value[0] != FORMAT || value[1] > 1 {
-            return None;
-        }
-        value.advance(1);
-        let facts = Facts {
-            revoked: value.get_u8() == 1,
-            status_version: value.get_i64(),
-            this_update: value.get_i64(),
-            next_update: value.get_i64(),
-            not_after: value.get_i64(),
-        };
-        let mut field = || -> Option<HeaderValue> {
-            let len = value.try_get_u16().ok()? as usize;
-            if value.len() < len {
-                return None;
-            }
-            HeaderValue::from_maybe_shared(value.split_to(len)).ok()
-        };
-        let headers = Headers { etag: field()?, last_modified: field()?, expires: field()?, purge_tag: field()? };
-        // The DER is the rest of the value: it must be exactly one complete TLV.
-        match crate::ocsp::der::read_tlv(&value) {
-            Some((_, _, [])) => Some(CachedResponse { der: value, facts, headers }),
+    pub fn from_bytes(value: Bytes) -> Option<Self> {
+        let response = Self::slice(value)?;
+        // The DER must be exactly one complete TLV.
+        match crate::ocsp::der::read_tlv(&response.der) {
+            Some((_, _, [])) => Some(response),
             _ => None,
         }
     }
+
+    /// Splits a value into its facts, header values and DER (not checked).
+    fn slice(value: Bytes) -> Option<Self> {
+        if value.len() <= FIXED_LEN || value[0] != FORMAT || value[1] > 1 {
+            return None;
+        }
+        let mut rest = value.slice(1..);
+        let facts = Facts {
+            revoked: rest.get_u8() == 1,
+            status_version: rest.get_i64(),
+            this_update: rest.get_i64(),
+            next_update: rest.get_i64(),
+            not_after: rest.get_i64(),
+        };
+        let mut field = || -> Option<HeaderValue> {
+            let len = rest.try_get_u16().ok()? as usize;
+            if rest.len() < len {
+                return None;
+            }
+            HeaderValue::from_maybe_shared(rest.split_to(len)).ok()
+        };
+        let headers = Headers { etag: field()?, last_modified: field()?, expires: field()?, purge_tag: field()? };
+        Some(CachedResponse { der: rest, facts, headers, value })
+    }
 }
 
-fn header_value(bytes: Bytes) -> HeaderValue {
-    HeaderValue::from_maybe_shared(bytes).unwrap_or_else(|_| HeaderValue::from_static(""))
+impl Headers {
+    /// No validators and no purge tag: what a response gets if its values cannot be laid out.
+    fn empty() -> Self {
+        let empty = HeaderValue::from_static("");
+        Headers { etag: empty.clone(), last_modified: empty.clone(), expires: empty.clone(), purge_tag: empty }
+    }
 }
 
 /// IMF-fixdate, always "GMT" (Boulder once sent "UTC", which is not an HTTP date).
@@ -143,7 +171,7 @@ mod tests {
             next_update: 1_700_345_600,
             not_after: 1_800_000_000,
         };
-        CachedResponse::new(Bytes::from_static(b"\x30\x03\x0a\x01\x00"), facts, "demo:0abc")
+        CachedResponse::new(b"\x30\x03\x0a\x01\x00", facts, "demo:0abc")
     }
 
     #[test]
@@ -172,9 +200,32 @@ mod tests {
     }
 
     #[test]
+    fn a_fresh_response_is_one_buffer_that_its_redis_write_sends_as_it_is() {
+        let entry = sample();
+        let value = entry.to_bytes();
+        assert_eq!(value.as_ptr(), entry.to_bytes().as_ptr(), "to_bytes copies nothing");
+        let within = |part: &[u8]| value.as_ptr_range().contains(&part.as_ptr());
+        assert!(
+            within(&entry.der) && within(entry.headers.etag.as_bytes()) && within(entry.headers.purge_tag.as_bytes())
+        );
+        assert_eq!(&value[value.len() - entry.der.len()..], b"\x30\x03\x0a\x01\x00");
+    }
+
+    #[test]
+    fn an_overlong_purge_tag_keeps_the_whole_tags_that_fit() {
+        let facts = Facts { revoked: false, status_version: 0, this_update: 0, next_update: 0, not_after: 0 };
+        let tag = format!("{}:01", "n".repeat(5000));
+        let tags = vec![tag.as_str(); 16].join(", ");
+        let entry = CachedResponse::new(b"\x30\x00", facts, &tags);
+        let kept = entry.headers.purge_tag.to_str().unwrap();
+        assert_eq!(kept.split(", ").collect::<Vec<_>>(), vec![tag.as_str(); 13], "13 whole tags fit in 65,535 bytes");
+        assert_eq!(CachedResponse::from_bytes(entry.to_bytes()).unwrap(), entry);
+    }
+
+    #[test]
     fn a_purge_tag_with_control_characters_is_cleaned() {
         let facts = Facts { revoked: false, status_version: 0, this_update: 0, next_update: 0, not_after: 0 };
-        let entry = CachedResponse::new(Bytes::from_static(b"0"), facts, "bad\nname:01");
+        let entry = CachedResponse::new(b"0", facts, "bad\nname:01");
         assert_eq!(entry.headers.purge_tag, "badname:01");
     }
 }

@@ -469,7 +469,7 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
                 next_update: next_update.timestamp(),
                 not_after,
             };
-            let response = Arc::new(CachedResponse::new(der, facts, &purge_tag(&issuer.name, &cert.serial)));
+            let response = Arc::new(CachedResponse::new(&der, facts, &purge_tag(&issuer.name, &cert.serial)));
             let cacheable = record.is_some();
             if cacheable {
                 self.local.insert(id.clone(), response.clone());
@@ -598,7 +598,7 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
         answers: &[SingleAnswer<'_>],
         nonce: Option<&[u8]>,
         now: DateTime<Utc>,
-    ) -> Result<Bytes, Failure> {
+    ) -> Result<Vec<u8>, Failure> {
         let _permit = self.limiter.acquire().await.map_err(|overloaded| {
             metrics::counter!(m::SIGNER_OVERLOADED).increment(1);
             Failure::try_later(overloaded)
@@ -619,7 +619,7 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
         recorded.seconds.record(started.elapsed().as_secs_f64());
         recorded.signatures.increment(1);
         let certs: Vec<&[u8]> = issuer.included_certs().iter().map(Bytes::as_ref).collect();
-        Ok(Bytes::from(assemble(&tbs, issuer.signer().algorithm_der(), &signature, &certs)))
+        Ok(assemble(&tbs, issuer.signer().algorithm_der(), &signature, &certs))
     }
 
     /// Writes a fresh response to Redis, until its nextUpdate. A Redis failure costs a future

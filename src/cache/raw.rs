@@ -320,11 +320,10 @@ mod tests {
     use super::*;
     use crate::entry::Facts;
     use crate::ocsp::request::CertIdVariant;
-    use bytes::Bytes;
 
     fn response(tag: u8) -> Arc<CachedResponse> {
         let facts = Facts { revoked: false, status_version: 0, this_update: 0, next_update: 1, not_after: 2 };
-        Arc::new(CachedResponse::new(Bytes::from(vec![0x30, 0x01, tag]), facts, "unit"))
+        Arc::new(CachedResponse::new(&[0x30, 0x01, tag], facts, "unit"))
     }
 
     fn id(issuer_id: i32, serial: &str, variant: CertIdVariant) -> ResponseId {

@@ -152,7 +152,6 @@ mod tests {
     use crate::entry::Facts;
     use actix_web::body::MessageBody;
     use actix_web::test::TestRequest;
-    use bytes::Bytes;
     use std::sync::Arc;
 
     fn answer(caching: Caching) -> (Answer, Arc<CachedResponse>) {
@@ -163,7 +162,7 @@ mod tests {
             next_update: 1_700_345_600,
             not_after: i64::MAX,
         };
-        let response = Arc::new(CachedResponse::new(Bytes::from_static(b"0\x03\n\x01\x00"), facts, "demo:0abc"));
+        let response = Arc::new(CachedResponse::new(b"0\x03\n\x01\x00", facts, "demo:0abc"));
         (Answer::Response { response: response.clone(), caching, changed_at: None }, response)
     }
 

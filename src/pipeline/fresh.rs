@@ -74,7 +74,7 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
             not_after: i64::MAX,
         };
         let tags = request.certs.iter().map(|c| purge_tag(&issuer.name, &c.serial)).collect::<Vec<_>>().join(", ");
-        let response = Arc::new(CachedResponse::new(der, facts, &tags));
+        let response = Arc::new(CachedResponse::new(&der, facts, &tags));
         let changed_at =
             keys.iter().filter_map(|(issuer_id, serial)| self.changes.heard(*issuer_id, serial).changed_at()).max();
         Answer::Response { response, caching, changed_at }
