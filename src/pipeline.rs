@@ -325,9 +325,23 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
             }
             Ok(Produced::Refused(status)) => Answer::Error(status),
             Err(failure) => match still_valid {
-                Some(response) => Answer::Response { response, caching: Caching::Public, changed_at },
-                None => Answer::Error(failure.status),
+                Some(response) if self.still_servable(&id, &response).await => {
+                    Answer::Response { response, caching: Caching::Public, changed_at }
+                }
+                _ => Answer::Error(failure.status),
             },
+        }
+    }
+
+    /// Whether a cached response kept as the fallback of a failed refresh may still go out.
+    /// It was checked before the flight, which can take seconds (a full signing queue, a slow
+    /// read); a change heard meanwhile, or the feed lost, must not let the old status out.
+    async fn still_servable(&self, id: &ResponseId, response: &CachedResponse) -> bool {
+        let heard = self.changes.heard(id.issuer_id, &id.serial);
+        match self.freshness(&heard, response, Utc::now().timestamp()) {
+            Freshness::Serve | Freshness::Refresh => true,
+            Freshness::Verify(why) => self.confirmed_by_primary(id, response, why).await,
+            Freshness::Unusable => false,
         }
     }
 

@@ -11,6 +11,7 @@ use crate::cache::keys::purge_tag;
 use crate::cache::ResponseCache;
 use crate::config::NoncePolicy;
 use crate::entry::{CachedResponse, Facts};
+use crate::feed::log::ReadStart;
 use crate::ocsp::request::OcspRequest;
 use crate::ocsp::response::{CertStatusAnswer, SingleAnswer};
 use crate::ocsp::OcspErrorStatus;
@@ -38,45 +39,59 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
             return Answer::Error(OcspErrorStatus::Unauthorized);
         }
         let keys: Vec<(i32, Serial)> = request.certs.iter().map(|c| (issuer.id, c.serial.clone())).collect();
-        let records = match self.read_statuses(&keys).await {
-            Ok(records) => records,
-            Err(failure) => return Answer::Error(failure.status),
-        };
-        let now = Utc::now();
-        let mut answers = Vec::with_capacity(records.len());
-        for (cert, record) in request.certs.iter().zip(&records) {
-            match self.status_answer(record.as_ref(), now) {
-                Ok(status) => {
-                    let (this_update, next_update) = self.validity_window(now, &status);
-                    answers.push(SingleAnswer { cert_id: &cert.cert_id, status, this_update, next_update });
+        // A status change heard while reading or signing means the read may predate it: read
+        // again, as a flight does.
+        for _ in 0..3 {
+            let began = ReadStart::now();
+            let records = match self.read_statuses(&keys).await {
+                Ok(records) => records,
+                Err(failure) => return Answer::Error(failure.status),
+            };
+            let now = Utc::now();
+            let mut answers = Vec::with_capacity(records.len());
+            for (cert, record) in request.certs.iter().zip(&records) {
+                match self.status_answer(record.as_ref(), now) {
+                    Ok(status) => {
+                        let (this_update, next_update) = self.validity_window(now, &status);
+                        answers.push(SingleAnswer { cert_id: &cert.cert_id, status, this_update, next_update });
+                    }
+                    Err(refusal) => return Answer::Error(refusal),
                 }
-                Err(refusal) => return Answer::Error(refusal),
             }
+            let der = match self.sign(issuer, &answers, nonce, now).await {
+                Ok(der) => der,
+                Err(failure) => return Answer::Error(failure.status),
+            };
+            let current = keys.iter().zip(&records).all(|((issuer_id, serial), record)| {
+                let version = record.as_ref().map_or(0, |r| r.version);
+                self.changes.heard(*issuer_id, serial).read_is_current(version, began)
+            });
+            if !current {
+                continue;
+            }
+            let all_issued = records.iter().all(Option::is_some);
+            let caching = match (nonce, all_issued) {
+                (Some(_), _) => Caching::NoStore,
+                (None, false) => Caching::NoCache,
+                (None, true) => Caching::Public,
+            };
+            let revoked = answers.iter().any(|a| matches!(a.status, CertStatusAnswer::Revoked { .. }));
+            // Several answers may have several thisUpdates: the headers take the earliest (the
+            // oldest knowledge in it) and the earliest nextUpdate.
+            let facts = Facts {
+                revoked,
+                status_version: 0,
+                this_update: answers.iter().map(|a| a.this_update.timestamp()).min().unwrap_or(now.timestamp()),
+                next_update: answers.iter().map(|a| a.next_update.timestamp()).min().unwrap_or(now.timestamp()),
+                not_after: i64::MAX,
+            };
+            let tags = request.certs.iter().map(|c| purge_tag(&issuer.name, &c.serial)).collect::<Vec<_>>().join(", ");
+            let response = Arc::new(CachedResponse::new(&der, facts, &tags));
+            let changed_at =
+                keys.iter().filter_map(|(issuer_id, serial)| self.changes.heard(*issuer_id, serial).changed_at()).max();
+            return Answer::Response { response, caching, changed_at };
         }
-        let der = match self.sign(issuer, &answers, nonce, now).await {
-            Ok(der) => der,
-            Err(failure) => return Answer::Error(failure.status),
-        };
-        let all_issued = records.iter().all(Option::is_some);
-        let caching = match (nonce, all_issued) {
-            (Some(_), _) => Caching::NoStore,
-            (None, false) => Caching::NoCache,
-            (None, true) => Caching::Public,
-        };
-        let revoked = answers.iter().any(|a| matches!(a.status, CertStatusAnswer::Revoked { .. }));
-        // Several answers may have several thisUpdates: the headers take the earliest (the
-        // oldest knowledge in it) and the earliest nextUpdate.
-        let facts = Facts {
-            revoked,
-            status_version: 0,
-            this_update: answers.iter().map(|a| a.this_update.timestamp()).min().unwrap_or(now.timestamp()),
-            next_update: answers.iter().map(|a| a.next_update.timestamp()).min().unwrap_or(now.timestamp()),
-            not_after: i64::MAX,
-        };
-        let tags = request.certs.iter().map(|c| purge_tag(&issuer.name, &c.serial)).collect::<Vec<_>>().join(", ");
-        let response = Arc::new(CachedResponse::new(&der, facts, &tags));
-        let changed_at =
-            keys.iter().filter_map(|(issuer_id, serial)| self.changes.heard(*issuer_id, serial).changed_at()).max();
-        Answer::Response { response, caching, changed_at }
+        tracing::warn!(issuer = %issuer.name, "status kept changing while signing: tryLater");
+        Answer::Error(OcspErrorStatus::TryLater)
     }
 }

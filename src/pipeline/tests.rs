@@ -70,6 +70,18 @@ struct FakeStore {
     panic_once: AtomicBool,
 }
 
+impl FakeStore {
+    /// Imports a certificate (version 0), or changes its status (the next version), as the
+    /// admin CLI would in Postgres. Returns the row's version.
+    fn write(&self, serial: &str, not_after: DateTime<Utc>, revocation: Option<Revocation>) -> i64 {
+        let serial = Serial::from_hex(serial).unwrap();
+        let mut rows = self.rows.lock().unwrap();
+        let version = rows.get(&(ISSUER_ID, serial.clone())).map_or(0, |r| r.version + 1);
+        rows.insert((ISSUER_ID, serial), CertRecord { not_after, revocation, version });
+        version
+    }
+}
+
 impl StatusStore for FakeStore {
     async fn lookup(&self, keys: &[(i32, Serial)], from: ReadFrom) -> Result<StatusRead, StoreError> {
         if self.down.load(Ordering::SeqCst) {
@@ -94,11 +106,15 @@ impl StatusStore for FakeStore {
     }
 }
 
+/// Something that happens while a response is being signed (a status change heard then).
+type DuringSigning = Arc<Mutex<Option<Box<dyn FnOnce() + Send>>>>;
+
 /// The real software signer, counted, and switchable off.
 struct CountingSigner {
     inner: SoftwareSigner,
     signatures: Arc<AtomicUsize>,
     broken: Arc<AtomicBool>,
+    during_signing: DuringSigning,
 }
 
 impl Signer for CountingSigner {
@@ -109,6 +125,9 @@ impl Signer for CountingSigner {
         self.inner.public_key_spki_der()
     }
     fn sign<'a>(&'a self, tbs: &'a TbsResponseData) -> BoxFuture<'a, Result<Vec<u8>, SignerError>> {
+        if let Some(event) = self.during_signing.lock().unwrap().take() {
+            event();
+        }
         if self.broken.load(Ordering::SeqCst) {
             return Box::pin(std::future::ready(Err(SignerError::Sign("token removed".into()))));
         }
@@ -124,6 +143,7 @@ struct Harness {
     responder: Arc<Responder<FakeCache, FakeStore>>,
     signatures: Arc<AtomicUsize>,
     signer_broken: Arc<AtomicBool>,
+    during_signing: DuringSigning,
     changes: Arc<ChangeLog>,
 }
 
@@ -137,6 +157,7 @@ fn harness(policy: ResponsesConfig) -> Harness {
 fn harness_with_local(policy: ResponsesConfig, local_entries: usize) -> Harness {
     let signatures = Arc::new(AtomicUsize::new(0));
     let signer_broken = Arc::new(AtomicBool::new(false));
+    let during_signing = DuringSigning::default();
     let signer = CountingSigner {
         // From memory: a checked-out key file is 0644, which a key file may not be.
         inner: SoftwareSigner::from_pem(
@@ -147,6 +168,7 @@ fn harness_with_local(policy: ResponsesConfig, local_entries: usize) -> Harness 
         .unwrap(),
         signatures: signatures.clone(),
         broken: signer_broken.clone(),
+        during_signing: during_signing.clone(),
     };
     let issuer = Issuer::with_signer(ISSUER_ID, "unit".into(), CA_DER, None, Arc::new(signer)).unwrap();
     let changes = Arc::new(ChangeLog::new(policy.max_remembered_changes));
@@ -161,26 +183,33 @@ fn harness_with_local(policy: ResponsesConfig, local_entries: usize) -> Harness 
         policy,
         "unit".into(),
     ));
-    Harness { responder, signatures, signer_broken, changes }
+    Harness { responder, signatures, signer_broken, during_signing, changes }
 }
 
 impl Harness {
     /// Imports a certificate (version 0), or changes its status (the next version), as the
     /// admin CLI would in Postgres. Returns the row's version.
     fn add(&self, serial: &str, not_after: DateTime<Utc>, revocation: Option<Revocation>) -> i64 {
-        let serial = Serial::from_hex(serial).unwrap();
-        let mut rows = self.responder.store.rows.lock().unwrap();
-        let version = rows.get(&(ISSUER_ID, serial.clone())).map_or(0, |r| r.version + 1);
-        rows.insert((ISSUER_ID, serial), CertRecord { not_after, revocation, version });
-        version
+        self.responder.store.write(serial, not_after, revocation)
     }
 
     /// Changes a status and lets this responder hear of it, as the listener would.
     fn change(&self, serial: &str, not_after: DateTime<Utc>, revocation: Option<Revocation>) {
         let revoked = revocation.is_some();
         let version = self.add(serial, not_after, revocation);
-        let serial = Serial::from_hex(serial).unwrap();
-        self.changes.record(&StatusChange { issuer_id: ISSUER_ID, serial, revoked, version }, Utc::now().timestamp());
+        hear(&self.changes, serial, revoked, version);
+    }
+
+    /// While the next signature is made, `serial` is revoked and this responder hears of it,
+    /// as if the revocation committed and its notification arrived while the signer worked.
+    fn revoke_during_next_signature(&self, serial: &str) {
+        let (responder, changes, serial) = (Arc::downgrade(&self.responder), self.changes.clone(), serial.to_owned());
+        *self.during_signing.lock().unwrap() = Some(Box::new(move || {
+            let Some(responder) = responder.upgrade() else { return };
+            let revocation = Revocation { at: Utc::now(), reason: RevocationReason::KeyCompromise };
+            let version = responder.store.write(&serial, in_days(30), Some(revocation));
+            hear(&changes, &serial, true, version);
+        }));
     }
 
     fn request(&self, serials: &[&str], nonce: Option<&[u8]>) -> OcspRequest {
@@ -207,6 +236,12 @@ impl Harness {
     fn reads(&self) -> usize {
         self.responder.store.reads.load(Ordering::SeqCst)
     }
+}
+
+/// Records a status change in `changes`, as the listener does for a notification.
+fn hear(changes: &ChangeLog, serial: &str, revoked: bool, version: i64) {
+    let serial = Serial::from_hex(serial).unwrap();
+    changes.record(&StatusChange { issuer_id: ISSUER_ID, serial, revoked, version }, Utc::now().timestamp());
 }
 
 /// A request for `serials` (NULL hash parameters), DER.
@@ -354,6 +389,22 @@ async fn a_response_due_for_refresh_is_still_served_when_re_signing_fails() {
 }
 
 #[tokio::test]
+async fn a_response_whose_refresh_fails_is_not_served_once_a_change_has_been_heard() {
+    // Every response is due for refresh at once: a hit keeps it only as the fallback.
+    let h = harness(ResponsesConfig { refresh_after: Duration::ZERO, ..Default::default() });
+    h.add("1111", in_days(30), None);
+    assert_eq!(statuses(&h.ask("1111").await).0, vec![CertStatus::Good]);
+    h.responder.sweep();
+    // The refresh reads "good"; while it signs, the revocation is committed and heard, and
+    // the signature fails. The cached "good" must not go out as the fallback.
+    h.revoke_during_next_signature("1111");
+    h.signer_broken.store(true, Ordering::SeqCst);
+    assert_eq!(error(&h.ask("1111").await), OcspErrorStatus::TryLater);
+    h.signer_broken.store(false, Ordering::SeqCst);
+    assert!(matches!(statuses(&h.ask("1111").await).0[0], CertStatus::Revoked(_)));
+}
+
+#[tokio::test]
 async fn a_broken_signer_means_try_later_for_misses() {
     let h = harness(ResponsesConfig::default());
     h.add("1201", in_days(30), None);
@@ -408,6 +459,20 @@ async fn several_cert_ids_are_answered_in_one_response_with_one_read() {
         error(&h.responder.answer(h.request(&["1501", "15ff"], None), None).await),
         OcspErrorStatus::Unauthorized
     );
+}
+
+#[tokio::test]
+async fn several_cert_ids_are_read_again_when_a_change_is_heard_while_signing() {
+    let h = harness(ResponsesConfig::default());
+    h.add("1511", in_days(30), None);
+    h.add("1512", in_days(30), None);
+    // Both read "good"; 1511 is revoked and heard of while the response is signed, so that
+    // response may predate the revocation: it is read and signed again.
+    h.revoke_during_next_signature("1511");
+    let (status, caching) = statuses(&h.responder.answer(h.request(&["1511", "1512"], None), None).await);
+    assert!(matches!(status[0], CertStatus::Revoked(_)), "{status:?}");
+    assert_eq!((status[1].clone(), caching), (CertStatus::Good, Caching::Public));
+    assert_eq!(h.signatures(), 2);
 }
 
 #[tokio::test]
