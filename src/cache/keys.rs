@@ -7,6 +7,8 @@
 //! All four share a Redis Cluster hash tag, `{issuer:serial}`, so one DEL removes them all
 //! even in cluster mode.
 
+use std::fmt::Write as _;
+
 use crate::ocsp::request::CertIdVariant;
 use crate::serial::Serial;
 
@@ -22,7 +24,6 @@ fn suffix(variant: CertIdVariant) -> &'static str {
 
 /// The Redis key of one cached response: `{prefix}:{<issuer_id>:<serialhex>}:<variant>`.
 pub fn response_key(prefix: &str, issuer_id: i32, serial: &Serial, variant: CertIdVariant) -> String {
-    use std::fmt::Write as _;
     // Built on every request: one allocation, sized up front (i32 has at most 11 characters).
     let mut key = String::with_capacity(prefix.len() + 2 * serial.as_bytes().len() + 20);
     key.push_str(prefix);
@@ -41,9 +42,13 @@ pub fn all_response_keys(prefix: &str, issuer_id: i32, serial: &Serial) -> Vec<S
 }
 
 /// The purge tag of a certificate: the `Cache-Tag` header value the responder sends with its
-/// responses, and what the CDN purge hook is given (see [`crate::purge::cdn`]).
+/// responses, and what the CDN purge hook is given (see [`crate::purge::cdn`]). Issuer names
+/// are operator text: what a header cannot carry (anything but printable ASCII and spaces) is
+/// dropped here, so that the header and the hook are given the same tag.
 pub fn purge_tag(issuer_name: &str, serial: &Serial) -> String {
-    format!("{issuer_name}:{serial}")
+    let mut tag: String = issuer_name.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').collect();
+    let _ = write!(tag, ":{serial}");
+    tag
 }
 
 #[cfg(test)]
@@ -64,5 +69,12 @@ mod tests {
         );
         let unique: std::collections::HashSet<_> = keys.iter().collect();
         assert_eq!(unique.len(), 4);
+    }
+
+    #[test]
+    fn a_purge_tag_keeps_only_what_a_header_can_carry() {
+        let serial = Serial::from_hex("0a:bc").unwrap();
+        assert_eq!(purge_tag("Société CA\n2", &serial), "Socit CA2:0abc");
+        assert_eq!(purge_tag("demo", &serial), "demo:0abc");
     }
 }
