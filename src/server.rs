@@ -240,12 +240,13 @@ async fn readiness(probes: web::Data<Probes>) -> HttpResponse {
             problems.push(format!("issuer {}: {e}", issuer.name));
         }
     }
+    // Unproven for a moment, the feed costs primary confirmations; lost, a reconnection.
     let feed = &responder.changes().feed;
-    if !feed.is_live() {
+    if feed.is_lost() {
         let age = feed.proof_age().map_or("never".to_owned(), |age| format!("{:.1} s ago", age.as_secs_f64()));
         problems.push(format!(
-            "status-change feed: not proven alive (last heartbeat back: {age}); cached responses are served only \
-             after the primary confirms them"
+            "status-change feed: not proven alive (last heartbeat back: {age}); reconnecting, and cached \
+             responses are served only after the primary confirms them"
         ));
     }
     let notes: String = change_log_note(responder).map(|note| note + "\n").unwrap_or_default();

@@ -1,5 +1,5 @@
 //! Hears committed status changes from Postgres (LISTEN) and applies them to this instance,
-//! and proves, once a second, that it still hears them.
+//! and proves, four times a second, that it still hears them.
 //!
 //! On every (re)connection it first listens, then reads every change of the last validity
 //! window from `certificates.changed_at`, so nothing committed while it was away is missed,
@@ -12,10 +12,11 @@
 //! Postgres delivers notifications in commit order, so when a heartbeat sent at `t` comes
 //! back, every change committed before `t` has been heard: that is the feed's proof of life
 //! ([`crate::feed::log::FeedHealth`]). The same query reads the primary's WAL position, which
-//! bounds how far a replica read may lag. A heartbeat that does not come back within
-//! [`crate::feed::log::FEED_DEADLINE`] closes the connection and starts again; meanwhile the
-//! pipeline serves only responses the primary confirms. TCP keepalives and a TCP user timeout
-//! on the connection make the kernel notice a dead peer too.
+//! bounds how far a replica read may lag. While no heartbeat has come back within
+//! [`crate::feed::log::FEED_DEADLINE`] (one second), the pipeline serves only responses the
+//! primary confirms; after [`crate::feed::log::FEED_LOST_AFTER`] the connection is closed and
+//! started again. TCP keepalives and a TCP user timeout on the connection make the kernel
+//! notice a dead peer too.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +26,7 @@ use futures_util::{stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_postgres::AsyncMessage;
 
-use crate::feed::log::{ChangeLog, FEED_DEADLINE};
+use crate::feed::log::{ChangeLog, FEED_LOST_AFTER};
 use crate::feed::payload::{StatusChange, StatusChanges, CHANNEL};
 use crate::issuers::CHANNEL as ISSUERS_CHANNEL;
 use crate::metrics as m;
@@ -34,8 +35,8 @@ use crate::store::Lsn;
 use crate::tls::TlsFiles;
 
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
-/// How often the feed proves itself alive.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the feed proves itself alive: a quarter of [`crate::feed::log::FEED_DEADLINE`].
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(250);
 /// The `application_name` of the listening connection, so operators (and fault tests) can
 /// tell it from the pool's connections in `pg_stat_activity`.
 pub const APPLICATION_NAME: &str = "jitocsp-listener";
@@ -58,7 +59,7 @@ pub enum ListenError {
     Postgres(#[from] tokio_postgres::Error),
     #[error("postgres connection set-up: {0}")]
     Setup(#[from] crate::db::tls::PgTlsError),
-    #[error("{0} did not answer within {FEED_DEADLINE:?}")]
+    #[error("{0} did not answer within {FEED_LOST_AFTER:?}")]
     Timeout(&'static str),
     #[error("no heartbeat came back for {0:?}")]
     Silent(Duration),
@@ -84,7 +85,7 @@ async fn bounded<T>(
     what: &'static str,
     step: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
 ) -> Result<T, ListenError> {
-    tokio::time::timeout(FEED_DEADLINE, step).await.map_err(|_| ListenError::Timeout(what))?.map_err(Into::into)
+    tokio::time::timeout(FEED_LOST_AFTER, step).await.map_err(|_| ListenError::Timeout(what))?.map_err(Into::into)
 }
 
 async fn listen<R: Subscriber>(
@@ -96,12 +97,12 @@ async fn listen<R: Subscriber>(
     let crate::db::tls::PgTarget { mut config, tls, .. } = crate::db::tls::PgTarget::new(database_url, tls)?;
     config
         .application_name(APPLICATION_NAME)
-        .connect_timeout(FEED_DEADLINE)
+        .connect_timeout(FEED_LOST_AFTER)
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(5))
         .keepalives_interval(Duration::from_secs(1))
         .keepalives_retries(3)
-        .tcp_user_timeout(FEED_DEADLINE);
+        .tcp_user_timeout(FEED_LOST_AFTER);
     let (client, mut connection) = bounded("connecting", config.connect(tls)).await?;
     let (sender, mut notifications) = mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
@@ -161,7 +162,7 @@ async fn listen<R: Subscriber>(
             _ = check.tick() => {
                 let feed = &responder.changes().feed;
                 let silent_for = feed.proof_age().unwrap_or_else(|| connected_at.elapsed());
-                if silent_for >= FEED_DEADLINE {
+                if silent_for >= FEED_LOST_AFTER {
                     return Err(ListenError::Silent(silent_for));
                 }
                 let live = feed.is_live();
@@ -183,7 +184,7 @@ async fn heartbeats<R: Subscriber>(client: Arc<tokio_postgres::Client>, channel:
         let payload = crate::feed::log::FeedHealth::stamp(sent).to_string();
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&channel, &payload];
         let query = client.query_one("SELECT pg_notify($1, $2), pg_current_wal_lsn()::text", &params);
-        match tokio::time::timeout(FEED_DEADLINE, query).await {
+        match tokio::time::timeout(FEED_LOST_AFTER, query).await {
             Ok(Ok(row)) => {
                 if let Some(lsn) = row.get::<_, Option<&str>>(1).and_then(Lsn::parse) {
                     responder.changes().feed.note_primary_position(sent, lsn);
@@ -194,7 +195,7 @@ async fn heartbeats<R: Subscriber>(client: Arc<tokio_postgres::Client>, channel:
                 return;
             }
             Err(_) => {
-                tracing::warn!("heartbeat not answered within {FEED_DEADLINE:?}");
+                tracing::warn!("heartbeat not answered within {FEED_LOST_AFTER:?}");
                 return;
             }
         }

@@ -13,7 +13,8 @@
 //! That is only as good as the change feed. [`FeedHealth`] holds the feed's last proof of
 //! life (a notification round trip through the listening connection, see `listener`): while
 //! the proof is older than [`FEED_DEADLINE`], cached responses are served only after the
-//! primary confirms them. It also keeps the primary's recent WAL positions, so a replica read
+//! primary confirms them. After [`FEED_LOST_AFTER`] without one, the listener gives the
+//! connection up and reconnects, and the instance reports itself not ready. It also keeps the primary's recent WAL positions, so a replica read
 //! can be bounded in lag (see [`FeedHealth::replica_is_recent`]).
 //!
 //! # What a remembered change costs
@@ -71,9 +72,16 @@ pub(crate) use runs::KeyHasher;
 use runs::{Key, Recent, Run, State};
 
 /// How old the feed's last proof of life may be before cached responses need confirming by
-/// the primary. With the listener's one-second heartbeat, a change committed while the feed
-/// is silently dead is served stale for at most this long.
-pub const FEED_DEADLINE: Duration = Duration::from_secs(5);
+/// the primary: a change committed while the feed is silently dead is served stale for at
+/// most this long, the one second the contract allows (SPEC invariants 1 and 5). The
+/// listener's heartbeat comes every [`crate::feed::listener::HEARTBEAT_INTERVAL`], so a proof
+/// is normally a quarter of that old, and a round trip may take 750 ms before it counts.
+pub const FEED_DEADLINE: Duration = Duration::from_secs(1);
+
+/// How long the feed may go unproven before the listener gives its connection up and
+/// reconnects, and `/readyz` reports it: longer than [`FEED_DEADLINE`], so that a slow round
+/// trip costs primary confirmations for a moment, not a reconnection and a catch-up.
+pub const FEED_LOST_AFTER: Duration = Duration::from_secs(5);
 
 /// The most a replica may lag for its reads to be used. Far below any response validity, so
 /// every change a replica read could predate is still remembered (see `prune`), or below the
@@ -426,8 +434,9 @@ impl<S: BuildHasher> ChangeLog<S> {
     }
 }
 
-/// How many recent primary WAL positions are kept (one per heartbeat).
-const POSITIONS: usize = 128;
+/// How many recent primary WAL positions are kept (one per heartbeat, four a second): about
+/// two minutes, twice [`MAX_REPLICA_LAG`].
+const POSITIONS: usize = 512;
 
 /// The change feed's proof of life, and the primary's recent WAL positions.
 #[derive(Default)]
@@ -444,7 +453,7 @@ fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     *EPOCH.get_or_init(|| {
         let now = Instant::now();
-        now.checked_sub(FEED_DEADLINE * 4).unwrap_or(now)
+        now.checked_sub(Duration::from_secs(60)).unwrap_or(now)
     })
 }
 
@@ -487,6 +496,11 @@ impl FeedHealth {
     /// Whether the feed can be trusted on its own: proven within [`FEED_DEADLINE`].
     pub fn is_live(&self) -> bool {
         self.proof_age().is_some_and(|age| age < FEED_DEADLINE)
+    }
+
+    /// Whether the feed has gone unproven for [`FEED_LOST_AFTER`] (or never was proven).
+    pub fn is_lost(&self) -> bool {
+        self.proof_age().is_none_or(|age| age >= FEED_LOST_AFTER)
     }
 
     /// Records the primary's WAL insert position at `at`.
