@@ -78,7 +78,11 @@ pub async fn insert(
 }
 
 /// The signing setup of the issuer named `name`, locked until the transaction ends: (id,
-/// CA certificate, signer, delegated responder certificate, retired).
+/// CA certificate, signer, delegated responder certificate, retired). `FOR NO KEY UPDATE`,
+/// the lock the later `UPDATE` of these columns takes anyway: it serialises signer changes
+/// and retirements of the issuer, and leaves the `FOR KEY SHARE` locks of its certificates'
+/// and audit rows' foreign keys alone, so imports and revocations go on while a slow signer
+/// (a network HSM's login) is opened and checked.
 pub async fn signing_for_update(
     tx: &Transaction<'_>,
     name: &str,
@@ -86,7 +90,7 @@ pub async fn signing_for_update(
     let row = tx
         .query_opt(
             "SELECT id, name, cert_der, signer, responder_cert_der, retired_at IS NOT NULL \
-             FROM issuers WHERE name = $1 FOR UPDATE",
+             FROM issuers WHERE name = $1 FOR NO KEY UPDATE",
             &[&name],
         )
         .await?;

@@ -94,3 +94,27 @@ async fn issuer_add_list_and_refusals() {
     f.admin(&["import", "--issuer", "no-such-issuer", "-"], Some("01,2030-01-01T00:00:00Z\n"))
         .fails(2, &["no-such-issuer"]);
 }
+
+/// `issuer set-signer` and `issuer retire` hold their issuer's row while they open and check
+/// the new signer (for a network HSM, a login that can take long). That lock must serialise
+/// them against each other only, not hold up the imports and revocations of that issuer,
+/// whose foreign keys lock the same row in KEY SHARE mode.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_issuer_locked_for_a_signer_change_still_takes_imports_and_revocations() {
+    if skip_unless(&[Need::Postgres, Need::Redis, Need::Openssl]) {
+        return;
+    }
+    let f = Fixture::new("signer-lock").await;
+    let mut holder = f.db().await;
+    let change = holder.transaction().await.unwrap();
+    let locked = jitocsp::db::issuers::signing_for_update(&change, &f.name).await.unwrap();
+    assert!(locked.is_some(), "the issuer is registered");
+
+    let other = f.db().await;
+    other.batch_execute("SET lock_timeout = '3s'").await.unwrap();
+    let insert =
+        "INSERT INTO certificates (issuer_id, serial, not_after) VALUES ($1, '\\x7a01', now() + interval '1 day')";
+    let imported = other.execute(insert, &[&f.id]).await;
+    assert!(imported.is_ok(), "an import waited for the signer change: {imported:?}");
+    change.rollback().await.unwrap();
+}
