@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use jitocsp::admin::AdminCommand;
-use jitocsp::config::{Config, LogFormat};
+use jitocsp::config::{Config, Flag, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 /// The request path allocates small, short-lived buffers (request decoding, header values);
@@ -48,7 +48,19 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let mut config = match Config::load(cli.config.as_deref()) {
+    let flags = match &cli.command {
+        Command::Serve { listen, metrics_listen } => {
+            let flag = |key, name, value: &Option<String>| {
+                value.clone().map(|value| Flag { section: "server", key, name, value })
+            };
+            [flag("listen", "--listen", listen), flag("metrics_listen", "--metrics-listen", metrics_listen)]
+                .into_iter()
+                .flatten()
+                .collect()
+        }
+        _ => Vec::new(),
+    };
+    let config = match Config::load(cli.config.as_deref(), &flags) {
         Ok(config) => config,
         Err(error) => return ExitCode::from(report(&error, 2) as u8),
     };
@@ -79,18 +91,10 @@ fn main() -> ExitCode {
                     Err(error) => report(&error, error.exit_code()),
                 }
             }
-            Command::Serve { listen, metrics_listen } => {
-                if let Some(listen) = listen {
-                    config.server.listen = listen;
-                }
-                if let Some(metrics_listen) = metrics_listen {
-                    config.server.metrics_listen = metrics_listen;
-                }
-                match jitocsp::server::serve(config).await {
-                    Ok(()) => 0,
-                    Err(error) => report(&error, 1),
-                }
-            }
+            Command::Serve { .. } => match jitocsp::server::serve(config).await {
+                Ok(()) => 0,
+                Err(error) => report(&error, 1),
+            },
             Command::Admin(command) => match jitocsp::admin::run(command, &config).await {
                 Ok(()) => 0,
                 Err(error) => report(&error, error.exit_code()),

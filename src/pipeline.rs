@@ -583,7 +583,7 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
             };
         };
         let grace = TimeDelta::from_std(self.policy.expired_grace).unwrap_or(TimeDelta::zero());
-        if now > record.not_after + grace {
+        if record.not_after.checked_add_signed(grace).is_some_and(|last_day| now > last_day) {
             return Err(OcspErrorStatus::Unauthorized);
         }
         Ok(match record.revocation {

@@ -107,6 +107,7 @@ enum Origin {
     Default,
     File(PathBuf),
     Env(String),
+    Flag(&'static str),
 }
 
 impl fmt::Display for Origin {
@@ -115,6 +116,7 @@ impl fmt::Display for Origin {
             Origin::Default => f.write_str("the default"),
             Origin::File(p) => write!(f, "config file {}", p.display()),
             Origin::Env(v) => write!(f, "environment variable {v}"),
+            Origin::Flag(name) => write!(f, "command-line flag {name}"),
         }
     }
 }
@@ -131,6 +133,17 @@ impl Origins {
     fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
         ConfigError::Invalid { key: key.to_string(), origin: self.of(key).to_string(), message: message.into() }
     }
+}
+
+/// A command-line flag that sets a configuration key (a string), over the file and the
+/// environment, and is validated with them: a bad value names the flag and exits 2.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Flag {
+    pub section: &'static str,
+    pub key: &'static str,
+    /// The flag as the user typed it (`--listen`), for error messages.
+    pub name: &'static str,
+    pub value: String,
 }
 
 /// The file and environment values merged, as one TOML table of sections.
@@ -168,8 +181,8 @@ fn joined<'a>(names: impl Iterator<Item = &'a String>) -> String {
 impl Config {
     /// Loads the configuration: the file at `path` (which must exist), else `jitocsp.toml` in
     /// the working directory if present, else the defaults; then the process environment's
-    /// overrides; then validates.
-    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+    /// overrides; then the command line's `flags`; then validates.
+    pub fn load(path: Option<&Path>, flags: &[Flag]) -> Result<Config, ConfigError> {
         let mut env = Vec::new();
         for (name, value) in std::env::vars_os() {
             let Some(name) = name.to_str() else { continue };
@@ -181,13 +194,21 @@ impl Config {
                 Err(_) => return Err(ConfigError::EnvNotUnicode { var: name.to_string() }),
             }
         }
-        Self::load_from(path, env)
+        Self::load_with_flags(path, env, flags)
     }
 
-    /// [`Config::load`] with an explicit environment, for tests.
+    /// [`Config::load`] with an explicit environment and no flags, for tests.
     pub fn load_from(
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        Self::load_with_flags(path, env, &[])
+    }
+
+    fn load_with_flags(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &[Flag],
     ) -> Result<Config, ConfigError> {
         let file = match path {
             Some(p) => Some(p.to_path_buf()),
@@ -196,11 +217,21 @@ impl Config {
                 p.is_file().then_some(p)
             }
         };
-        Self::load_inner(file.as_deref(), env)
+        Self::load_layers(file.as_deref(), env, flags)
     }
 
     /// Loads `file` (if any) and `env`; never looks at the working directory.
+    #[cfg(test)]
     fn load_inner(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        Self::load_layers(file, env, &[])
+    }
+
+    /// Loads `file` (if any), `env` and `flags`; never looks at the working directory.
+    fn load_layers(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &[Flag],
+    ) -> Result<Config, ConfigError> {
         let schema = schema();
         let mut layers = Layers::default();
         if let Some(path) = file {
@@ -209,6 +240,9 @@ impl Config {
             read_file(&mut layers, &schema, path, &text)?;
         }
         read_env(&mut layers, &schema, env)?;
+        for flag in flags {
+            layers.set(flag.section, flag.key, toml::Value::String(flag.value.clone()), Origin::Flag(flag.name));
+        }
         let mut config = deserialize(&layers, &schema)?;
         config.cdn.base_url = config.cdn.base_url.trim_end_matches('/').to_owned();
         secrets::apply(&mut config, &layers.origins)?;

@@ -511,3 +511,24 @@ fn tls_keys_parsed_and_checked() {
     )
     .unwrap();
 }
+
+#[test]
+fn serve_flags_override_the_environment_and_are_validated_by_name() {
+    let flag = |key, name, value: &str| Flag { section: "server", key, name, value: value.to_owned() };
+    let vars = env(&[("JITOCSP_SERVER_LISTEN", "127.0.0.1:1")]);
+    let c = Config::load_layers(None, vars, &[flag("listen", "--listen", "127.0.0.1:2")]).unwrap();
+    assert_eq!(c.server.listen, "127.0.0.1:2");
+    let e = Config::load_layers(None, env(&[]), &[flag("listen", "--listen", "garbage")]).unwrap_err().to_string();
+    assert!(e.contains("server.listen") && e.contains("--listen") && e.contains("garbage"), "{e}");
+    let same = [flag("listen", "--listen", "127.0.0.1:7"), flag("metrics_listen", "--metrics-listen", "127.0.0.1:7")];
+    let e = Config::load_layers(None, env(&[]), &same).unwrap_err().to_string();
+    assert!(e.contains("--metrics-listen") && e.contains("own address"), "{e}");
+}
+
+#[test]
+fn an_expired_grace_past_a_century_is_refused() {
+    let e = Config::load_inner(None, env(&[("JITOCSP_RESPONSES_EXPIRED_GRACE", "200000years")])).unwrap_err();
+    assert!(e.to_string().contains("responses.expired_grace"), "{e}");
+    let c = Config::load_inner(None, env(&[("JITOCSP_RESPONSES_EXPIRED_GRACE", "10years")])).unwrap();
+    assert_eq!(c.responses.expired_grace, Duration::from_secs(10 * 31_557_600));
+}

@@ -43,6 +43,10 @@ const MAX_CDN_BATCH: usize = 1000;
 const MIN_CDN_RATE: f64 = 0.001;
 const MAX_CDN_RATE: f64 = 1000.0;
 
+/// `responses.expired_grace` bound: a century, past any archive's retention, and short
+/// enough that a certificate's notAfter plus the grace is always a date.
+const MAX_EXPIRED_GRACE: Duration = Duration::from_secs(100 * 36525 * 864);
+
 fn show(d: Duration) -> humantime::FormattedDuration {
     humantime::format_duration(d)
 }
@@ -143,6 +147,10 @@ pub(super) fn validate(c: &Config, o: &Origins) -> Result<(), ConfigError> {
                 o.of("responses.validity")
             ),
         ));
+    }
+    if r.expired_grace > MAX_EXPIRED_GRACE {
+        let (g, max) = (show(r.expired_grace), show(MAX_EXPIRED_GRACE));
+        return Err(o.invalid("responses.expired_grace", format!("{g} is more than {max}")));
     }
     if r.max_age_cap.is_some_and(|cap| cap.is_zero()) {
         return Err(o.invalid("responses.max_age_cap", "must be greater than 0s, or \"\" for no cap"));
