@@ -171,8 +171,9 @@ pub enum StatusError {
 }
 
 impl StatusError {
-    /// True when the input is wrong (the operator must change it), false when something
-    /// failed that may work on another try.
+    /// True when the input is wrong (the operator must change it) and nothing was changed;
+    /// false when something failed that may work on another try, or after some batches were
+    /// committed (a caller reading "bad input" as "nothing happened" would be wrong then).
     pub fn is_input(&self) -> bool {
         match self {
             StatusError::UnknownSerials { .. }
@@ -187,8 +188,8 @@ impl StatusError {
             | StatusError::ReasonCount { .. }
             | StatusError::Database { .. }
             | StatusError::CdnPurges(_)
-            | StatusError::NoChainHead => false,
-            StatusError::Stopped { source, .. } => source.is_input(),
+            | StatusError::NoChainHead
+            | StatusError::Stopped { .. } => false,
         }
     }
 }
@@ -244,5 +245,14 @@ mod tests {
         assert!(text.contains("0a (f line 10) and 2 more; nothing was changed"), "{text}");
         assert!(!text.contains("0b"), "{text}");
         assert!(e.is_input());
+    }
+
+    #[test]
+    fn a_refusal_after_committed_batches_is_not_reported_as_bad_input() {
+        let serial = Serial::from_signed_be(&[7]).unwrap();
+        let refused = StatusError::LaterRevocationTime { serial, revoked_at: Utc::now(), at: Utc::now() };
+        assert!(refused.is_input(), "alone, before any batch: bad input, nothing changed");
+        let stopped = StatusError::Stopped { done: 20_000, total: 40_000, source: Box::new(refused) };
+        assert!(!stopped.is_input(), "after a committed batch the database has changed: not exit status 2");
     }
 }
