@@ -64,8 +64,11 @@ const MAX_FIELD_LEN: usize = u16::MAX as usize;
 
 impl CachedResponse {
     /// Computes the header values of a freshly signed response. `purge_tag` is made by
-    /// [`crate::cache::keys::purge_tag`] (several joined by ", "), which keeps it header-safe.
-    pub fn new(der: &[u8], facts: Facts, purge_tag: &str) -> Self {
+    /// [`crate::cache::keys::purge_tag`] or [`crate::cache::keys::purge_tags`], which keep it
+    /// header-safe; `None` if
+    /// it is not (a bug: the response is then not served rather than served without
+    /// validators).
+    pub fn new(der: &[u8], facts: Facts, purge_tag: &str) -> Option<Self> {
         let mut etag = [b'"'; 2 + 2 * 32];
         // 32 bytes make exactly 64 hex digits: the slice always fits.
         let _ = hex::encode_to_slice(Sha256::digest(der), &mut etag[1..65]);
@@ -74,7 +77,9 @@ impl CachedResponse {
         let mut purge_tag = purge_tag.to_owned();
         if purge_tag.len() > MAX_FIELD_LEN {
             // Only thousands-of-characters issuer names get here: keep the whole tags that fit.
-            purge_tag.truncate(purge_tag[..MAX_FIELD_LEN].rfind(',').unwrap_or(0));
+            // A comma is one byte, so the cut is always on a character boundary.
+            let last_comma = purge_tag.as_bytes()[..MAX_FIELD_LEN].iter().rposition(|b| *b == b',');
+            purge_tag.truncate(last_comma.unwrap_or(0));
         }
         let fields = [&etag[..], last_modified.as_bytes(), expires.as_bytes(), purge_tag.as_bytes()];
         let len = FIXED_LEN + fields.iter().map(|v| 2 + v.len()).sum::<usize>() + der.len();
@@ -90,14 +95,7 @@ impl CachedResponse {
             out.put_slice(value);
         }
         out.put_slice(der);
-        let value = out.freeze();
-        // Each field is printable ASCII and fits its length, so the layout always reads back.
-        Self::slice(value.clone()).unwrap_or_else(|| CachedResponse {
-            der: value.slice(len - der.len()..),
-            facts,
-            headers: Headers::empty(),
-            value,
-        })
+        Self::slice(out.freeze())
     }
 
     /// The ETag without its quotes, for comparing with `If-None-Match`.
@@ -146,14 +144,6 @@ impl CachedResponse {
     }
 }
 
-impl Headers {
-    /// No validators and no purge tag: what a response gets if its values cannot be laid out.
-    fn empty() -> Self {
-        let empty = HeaderValue::from_static("");
-        Headers { etag: empty.clone(), last_modified: empty.clone(), expires: empty.clone(), purge_tag: empty }
-    }
-}
-
 /// IMF-fixdate, always "GMT" (Boulder once sent "UTC", which is not an HTTP date).
 fn http_date(unix_seconds: i64) -> String {
     httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_seconds.max(0) as u64))
@@ -171,7 +161,7 @@ mod tests {
             next_update: 1_700_345_600,
             not_after: 1_800_000_000,
         };
-        CachedResponse::new(b"\x30\x03\x0a\x01\x00", facts, "demo:0abc")
+        CachedResponse::new(b"\x30\x03\x0a\x01\x00", facts, "demo:0abc").unwrap()
     }
 
     #[test]
@@ -212,13 +202,19 @@ mod tests {
     }
 
     #[test]
+    fn a_tag_no_header_can_carry_makes_no_response_rather_than_one_without_validators() {
+        let facts = Facts { revoked: false, status_version: 0, this_update: 0, next_update: 0, not_after: 0 };
+        assert!(CachedResponse::new(b"\x30\x00", facts, "bad\ntag:01").is_none());
+    }
+
+    #[test]
     fn an_overlong_purge_tag_keeps_the_whole_tags_that_fit() {
         let facts = Facts { revoked: false, status_version: 0, this_update: 0, next_update: 0, not_after: 0 };
         let tag = format!("{}:01", "n".repeat(5000));
-        let tags = vec![tag.as_str(); 16].join(", ");
-        let entry = CachedResponse::new(b"\x30\x00", facts, &tags);
+        let tags = vec![tag.as_str(); 16].join(",");
+        let entry = CachedResponse::new(b"\x30\x00", facts, &tags).unwrap();
         let kept = entry.headers.purge_tag.to_str().unwrap();
-        assert_eq!(kept.split(", ").collect::<Vec<_>>(), vec![tag.as_str(); 13], "13 whole tags fit in 65,535 bytes");
+        assert_eq!(kept.split(',').collect::<Vec<_>>(), vec![tag.as_str(); 13], "13 whole tags fit in 65,535 bytes");
         assert_eq!(CachedResponse::from_bytes(entry.to_bytes()).unwrap(), entry);
     }
 }

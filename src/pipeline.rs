@@ -483,7 +483,10 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
                 next_update: next_update.timestamp(),
                 not_after,
             };
-            let response = Arc::new(CachedResponse::new(&der, facts, &purge_tag(&issuer.name, &cert.serial)));
+            let tag = purge_tag(&issuer.name, &cert.serial);
+            let Some(response) = CachedResponse::new(&der, facts, &tag).map(Arc::new) else {
+                return Err(Failure::internal_error(format!("cannot lay out the headers of a response tagged {tag}")));
+            };
             let cacheable = record.is_some();
             if cacheable {
                 self.local.insert(id.clone(), response.clone());

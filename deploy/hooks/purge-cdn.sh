@@ -16,8 +16,9 @@
 #   CDN=cloudflare  CLOUDFLARE_API_TOKEN, CLOUDFLARE_ZONE_ID  (purge by Cache-Tag; 100 tags a call)
 #   CDN=fastly      FASTLY_API_TOKEN, FASTLY_SERVICE_ID      (Surrogate-Key; 256 keys a call)
 #   CDN_API_BASE    overrides the API's base URL (a test double, a proxy)
-# Cloudflare reads the Cache-Tag header jitocsp sends. For Fastly, copy it into
-# Surrogate-Key at the edge (VCL: set beresp.http.Surrogate-Key = beresp.http.Cache-Tag).
+# Cloudflare reads the Cache-Tag header jitocsp sends (comma-separated). For Fastly, copy it
+# into Surrogate-Key at the edge, commas made spaces (VCL: set beresp.http.Surrogate-Key =
+# regsuball(beresp.http.Cache-Tag, ",", " ");).
 # To purge by URL instead, send the JSON's .urls (cdn.base_url must be set).
 # Needs curl and jq.
 set -eu

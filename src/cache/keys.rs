@@ -43,12 +43,20 @@ pub fn all_response_keys(prefix: &str, issuer_id: i32, serial: &Serial) -> Vec<S
 
 /// The purge tag of a certificate: the `Cache-Tag` header value the responder sends with its
 /// responses, and what the CDN purge hook is given (see [`crate::purge::cdn`]). Issuer names
-/// are operator text: what a header cannot carry (anything but printable ASCII and spaces) is
-/// dropped here, so that the header and the hook are given the same tag.
+/// are operator text, and CDNs split tag lists on commas (Cloudflare) or spaces (Fastly's
+/// Surrogate-Key): every character of the name but ASCII letters, digits and `._~-` becomes
+/// `_`, so that the header and the hook carry the same single tag.
 pub fn purge_tag(issuer_name: &str, serial: &Serial) -> String {
-    let mut tag: String = issuer_name.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').collect();
+    let safe = |c: char| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '~' | '-') { c } else { '_' };
+    let mut tag: String = issuer_name.chars().map(safe).collect();
     let _ = write!(tag, ":{serial}");
     tag
+}
+
+/// The purge tags of a response about several certificates of one issuer, comma-separated
+/// as `Cache-Tag` lists them.
+pub fn purge_tags<'a>(issuer_name: &str, serials: impl IntoIterator<Item = &'a Serial>) -> String {
+    serials.into_iter().map(|serial| purge_tag(issuer_name, serial)).collect::<Vec<_>>().join(",")
 }
 
 #[cfg(test)]
@@ -72,9 +80,11 @@ mod tests {
     }
 
     #[test]
-    fn a_purge_tag_keeps_only_what_a_header_can_carry() {
+    fn a_purge_tag_is_one_token_that_a_header_can_carry() {
         let serial = Serial::from_hex("0a:bc").unwrap();
-        assert_eq!(purge_tag("Société CA\n2", &serial), "Socit CA2:0abc");
-        assert_eq!(purge_tag("demo", &serial), "demo:0abc");
+        assert_eq!(purge_tag("Société CA,\n2:x", &serial), "Soci_t__CA__2_x:0abc");
+        assert_eq!(purge_tag("demo-1.ca_b~", &serial), "demo-1.ca_b~:0abc");
+        let other = Serial::from_hex("01").unwrap();
+        assert_eq!(purge_tags("demo", [&serial, &other]), "demo:0abc,demo:01");
     }
 }

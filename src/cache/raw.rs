@@ -323,7 +323,7 @@ mod tests {
 
     fn response(tag: u8) -> Arc<CachedResponse> {
         let facts = Facts { revoked: false, status_version: 0, this_update: 0, next_update: 1, not_after: 2 };
-        Arc::new(CachedResponse::new(&[0x30, 0x01, tag], facts, "unit"))
+        Arc::new(CachedResponse::new(&[0x30, 0x01, tag], facts, "unit").unwrap())
     }
 
     fn id(issuer_id: i32, serial: &str, variant: CertIdVariant) -> ResponseId {

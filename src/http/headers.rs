@@ -162,7 +162,7 @@ mod tests {
             next_update: 1_700_345_600,
             not_after: i64::MAX,
         };
-        let response = Arc::new(CachedResponse::new(b"0\x03\n\x01\x00", facts, "demo:0abc"));
+        let response = Arc::new(CachedResponse::new(b"0\x03\n\x01\x00", facts, "demo:0abc").unwrap());
         (Answer::Response { response: response.clone(), caching, changed_at: None }, response)
     }
 

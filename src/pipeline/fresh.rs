@@ -7,7 +7,7 @@ use std::sync::Arc;
 use chrono::Utc;
 
 use super::{Answer, Caching, Responder};
-use crate::cache::keys::purge_tag;
+use crate::cache::keys::purge_tags;
 use crate::cache::ResponseCache;
 use crate::config::NoncePolicy;
 use crate::entry::{CachedResponse, Facts};
@@ -85,8 +85,11 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
                 next_update: answers.iter().map(|a| a.next_update.timestamp()).min().unwrap_or(now.timestamp()),
                 not_after: i64::MAX,
             };
-            let tags = request.certs.iter().map(|c| purge_tag(&issuer.name, &c.serial)).collect::<Vec<_>>().join(", ");
-            let response = Arc::new(CachedResponse::new(&der, facts, &tags));
+            let tags = purge_tags(&issuer.name, request.certs.iter().map(|c| &c.serial));
+            let Some(response) = CachedResponse::new(&der, facts, &tags).map(Arc::new) else {
+                tracing::error!(issuer = %issuer.name, tags, "cannot lay out the response's headers");
+                return Answer::Error(OcspErrorStatus::InternalError);
+            };
             let changed_at =
                 keys.iter().filter_map(|(issuer_id, serial)| self.changes.heard(*issuer_id, serial).changed_at()).max();
             return Answer::Response { response, caching, changed_at };

@@ -453,7 +453,7 @@ async fn several_cert_ids_are_answered_in_one_response_with_one_read() {
     assert!(matches!(status[1], CertStatus::Revoked(_)));
     assert_eq!((h.signatures(), h.reads()), (1, 2));
     let Answer::Response { response, .. } = &answer else { unreachable!() };
-    assert_eq!(response.headers.purge_tag, "unit:1501, unit:1502");
+    assert_eq!(response.headers.purge_tag, "unit:1501,unit:1502");
     // One unissued serial among them refuses the whole request (default policy).
     assert_eq!(
         error(&h.responder.answer(h.request(&["1501", "15ff"], None), None).await),
