@@ -174,31 +174,41 @@ async fn listen<R: Subscriber>(
 }
 
 /// Sends a heartbeat every [`HEARTBEAT_INTERVAL`]: a notification to this instance's own
-/// channel carrying its send time, and a read of the primary's WAL position. Ends if a
-/// heartbeat cannot even be sent in time; the listener then notices the missing proof.
+/// channel carrying its send time, and a read of the primary's WAL position. Each goes out on
+/// the beat, without waiting for the one before: with a round trip of R, the feed's proof is
+/// then at most the interval plus R old, where waiting would make it 2R once R passes the
+/// interval (untrusted from R = 500 ms instead of 750). Ends if a heartbeat cannot even be
+/// sent in time; the listener then notices the missing proof.
 async fn heartbeats<R: Subscriber>(client: Arc<tokio_postgres::Client>, channel: String, responder: Arc<R>) {
     let mut interval = tokio::time::interval(HEARTBEAT_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // At most FEED_LOST_AFTER / HEARTBEAT_INTERVAL in flight: each gives up after that long.
+    let mut in_flight = stream::FuturesUnordered::new();
     loop {
-        interval.tick().await;
-        let sent = Instant::now();
-        let payload = crate::feed::log::FeedHealth::stamp(sent).to_string();
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&channel, &payload];
-        let query = client.query_one("SELECT pg_notify($1, $2), pg_current_wal_lsn()::text", &params);
-        match tokio::time::timeout(FEED_LOST_AFTER, query).await {
-            Ok(Ok(row)) => {
-                if let Some(lsn) = row.get::<_, Option<&str>>(1).and_then(Lsn::parse) {
-                    responder.changes().feed.note_primary_position(sent, lsn);
+        tokio::select! {
+            _ = interval.tick() => in_flight.push(heartbeat(&client, &channel)),
+            Some(sent) = in_flight.next() => match sent {
+                Ok((sent, Some(lsn))) => responder.changes().feed.note_primary_position(sent, lsn),
+                Ok((_, None)) => {}
+                Err(problem) => {
+                    tracing::warn!("heartbeat {problem}");
+                    return;
                 }
-            }
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "heartbeat failed");
-                return;
-            }
-            Err(_) => {
-                tracing::warn!("heartbeat not answered within {FEED_LOST_AFTER:?}");
-                return;
-            }
+            },
         }
+    }
+}
+
+/// One heartbeat: its send time and the primary's WAL position then, if it says.
+async fn heartbeat(client: &tokio_postgres::Client, channel: &str) -> Result<(Instant, Option<Lsn>), String> {
+    let sent = Instant::now();
+    let payload = crate::feed::log::FeedHealth::stamp(sent).to_string();
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&channel, &payload];
+    let query = client.query_one("SELECT pg_notify($1, $2), pg_current_wal_lsn()::text", &params);
+    match tokio::time::timeout(FEED_LOST_AFTER, query).await {
+        Ok(Ok(row)) => Ok((sent, row.get::<_, Option<&str>>(1).and_then(Lsn::parse))),
+        Ok(Err(error)) => Err(format!("failed: {error}")),
+        Err(_) => Err(format!("not answered within {FEED_LOST_AFTER:?}")),
     }
 }
 
