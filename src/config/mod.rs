@@ -194,18 +194,11 @@ impl Config {
                 Err(_) => return Err(ConfigError::EnvNotUnicode { var: name.to_string() }),
             }
         }
-        Self::load_with_flags(path, env, flags)
+        Self::load_from(path, env, flags)
     }
 
-    /// [`Config::load`] with an explicit environment and no flags, for tests.
+    /// [`Config::load`] with an explicit environment.
     pub fn load_from(
-        path: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Config, ConfigError> {
-        Self::load_with_flags(path, env, &[])
-    }
-
-    fn load_with_flags(
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
         flags: &[Flag],

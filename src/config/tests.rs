@@ -72,7 +72,7 @@ fn defaults() {
 
 #[test]
 fn explicit_path_must_exist() {
-    let e = Config::load_from(Some(Path::new("/nonexistent/jitocsp.toml")), env(&[])).unwrap_err();
+    let e = Config::load_from(Some(Path::new("/nonexistent/jitocsp.toml")), env(&[]), &[]).unwrap_err();
     assert!(matches!(e, ConfigError::Read { .. }), "{e}");
     assert!(e.to_string().contains("/nonexistent/jitocsp.toml"), "{e}");
 }
