@@ -64,9 +64,9 @@ pub struct DatabaseConfig {
     /// Connections per pool for the instance, divided among the HTTP workers
     /// (`crate::store::per_runtime`).
     pub pool_size: usize,
-    /// Status reads in flight at once (see `crate::store::batch`): misses that arrive while
-    /// all are busy are read together in the next query. For the instance, divided among the
-    /// HTTP workers as `pool_size` is.
+    /// Status reads in flight at once, on the replica and on the primary each (see
+    /// `crate::store::batch`): misses that arrive while all are busy are read together in the
+    /// next query. For the instance, divided among the HTTP workers as `pool_size` is.
     pub read_concurrency: usize,
     /// Milliseconds; the key predates the duration-string convention and keeps its unit.
     pub connect_timeout_ms: u64,

@@ -9,8 +9,10 @@
 //! connections (16), a 2-core Postgres ran a query per 3 misses at a full cache drop, most
 //! of them for one row, each costing it as much as a full batch.
 //!
-//! Only replica reads (the ordinary ones) are batched; the rare reads that must go to the
-//! primary go straight through.
+//! Reads from the replica (the ordinary ones) and from the primary are batched apart, each
+//! with its own slots. Primary reads are rare until the change feed goes unproven: then every
+//! cached response is confirmed with the primary before it is served, and one query per
+//! request would load the primary most when it can least afford it.
 
 use std::sync::Arc;
 
@@ -32,17 +34,23 @@ struct Job {
 /// A [`StatusStore`] that batches single-certificate reads over an inner store.
 pub struct Batching<S> {
     inner: Arc<S>,
-    jobs: mpsc::UnboundedSender<Job>,
+    replica_jobs: mpsc::UnboundedSender<Job>,
+    primary_jobs: mpsc::UnboundedSender<Job>,
 }
 
 impl<S: StatusStore> Batching<S> {
-    /// Wraps `inner`, running at most `concurrency` queries at once. Spawns the batcher on
-    /// the current Tokio runtime; it stops when the `Batching` is dropped.
+    /// Wraps `inner`, running at most `concurrency` queries at once on each of the replica
+    /// and the primary. Spawns the batchers on the current Tokio runtime; they stop when the
+    /// `Batching` is dropped.
     pub fn new(inner: S, concurrency: usize) -> Self {
         let inner = Arc::new(inner);
-        let (jobs, queue) = mpsc::unbounded_channel();
-        tokio::spawn(run(inner.clone(), queue, Arc::new(Semaphore::new(concurrency.max(1)))));
-        Batching { inner, jobs }
+        let batcher = |from| {
+            let (jobs, queue) = mpsc::unbounded_channel();
+            tokio::spawn(run(inner.clone(), from, queue, Arc::new(Semaphore::new(concurrency.max(1)))));
+            jobs
+        };
+        let (replica_jobs, primary_jobs) = (batcher(ReadFrom::Replica), batcher(ReadFrom::Primary));
+        Batching { inner, replica_jobs, primary_jobs }
     }
 
     #[cfg(test)]
@@ -51,7 +59,12 @@ impl<S: StatusStore> Batching<S> {
     }
 }
 
-async fn run<S: StatusStore>(inner: Arc<S>, mut queue: mpsc::UnboundedReceiver<Job>, slots: Arc<Semaphore>) {
+async fn run<S: StatusStore>(
+    inner: Arc<S>,
+    from: ReadFrom,
+    mut queue: mpsc::UnboundedReceiver<Job>,
+    slots: Arc<Semaphore>,
+) {
     while let Some(first) = queue.recv().await {
         // Wait for a free query slot first: while waiting, more reads queue up and join.
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
@@ -66,7 +79,7 @@ async fn run<S: StatusStore>(inner: Arc<S>, mut queue: mpsc::UnboundedReceiver<J
         tokio::spawn(async move {
             let keys: Vec<(i32, Serial)> = jobs.iter().map(|j| j.key.clone()).collect();
             metrics::histogram!(crate::metrics::DB_BATCH_SIZE).record(keys.len() as f64);
-            match inner.lookup(&keys, ReadFrom::Replica).await {
+            match inner.lookup(&keys, from).await {
                 Ok(read) => {
                     for (job, record) in jobs.into_iter().zip(read.records) {
                         let _ = job.reply.send(Ok((record, read.replayed)));
@@ -87,9 +100,13 @@ async fn run<S: StatusStore>(inner: Arc<S>, mut queue: mpsc::UnboundedReceiver<J
 impl<S: StatusStore> StatusStore for Batching<S> {
     async fn lookup(&self, keys: &[(i32, Serial)], from: ReadFrom) -> Result<StatusRead, StoreError> {
         // Requests for several certificates are already one query.
-        let ([key], ReadFrom::Replica) = (keys, from) else { return self.inner.lookup(keys, from).await };
+        let [key] = keys else { return self.inner.lookup(keys, from).await };
+        let jobs = match from {
+            ReadFrom::Replica => &self.replica_jobs,
+            ReadFrom::Primary => &self.primary_jobs,
+        };
         let (reply, answer) = oneshot::channel();
-        self.jobs.send(Job { key: key.clone(), reply }).map_err(|_| StoreError::Batched("batcher stopped".into()))?;
+        jobs.send(Job { key: key.clone(), reply }).map_err(|_| StoreError::Batched("batcher stopped".into()))?;
         match answer.await {
             Ok(Ok((record, replayed))) => Ok(StatusRead { records: vec![record], replayed }),
             Ok(Err(message)) => Err(StoreError::Batched(message)),
@@ -110,15 +127,20 @@ mod tests {
     use std::time::Duration;
 
     /// Answers every key as issued, slowly, counting queries.
+    #[derive(Default)]
     struct SlowStore {
         queries: AtomicUsize,
         rows: AtomicUsize,
+        primary_rows: AtomicUsize,
     }
 
     impl StatusStore for SlowStore {
-        async fn lookup(&self, keys: &[(i32, Serial)], _: ReadFrom) -> Result<StatusRead, StoreError> {
+        async fn lookup(&self, keys: &[(i32, Serial)], from: ReadFrom) -> Result<StatusRead, StoreError> {
             self.queries.fetch_add(1, Ordering::SeqCst);
             self.rows.fetch_add(keys.len(), Ordering::SeqCst);
+            if from == ReadFrom::Primary {
+                self.primary_rows.fetch_add(keys.len(), Ordering::SeqCst);
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
             let record = |(_, serial): &(i32, Serial)| {
                 Some(CertRecord {
@@ -134,14 +156,14 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn concurrent_reads_share_queries_and_each_gets_its_own_row() {
-        let store = Batching::new(SlowStore { queries: AtomicUsize::new(0), rows: AtomicUsize::new(0) }, 1);
+    /// 100 concurrent single reads from `from`: each gets its own row, in a few queries.
+    async fn share_queries(from: ReadFrom) -> Batching<SlowStore> {
+        let store = Batching::new(SlowStore::default(), 1);
         let reads = (1..=100u8).map(|i| {
             let store = &store;
             async move {
                 let serial = Serial::from_unsigned_be(&[i]).unwrap();
-                let read = store.lookup(&[(1, serial)], ReadFrom::Replica).await.unwrap();
+                let read = store.lookup(&[(1, serial)], from).await.unwrap();
                 assert_eq!(read.records[0].as_ref().unwrap().not_after.timestamp(), i as i64, "row {i}");
             }
         });
@@ -149,6 +171,21 @@ mod tests {
         let queries = store.inner().queries.load(Ordering::SeqCst);
         assert_eq!(store.inner().rows.load(Ordering::SeqCst), 100);
         assert!(queries < 10, "100 concurrent reads took {queries} queries");
+        store
+    }
+
+    #[tokio::test]
+    async fn concurrent_reads_share_queries_and_each_gets_its_own_row() {
+        let store = share_queries(ReadFrom::Replica).await;
+        assert_eq!(store.inner().primary_rows.load(Ordering::SeqCst), 0);
+    }
+
+    /// While the feed is unproven every cached response is confirmed with the primary: those
+    /// reads share queries too, and stay on the primary.
+    #[tokio::test]
+    async fn concurrent_primary_reads_share_queries_on_the_primary() {
+        let store = share_queries(ReadFrom::Primary).await;
+        assert_eq!(store.inner().primary_rows.load(Ordering::SeqCst), 100);
     }
 
     struct DownStore;
