@@ -65,23 +65,21 @@ const MAX_FIELD_LEN: usize = u16::MAX as usize;
 impl CachedResponse {
     /// Computes the header values of a freshly signed response. `purge_tag` is made by
     /// [`crate::cache::keys::purge_tag`] or [`crate::cache::keys::purge_tags`], which keep it
-    /// header-safe; `None` if
-    /// it is not (a bug: the response is then not served rather than served without
-    /// validators).
+    /// header-safe; `None` if it is not (a bug: the response is then not served rather than
+    /// served without validators).
     pub fn new(der: &[u8], facts: Facts, purge_tag: &str) -> Option<Self> {
         let mut etag = [b'"'; 2 + 2 * 32];
         // 32 bytes make exactly 64 hex digits: the slice always fits.
         let _ = hex::encode_to_slice(Sha256::digest(der), &mut etag[1..65]);
         let last_modified = http_date(facts.this_update);
         let expires = http_date(facts.next_update);
-        let mut purge_tag = purge_tag.to_owned();
+        let mut purge_tag = purge_tag.as_bytes();
         if purge_tag.len() > MAX_FIELD_LEN {
             // Only thousands-of-characters issuer names get here: keep the whole tags that fit.
-            // A comma is one byte, so the cut is always on a character boundary.
-            let last_comma = purge_tag.as_bytes()[..MAX_FIELD_LEN].iter().rposition(|b| *b == b',');
-            purge_tag.truncate(last_comma.unwrap_or(0));
+            let last_comma = purge_tag[..MAX_FIELD_LEN].iter().rposition(|b| *b == b',');
+            purge_tag = &purge_tag[..last_comma.unwrap_or(0)];
         }
-        let fields = [&etag[..], last_modified.as_bytes(), expires.as_bytes(), purge_tag.as_bytes()];
+        let fields = [&etag[..], last_modified.as_bytes(), expires.as_bytes(), purge_tag];
         let len = FIXED_LEN + fields.iter().map(|v| 2 + v.len()).sum::<usize>() + der.len();
         let mut out = BytesMut::with_capacity(len);
         out.put_u8(FORMAT);

@@ -64,6 +64,9 @@ use crate::store::{CertRecord, ReadFrom, StatusStore};
 const RECENT_TTL: Duration = Duration::from_secs(10);
 /// How many freshly signed responses are kept for that (about 1 KiB each).
 const RECENT_ENTRIES: usize = 16 * 1024;
+/// How many times a response is read and signed again because a status change was heard
+/// while it was being signed, before the request gets tryLater.
+const SIGNING_ATTEMPTS: usize = 3;
 
 /// What the HTTP layer sends back.
 #[derive(Clone, Debug)]
@@ -460,7 +463,7 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
     /// Reads the status and signs a response for one certificate: the body of a flight.
     async fn produce(&self, issuer: &Issuer, cert: &RequestedCert, id: &ResponseId) -> FlightResult {
         // A status change heard while signing means the read may predate it: read again.
-        for _ in 0..3 {
+        for _ in 0..SIGNING_ATTEMPTS {
             let began = ReadStart::now();
             let record = self.read_status(issuer.id, &cert.serial).await?;
             let now = Utc::now();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use chrono::Utc;
 
-use super::{Answer, Caching, Responder};
+use super::{Answer, Caching, Responder, SIGNING_ATTEMPTS};
 use crate::cache::keys::purge_tags;
 use crate::cache::ResponseCache;
 use crate::config::NoncePolicy;
@@ -41,7 +41,7 @@ impl<C: ResponseCache, S: StatusStore> Responder<C, S> {
         let keys: Vec<(i32, Serial)> = request.certs.iter().map(|c| (issuer.id, c.serial.clone())).collect();
         // A status change heard while reading or signing means the read may predate it: read
         // again, as a flight does.
-        for _ in 0..3 {
+        for _ in 0..SIGNING_ATTEMPTS {
             let began = ReadStart::now();
             let records = match self.read_statuses(&keys).await {
                 Ok(records) => records,

@@ -14,8 +14,9 @@
 //! life (a notification round trip through the listening connection, see `listener`): while
 //! the proof is older than [`FEED_DEADLINE`], cached responses are served only after the
 //! primary confirms them. After [`FEED_LOST_AFTER`] without one, the listener gives the
-//! connection up and reconnects, and the instance reports itself not ready. It also keeps the primary's recent WAL positions, so a replica read
-//! can be bounded in lag (see [`FeedHealth::replica_is_recent`]).
+//! connection up and reconnects, and the instance reports itself not ready. It also keeps
+//! the primary's recent WAL positions, so a replica read can be bounded in lag (see
+//! [`FeedHealth::replica_is_recent`]).
 //!
 //! # What a remembered change costs
 //!
